@@ -1,0 +1,304 @@
+"""Load Shopping MMLU data: the official data.zip layout, task files and skill-format JSON Lines.
+
+Every problem is an `InputError` naming file, line and field; nothing is returned half-loaded.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from evaluator.errors import InputError
+from evaluator.records import (
+    TASK_TYPE_METRIC,
+    TYPE_FOLDERS,
+    Metric,
+    Question,
+    TaskType,
+    generation_metric,
+    question_id,
+)
+
+SKILL_FIELDS = ("input_field", "output_field", "task_name", "task_type", "metric")
+TASK_FIELDS = ("input_field", "target_field")
+MC_COLUMNS = ("question", "choices", "answer")
+REVIEW_RATING = "review_rating_prediction"
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One data file and the questions in it, in file order."""
+
+    path: Path
+    kind: str  # "skill" or "task"
+    questions: list[Question]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The files of one data PATH in a fixed order; `questions` concatenates them."""
+
+    root: Path
+    files: list[DataFile]
+
+    @property
+    def questions(self) -> list[Question]:
+        return [q for f in self.files for q in f.questions]
+
+
+def load(path: str | Path, protocol: str = "skill") -> Dataset:
+    """Load a skill file, a task file, or a data.zip folder (skills/ for `skill`, type folders for `task`)."""
+    root = Path(path)
+    if not root.exists():
+        raise InputError("no such file or folder", path=root)
+    if root.is_dir():
+        files = [_load_file(p, skill_map=_skill_map(root)) for p in data_files(root, protocol)]
+    else:
+        files = [_load_file(root, skill_map=_skill_map(_data_root_of(root)))]
+    _dedupe_ids(files)
+    return Dataset(root=root, files=files)
+
+
+def data_files(root: Path, protocol: str) -> list[Path]:
+    """The data files of a data.zip folder, in the order responses must follow."""
+    if protocol == "skill":
+        found = sorted((root / "skills").glob("*.json")) + sorted((root / "skills").glob("*.jsonl"))
+        if not found:
+            found = sorted(p for p in root.glob("*.json*") if p.is_file())
+        if not found:
+            raise InputError("no skill files: expected skills/*.json (the data.zip layout) or *.json(l) files",
+                             path=root)
+        return found
+    if protocol == "task":
+        found = []
+        for folder in TYPE_FOLDERS:
+            pattern = "*_dataset.csv" if folder == "multiple_choice" else "*_dataset.json"
+            found += sorted((root / folder).glob(pattern))
+        if not found:
+            raise InputError("no task files: expected multiple_choice/*_dataset.csv or "
+                             "{retrieval,ranking,named_entity_recognition,generation}/*_dataset.json", path=root)
+        return found
+    raise InputError(f"unknown protocol {protocol!r}: use 'skill' or 'task'")
+
+
+def _data_root_of(file: Path) -> Path:
+    """The data.zip root a file sits in (its type or skills folder's parent), for the task -> skill map."""
+    return file.parent.parent if file.parent.name in (*TYPE_FOLDERS, "skills") else file.parent
+
+
+def _skill_map(root: Path) -> dict[str, str]:
+    """task_name -> skill, read from a skills/ folder beside the task folders, when there is one."""
+    mapping: dict[str, str] = {}
+    for skill_file in sorted((root / "skills").glob("*.json")) if (root / "skills").is_dir() else []:
+        for line_no, record in _json_lines(skill_file):
+            task = record.get("task_name")
+            if isinstance(task, str):
+                mapping.setdefault(task, record.get("track") or skill_file.stem)
+    return mapping
+
+
+def _load_file(path: Path, skill_map: dict[str, str]) -> DataFile:
+    if path.suffix == ".csv":
+        return DataFile(path, "task", _load_multiple_choice(path, skill_map))
+    first = next(_json_lines(path), None)
+    if first is None:
+        raise InputError("the file has no data rows", path=path)
+    if "task_type" in first[1] or "task_name" in first[1]:
+        return DataFile(path, "skill", _load_skill_file(path))
+    if "target_field" in first[1]:
+        return DataFile(path, "task", _load_task_file(path, skill_map))
+    raise InputError("not a Shopping MMLU file: expected skill-format fields "
+                     f"{', '.join(SKILL_FIELDS)} or task-format fields {', '.join(TASK_FIELDS)}",
+                     path=path, line=first[0])
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSON Lines file."""
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", path=path) from None
+    with handle:
+        try:
+            for line_no, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"malformed JSON: {exc.msg} (column {exc.colno})",
+                                     path=path, line=line_no) from None
+                if not isinstance(record, dict):
+                    raise InputError("each line must be a JSON object", path=path, line=line_no)
+                yield line_no, record
+        except UnicodeDecodeError as exc:
+            raise InputError(f"not UTF-8 text ({exc.reason})", path=path) from None
+
+
+def _require(record: dict[str, Any], field: str, path: Path, line: int) -> Any:
+    if field not in record:
+        raise InputError("missing field", path=path, line=line, field=field)
+    return record[field]
+
+
+def _load_skill_file(path: Path) -> list[Question]:
+    questions = []
+    for line_no, record in _json_lines(path):
+        values = {f: _require(record, f, path, line_no) for f in SKILL_FIELDS}
+        task_type = _enum(TaskType, values["task_type"], path, line_no, "task_type")
+        metric = _enum(Metric, values["metric"], path, line_no, "metric")
+        skill = record.get("track") or path.stem
+        task = _text(values["task_name"], path, line_no, "task_name")
+        text = _text(values["input_field"], path, line_no, "input_field")
+        truth = check_truth(values["output_field"], metric, path, line_no, "output_field")
+        questions.append(Question(qid=question_id(task, text, truth), source=str(path), row=len(questions),
+                                  skill=str(skill), task=task, task_type=task_type, metric=metric,
+                                  input=text, truth=truth))
+    return questions
+
+
+def _task_of(path: Path) -> str:
+    return path.stem.removesuffix("_dataset")
+
+
+def _load_task_file(path: Path, skill_map: dict[str, str]) -> list[Question]:
+    folder = path.parent.name
+    if folder not in TYPE_FOLDERS or folder == "multiple_choice":
+        raise InputError("cannot tell this task file's type: keep it in a folder named one of "
+                         "retrieval, ranking, named_entity_recognition, generation", path=path)
+    task_type = TYPE_FOLDERS[folder]
+    task = _task_of(path)
+    metric = generation_metric(task) if task_type is TaskType.GENERATION else TASK_TYPE_METRIC[task_type]
+    skill = skill_map.get(task, folder)
+    questions = []
+    for line_no, record in _json_lines(path):
+        text = _text(_require(record, "input_field", path, line_no), path, line_no, "input_field")
+        truth = check_truth(_require(record, "target_field", path, line_no), metric, path, line_no, "target_field")
+        questions.append(Question(qid=question_id(task, text, truth), source=str(path), row=len(questions),
+                                  skill=skill, task=task, task_type=task_type, metric=metric,
+                                  input=text, truth=truth))
+    return questions
+
+
+def _load_multiple_choice(path: Path, skill_map: dict[str, str]) -> list[Question]:
+    task = _task_of(path)
+    review = REVIEW_RATING in task
+    questions = []
+    try:
+        handle = path.open(encoding="utf-8", newline="")
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", path=path) from None
+    with handle:
+        try:
+            reader = csv.DictReader(handle)
+            missing = [c for c in MC_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise InputError(f"missing column(s) {', '.join(missing)} in the header", path=path, line=1,
+                                 field=missing[0])
+            for record in reader:
+                line_no = reader.line_num
+                if None in record or any(record[c] is None for c in MC_COLUMNS):
+                    raise InputError("malformed CSV row: wrong number of columns", path=path, line=line_no)
+                answer = _integer(record["answer"], path, line_no, "answer")
+                choices = [] if review else _choices(record["choices"], path, line_no)  # review prints none
+                if review and not 1 <= answer <= 5:
+                    raise InputError(f"rating {answer} is not within 1-5", path=path, line=line_no, field="answer")
+                if not review and not 0 <= answer < len(choices):
+                    raise InputError(f"answer {answer} is not a choice index (0-{len(choices) - 1})",
+                                     path=path, line=line_no, field="answer")
+                text = record["question"]
+                questions.append(Question(qid=question_id(task, text, answer), source=str(path),
+                                          row=len(questions), skill=skill_map.get(task, "multiple_choice"),
+                                          task=task, task_type=TaskType.MULTIPLE_CHOICE,
+                                          metric=Metric.ACCURACY, input=text, truth=answer, choices=choices))
+        except csv.Error as exc:
+            raise InputError(f"malformed CSV: {exc}", path=path, line=reader.line_num) from None
+        except UnicodeDecodeError as exc:
+            raise InputError(f"not UTF-8 text ({exc.reason})", path=path) from None
+    if not questions:
+        raise InputError("the file has no data rows", path=path)
+    return questions
+
+
+def _choices(raw: str, path: Path, line: int) -> list[str]:
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise InputError("unparsable choices: expected a Python list literal of 4 strings",
+                         path=path, line=line, field="choices") from None
+    if not isinstance(value, list) or len(value) < 4:
+        raise InputError("choices must be a list of (at least) 4 entries; the official prompt prints 4",
+                         path=path, line=line, field="choices")
+    return [str(v) for v in value]
+
+
+def _enum(kind: type, value: Any, path: Path, line: int, field: str):
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in kind)
+        raise InputError(f"unknown {field.replace('_', ' ')} {value!r} (expected one of {allowed})",
+                         path=path, line=line, field=field) from None
+
+
+def _text(value: Any, path: Path, line: int, field: str) -> str:
+    if not isinstance(value, str):
+        raise InputError(f"expected a string, got {type(value).__name__}", path=path, line=line, field=field)
+    return value
+
+
+def _integer(value: Any, path: Path, line: int, field: str) -> int:
+    if isinstance(value, bool):
+        raise InputError("expected an integer, got a boolean", path=path, line=line, field=field)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise InputError(f"expected an integer, got {value!r}", path=path, line=line, field=field)
+
+
+def check_truth(value: Any, metric: Metric, path: Path, line: int, field: str):
+    """The truth in the shape its metric needs, or an InputError saying which shape was expected."""
+    def is_list_of(kind: type) -> bool:
+        return isinstance(value, list) and bool(value) and all(
+            isinstance(v, kind) and not isinstance(v, bool) for v in value)
+
+    if metric is Metric.ACCURACY:
+        return _integer(value, path, line, field) if not isinstance(value, str) else value
+    if metric in (Metric.HIT_RATE_3, Metric.NDCG):
+        if not is_list_of(int):
+            raise InputError(f"the {metric.value} truth must be a non-empty list of integers, got {value!r:.80}",
+                             path=path, line=line, field=field)
+        return value
+    if metric is Metric.MICRO_F1:
+        if not is_list_of(str):
+            raise InputError(f"the micro f1 truth must be a non-empty list of strings, got {value!r:.80}",
+                             path=path, line=line, field=field)
+        return value
+    if metric in (Metric.SENT_TRANSFORMER, Metric.MULTILINGUAL_SENT_TRANSFORMER):
+        if isinstance(value, str) or is_list_of(str):
+            return value
+        raise InputError(f"the {metric.value} truth must be a string or a list of strings, got {value!r:.80}",
+                         path=path, line=line, field=field)
+    if not isinstance(value, str):
+        raise InputError(f"the {metric.value} truth must be a string, got {value!r:.80}",
+                         path=path, line=line, field=field)
+    return value
+
+
+def _dedupe_ids(files: list[DataFile]) -> None:
+    """Identical questions of one task get #2, #3... so every id is unique within a dataset."""
+    seen: Counter[str] = Counter()
+    for data_file in files:
+        for i, q in enumerate(data_file.questions):
+            seen[q.qid] += 1
+            if seen[q.qid] > 1:
+                data_file.questions[i] = q.model_copy(update={"qid": f"{q.qid}#{seen[q.qid]}"})

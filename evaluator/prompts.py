@@ -1,0 +1,133 @@
+"""Render the official prompts: skill-wise and task-wise protocols, as plain text or as a chat pair.
+
+The text is byte-identical to the official scripts (`skill_wise_eval/hf_skill_inference.py`,
+`task_wise_eval/utils.py` and the `hf_*.py` runners); the templates live in the `prompts` package.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from functools import cache
+from importlib import resources
+
+from pydantic import BaseModel, ConfigDict
+
+from evaluator.records import Question, TaskType
+
+REVIEW_RATING = "review_rating_prediction"
+NUMBER_CHOICES = ("0", "1", "2", "3")
+LETTER_CHOICES = ("A", "B", "C", "D")
+
+# Max new tokens per task type in the task-wise runners (their --max_gen_len defaults; 4 for multiple choice).
+TASK_WISE_MAX_TOKENS = {
+    TaskType.MULTIPLE_CHOICE: 4,
+    TaskType.RETRIEVAL: 15,
+    TaskType.RANKING: 20,
+    TaskType.NER: 20,
+    TaskType.GENERATION: 128,
+}
+SKILL_WISE_MAX_TOKENS = 100  # every non-multiple-choice question in hf_skill_inference.py
+
+
+class Protocol(str, Enum):
+    SKILL = "skill"
+    TASK = "task"
+
+
+class Rendering(str, Enum):
+    COMPLETION = "completion"  # plain text, no chat template: the paper's protocol
+    CHAT = "chat"  # system + user messages, for chat models and closed APIs
+
+
+class PromptOptions(BaseModel):
+    """The official scripts' flags that change the text or the token budget."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task_specific_prompt: bool = False  # task-wise --use_task_specific_prompt
+    letter_choices: bool = False  # task-wise --use_letter_choices
+    number_only: bool = False  # the phi-2 / eCeLLM-S suffix on multiple choice
+    multi_choice_tokens: int = 1  # skill-wise --multi_choice_tokens
+
+
+class RenderedPrompt(BaseModel):
+    """What is sent for one question; `protocol` and `rendering` travel with it into the cache."""
+
+    model_config = ConfigDict(frozen=True)
+
+    qid: str
+    protocol: Protocol
+    rendering: Rendering
+    max_tokens: int
+    prompt: str | None = None
+    messages: list[dict[str, str]] | None = None
+
+
+@cache
+def template(name: str) -> str:
+    return (resources.files("prompts") / f"{name}.txt").read_text(encoding="utf-8")
+
+
+def format_subject(task: str) -> str:
+    """The official `format_subject`: ' word word' with 'pt' spelled out (note the leading space)."""
+    return "".join(" " + ("product type" if word == "pt" else word) for word in task.split("_"))
+
+
+def system_prompt(question: Question, protocol: Protocol, options: PromptOptions) -> str:
+    if protocol is Protocol.TASK and options.task_specific_prompt:
+        if question.task_type is TaskType.MULTIPLE_CHOICE:
+            if question.task == REVIEW_RATING:
+                return template("task_specific_review_rating")
+            return template("task_specific_multiple_choice").replace("{subject}", format_subject(question.task))
+        return template("task_specific_system").replace("{subject}", format_subject(question.task))
+    return template("system")
+
+
+def user_text(question: Question, protocol: Protocol, options: PromptOptions) -> str:
+    """Everything after the system prompt."""
+    multiple_choice = question.task_type is TaskType.MULTIPLE_CHOICE
+    if protocol is Protocol.SKILL:
+        text = question.input
+        if multiple_choice and options.number_only:
+            text += template("number_only_suffix")
+        return text
+    if not multiple_choice:
+        return question.input
+    text = question.input
+    if question.choices is not None:  # a CSV question (a skill-format input already carries its choices)
+        if REVIEW_RATING not in question.task:
+            labels = LETTER_CHOICES if options.letter_choices else NUMBER_CHOICES
+            for label, choice in zip(labels, question.choices[:4]):
+                text += f"\n({label}) {choice}" if options.letter_choices else f"\n{label}. {choice}"
+        if options.letter_choices:
+            text += template("letter_instruction")
+        text += template("answer_cue")
+    if options.number_only and not options.letter_choices:
+        text += template("number_only_suffix")
+    return text
+
+
+def max_tokens(question: Question, protocol: Protocol, options: PromptOptions) -> int:
+    if protocol is Protocol.TASK:
+        return TASK_WISE_MAX_TOKENS[question.task_type]
+    return options.multi_choice_tokens if question.task_type is TaskType.MULTIPLE_CHOICE else SKILL_WISE_MAX_TOKENS
+
+
+def render(question: Question, protocol: Protocol = Protocol.SKILL, rendering: Rendering = Rendering.COMPLETION,
+           options: PromptOptions = PromptOptions()) -> RenderedPrompt:
+    system = system_prompt(question, protocol, options)
+    user = user_text(question, protocol, options)
+    common = dict(qid=question.qid, protocol=protocol, rendering=rendering,
+                  max_tokens=max_tokens(question, protocol, options))
+    if rendering is Rendering.COMPLETION:
+        return RenderedPrompt(prompt=system + user, **common)
+    return RenderedPrompt(messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+                          **common)
+
+
+def answer_label(question: Question, options: PromptOptions) -> str:
+    """The label the task-wise multiple-choice scorer compares with (hf_multi_choice.py's `label`)."""
+    truth = str(question.truth)
+    if options.letter_choices and REVIEW_RATING not in question.task and truth in NUMBER_CHOICES:
+        return LETTER_CHOICES[int(truth)]
+    return truth

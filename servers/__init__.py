@@ -1,0 +1,1 @@
+"""Model servers (vLLM on GPU or CPU) and their profiles; the client in `evaluator` talks to what runs here."""
