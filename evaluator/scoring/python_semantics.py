@@ -39,7 +39,7 @@ def python_int(piece: str) -> int | None:
 def int_lists(pieces: pl.Series) -> pl.Series:
     """A list[str] column → list[int]: each piece through `int()`, failures dropped, order kept."""
     frame = pl.DataFrame({"pieces": pieces}).with_row_index("i")
-    exploded = frame.explode("pieces")
+    exploded = frame.explode("pieces", empty_as_null=True)
     exploded = exploded.with_columns(value=map_unique(exploded["pieces"], python_int, pl.Int64))
     grouped = exploded.group_by("i", maintain_order=True).agg(pl.col("value").drop_nulls())
     return grouped["value"].alias(pieces.name)

@@ -94,7 +94,7 @@ def ner_counts(frame: pl.DataFrame) -> pl.DataFrame:
     strings dropped, each lowercased and space-stripped; truth lowercased; set intersection."""
     line = frame["output"].str.strip_chars_start("\n").str.split("\n").list.first().str.strip_chars(" ")
     pieces = line.str.split(",").list.eval(pl.element().filter(pl.element() != ""))
-    exploded = pl.DataFrame({"piece": pieces}).with_row_index("i").explode("piece")
+    exploded = pl.DataFrame({"piece": pieces}).with_row_index("i").explode("piece", empty_as_null=True)
     lowered = map_unique(exploded["piece"], str.lower, pl.String).str.strip_chars(" ")
     predicted = (exploded.with_columns(piece=lowered)
                  .group_by("i", maintain_order=True).agg(pl.col("piece").drop_nulls())["piece"])

