@@ -267,15 +267,20 @@ def _integer(value: Any, path: Path, line: int, field: str) -> int:
 
 def check_truth(value: Any, metric: Metric, path: Path, line: int, field: str):
     """The truth in the shape its metric needs, or an InputError saying which shape was expected."""
-    def is_list_of(kind: type) -> bool:
+    def is_list_of(kind) -> bool:
         return isinstance(value, list) and bool(value) and all(
             isinstance(v, kind) and not isinstance(v, bool) for v in value)
 
     if metric is Metric.ACCURACY:
         return _integer(value, path, line, field) if not isinstance(value, str) else value
-    if metric in (Metric.HIT_RATE_3, Metric.NDCG):
+    if metric is Metric.HIT_RATE_3:
         if not is_list_of(int):
-            raise InputError(f"the {metric.value} truth must be a non-empty list of integers, got {value!r:.80}",
+            raise InputError(f"the hit rate@3 truth must be a non-empty list of integers, got {value!r:.80}",
+                             path=path, line=line, field=field)
+        return value
+    if metric is Metric.NDCG:  # relevance weights: integers or fractions (e.g. [1, 0.01, 0.1, 1, 0])
+        if not is_list_of((int, float)):
+            raise InputError(f"the ndcg truth must be a non-empty list of numbers, got {value!r:.80}",
                              path=path, line=line, field=field)
         return value
     if metric is Metric.MICRO_F1:

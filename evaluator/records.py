@@ -59,7 +59,7 @@ def generation_metric(task: str) -> Metric:
     return Metric.SENT_TRANSFORMER
 
 
-Truth = Union[int, str, list[int], list[str]]
+Truth = Union[int, str, list[int], list[float], list[str]]
 
 
 class Question(BaseModel):

@@ -32,3 +32,34 @@ def write_jsonl(path: Path, records: list) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     return path
+
+
+def write_official_layout(root: Path) -> Path:
+    """A tiny data.zip-style folder: skills/ plus one task file of every type."""
+    write_jsonl(root / "skills" / "skill1_concept.json", [
+        {"input_field": "Pick one\n0. a\n1. b\n2. c\n3. d\nAnswer: ", "output_field": 1,
+         "task_name": "attribute_selection", "task_type": "multiple-choice", "metric": "accuracy"},
+        {"input_field": "Which 3?", "output_field": [1, 2, 3], "task_name": "keyphrase_retrieval",
+         "task_type": "retrieval", "metric": "hit rate@3"},
+    ])
+    write_jsonl(root / "skills" / "skill3_behavior.json", [
+        {"input_field": "Rank them", "output_field": [2, 1, 0], "task_name": "query_product_ranking",
+         "task_type": "ranking", "metric": "ndcg"},
+    ])
+    mc = root / "multiple_choice" / "attribute_selection_dataset.csv"
+    mc.parent.mkdir(parents=True, exist_ok=True)
+    mc.write_text('question,choices,answer\n"Pick, one","[\'a\', \'b\', \'c\', \'d\']",1\n'
+                  'Another,"[""x"", ""y"", ""z"", ""w""]",3\n', encoding="utf-8")
+    review = root / "multiple_choice" / "review_rating_prediction_dataset.csv"
+    review.write_text("question,choices,answer\nGreat product,[],5\n", encoding="utf-8")
+    write_jsonl(root / "retrieval" / "keyphrase_retrieval_dataset.json",
+                [{"input_field": "Which 3?", "target_field": [1, 2, 3]}])
+    write_jsonl(root / "ranking" / "query_product_ranking_dataset.json",
+                [{"input_field": "Rank them", "target_field": [2, 1, 0]}])
+    write_jsonl(root / "named_entity_recognition" / "query_ner_dataset.json",
+                [{"input_field": "Entities?", "target_field": ["acme", "mug"]}])
+    write_jsonl(root / "generation" / "attribute_extraction_dataset.json",
+                [{"input_field": "Extract", "target_field": "cotton"}])
+    write_jsonl(root / "generation" / "title_translation_JP_dataset.json",
+                [{"input_field": "Translate", "target_field": "綿のタオル"}])
+    return root

@@ -45,14 +45,16 @@ def questions_frame(questions: list[Question], options: ScoringOptions = Scoring
             "task": [q.task for q in questions],
             "metric": [q.metric.value for q in questions],
             "truth_text": [truth_text(q) for q in questions],
-            "truth_ints": [q.truth if q.metric in (Metric.HIT_RATE_3, Metric.NDCG) else None for q in questions],
+            "truth_ints": [q.truth if q.metric is Metric.HIT_RATE_3 else None for q in questions],
+            "truth_nums": [q.truth if q.metric is Metric.NDCG else None for q in questions],
             "truth_strs": [([q.truth] if isinstance(q.truth, str) else q.truth)
                            if q.metric in (Metric.MICRO_F1, Metric.SENT_TRANSFORMER,
                                            Metric.MULTILINGUAL_SENT_TRANSFORMER) else None
                            for q in questions],
         },
         schema={"row": pl.UInt32, "qid": pl.String, "skill": pl.String, "task": pl.String, "metric": pl.String,
-                "truth_text": pl.String, "truth_ints": pl.List(pl.Int64), "truth_strs": pl.List(pl.String)},
+                "truth_text": pl.String, "truth_ints": pl.List(pl.Int64), "truth_nums": pl.List(pl.Float64),
+                "truth_strs": pl.List(pl.String)},
     )
 
 

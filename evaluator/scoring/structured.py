@@ -53,7 +53,7 @@ def ndcg(frame: pl.DataFrame) -> pl.Series:
     indexing does. Where the official code would crash (an index below -len, an all-zero truth) we give 0.
     """
     line = _first_line_after_newline_trim(frame["output"])
-    truth = frame["truth_ints"]
+    truth = frame["truth_nums"]
     rows = (pl.DataFrame({"ranked": int_lists(line.str.split(",")), "truth": truth})
             .with_columns(pl.col("ranked").list.slice(0, pl.col("truth").list.len()))
             .with_row_index("i"))
@@ -63,8 +63,8 @@ def ndcg(frame: pl.DataFrame) -> pl.Series:
         .with_columns(pos=pl.int_range(1, pl.len() + 1).over("i"), index=pl.col("ranked") - 1)
         .with_columns(rel=pl.when(pl.col("index") < pl.col("truth").list.len())
                       .then(pl.col("truth").list.get(pl.col("index"), null_on_oob=True))
-                      .otherwise(0)
-                      .fill_null(0))
+                      .otherwise(0.0)
+                      .fill_null(0.0))
         .group_by("i")
         .agg(dcg=(gain(pl.col("rel")) / (pl.col("pos") + 1).log(2)).sum())
     )
@@ -86,7 +86,8 @@ def ndcg(frame: pl.DataFrame) -> pl.Series:
 
 
 def gain(relevance: pl.Expr) -> pl.Expr:
-    return (pl.lit(2, dtype=pl.Int64).pow(relevance) - 1).cast(pl.Float64)
+    """np.power(2, relevance) - 1 (exact for integer relevance, as in float64)."""
+    return pl.lit(2.0, dtype=pl.Float64).pow(relevance) - 1.0
 
 
 def ner_counts(frame: pl.DataFrame) -> pl.DataFrame:

