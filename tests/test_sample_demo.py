@@ -1,0 +1,39 @@
+"""The shipped sample set covers every metric and skill, and `demo` scores it end to end."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from evaluator import loaders
+from evaluator.cli import main, sample_dir
+from evaluator.records import Metric, TaskType
+
+
+def test_sample_set_covers_all_metrics_types_and_languages():
+    questions = loaders.load(sample_dir()).questions
+    assert {q.metric for q in questions} == set(Metric)
+    assert {q.task_type for q in questions} == set(TaskType)
+    assert len({q.skill for q in questions}) == 4
+    text = " ".join(q.input for q in questions)
+    assert "Welches" in text  # German
+    assert any("\u3040" <= ch <= "\u30ff" for ch in text)  # Japanese kana
+
+
+def test_demo_scores_the_sample_and_reports_the_unavailable_model(tmp_path, capsys, monkeypatch):
+    out_json = tmp_path / "demo.json"
+    monkeypatch.setattr(sys, "argv", ["shopping-mmlu", "demo", "--json", str(out_json)])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code in (0, None)
+    out = capsys.readouterr().out
+    doc = json.loads(out_json.read_text())
+    assert set(doc["skills"]) == {"skill1_concept", "skill2_reasoning", "skill3_behavior", "skill4_multilingual"}
+    # jp-bleu rows share the title_translation task with bleu rows: the task shows its first row's metric
+    assert {t["metric"] for t in doc["tasks"]} == {m.value for m in Metric} - {"multilingual-sent-transformer",
+                                                                                "jp-bleu"}
+    assert {t["task"]: t["n"] for t in doc["tasks"]}["title_translation"] == 4
+    assert 0 < doc["overall"] < 1
+    assert "not scored" in out and "--multilingual-model" in out
