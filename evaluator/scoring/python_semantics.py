@@ -7,15 +7,14 @@ lot, so calling the real Python function on each *distinct* value is both exact 
 
 from __future__ import annotations
 
-import sys
 from typing import Callable
 
 import polars as pl
 
-# Every character Python's str.strip() / int() treat as whitespace (Polars' idea of whitespace differs).
+# Every character Python's str.strip() / int() treat as whitespace (Polars' idea of whitespace differs);
+# the last of them is U+3000.
+PY_WHITESPACE = "".join(chr(c) for c in range(0x3001) if chr(c).isspace())
 OUT_OF_RANGE = 2**62
-
-PY_WHITESPACE = "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())
 
 
 def map_unique(series: pl.Series, fn: Callable, dtype: pl.DataType) -> pl.Series:
