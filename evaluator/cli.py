@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from importlib import resources
 from pathlib import Path
 from typing import Optional
@@ -13,13 +15,17 @@ from rich.console import Console
 from rich.table import Table
 
 from evaluator import download as downloading
-from evaluator import loaders
+from evaluator import leaderboard, loaders, runner
+from evaluator.cache import ResponseCache
 from evaluator.errors import InputError
-from evaluator.prompts import Protocol
+from evaluator.prompts import Protocol, Rendering
 from evaluator.report import print_scores
 from evaluator.responses import read_responses
 from evaluator.scoring import EmbeddingUnavailable, ScoringOptions, score
-from evaluator.scoring.embeddings import ENGLISH_MODEL, MULTILINGUAL_MODEL, EmbeddingConfig
+from evaluator.runner import RunConfig
+from evaluator.scoring.embeddings import ENGLISH_MODEL, MULTILINGUAL_MODEL, EmbeddingConfig, default_cache_dir
+from servers.profiles import get_profile
+from servers.vllm_server import ServerStartError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Fast, faithful Shopping MMLU evaluation.")
@@ -30,6 +36,7 @@ err_console = Console(stderr=True)
 
 EMBEDDING_HELP = "sentence-transformer model for 'sent-transformer' rows: hub name or local folder"
 MULTILINGUAL_HELP = "model for 'multilingual-sent-transformer' rows: hub name or local folder"
+CACHE_HELP = "cache folder (default $SHOPPING_MMLU_CACHE or ~/.cache/shopping-mmlu)"
 
 
 def sample_dir() -> Path:
@@ -72,16 +79,110 @@ def score_command(
     _score_and_report(data, responses, options, json_out)
 
 
+@app.command("run")
+def run_command(
+    model: str = typer.Option(..., "--model", help="a profile name, or any served model name with --base-url"),
+    data: Path = typer.Option(..., "--data", help="skill file, task file, or data.zip folder"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="an OpenAI-compatible endpoint (…/v1); "
+                                           "without it a local model's server is started and stopped"),
+    protocol: Protocol = typer.Option(Protocol.SKILL, "--protocol"),
+    render: Optional[Rendering] = typer.Option(None, "--render", help="completion (plain text) or chat; "
+                                               "default: the profile's"),
+    concurrency: int = typer.Option(64, "--concurrency", min=1, help="requests in flight"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first N questions"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
+    refresh: bool = typer.Option(False, "--refresh", help="ignore cached answers and ask again"),
+    timeout: float = typer.Option(300.0, "--timeout", help="seconds per request attempt"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the scores as JSON here"),
+) -> None:
+    """Answer every question (cached answers are reused), then score from the cache."""
+    config = RunConfig(profile=get_profile(model, base_url), data=data, protocol=protocol, rendering=render,
+                       base_url=base_url, concurrency=concurrency, limit=limit, cache_dir=cache, refresh=refresh,
+                       timeout_s=timeout)
+    _finish(runner.execute(config, console), config, json_out)
+
+
+@app.command("rescore")
+def rescore_command(
+    model: str = typer.Option(..., "--model"),
+    data: Path = typer.Option(..., "--data"),
+    protocol: Protocol = typer.Option(Protocol.SKILL, "--protocol"),
+    render: Optional[Rendering] = typer.Option(None, "--render"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1),
+    cache: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
+    json_out: Optional[Path] = typer.Option(None, "--json"),
+) -> None:
+    """Score again from the cache alone: no server, no request; a missing answer counts as an error."""
+    config = RunConfig(profile=get_profile(model, adhoc=True), data=data, protocol=protocol, rendering=render,
+                       limit=limit, cache_dir=cache)
+    _finish(runner.execute(config, console, send_missing=False), config, json_out)
+
+
+def _finish(result: runner.RunResult, config: RunConfig, json_out: Optional[Path]) -> None:
+    print_scores(result.scores, console, config.profile.name, errors=result.tasks)
+    console.print(f"requests: {result.sent} sent, {result.cached} cached, {result.errors} errors"
+                  + (f", fan-out {result.seconds:.1f} s" if result.sent else ""))
+    if json_out is not None:
+        result.scores.write_json(json_out, config.profile.name, extra={
+            "errors": result.errors, "requests": result.document(config.profile.name)["requests"]})
+        console.print(f"wrote {json_out}")
+
+
+@app.command("report")
+def report_command(
+    cache: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
+    fmt: str = typer.Option("table", "--format", help="table, md, csv or json"),
+) -> None:
+    """Every model scored in the cache, per skill and overall, best first."""
+    if fmt not in ("table", "md", "csv", "json"):
+        raise InputError(f"unknown format {fmt!r}: use table, md, csv or json", field="--format")
+    response_cache = ResponseCache((cache or default_cache_dir()) / "responses")
+    try:
+        board = leaderboard.leaderboard(response_cache.scores())
+    finally:
+        response_cache.close()
+    leaderboard.render(board, fmt, console)
+
+
+@app.command("serve")
+def serve_command(
+    model: str = typer.Argument(..., help="a local model's profile name"),
+    port: Optional[int] = typer.Option(None, "--port", help="default: a free port"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
+) -> None:
+    """Serve one model on vLLM until Ctrl-C or SIGTERM."""
+    profile = get_profile(model)
+    if not profile.is_local:
+        raise InputError(f"'{model}' is an API model ({profile.provider}); nothing to serve")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server = runner.start_server(profile, cache or default_cache_dir(), err_console, port=port)
+    print(server.base_url, flush=True)
+    try:
+        while not stop.is_set() and server.process is not None and server.process.poll() is None:
+            stop.wait(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        err_console.print("server stopped")
+
+
 @app.command("demo")
 def demo_command(
+    cache: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
+    refresh: bool = typer.Option(False, "--refresh", help="ask the model again"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the scores as JSON here"),
-    multilingual_model: str = typer.Option(MULTILINGUAL_MODEL, "--multilingual-model", help=MULTILINGUAL_HELP),
 ) -> None:
-    """Score the shipped sample set against the sample responses shipped beside it."""
-    folder = sample_dir()
-    console.print(f"Scoring the sample set in {folder}")
-    options = ScoringOptions(embeddings=EmbeddingConfig(multilingual=multilingual_model))
-    _score_and_report(folder, folder / "responses", options, json_out)
+    """The embedded default: SmolLM2-135M on vLLM (CPU here), the sample set, scores and the leaderboard."""
+    config = RunConfig(profile=get_profile("demo"), data=sample_dir(), cache_dir=cache, refresh=refresh)
+    console.print(f"Demo: model 'demo' (SmolLM2-135M-Instruct) on the sample set in {config.data}")
+    _finish(runner.execute(config, console), config, json_out)
+    response_cache = ResponseCache(config.cache_folder / "responses")
+    try:
+        leaderboard.render(leaderboard.leaderboard(response_cache.scores()), "table", console)
+    finally:
+        response_cache.close()
 
 
 @data_app.command("download")
@@ -128,6 +229,9 @@ def main() -> None:
     except InputError as exc:
         err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except ServerStartError as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True, markup=False)
+        sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)

@@ -9,14 +9,18 @@ from rich.table import Table
 from evaluator.scoring.aggregate import Scores
 
 
-def print_scores(scores: Scores, console: Console, model: str = "") -> None:
-    tasks = scores.tasks.filter(pl.col("model") == model)
+def print_scores(scores: Scores, console: Console, model: str = "", errors: pl.DataFrame | None = None) -> None:
+    """Per task, per skill and overall; `errors` (skill, task, metric, n, errors, score) adds an errors column
+    and lists tasks whose every request failed."""
+    tasks = scores.tasks.filter(pl.col("model") == model) if errors is None else errors
     table = Table(title="Shopping MMLU scores" + (f": {model}" if model else ""), show_lines=False)
-    for column, justify in (("skill", "left"), ("task", "left"), ("metric", "left"), ("n", "right"),
-                            ("score", "right")):
+    columns = [("skill", "left"), ("task", "left"), ("metric", "left"), ("n", "right"), ("score", "right")]
+    for column, justify in columns + ([("errors", "right")] if errors is not None else []):
         table.add_column(column, justify=justify)
     for row in tasks.iter_rows(named=True):
-        table.add_row(row["skill"], row["task"], row["metric"], str(row["n"]), f"{row['score']:.4f}")
+        cells = [row["skill"], row["task"], row["metric"], str(row["n"]),
+                 "-" if row["score"] is None else f"{row['score']:.4f}"]
+        table.add_row(*cells, *([str(row["errors"])] if errors is not None else []))
     skills = scores.skills.filter(pl.col("model") == model)
     if skills.height:
         table.add_section()

@@ -1,0 +1,193 @@
+"""One async client for any OpenAI-compatible endpoint (vLLM, OpenAI, Anthropic's compatible API, ...).
+
+A fixed pool of workers (the in-flight cap) pulls requests from a queue; an optional requests-per-minute
+throttle sits in front of every send. Failures are classified: 429, 5xx, timeouts and dropped connections
+are retried with exponential backoff and jitter (Retry-After honoured), bounded by attempts and total time;
+anything else, and the last failure, becomes an error `Reply`, never an empty answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Iterable
+
+import httpx
+from asyncio_throttle import Throttler
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    base_url: str  # .../v1
+    chat: bool  # /chat/completions (messages) or /completions (prompt)
+    api_key: str | None = None  # sent as a bearer token, never stored
+    timeout_s: float = 300.0
+    concurrency: int = 64
+    requests_per_minute: int | None = None
+
+    @property
+    def url(self) -> str:
+        return self.base_url.rstrip("/") + ("/chat/completions" if self.chat else "/completions")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    max_total_s: float = 900.0
+    base_delay_s: float = 0.5
+    max_delay_s: float = 60.0
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_delay_s)
+        return min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1)) * rng.uniform(0.5, 1.5)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer (ok) or the final error of one request."""
+
+    ok: bool
+    attempts: int
+    latency_s: float
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    error_kind: str | None = None  # rate_limited, server_error, timeout, connection, http_error, malformed, empty
+    status: int | None = None
+    message: str = ""
+
+
+class Fault(Exception):
+    def __init__(self, kind: str, message: str, status: int | None = None, retryable: bool = False,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.kind, self.status, self.retryable, self.retry_after = kind, status, retryable, retry_after
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def parse_reply(payload: bytes, chat: bool) -> tuple[str, str | None, int | None, int | None]:
+    try:
+        data = json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Fault("malformed", f"response is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise Fault("malformed", "response is not a JSON object")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise Fault("empty", "response has no choices")
+    choice = choices[0]
+    if chat:
+        message = choice.get("message")
+        text = message.get("content") if isinstance(message, dict) else None
+    else:
+        text = choice.get("text")
+    if text is None:
+        text = ""
+    if not isinstance(text, str):
+        raise Fault("malformed", "the choice's text is not a string")
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    return text, choice.get("finish_reason"), usage.get("prompt_tokens"), usage.get("completion_tokens")
+
+
+async def _send_once(client: httpx.AsyncClient, endpoint: Endpoint, body: dict) -> Reply:
+    try:
+        response = await client.post(endpoint.url, content=json.dumps(body, ensure_ascii=False).encode("utf-8"))
+        payload = await response.aread()
+    except httpx.TimeoutException as exc:
+        raise Fault("timeout", f"no answer within {endpoint.timeout_s:g} s ({type(exc).__name__})",
+                    retryable=True) from None
+    except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
+        raise Fault("connection", f"{type(exc).__name__}: {exc}", retryable=True) from None
+    status = response.status_code
+    if status == 429:
+        raise Fault("rate_limited", "HTTP 429", status, True, _retry_after(response.headers.get("retry-after")))
+    if status >= 500:
+        raise Fault("server_error", f"HTTP {status}: {payload[:300].decode('utf-8', 'replace')}", status, True,
+                    _retry_after(response.headers.get("retry-after")))
+    if status != 200:
+        raise Fault("http_error", f"HTTP {status}: {payload[:500].decode('utf-8', 'replace')}", status)
+    text, finish, prompt_tokens, completion_tokens = parse_reply(payload, endpoint.chat)
+    return Reply(True, 1, 0.0, text, finish, prompt_tokens, completion_tokens)
+
+
+async def request(client: httpx.AsyncClient, endpoint: Endpoint, body: dict, policy: RetryPolicy,
+                  rng: random.Random, throttler: Throttler | None = None) -> Reply:
+    """Send one request with retries; always returns a Reply."""
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            if throttler is not None:
+                async with throttler:
+                    pass
+            reply = await _send_once(client, endpoint, body)
+            return Reply(**{**reply.__dict__, "attempts": attempt, "latency_s": time.monotonic() - started})
+        except Fault as fault:
+            elapsed = time.monotonic() - started
+            wait = policy.delay(attempt, fault.retry_after, rng)
+            if not fault.retryable or attempt >= policy.max_attempts or elapsed + wait > policy.max_total_s:
+                return Reply(False, attempt, elapsed, error_kind=fault.kind, status=fault.status,
+                             message=str(fault))
+            await asyncio.sleep(wait)
+
+
+def make_client(endpoint: Endpoint) -> httpx.AsyncClient:
+    """A connection pool as wide as the in-flight cap (httpx's default stops at 100)."""
+    headers = {"content-type": "application/json"}
+    if endpoint.api_key:
+        headers["authorization"] = f"Bearer {endpoint.api_key}"
+    limits = httpx.Limits(max_connections=endpoint.concurrency, max_keepalive_connections=endpoint.concurrency)
+    timeout = httpx.Timeout(endpoint.timeout_s, connect=min(endpoint.timeout_s, 30.0))
+    return httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout)
+
+
+async def fan_out(endpoint: Endpoint, items: Iterable[tuple[str, dict]],
+                  on_reply: Callable[[str, Reply], Awaitable[None] | None],
+                  policy: RetryPolicy = RetryPolicy(), seed: int = 0) -> float:
+    """Send every (key, body) with at most `endpoint.concurrency` in flight; `on_reply` sees each result as
+    it arrives. Returns the wall time from the first send to the last reply."""
+    queue: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
+    for item in items:
+        queue.put_nowait(item)
+    if queue.empty():
+        return 0.0
+    throttler = (Throttler(rate_limit=endpoint.requests_per_minute, period=60.0)
+                 if endpoint.requests_per_minute else None)
+    rng = random.Random(seed)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while True:
+            try:
+                key, body = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            reply = await request(client, endpoint, body, policy, rng, throttler)
+            result = on_reply(key, reply)
+            if asyncio.iscoroutine(result):
+                await result
+
+    started = time.monotonic()
+    async with make_client(endpoint) as client:
+        workers = [asyncio.create_task(worker(client)) for _ in range(min(endpoint.concurrency, queue.qsize()))]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+    return time.monotonic() - started

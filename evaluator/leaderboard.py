@@ -1,0 +1,56 @@
+"""The leaderboard: every model's latest scores from the cache, per skill and overall, best first."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+from rich.console import Console
+from rich.table import Table
+
+KEYS = ["model", "data", "protocol", "rendering"]
+
+
+def leaderboard(scores: pl.DataFrame) -> pl.DataFrame:
+    """One row per (model, data, protocol, rendering): overall, one column per skill, questions, errors."""
+    if scores.is_empty():
+        return pl.DataFrame(schema={"model": pl.String, "overall": pl.Float64})
+    skills = (scores.filter(pl.col("n") > 0)
+              .group_by(*KEYS, "skill").agg(score=pl.col("score").mean()))
+    wide = skills.pivot(on="skill", index=KEYS, values="score", sort_columns=True)
+    skill_columns = [c for c in wide.columns if c not in KEYS]
+    totals = scores.group_by(KEYS).agg(
+        questions=(pl.col("n") + pl.col("errors")).sum(), errors=pl.col("errors").sum(),
+        prompt_tokens=pl.col("prompt_tokens").sum(), completion_tokens=pl.col("completion_tokens").sum())
+    return (wide.with_columns(overall=pl.mean_horizontal(skill_columns))
+            .join(totals, on=KEYS)
+            .select(*KEYS, "overall", *skill_columns, "questions", "errors", "prompt_tokens", "completion_tokens")
+            .sort("overall", descending=True, nulls_last=True))
+
+
+def render(board: pl.DataFrame, fmt: str, console: Console) -> None:
+    if fmt == "json":
+        print(json.dumps(board.to_dicts(), indent=2, ensure_ascii=False))
+    elif fmt == "csv":
+        print(board.write_csv(), end="")
+    elif fmt == "md":
+        columns = board.columns
+        print("| " + " | ".join(columns) + " |")
+        print("|" + "|".join(" --- " for _ in columns) + "|")
+        for row in board.iter_rows():
+            print("| " + " | ".join(_cell(v) for v in row) + " |")
+    else:  # the terminal table: data by file name, no token columns
+        shown = board.drop("prompt_tokens", "completion_tokens", strict=False).with_columns(
+            pl.col("data").str.split("/").list.last()) if "data" in board.columns else board
+        table = Table(title="Shopping MMLU leaderboard")
+        for column in shown.columns:
+            table.add_column(column, justify="left" if column in KEYS else "right", overflow="fold")
+        for row in shown.iter_rows():
+            table.add_row(*(_cell(v) for v in row))
+        console.print(table)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
