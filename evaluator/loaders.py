@@ -65,25 +65,25 @@ def load(path: str | Path, protocol: str = "skill") -> Dataset:
 
 
 def data_files(root: Path, protocol: str) -> list[Path]:
-    """The data files of a data.zip folder, in the order responses must follow."""
-    if protocol == "skill":
-        found = sorted((root / "skills").glob("*.json")) + sorted((root / "skills").glob("*.jsonl"))
-        if not found:
-            found = sorted(p for p in root.glob("*.json*") if p.is_file())
-        if not found:
-            raise InputError("no skill files: expected skills/*.json (the data.zip layout) or *.json(l) files",
-                             path=root)
-        return found
+    """The data files of a folder, in the order responses must follow: skill files for the skill protocol;
+    the type folders' task files for the task protocol (skill files where a folder has no type folders)."""
+    if protocol not in ("skill", "task"):
+        raise InputError(f"unknown protocol {protocol!r}: use 'skill' or 'task'")
     if protocol == "task":
         found = []
         for folder in TYPE_FOLDERS:
             pattern = "*_dataset.csv" if folder == "multiple_choice" else "*_dataset.json"
             found += sorted((root / folder).glob(pattern))
-        if not found:
-            raise InputError("no task files: expected multiple_choice/*_dataset.csv or "
-                             "{retrieval,ranking,named_entity_recognition,generation}/*_dataset.json", path=root)
-        return found
-    raise InputError(f"unknown protocol {protocol!r}: use 'skill' or 'task'")
+        if found:
+            return found
+    found = sorted((root / "skills").glob("*.json")) + sorted((root / "skills").glob("*.jsonl"))
+    if not found:
+        found = sorted(p for p in root.glob("*.json*") if p.is_file())
+    if not found:
+        raise InputError("no data files: expected skills/*.json, multiple_choice/*_dataset.csv, "
+                         "{retrieval,ranking,named_entity_recognition,generation}/*_dataset.json (the data.zip "
+                         "layout) or *.json(l) skill files", path=root)
+    return found
 
 
 def _data_root_of(file: Path) -> Path:

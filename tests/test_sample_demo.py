@@ -1,4 +1,4 @@
-"""The shipped sample set covers every metric and skill, and `demo` scores it end to end."""
+"""The shipped sample set covers every metric and skill, and its shipped responses score end to end."""
 
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ def test_sample_set_covers_all_metrics_types_and_languages():
     assert any("\u3040" <= ch <= "\u30ff" for ch in text)  # Japanese kana
 
 
-def test_demo_scores_the_sample_and_reports_the_unavailable_model(tmp_path, capsys, monkeypatch):
-    out_json = tmp_path / "demo.json"
-    monkeypatch.setattr(sys, "argv", ["shopping-mmlu", "demo", "--json", str(out_json)])
+def test_sample_responses_score_and_the_unavailable_model_is_reported(tmp_path, capsys, monkeypatch):
+    out_json = tmp_path / "sample.json"
+    monkeypatch.setattr(sys, "argv", ["shopping-mmlu", "score", "--data", str(sample_dir()), "--responses",
+                                      str(sample_dir() / "responses"), "--json", str(out_json)])
     with pytest.raises(SystemExit) as exited:
         main()
     assert exited.value.code in (0, None)

@@ -104,9 +104,9 @@ def score_rows(responses: pl.DataFrame, questions: pl.DataFrame, options: Scorin
     finally:
         if own_embedder:
             embedder.close()
-    counts = {"tp": pl.Int64, "fp": pl.Int64, "fn": pl.Int64, "unscored": pl.String}
-    parts = [p.with_columns(pl.lit(None, dtype=t).alias(c) for c, t in counts.items() if c not in p.columns)
-             for p in parts]
+    added = {"score": pl.Float64, "tp": pl.Int64, "fp": pl.Int64, "fn": pl.Int64, "unscored": pl.String}
+    parts = [p.with_columns(pl.lit(None, dtype=t).alias(c) for c, t in added.items() if c not in p.columns)
+             for p in parts or [joined]]
     return pl.concat(parts, how="diagonal_relaxed").sort("order").drop("order")
 
 

@@ -1,0 +1,192 @@
+"""A fault-injecting OpenAI-compatible stub: for what a real server cannot do on demand.
+
+It answers `/v1/completions` and `/v1/chat/completions` with a deterministic text per request body
+(`stub-` + a hash of the prompt), and `/v1/models`. A `plan(body_hash, attempt)` chooses, per request, one of:
+
+    ok, 429, 500, 502, 503, 400, stall (no answer for `stall_s`), reset (drop the connection),
+    malformed (200 with a body that is not JSON), empty (200 with no choices)
+
+It counts what it saw (per body, and the Authorization headers). Raw asyncio HTTP/1.1 with keep-alive, so
+one core serves thousands of requests per second. `python -m servers.stub --port P [--fault-share 0.1]`
+runs it on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import random
+import threading
+from collections import Counter
+from typing import Callable
+
+FAULTS = ("429", "500", "502", "503", "400", "stall", "reset", "malformed", "empty")
+REASONS = {200: "OK", 400: "Bad Request", 429: "Too Many Requests", 500: "Internal Server Error",
+           502: "Bad Gateway", 503: "Service Unavailable"}
+
+
+def answer_for(body: dict) -> str:
+    """The deterministic answer to a request body."""
+    source = body.get("prompt") if "prompt" in body else json.dumps(body.get("messages"), sort_keys=True)
+    return "stub-" + hashlib.sha256(str(source).encode()).hexdigest()[:12]
+
+
+def body_hash(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+class Stub:
+    def __init__(self, plan: Callable[[str, int], str] | None = None, latency: tuple[float, float] = (0.0, 0.0),
+                 stall_s: float = 30.0, retry_after: str = "0.05", seed: int = 0) -> None:
+        self.plan = plan or (lambda _h, _a: "ok")
+        self.latency = latency
+        self.stall_s = stall_s
+        self.retry_after = retry_after
+        self.rng = random.Random(seed)
+        self.seen: Counter[str] = Counter()  # body hash -> requests received
+        self.outcomes: Counter[str] = Counter()
+        self.authorizations: Counter[str] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.port: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def _respond(self, writer: asyncio.StreamWriter, status: int, payload: bytes,
+                       headers: dict[str, str] | None = None) -> None:
+        head = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}", "Content-Type: application/json",
+                f"Content-Length: {len(payload)}", "Connection: keep-alive"]
+        head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
+        await writer.drain()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                method, path, _ = line.decode("latin-1").split(" ", 2)
+                headers = {}
+                while (header := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    name, _, value = header.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                raw = await reader.readexactly(int(headers.get("content-length", "0") or 0))
+                if path.endswith("/models"):
+                    await self._respond(writer, 200, b'{"object":"list","data":[{"id":"stub"}]}')
+                    continue
+                if "authorization" in headers:
+                    self.authorizations[headers["authorization"]] += 1
+                digest = body_hash(raw)
+                self.seen[digest] += 1
+                action = self.plan(digest, self.seen[digest])
+                self.outcomes[action] += 1
+                low, high = self.latency
+                if high > 0:
+                    self.in_flight += 1
+                    self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                    try:
+                        await asyncio.sleep(self.rng.uniform(low, high))
+                    finally:
+                        self.in_flight -= 1
+                if action == "reset":
+                    writer.transport.abort()
+                    return
+                if action == "stall":
+                    await asyncio.sleep(self.stall_s)
+                    writer.transport.abort()
+                    return
+                if action in ("429", "500", "502", "503", "400"):
+                    extra = {"Retry-After": self.retry_after} if action in ("429", "503") else {}
+                    await self._respond(writer, int(action), b'{"error":{"message":"injected"}}', extra)
+                    continue
+                if action == "malformed":
+                    await self._respond(writer, 200, b'{"choices": [{"text": "trunc')
+                    continue
+                body = json.loads(raw)
+                chat = path.endswith("/chat/completions")
+                text = answer_for(body)
+                choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                          if chat else {"index": 0, "text": text, "finish_reason": "stop"})
+                reply = {"id": "stub", "object": "chat.completion" if chat else "text_completion",
+                         "model": body.get("model"), "choices": [] if action == "empty" else [choice],
+                         "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}
+                await self._respond(writer, 200, json.dumps(reply).encode())
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    async def serve(self, port: int = 0) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", port, backlog=4096)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def start(self, port: int = 0) -> "Stub":
+        """Serve from a background thread with its own event loop."""
+        ready = threading.Event()
+
+        def main() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self.serve(port))
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=main, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._server is not None:
+            async def close() -> None:
+                self._server.close()
+                for task in asyncio.all_tasks():
+                    if task is not asyncio.current_task():
+                        task.cancel()
+
+            asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    def __enter__(self) -> "Stub":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def share_plan(share: float, faults: tuple[str, ...] = FAULTS, seed: int = 0) -> Callable[[str, int], str]:
+    """A `share` of first attempts gets a fault (chosen per body); every retry succeeds."""
+    def plan(digest: str, attempt: int) -> str:
+        rng = random.Random(f"{seed}:{digest}")
+        if attempt == 1 and rng.random() < share:
+            return rng.choice(faults)
+        return "ok"
+    return plan
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="OpenAI-compatible stub server")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--fault-share", type=float, default=0.0)
+    parser.add_argument("--latency", type=float, nargs=2, default=(0.0, 0.0), metavar=("MIN", "MAX"))
+    args = parser.parse_args()
+    stub = Stub(share_plan(args.fault_share), latency=tuple(args.latency))
+
+    async def run() -> None:
+        await stub.serve(args.port)
+        print(stub.base_url, flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The async client against the fault-injecting loopback stub: retries, error rows, caps, throttling."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from evaluator.client import Endpoint, Reply, RetryPolicy, fan_out
+from servers.stub import Stub, answer_for
+
+FAST = RetryPolicy(max_attempts=4, max_total_s=30, base_delay_s=0.01, max_delay_s=0.2)
+
+
+def run_all(endpoint: Endpoint, bodies: list[dict], policy: RetryPolicy = FAST) -> dict[str, Reply]:
+    replies: dict[str, Reply] = {}
+
+    def keep(key: str, reply: Reply) -> None:
+        replies[key] = reply
+
+    asyncio.run(fan_out(endpoint, [(str(i), b) for i, b in enumerate(bodies)], keep, policy))
+    return replies
+
+
+def first_then_ok(action: str):
+    return lambda _digest, attempt: action if attempt == 1 else "ok"
+
+
+BODY = {"model": "m", "prompt": "hello", "max_tokens": 4, "temperature": 0.0}
+
+
+@pytest.mark.parametrize("fault", ["429", "500", "502", "503", "reset", "stall"])
+def test_retryable_faults_are_retried_and_succeed(fault):
+    with Stub(first_then_ok(fault), stall_s=5) as stub:
+        endpoint = Endpoint(stub.base_url, chat=False, timeout_s=0.5)
+        reply = run_all(endpoint, [BODY])["0"]
+    assert reply.ok and reply.text == answer_for(BODY) and reply.attempts == 2
+    assert sum(stub.seen.values()) == 2
+
+
+def test_retry_after_is_honoured():
+    with Stub(first_then_ok("429"), retry_after="0.6") as stub:
+        started = time.monotonic()
+        reply = run_all(Endpoint(stub.base_url, chat=False), [BODY])["0"]
+    assert reply.ok and time.monotonic() - started >= 0.6
+
+
+@pytest.mark.parametrize("fault, kind, status", [
+    ("400", "http_error", 400), ("malformed", "malformed", None), ("empty", "empty", None)])
+def test_other_faults_are_error_rows_without_retry(fault, kind, status):
+    with Stub(lambda _d, _a: fault) as stub:
+        reply = run_all(Endpoint(stub.base_url, chat=False), [BODY])["0"]
+    assert not reply.ok and reply.text == "" and (reply.error_kind, reply.status, reply.attempts) == (kind, status, 1)
+    assert sum(stub.seen.values()) == 1
+
+
+def test_retries_stop_at_max_attempts():
+    with Stub(lambda _d, _a: "500") as stub:
+        reply = run_all(Endpoint(stub.base_url, chat=False), [BODY])["0"]
+    assert not reply.ok and reply.error_kind == "server_error" and reply.attempts == FAST.max_attempts
+    assert sum(stub.seen.values()) == FAST.max_attempts
+
+
+def test_retries_stop_at_the_total_time_bound():
+    policy = RetryPolicy(max_attempts=100, max_total_s=1.0, base_delay_s=0.01, max_delay_s=5)
+    with Stub(lambda _d, _a: "429", retry_after="0.4") as stub:
+        started = time.monotonic()
+        reply = run_all(Endpoint(stub.base_url, chat=False), [BODY], policy)["0"]
+    assert not reply.ok and reply.error_kind == "rate_limited" and reply.status == 429
+    assert time.monotonic() - started < 1.5 and 2 <= reply.attempts <= 4
+
+
+def test_connection_refused_becomes_an_error_row():
+    reply = run_all(Endpoint("http://127.0.0.1:9/v1", chat=False), [BODY],
+                    RetryPolicy(max_attempts=2, base_delay_s=0.01))["0"]
+    assert not reply.ok and reply.error_kind == "connection" and reply.attempts == 2
+
+
+def test_in_flight_cap_and_a_pool_wider_than_httpx_default():
+    bodies = [dict(BODY, prompt=f"q{i}") for i in range(300)]
+    with Stub(latency=(0.2, 0.2)) as stub:
+        replies = run_all(Endpoint(stub.base_url, chat=False, concurrency=150), bodies)
+    assert all(r.ok for r in replies.values()) and len(replies) == 300
+    assert stub.max_in_flight == 150
+
+
+def test_requests_per_minute_throttle():
+    bodies = [dict(BODY, prompt=f"q{i}") for i in range(9)]
+    with Stub() as stub:
+        started = time.monotonic()
+        run_all(Endpoint(stub.base_url, chat=False, requests_per_minute=3, rate_period_s=0.5), bodies)
+        elapsed = time.monotonic() - started
+    assert elapsed >= 1.0  # 9 requests at 3 per 0.5 s need at least two more windows
+
+
+def test_chat_endpoint_and_usage():
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0.0}
+    with Stub() as stub:
+        reply = run_all(Endpoint(stub.base_url, chat=True, api_key="k-123"), [body])["0"]
+    assert reply.ok and reply.text == answer_for(body) and reply.completion_tokens == 3
+    assert stub.authorizations == {"Bearer k-123": 1}
