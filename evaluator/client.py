@@ -1,5 +1,8 @@
 """One async client for any OpenAI-compatible endpoint (vLLM, OpenAI, Anthropic's compatible API, ...).
 
+aiohttp, not httpx: against a zero-latency stub on these cores aiohttp sustains ~10k req/s where httpx's
+pool tops out at a few hundred with hundreds of connections (benchmarks/RESULTS.md).
+
 A fixed pool of workers (the in-flight cap) pulls requests from a queue; an optional requests-per-minute
 throttle sits in front of every send. Failures are classified: 429, 5xx, timeouts and dropped connections
 are retried with exponential backoff and jitter (Retry-After honoured), bounded by attempts and total time;
@@ -16,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable
 
-import httpx
+import aiohttp
 from asyncio_throttle import Throttler
 
 
@@ -105,28 +108,27 @@ def parse_reply(payload: bytes, chat: bool) -> tuple[str, str | None, int | None
     return text, choice.get("finish_reason"), usage.get("prompt_tokens"), usage.get("completion_tokens")
 
 
-async def _send_once(client: httpx.AsyncClient, endpoint: Endpoint, body: dict) -> Reply:
+async def _send_once(session: aiohttp.ClientSession, endpoint: Endpoint, body: dict) -> Reply:
     try:
-        response = await client.post(endpoint.url, content=json.dumps(body, ensure_ascii=False).encode("utf-8"))
-        payload = await response.aread()
-    except httpx.TimeoutException as exc:
-        raise Fault("timeout", f"no answer within {endpoint.timeout_s:g} s ({type(exc).__name__})",
-                    retryable=True) from None
-    except httpx.TransportError as exc:  # refused, reset, dropped mid-response
+        async with session.post(endpoint.url, data=json.dumps(body, ensure_ascii=False).encode("utf-8")) as response:
+            payload = await response.read()
+            status, headers = response.status, response.headers
+    except asyncio.TimeoutError:
+        raise Fault("timeout", f"no answer within {endpoint.timeout_s:g} s", retryable=True) from None
+    except aiohttp.ClientError as exc:  # refused, reset, dropped mid-response
         raise Fault("connection", f"{type(exc).__name__}: {exc}", retryable=True) from None
-    status = response.status_code
     if status == 429:
-        raise Fault("rate_limited", "HTTP 429", status, True, _retry_after(response.headers.get("retry-after")))
+        raise Fault("rate_limited", "HTTP 429", status, True, _retry_after(headers.get("retry-after")))
     if status >= 500:
         raise Fault("server_error", f"HTTP {status}: {payload[:300].decode('utf-8', 'replace')}", status, True,
-                    _retry_after(response.headers.get("retry-after")))
+                    _retry_after(headers.get("retry-after")))
     if status != 200:
         raise Fault("http_error", f"HTTP {status}: {payload[:500].decode('utf-8', 'replace')}", status)
     text, finish, prompt_tokens, completion_tokens = parse_reply(payload, endpoint.chat)
     return Reply(True, 1, 0.0, text, finish, prompt_tokens, completion_tokens)
 
 
-async def request(client: httpx.AsyncClient, endpoint: Endpoint, body: dict, policy: RetryPolicy,
+async def request(session: aiohttp.ClientSession, endpoint: Endpoint, body: dict, policy: RetryPolicy,
                   rng: random.Random, throttler: Throttler | None = None) -> Reply:
     """Send one request with retries; always returns a Reply."""
     started = time.monotonic()
@@ -137,7 +139,7 @@ async def request(client: httpx.AsyncClient, endpoint: Endpoint, body: dict, pol
             if throttler is not None:
                 async with throttler:
                     pass
-            reply = await _send_once(client, endpoint, body)
+            reply = await _send_once(session, endpoint, body)
             return Reply(**{**reply.__dict__, "attempts": attempt, "latency_s": time.monotonic() - started})
         except Fault as fault:
             elapsed = time.monotonic() - started
@@ -148,14 +150,14 @@ async def request(client: httpx.AsyncClient, endpoint: Endpoint, body: dict, pol
             await asyncio.sleep(wait)
 
 
-def make_client(endpoint: Endpoint) -> httpx.AsyncClient:
-    """A connection pool as wide as the in-flight cap (httpx's default stops at 100)."""
+def make_session(endpoint: Endpoint) -> aiohttp.ClientSession:
+    """A connection pool exactly as wide as the in-flight cap."""
     headers = {"content-type": "application/json"}
     if endpoint.api_key:
         headers["authorization"] = f"Bearer {endpoint.api_key}"
-    limits = httpx.Limits(max_connections=endpoint.concurrency, max_keepalive_connections=endpoint.concurrency)
-    timeout = httpx.Timeout(endpoint.timeout_s, connect=min(endpoint.timeout_s, 30.0))
-    return httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout)
+    connector = aiohttp.TCPConnector(limit=endpoint.concurrency, limit_per_host=endpoint.concurrency)
+    timeout = aiohttp.ClientTimeout(total=endpoint.timeout_s, connect=min(endpoint.timeout_s, 30.0))
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers)
 
 
 async def fan_out(endpoint: Endpoint, items: Iterable[tuple[str, dict]],
@@ -172,20 +174,20 @@ async def fan_out(endpoint: Endpoint, items: Iterable[tuple[str, dict]],
                  if endpoint.requests_per_minute else None)
     rng = random.Random(seed)
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(session: aiohttp.ClientSession) -> None:
         while True:
             try:
                 key, body = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            reply = await request(client, endpoint, body, policy, rng, throttler)
+            reply = await request(session, endpoint, body, policy, rng, throttler)
             result = on_reply(key, reply)
             if asyncio.iscoroutine(result):
                 await result
 
     started = time.monotonic()
-    async with make_client(endpoint) as client:
-        workers = [asyncio.create_task(worker(client)) for _ in range(min(endpoint.concurrency, queue.qsize()))]
+    async with make_session(endpoint) as session:
+        workers = [asyncio.create_task(worker(session)) for _ in range(min(endpoint.concurrency, queue.qsize()))]
         try:
             await asyncio.gather(*workers)
         finally:

