@@ -10,24 +10,27 @@ from functools import lru_cache
 from typing import Callable
 
 import polars as pl
-from rouge_score import tokenize as rouge_tokenize
-from rouge_score.tokenizers import DefaultTokenizer
-from sacrebleu.metrics import BLEU
 
 
 class _MemoStemmer:
     """rouge_score's Porter stemmer, remembering each word (stemming dominates ROUGE's cost)."""
 
     def __init__(self) -> None:
+        from rouge_score.tokenizers import DefaultTokenizer  # imports nltk (about 1 s): only when needed
+
         self.stem = lru_cache(maxsize=None)(DefaultTokenizer(use_stemmer=True)._stemmer.stem)
 
 
-_STEMMER = _MemoStemmer()
+@lru_cache(maxsize=1)
+def _stemmer() -> _MemoStemmer:
+    return _MemoStemmer()
 
 
 @lru_cache(maxsize=200_000)
 def rouge_tokens(text: str) -> tuple[str, ...]:
-    return tuple(rouge_tokenize.tokenize(text, _STEMMER))
+    from rouge_score import tokenize as rouge_tokenize
+
+    return tuple(rouge_tokenize.tokenize(text, _stemmer()))
 
 
 def lcs_length(a: tuple[str, ...], b: tuple[str, ...]) -> int:
@@ -57,7 +60,9 @@ def rouge_l(generation: str, truth: str) -> float:
 
 
 @lru_cache(maxsize=None)
-def _bleu(tokenize: str) -> BLEU:
+def _bleu(tokenize: str):
+    from sacrebleu.metrics import BLEU
+
     return BLEU(lowercase=True, tokenize=tokenize, smooth_method="exp", effective_order=False)
 
 
