@@ -6,6 +6,7 @@ import json
 import signal
 import sys
 import threading
+from enum import Enum
 from importlib import resources
 from pathlib import Path
 from typing import Optional
@@ -36,7 +37,14 @@ err_console = Console(stderr=True)
 
 EMBEDDING_HELP = "sentence-transformer model for 'sent-transformer' rows: hub name or local folder"
 MULTILINGUAL_HELP = "model for 'multilingual-sent-transformer' rows: hub name or local folder"
+DEVICE_HELP = "where a started vLLM server runs: auto (a GPU if nvidia-smi lists one), gpu or cpu"
 CACHE_HELP = "cache folder (default $SHOPPING_MMLU_CACHE or ~/.cache/shopping-mmlu)"
+
+
+class Device(str, Enum):
+    AUTO = "auto"
+    GPU = "gpu"
+    CPU = "cpu"
 
 
 def sample_dir() -> Path:
@@ -93,12 +101,13 @@ def run_command(
     cache: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
     refresh: bool = typer.Option(False, "--refresh", help="ignore cached answers and ask again"),
     timeout: float = typer.Option(300.0, "--timeout", help="seconds per request attempt"),
+    device: Device = typer.Option(Device.AUTO, "--device", help=DEVICE_HELP),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the scores as JSON here"),
 ) -> None:
     """Answer every question (cached answers are reused), then score from the cache."""
     config = RunConfig(profile=get_profile(model, base_url), data=data, protocol=protocol, rendering=render,
                        base_url=base_url, concurrency=concurrency, limit=limit, cache_dir=cache, refresh=refresh,
-                       timeout_s=timeout)
+                       timeout_s=timeout, device=device.value)
     _finish(runner.execute(config, console), config, json_out)
 
 
@@ -149,6 +158,7 @@ def serve_command(
     model: str = typer.Argument(..., help="a local model's profile name"),
     port: Optional[int] = typer.Option(None, "--port", help="default: a free port"),
     cache: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
+    device: Device = typer.Option(Device.AUTO, "--device", help=DEVICE_HELP),
 ) -> None:
     """Serve one model on vLLM until Ctrl-C or SIGTERM."""
     profile = get_profile(model)
@@ -156,7 +166,8 @@ def serve_command(
         raise InputError(f"'{model}' is an API model ({profile.provider}); nothing to serve")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    server = runner.start_server(profile, cache or default_cache_dir(), err_console, port=port)
+    server = runner.start_server(profile, cache or default_cache_dir(), err_console, port=port,
+                                 device=device.value)
     print(server.base_url, flush=True)
     try:
         while not stop.is_set() and server.process is not None and server.process.poll() is None:

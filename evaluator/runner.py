@@ -48,6 +48,7 @@ class RunConfig:
     timeout_s: float = 300.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     scoring: ScoringOptions | None = None
+    device: str = "auto"  # where a started vLLM server runs: auto (GPU if nvidia-smi lists one), gpu or cpu
 
     @property
     def render_mode(self) -> Rendering:
@@ -127,11 +128,12 @@ def _endpoint(config: RunConfig, base_url: str) -> Endpoint:
                     requests_per_minute=None if profile.is_local else profile.requests_per_minute)
 
 
-def start_server(profile: ModelProfile, cache_folder: Path, console: Console, port: int | None = None) -> VLLMServer:
+def start_server(profile: ModelProfile, cache_folder: Path, console: Console, port: int | None = None,
+                 device: str = "auto") -> VLLMServer:
     weights = (str(demo_model.ensure_demo_model(cache_folder, say=console.print)) if profile.source == "demo"
                else profile.model)
     log = cache_folder / "logs" / f"{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    server = VLLMServer(profile, weights, log, port=port)
+    server = VLLMServer(profile, weights, log, device=device, port=port)
     console.print(f"Starting vLLM ({server.resolved_device()}) for '{profile.name}'; log {log}")
     started = time.monotonic()
     server.__enter__()
@@ -147,7 +149,7 @@ def send(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: 
     if base_url is None:
         if not profile.is_local:
             raise InputError(f"model '{profile.name}' has no api_base; pass --base-url")
-        server = start_server(profile, config.cache_folder, console)
+        server = start_server(profile, config.cache_folder, console, device=config.device)
         base_url = server.base_url
     by_key = {p.key: p for p in todo}
     progress = _Progress(len(todo), console)
