@@ -11,12 +11,14 @@ import hashlib
 import json
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 from evaluator.errors import InputError
+from evaluator.sqlite import open_shared
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -53,78 +55,83 @@ class Answer:
 class ResponseCache:
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / FILE_NAME
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA busy_timeout = 120000")
-            self.db.execute("PRAGMA journal_mode = WAL")
-            self.db.execute("PRAGMA synchronous = NORMAL")
-            self.db.executescript(SCHEMA)
+            self.db = open_shared(self.path, SCHEMA)
+        except sqlite3.OperationalError:
+            raise
         except sqlite3.DatabaseError as exc:
-            raise InputError(f"the response cache cannot be read ({exc}); move the file aside to start a new "
-                             "cache (its answers are then re-requested), or pass --cache with another folder",
-                             path=self.path) from None
+            raise self._unreadable(exc) from None
+
+    def _unreadable(self, exc: Exception) -> InputError:
+        return InputError(f"the response cache cannot be read ({exc}); move the file aside to start a new cache "
+                          "(its answers are then re-requested), or pass --cache with another folder", path=self.path)
+
+    @contextmanager
+    def _guard(self):
+        """Corruption found mid-query is the same clear error as at open (a busy lock is not corruption)."""
+        try:
+            yield
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise self._unreadable(exc) from None
 
     def close(self) -> None:
         self.db.close()
 
     def answers(self, keys: list[str]) -> dict[str, Answer]:
-        found: dict[str, Answer] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
-            rows = self.db.execute(
-                "SELECT key, text, finish_reason, prompt_tokens, completion_tokens FROM answers "
-                f"WHERE key IN ({','.join('?' * len(chunk))})", chunk)
-            for key, *fields in rows:
-                found[key] = Answer(*fields)
-        return found
+        with self._guard():
+            found: dict[str, Answer] = {}
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                rows = self.db.execute(
+                    "SELECT key, text, finish_reason, prompt_tokens, completion_tokens FROM answers "
+                    f"WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+                for key, *fields in rows:
+                    found[key] = Answer(*fields)
+            return found
 
     def put_answer(self, key: str, model: str, qid: str, request: dict, answer: Answer, latency_s: float,
                    attempts: int) -> None:
         """One transaction per answer: a crash loses at most what was in flight."""
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("INSERT OR REPLACE INTO answers VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                            (key, model, qid, answer.text, answer.finish_reason, answer.prompt_tokens,
-                             answer.completion_tokens, latency_s, attempts, time.time(),
-                             json.dumps(request, ensure_ascii=False)))
-            self.db.execute("DELETE FROM errors WHERE key = ?", (key,))
+        with self._guard():
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.execute("INSERT OR REPLACE INTO answers VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                                (key, model, qid, answer.text, answer.finish_reason, answer.prompt_tokens,
+                                 answer.completion_tokens, latency_s, attempts, time.time(),
+                                 json.dumps(request, ensure_ascii=False)))
+                self.db.execute("DELETE FROM errors WHERE key = ?", (key,))
 
     def put_error(self, key: str, model: str, qid: str, request: dict, kind: str, status: int | None,
                   message: str, attempts: int, latency_s: float) -> None:
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("INSERT OR REPLACE INTO errors VALUES (?,?,?,?,?,?,?,?,?,?)",
-                            (key, model, qid, kind, status, message[:2000], attempts, latency_s, time.time(),
-                             json.dumps(request, ensure_ascii=False)))
-
-    def error_kinds(self, keys: list[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
-            rows = self.db.execute(f"SELECT key, kind FROM errors WHERE key IN ({','.join('?' * len(chunk))})",
-                                   chunk)
-            found.update(dict(rows))
-        return found
+        with self._guard():
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.execute("INSERT OR REPLACE INTO errors VALUES (?,?,?,?,?,?,?,?,?,?)",
+                                (key, model, qid, kind, status, message[:2000], attempts, latency_s, time.time(),
+                                 json.dumps(request, ensure_ascii=False)))
 
     def save_scores(self, model: str, data: str, protocol: str, rendering: str, tasks: pl.DataFrame) -> None:
         """tasks: skill, task, metric, n, errors, score, prompt_tokens, completion_tokens."""
-        now = time.time()
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("DELETE FROM scores WHERE model=? AND data=? AND protocol=? AND rendering=?",
-                            (model, data, protocol, rendering))
-            self.db.executemany(
-                "INSERT INTO scores VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [(model, data, protocol, rendering, r["skill"], r["task"], r["metric"], r["n"], r["errors"],
-                  r["score"], r["prompt_tokens"], r["completion_tokens"], now)
-                 for r in tasks.iter_rows(named=True)])
+        with self._guard():
+            now = time.time()
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.execute("DELETE FROM scores WHERE model=? AND data=? AND protocol=? AND rendering=?",
+                                (model, data, protocol, rendering))
+                self.db.executemany(
+                    "INSERT INTO scores VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    [(model, data, protocol, rendering, r["skill"], r["task"], r["metric"], r["n"], r["errors"],
+                      r["score"], r["prompt_tokens"], r["completion_tokens"], now)
+                     for r in tasks.iter_rows(named=True)])
 
     def scores(self) -> pl.DataFrame:
-        rows = self.db.execute("SELECT model, data, protocol, rendering, skill, task, metric, n, errors, score, "
-                               "prompt_tokens, completion_tokens, created_at FROM scores").fetchall()
-        schema = {"model": pl.String, "data": pl.String, "protocol": pl.String, "rendering": pl.String,
-                  "skill": pl.String, "task": pl.String, "metric": pl.String, "n": pl.Int64, "errors": pl.Int64,
-                  "score": pl.Float64, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64,
-                  "created_at": pl.Float64}
-        return pl.DataFrame(rows, schema=schema, orient="row")
+        with self._guard():
+            rows = self.db.execute("SELECT model, data, protocol, rendering, skill, task, metric, n, errors, score, "
+                                   "prompt_tokens, completion_tokens, created_at FROM scores").fetchall()
+            schema = {"model": pl.String, "data": pl.String, "protocol": pl.String, "rendering": pl.String,
+                      "skill": pl.String, "task": pl.String, "metric": pl.String, "n": pl.Int64, "errors": pl.Int64,
+                      "score": pl.Float64, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64,
+                      "created_at": pl.Float64}
+            return pl.DataFrame(rows, schema=schema, orient="row")

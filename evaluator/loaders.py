@@ -123,6 +123,7 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         handle = path.open(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror}", path=path) from None
+    line_no = 0
     with handle:
         try:
             for line_no, line in enumerate(handle, start=1):
@@ -133,11 +134,13 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 except json.JSONDecodeError as exc:
                     raise InputError(f"malformed JSON: {exc.msg} (column {exc.colno})",
                                      path=path, line=line_no) from None
+                except RecursionError:
+                    raise InputError("malformed JSON: nested too deeply", path=path, line=line_no) from None
                 if not isinstance(record, dict):
                     raise InputError("each line must be a JSON object", path=path, line=line_no)
                 yield line_no, record
         except UnicodeDecodeError as exc:
-            raise InputError(f"not UTF-8 text ({exc.reason})", path=path) from None
+            raise InputError(f"not UTF-8 text ({exc.reason})", path=path, line=line_no + 1) from None
 
 
 def _require(record: dict[str, Any], field: str, path: Path, line: int) -> Any:
@@ -219,7 +222,7 @@ def _load_multiple_choice(path: Path, skill_map: dict[str, str]) -> list[Questio
         except csv.Error as exc:
             raise InputError(f"malformed CSV: {exc}", path=path, line=reader.line_num) from None
         except UnicodeDecodeError as exc:
-            raise InputError(f"not UTF-8 text ({exc.reason})", path=path) from None
+            raise InputError(f"not UTF-8 text ({exc.reason})", path=path, line=reader.line_num + 1) from None
     if not questions:
         raise InputError("the file has no data rows", path=path)
     return questions
@@ -228,7 +231,7 @@ def _load_multiple_choice(path: Path, skill_map: dict[str, str]) -> list[Questio
 def _choices(raw: str, path: Path, line: int) -> list[str]:
     try:
         value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         raise InputError("unparsable choices: expected a Python list literal of 4 strings",
                          path=path, line=line, field="choices") from None
     if not isinstance(value, list) or len(value) < 4:

@@ -19,6 +19,7 @@ from evaluator.loaders import Dataset
 def read_outputs(path: Path) -> list[str]:
     """The `model_output` of every non-blank line, with a clear error for anything else."""
     outputs: list[str] = []
+    line_no = 0
     try:
         with path.open(encoding="utf-8") as handle:
             for line_no, line in enumerate(handle, start=1):
@@ -29,6 +30,8 @@ def read_outputs(path: Path) -> list[str]:
                 except json.JSONDecodeError as exc:
                     raise InputError(f"malformed JSON: {exc.msg} (column {exc.colno})", path=path,
                                      line=line_no) from None
+                except RecursionError:
+                    raise InputError("malformed JSON: nested too deeply", path=path, line=line_no) from None
                 if not isinstance(record, dict) or "model_output" not in record:
                     raise InputError("missing field", path=path, line=line_no, field="model_output")
                 value = record["model_output"]
@@ -39,7 +42,7 @@ def read_outputs(path: Path) -> list[str]:
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror}", path=path) from None
     except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text ({exc.reason})", path=path) from None
+        raise InputError(f"not UTF-8 text ({exc.reason})", path=path, line=line_no + 1) from None
     return outputs
 
 

@@ -169,3 +169,16 @@ def test_unknown_model_without_base_url(tmp_path, capsys, monkeypatch):
     code, _, err = cli(["run", "--model", "no-such-model", "--data", sample_dir(), "--cache", tmp_path],
                        capsys, monkeypatch)
     assert code == 2 and "no model profile named 'no-such-model'" in err
+
+
+def test_truncated_cache_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    cache = tmp_path / "cache"
+    with Stub() as stub:
+        cli(run_args(stub, cache, tmp_path / "r.json"), capsys, monkeypatch)
+    db_file = cache / "responses" / "responses.sqlite"
+    content = db_file.read_bytes()
+    db_file.write_bytes(content[: len(content) // 2])
+    for args in (["report", "--cache", cache],
+                 ["rescore", "--model", "stub-model", "--data", sample_dir(), "--cache", cache]):
+        code, _, err = cli(args, capsys, monkeypatch)
+        assert code == 2 and "cannot be read" in err and "Traceback" not in err

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from evaluator.records import Metric
+from evaluator.sqlite import open_shared
 
 ENGLISH_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 MULTILINGUAL_MODEL = "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2"
@@ -85,13 +85,12 @@ def _load_model(source: str):
 class EmbeddingStore:
     """SQLite table of vectors keyed by (model, sha256(text)); safe to share between processes."""
 
+    SCHEMA = ("CREATE TABLE IF NOT EXISTS vectors (model TEXT NOT NULL, text_sha BLOB NOT NULL, "
+              "vector BLOB NOT NULL, PRIMARY KEY (model, text_sha)) WITHOUT ROWID;")
+
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.db = sqlite3.connect(path, timeout=60)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT NOT NULL, text_sha BLOB NOT NULL, "
-                        "vector BLOB NOT NULL, PRIMARY KEY (model, text_sha)) WITHOUT ROWID")
+        self.db = open_shared(path, self.SCHEMA)
 
     def get(self, model: str, keys: list[bytes]) -> dict[bytes, np.ndarray]:
         found: dict[bytes, np.ndarray] = {}
@@ -106,6 +105,7 @@ class EmbeddingStore:
 
     def put(self, model: str, items: dict[bytes, np.ndarray]) -> None:
         with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
                                 [(model, k, v.astype(np.float32).tobytes()) for k, v in items.items()])
 

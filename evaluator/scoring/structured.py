@@ -37,9 +37,9 @@ def _first_line_after_newline_trim(output: pl.Series) -> pl.Series:
 def hit_rate(frame: pl.DataFrame, protocol: Protocol) -> pl.Series:
     """|truth ∩ first 3 integers of the output| / |truth|. Skill-wise splits the whole output on ','
     (its newline branch splits the whole text again); task-wise really takes the first line."""
-    output = frame["output"]
+    output = frame["output"].str.strip_chars(PY_WHITESPACE)  # matters: int() takes less whitespace than strip()
     if protocol is Protocol.TASK:
-        output = output.str.strip_chars(PY_WHITESPACE).str.split("\n").list.first()
+        output = output.str.split("\n").list.first()
     kept = int_lists(output.str.split(",")).list.head(3)
     truth = frame["truth_ints"]
     hits = kept.list.set_intersection(truth).list.len()
@@ -52,7 +52,7 @@ def ndcg(frame: pl.DataFrame) -> pl.Series:
     An index past the list counts 0; index 0 takes the last element and negative ones wrap, as Python's
     indexing does. Where the official code would crash (an index below -len, an all-zero truth) we give 0.
     """
-    line = _first_line_after_newline_trim(frame["output"])
+    line = _first_line_after_newline_trim(frame["output"]).str.strip_chars(PY_WHITESPACE)
     truth = frame["truth_nums"]
     rows = (pl.DataFrame({"ranked": int_lists(line.str.split(",")), "truth": truth})
             .with_columns(pl.col("ranked").list.slice(0, pl.col("truth").list.len()))
