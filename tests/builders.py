@@ -63,3 +63,18 @@ def write_official_layout(root: Path) -> Path:
     write_jsonl(root / "generation" / "title_translation_JP_dataset.json",
                 [{"input_field": "Translate", "target_field": "綿のタオル"}])
     return root
+
+
+def run_cli(args: list, capsys, monkeypatch) -> tuple[int, str, str]:
+    """`shopping-mmlu ARGS` in this process: (exit code, stdout, stderr)."""
+    import sys
+
+    import pytest
+
+    from evaluator.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["shopping-mmlu", *map(str, args)])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    out, err = capsys.readouterr()
+    return exited.value.code or 0, out, err

@@ -5,16 +5,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
-import sys
 import threading
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from builders import write_official_layout
+from builders import run_cli, write_official_layout
 from evaluator import loaders
-from evaluator.cli import main
 
 
 def build_zip(tmp_path: Path, name: str = "data.zip", prefix: str = "") -> Path:
@@ -46,12 +44,6 @@ def server(tmp_path):
     httpd.server_close()
 
 
-def run_cli(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["shopping-mmlu", *map(str, args)])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    out, err = capsys.readouterr()
-    return exited.value.code or 0, out, err
 
 
 def leftovers(folder: Path) -> list[str]:

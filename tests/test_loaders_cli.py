@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
-from builders import write_jsonl, write_official_layout
+from builders import run_cli, write_jsonl, write_official_layout
 from evaluator import loaders
-from evaluator.cli import main
 from evaluator.records import Metric, TaskType
 
 
-def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["shopping-mmlu", *map(str, args)])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    out, err = capsys.readouterr()
-    return exited.value.code or 0, out, err
 
 
 # ---------------------------------------------------------------- loading

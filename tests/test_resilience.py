@@ -133,7 +133,7 @@ def test_keys_reach_the_server_and_nothing_else(tmp_path, render, provider_env, 
     cache, out = tmp_path / "cache", tmp_path / "run.json"
     profiles = tmp_path / "profiles.toml"
     profiles.write_text('[models.claude-stub]\nprovider = "anthropic"\nmodel = "claude-x"\n'
-                        f'api_key_env = "ANTHROPIC_API_KEY"\nrendering = "chat"\n', encoding="utf-8")
+                        'api_key_env = "ANTHROPIC_API_KEY"\nrendering = "chat"\n', encoding="utf-8")
     env = {**ENV, provider_env: marker, "SHOPPING_MMLU_PROFILES": str(profiles)}
     model = "claude-stub" if provider_env == "ANTHROPIC_API_KEY" else "stub-model"
     with Stub() as stub:

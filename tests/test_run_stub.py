@@ -8,22 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
-from builders import write_jsonl
+from builders import run_cli, write_jsonl
 from evaluator.cache import ResponseCache
-from evaluator.cli import main, sample_dir
+from evaluator.cli import sample_dir
 from servers.stub import Stub, answer_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(args, capsys, monkeypatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["shopping-mmlu", *map(str, args)])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    out, err = capsys.readouterr()
-    return exited.value.code or 0, out, err
 
 
 def run_args(stub: Stub, cache: Path, out: Path, *extra) -> list:
@@ -34,27 +27,27 @@ def run_args(stub: Stub, cache: Path, out: Path, *extra) -> list:
 def test_run_caches_every_answer_and_a_second_run_sends_nothing(tmp_path, capsys, monkeypatch):
     cache, out = tmp_path / "cache", tmp_path / "run.json"
     with Stub() as stub:
-        code, _, err = cli(run_args(stub, cache, out), capsys, monkeypatch)
+        code, _, err = run_cli(run_args(stub, cache, out), capsys, monkeypatch)
         assert code == 0, err
         first = json.loads(out.read_text())
         assert first["requests"]["sent"] == 26 and first["requests"]["cached"] == 0 and first["errors"] == 0
         assert first["requests"]["seconds"] > 0
         assert sum(stub.seen.values()) == 26
-        code, printed, _ = cli(run_args(stub, cache, out), capsys, monkeypatch)
+        code, printed, _ = run_cli(run_args(stub, cache, out), capsys, monkeypatch)
         second = json.loads(out.read_text())
         assert sum(stub.seen.values()) == 26  # nothing sent
         assert second["requests"] == {"sent": 0, "cached": 26, "errors": 0, "seconds": 0.0}
         assert "nothing to send" in printed
         assert {k: second[k] for k in ("tasks", "skills", "overall")} == {k: first[k] for k in
                                                                           ("tasks", "skills", "overall")}
-        cli(run_args(stub, cache, out, "--refresh"), capsys, monkeypatch)
+        run_cli(run_args(stub, cache, out, "--refresh"), capsys, monkeypatch)
         assert sum(stub.seen.values()) == 52 and json.loads(out.read_text())["requests"]["sent"] == 26
 
 
 def test_answers_are_the_stub_answers_and_scores_follow(tmp_path, capsys, monkeypatch):
     cache = tmp_path / "cache"
     with Stub() as stub:
-        cli(run_args(stub, cache, tmp_path / "r.json", "--limit", "3"), capsys, monkeypatch)
+        run_cli(run_args(stub, cache, tmp_path / "r.json", "--limit", "3"), capsys, monkeypatch)
     db = ResponseCache(cache / "responses")
     rows = db.db.execute("SELECT text, request FROM answers").fetchall()
     db.close()
@@ -66,26 +59,26 @@ def test_answers_are_the_stub_answers_and_scores_follow(tmp_path, capsys, monkey
 def test_cache_key_ignores_host_and_port(tmp_path, capsys, monkeypatch):
     cache = tmp_path / "cache"
     with Stub() as first:
-        cli(run_args(first, cache, tmp_path / "a.json"), capsys, monkeypatch)
+        run_cli(run_args(first, cache, tmp_path / "a.json"), capsys, monkeypatch)
     with Stub() as second:
         assert second.port != first.port
-        cli(run_args(second, cache, tmp_path / "b.json"), capsys, monkeypatch)
+        run_cli(run_args(second, cache, tmp_path / "b.json"), capsys, monkeypatch)
         assert sum(second.seen.values()) == 0
 
 
 def test_protocol_and_rendering_are_part_of_the_key(tmp_path, capsys, monkeypatch):
     cache = tmp_path / "cache"
     with Stub() as stub:
-        cli(run_args(stub, cache, tmp_path / "a.json", "--limit", "4"), capsys, monkeypatch)
-        cli(run_args(stub, cache, tmp_path / "b.json", "--limit", "4", "--render", "chat"), capsys, monkeypatch)
-        cli(run_args(stub, cache, tmp_path / "c.json", "--limit", "4", "--protocol", "task"), capsys, monkeypatch)
+        run_cli(run_args(stub, cache, tmp_path / "a.json", "--limit", "4"), capsys, monkeypatch)
+        run_cli(run_args(stub, cache, tmp_path / "b.json", "--limit", "4", "--render", "chat"), capsys, monkeypatch)
+        run_cli(run_args(stub, cache, tmp_path / "c.json", "--limit", "4", "--protocol", "task"), capsys, monkeypatch)
         assert sum(stub.seen.values()) == 12
 
 
 def test_failures_are_error_rows_not_wrong_answers_and_rescore_counts_them(tmp_path, capsys, monkeypatch):
     cache, out = tmp_path / "cache", tmp_path / "run.json"
     with Stub(lambda _d, _a: "400") as stub:
-        code, printed, _ = cli(run_args(stub, cache, out, "--limit", "5"), capsys, monkeypatch)
+        code, printed, _ = run_cli(run_args(stub, cache, out, "--limit", "5"), capsys, monkeypatch)
     doc = json.loads(out.read_text())
     assert code == 0 and doc["errors"] == 5 and doc["requests"]["errors"] == 5
     assert doc["tasks"] == [] and doc["overall"] is None  # nothing scored as a wrong answer
@@ -96,9 +89,9 @@ def test_failures_are_error_rows_not_wrong_answers_and_rescore_counts_them(tmp_p
     assert answers == 0 and set(kinds) == {("http_error", 400, 1)} and len(kinds) == 5
     # a later run retries the failed ones; they now succeed and replace the errors
     with Stub() as stub:
-        cli(run_args(stub, cache, out, "--limit", "5"), capsys, monkeypatch)
+        run_cli(run_args(stub, cache, out, "--limit", "5"), capsys, monkeypatch)
     assert json.loads(out.read_text())["errors"] == 0
-    code, _, err = cli(["rescore", "--model", "stub-model", "--data", sample_dir(), "--cache", cache, "--json",
+    code, _, err = run_cli(["rescore", "--model", "stub-model", "--data", sample_dir(), "--cache", cache, "--json",
                         tmp_path / "re.json"], capsys, monkeypatch)
     rescored = json.loads((tmp_path / "re.json").read_text())
     assert code == 0 and rescored["errors"] == 26 - 5  # only 5 questions were ever answered
@@ -112,19 +105,19 @@ def test_report_lists_models_best_first(tmp_path, capsys, monkeypatch):
          "metric": "accuracy"} for i in range(4)])
     with Stub() as stub:
         for model in ("alpha", "beta"):
-            cli(["run", "--model", model, "--base-url", stub.base_url, "--data", data, "--cache", cache],
+            run_cli(["run", "--model", model, "--base-url", stub.base_url, "--data", data, "--cache", cache],
                 capsys, monkeypatch)
     db = ResponseCache(cache / "responses")
     db.db.execute("UPDATE scores SET score = 0.75 WHERE model = 'beta'")
     db.close()
-    code, out, _ = cli(["report", "--cache", cache, "--format", "json"], capsys, monkeypatch)
+    code, out, _ = run_cli(["report", "--cache", cache, "--format", "json"], capsys, monkeypatch)
     board = json.loads(out)
     assert code == 0 and [r["model"] for r in board] == ["beta", "alpha"]
     assert board[0]["overall"] == 0.75 and board[0]["questions"] == 4 and board[0]["errors"] == 0
     for fmt, marker in (("csv", "model,data,protocol"), ("md", "| model |"), ("table", "leaderboard")):
-        code, out, _ = cli(["report", "--cache", cache, "--format", fmt], capsys, monkeypatch)
+        code, out, _ = run_cli(["report", "--cache", cache, "--format", fmt], capsys, monkeypatch)
         assert code == 0 and marker in out
-    code, _, err = cli(["report", "--cache", cache, "--format", "xml"], capsys, monkeypatch)
+    code, _, err = run_cli(["report", "--cache", cache, "--format", "xml"], capsys, monkeypatch)
     assert code == 2 and "unknown format" in err
 
 
@@ -133,7 +126,7 @@ def test_api_key_reaches_the_server_but_nothing_we_write(tmp_path, capsys, monke
     monkeypatch.setenv("OPENAI_API_KEY", marker)
     cache, out = tmp_path / "cache", tmp_path / "run.json"
     with Stub() as stub:
-        code, printed, err = cli(run_args(stub, cache, out, "--limit", "4"), capsys, monkeypatch)
+        code, printed, err = run_cli(run_args(stub, cache, out, "--limit", "4"), capsys, monkeypatch)
         assert stub.authorizations == {f"Bearer {marker}": 4}
     written = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
     assert code == 0 and marker.encode() not in written and marker not in printed + err
@@ -161,12 +154,12 @@ def test_corrupt_cache_is_a_clear_error(tmp_path, capsys, monkeypatch):
     folder = tmp_path / "cache" / "responses"
     folder.mkdir(parents=True)
     (folder / "responses.sqlite").write_bytes(b"this is not a database" * 100)
-    code, _, err = cli(["report", "--cache", tmp_path / "cache"], capsys, monkeypatch)
+    code, _, err = run_cli(["report", "--cache", tmp_path / "cache"], capsys, monkeypatch)
     assert code == 2 and "cannot be read" in err and "move the file aside" in err
 
 
 def test_unknown_model_without_base_url(tmp_path, capsys, monkeypatch):
-    code, _, err = cli(["run", "--model", "no-such-model", "--data", sample_dir(), "--cache", tmp_path],
+    code, _, err = run_cli(["run", "--model", "no-such-model", "--data", sample_dir(), "--cache", tmp_path],
                        capsys, monkeypatch)
     assert code == 2 and "no model profile named 'no-such-model'" in err
 
@@ -174,11 +167,11 @@ def test_unknown_model_without_base_url(tmp_path, capsys, monkeypatch):
 def test_truncated_cache_is_a_clear_error(tmp_path, capsys, monkeypatch):
     cache = tmp_path / "cache"
     with Stub() as stub:
-        cli(run_args(stub, cache, tmp_path / "r.json"), capsys, monkeypatch)
+        run_cli(run_args(stub, cache, tmp_path / "r.json"), capsys, monkeypatch)
     db_file = cache / "responses" / "responses.sqlite"
     content = db_file.read_bytes()
     db_file.write_bytes(content[: len(content) // 2])
     for args in (["report", "--cache", cache],
                  ["rescore", "--model", "stub-model", "--data", sample_dir(), "--cache", cache]):
-        code, _, err = cli(args, capsys, monkeypatch)
+        code, _, err = run_cli(args, capsys, monkeypatch)
         assert code == 2 and "cannot be read" in err and "Traceback" not in err

@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from evaluator.cli import main, sample_dir
+from builders import run_cli
+from evaluator.cli import sample_dir
 from servers import demo_model
 from servers.profiles import get_profile
 from servers.vllm_server import VLLM_PYTHON_ENV, ServerStartError, VLLMServer
@@ -68,18 +69,12 @@ def leftover(before: set[int], within_s: float = 10.0) -> set[int]:
     return left
 
 
-def cli(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["shopping-mmlu", *map(str, args)])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    out, err = capsys.readouterr()
-    return exited.value.code or 0, out, err
 
 
 def test_demo_runs_end_to_end_then_a_second_run_starts_no_server(model_cache, capsys, monkeypatch, tmp_path):
     before = vllm_processes()
     out = tmp_path / "demo.json"
-    code, printed, err = cli(["demo", "--cache", model_cache, "--json", out], capsys, monkeypatch)
+    code, printed, err = run_cli(["demo", "--cache", model_cache, "--json", out], capsys, monkeypatch)
     assert code == 0, err
     doc = json.loads(out.read_text())
     assert doc["requests"]["sent"] == 26 and doc["errors"] == 0 and doc["requests"]["seconds"] > 0
@@ -88,14 +83,14 @@ def test_demo_runs_end_to_end_then_a_second_run_starts_no_server(model_cache, ca
     assert leftover(before) == set()  # no engine process outlived the run
     logs = sorted((model_cache / "logs").iterdir())
 
-    code, printed, err = cli(["run", "--model", "demo", "--data", sample_dir(), "--cache", model_cache,
+    code, printed, err = run_cli(["run", "--model", "demo", "--data", sample_dir(), "--cache", model_cache,
                               "--json", out], capsys, monkeypatch)
     again = json.loads(out.read_text())
     assert code == 0 and again["requests"]["sent"] == 0 and again["requests"]["cached"] == 26
     assert "Starting vLLM" not in printed and sorted((model_cache / "logs").iterdir()) == logs
     assert again["overall"] == doc["overall"]
 
-    code, _, _ = cli(["rescore", "--model", "demo", "--data", sample_dir(), "--cache", model_cache, "--json", out],
+    code, _, _ = run_cli(["rescore", "--model", "demo", "--data", sample_dir(), "--cache", model_cache, "--json", out],
                      capsys, monkeypatch)
     assert code == 0 and json.loads(out.read_text())["overall"] == doc["overall"]
 
