@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import polars as pl
 from rich.console import Console
@@ -39,18 +40,28 @@ def render(board: pl.DataFrame, fmt: str, console: Console) -> None:
         print("|" + "|".join(" --- " for _ in columns) + "|")
         for row in board.iter_rows():
             print("| " + " | ".join(_cell(v) for v in row) + " |")
-    else:  # the terminal table: data by file name, no token columns
-        shown = board.drop("prompt_tokens", "completion_tokens", strict=False).with_columns(
-            pl.col("data").str.split("/").list.last()) if "data" in board.columns else board
-        table = Table(title="Shopping MMLU leaderboard")
-        for column in shown.columns:
-            table.add_column(column, justify="left" if column in KEYS else "right", overflow="fold")
-        for row in shown.iter_rows():
-            table.add_row(*(_cell(v) for v in row))
-        console.print(table)
+    else:
+        console.print(_terminal_table(board))
+
+
+def _terminal_table(board: pl.DataFrame) -> Table:
+    """Narrow enough for a terminal: data, protocol and rendering in one column, token counts left out, and
+    the skills' common prefix (e.g. 'amazon-kdd-cup-24-') dropped from their headers."""
+    table = Table(title="Shopping MMLU leaderboard")
+    skills = [c for c in board.columns if c not in (*KEYS, "overall", "questions", "errors", "prompt_tokens",
+                                                    "completion_tokens")]
+    prefix = os.path.commonprefix(skills) if len(skills) > 1 else ""
+    table.add_column("model")
+    table.add_column("run", no_wrap=True)
+    for column in ["overall", *(s[len(prefix):] for s in skills), "n", "err"]:
+        table.add_column(column, justify="right", overflow="fold")
+    for row in board.iter_rows(named=True):
+        run = f"{row['data'].rsplit('/', 1)[-1]} {row['protocol']}/{row['rendering']}"
+        table.add_row(row["model"], run, *(_cell(row[c]) for c in ["overall", *skills, "questions", "errors"]))
+    return table
 
 
 def _cell(value) -> str:
     if value is None:
         return "-"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
