@@ -132,8 +132,7 @@ def _finish(result: runner.RunResult, config: RunConfig, json_out: Optional[Path
     console.print(f"requests: {result.sent} sent, {result.cached} cached, {result.errors} errors"
                   + (f", fan-out {result.seconds:.1f} s" if result.sent else ""))
     if json_out is not None:
-        result.scores.write_json(json_out, config.profile.name, extra={
-            "errors": result.errors, "requests": result.document(config.profile.name)["requests"]})
+        result.write_json(json_out, config.profile.name)
         console.print(f"wrote {json_out}")
 
 

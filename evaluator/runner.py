@@ -68,10 +68,12 @@ class RunResult:
     errors: int
     seconds: float
 
-    def document(self, model: str) -> dict:
-        return {**self.scores.for_model(model), "errors": self.errors,
-                "requests": {"sent": self.sent, "cached": self.cached, "errors": self.errors,
-                             "seconds": round(self.seconds, 3)}}
+    def write_json(self, path: Path, model: str) -> None:
+        """The `score` document plus the error count and the request totals."""
+        self.scores.write_json(path, model, extra={
+            "errors": self.errors,
+            "requests": {"sent": self.sent, "cached": self.cached, "errors": self.errors,
+                         "seconds": round(self.seconds, 3)}})
 
 
 def weights_of(profile: ModelProfile) -> str | None:
