@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from evaluator import download as downloading
-from evaluator import leaderboard, loaders, runner
+from evaluator import leaderboard, loaders, runner, suite_plan, suite_runner
 from evaluator.cache import ResponseCache
 from evaluator.errors import InputError
 from evaluator.prompts import Protocol, Rendering
@@ -25,7 +25,9 @@ from evaluator.responses import read_responses
 from evaluator.scoring import EmbeddingUnavailable, ScoringOptions, score
 from evaluator.runner import RunConfig
 from evaluator.scoring.embeddings import ENGLISH_MODEL, MULTILINGUAL_MODEL, EmbeddingConfig, default_cache_dir
+from servers.planner import Gpu, read_inventory, synthetic_inventory
 from servers.profiles import get_profile
+from servers.suite import load_suite
 from servers.vllm_server import ServerStartError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -150,6 +152,56 @@ def report_command(
     finally:
         response_cache.close()
     leaderboard.render(board, fmt, console)
+
+
+@app.command("suite")
+def suite_command(
+    suite_file: Path = typer.Argument(..., help="a suite TOML (see servers/suites/)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, requests, tokens and cost; send nothing"),
+    gpus: Optional[int] = typer.Option(None, "--gpus", min=0, help="plan for N GPUs instead of nvidia-smi's"),
+    gpu_ids: Optional[str] = typer.Option(None, "--gpu-ids", help="use these GPUs, e.g. 0,1,2,3"),
+    gpu_mem: Optional[float] = typer.Option(None, "--gpu-mem", help="GiB per GPU (with --gpus / --gpu-ids)"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
+) -> None:
+    """Run every model of a suite: local ones packed onto the GPUs, API ones at once; resumable."""
+    suite = load_suite(suite_file)
+    inventory = _inventory(gpus, gpu_ids, gpu_mem)
+    if dry_run:
+        suite_plan.print_dry_run(suite, inventory, console)
+        return
+    if not inventory:
+        console.print("No GPU: local models run one after another on vLLM-CPU")
+    outcomes = suite_runner.run_suite(suite, inventory, cache, console,
+                                      device="gpu" if inventory else "auto")
+    suite_plan.print_outcomes(outcomes, console)
+    response_cache = ResponseCache((cache or default_cache_dir()) / "responses")
+    try:
+        leaderboard.render(leaderboard.leaderboard(response_cache.scores()), "table", console)
+    finally:
+        response_cache.close()
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(1)
+
+
+def _inventory(count: Optional[int], ids: Optional[str], memory: Optional[float]) -> list[Gpu]:
+    """nvidia-smi's GPUs, or the ones the flags describe (for planning and tests)."""
+    if count is None and ids is None:
+        return read_inventory()
+    if ids is not None:
+        try:
+            chosen = [int(i) for i in ids.split(",") if i.strip()]
+        except ValueError:
+            raise InputError(f"--gpu-ids takes comma-separated integers, not {ids!r}", field="--gpu-ids") from None
+        if memory is not None:
+            return synthetic_inventory(len(chosen), memory, chosen)
+        listed = {g.index: g for g in read_inventory()}
+        if any(i not in listed for i in chosen):
+            raise InputError("--gpu-ids needs --gpu-mem where nvidia-smi does not list those GPUs",
+                             field="--gpu-mem")
+        return [listed[i] for i in chosen]
+    if count and memory is None:
+        raise InputError("--gpus needs --gpu-mem (GiB per GPU)", field="--gpu-mem")
+    return synthetic_inventory(count, memory or 0.0)
 
 
 @app.command("serve")

@@ -49,6 +49,7 @@ class RunConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     scoring: ScoringOptions | None = None
     device: str = "auto"  # where a started vLLM server runs: auto (GPU if nvidia-smi lists one), gpu or cpu
+    progress: bool = True  # the live progress bar (off when several runs share a terminal)
 
     @property
     def render_mode(self) -> Rendering:
@@ -103,11 +104,11 @@ def plan(questions: list[Question], config: RunConfig) -> list[Planned]:
 class _Progress:
     """done/total, req/s, output tok/s, errors and ETA, on one rich bar."""
 
-    def __init__(self, total: int, console: Console) -> None:
+    def __init__(self, total: int, console: Console, enabled: bool = True) -> None:
         self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[rate]:.1f} req/s"), TextColumn("{task.fields[tps]:.0f} tok/s"),
                             TextColumn("{task.fields[errors]} errors"), TimeRemainingColumn(), console=console,
-                            transient=False)
+                            transient=False, disable=not enabled)
         self.task = self.bar.add_task("requests", total=total, rate=0.0, tps=0.0, errors=0)
         self.started = time.monotonic()
         self.tokens = 0
@@ -131,11 +132,11 @@ def _endpoint(config: RunConfig, base_url: str) -> Endpoint:
 
 
 def start_server(profile: ModelProfile, cache_folder: Path, console: Console, port: int | None = None,
-                 device: str = "auto") -> VLLMServer:
+                 device: str = "auto", gpu_ids: list[int] | None = None) -> VLLMServer:
     weights = (str(demo_model.ensure_demo_model(cache_folder, say=console.print)) if profile.source == "demo"
                else profile.model)
     log = cache_folder / "logs" / f"{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    server = VLLMServer(profile, weights, log, device=device, port=port)
+    server = VLLMServer(profile, weights, log, device=device, port=port, gpu_ids=gpu_ids)
     console.print(f"Starting vLLM ({server.resolved_device()}) for '{profile.name}'; log {log}")
     started = time.monotonic()
     server.__enter__()
@@ -154,7 +155,7 @@ def send(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: 
         server = start_server(profile, config.cache_folder, console, device=config.device)
         base_url = server.base_url
     by_key = {p.key: p for p in todo}
-    progress = _Progress(len(todo), console)
+    progress = _Progress(len(todo), console, config.progress)
 
     def keep(key: str, reply: Reply) -> None:
         item = by_key[key]
@@ -202,6 +203,20 @@ def score_from_cache(questions: list[Question], planned: list[Planned], cache: R
              .with_columns(metric=pl.coalesce("metric", "first_metric"), n=pl.col("n").fill_null(0))
              .select("skill", "task", "metric", "n", "errors", "score", "prompt_tokens", "completion_tokens"))
     return scores, tasks
+
+
+def pending(config: RunConfig) -> int:
+    """How many of the run's requests have no cached answer (what a run would send)."""
+    dataset = loaders.load(config.data, config.protocol.value)
+    questions = dataset.questions[: config.limit] if config.limit else dataset.questions
+    planned = plan(questions, config)
+    if config.refresh:
+        return len(planned)
+    cache = ResponseCache(config.cache_folder / "responses")
+    try:
+        return len(planned) - len(cache.answers([p.key for p in planned]))
+    finally:
+        cache.close()
 
 
 def execute(config: RunConfig, console: Console, send_missing: bool = True) -> RunResult:

@@ -1,0 +1,213 @@
+"""Suites: the planner on made-up inventories, the dry run, and the runner on a simulated node (fake servers
+with start-up delays in front of the loopback stub)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+from rich.console import Console
+
+from builders import run_cli, write_jsonl
+from evaluator import suite_runner
+from servers.planner import (
+    USABLE,
+    estimated_eval_s,
+    estimated_startup_s,
+    memory_gib,
+    plan_node,
+    read_inventory,
+    schedule,
+    synthetic_inventory,
+)
+from servers.profiles import ModelProfile, load_profiles
+from servers.stub import Stub
+from servers.suite import Suite, load_suite
+
+PROFILES = load_profiles()
+
+
+def local(name: str, params: float) -> ModelProfile:
+    return ModelProfile(name=name, model=f"org/{name}", params_b=params, dtype="bfloat16")
+
+
+def check_invariants(plan, gpus) -> None:
+    """No GPU over its usable memory at any moment; one evaluation at a time per GPU; TP distinct GPUs."""
+    usable = {g.index: g.memory_gib * USABLE for g in gpus}
+    moments = sorted({p.start_s for p in plan.placements} | {p.eval_start_s for p in plan.placements})
+    for t in moments:
+        for gpu in usable:
+            held = sum(p.share_gib for p in plan.placements if gpu in p.gpus and p.start_s <= t < p.end_s)
+            assert held <= usable[gpu] + 1e-9
+    for p in plan.placements:
+        assert len(set(p.gpus)) == p.tp and p.start_s <= p.ready_s <= p.eval_start_s < p.end_s
+        for q in plan.placements:
+            if p is not q and set(p.gpus) & set(q.gpus):
+                assert p.end_s <= q.eval_start_s or q.end_s <= p.eval_start_s
+
+
+def test_one_24gb_gpu_takes_7b_but_not_13b_or_70b():
+    gpus = synthetic_inventory(1, 24)
+    plan = plan_node([local("a7", 7), local("b13", 13), local("c70", 70), local("d2", 2)], gpus)
+    assert {p.profile.name: p.tp for p in plan.placements} == {"a7": 1, "d2": 1}
+    assert sorted(p.profile.name for p in plan.unplaceable) == ["b13", "c70"]
+    check_invariants(plan, gpus)
+
+
+def test_four_16gb_gpus_split_models_by_tensor_parallel():
+    gpus = synthetic_inventory(4, 16)
+    models = [local("a7", 7), local("b13", 13), local("c70", 70), local("d05", 0.5)]
+    plan = schedule(models, gpus, estimated_startup_s, estimated_eval_s)
+    assert {p.profile.name: p.tp for p in plan.placements} == {"a7": 2, "b13": 4, "d05": 1}
+    assert [p.profile.name for p in plan.unplaceable] == ["c70"]
+    check_invariants(plan, gpus)
+    check_invariants(plan_node(models, gpus), gpus)
+
+
+def test_eight_80gb_gpus_run_eight_7b_models_at_once():
+    gpus = synthetic_inventory(8, 80)
+    plan = plan_node([local(f"m{i}", 7) for i in range(8)], gpus)
+    assert all(p.start_s == 0 and p.tp == 1 for p in plan.placements)
+    assert sorted(g for p in plan.placements for g in p.gpus) == list(range(8))
+    check_invariants(plan, gpus)
+
+
+def test_a_70b_on_four_gpus_while_7bs_use_the_rest():
+    gpus = synthetic_inventory(8, 80)
+    plan = schedule([local("big", 70)] + [local(f"s{i}", 7) for i in range(8)], gpus, estimated_startup_s,
+                    estimated_eval_s)
+    big = next(p for p in plan.placements if p.profile.name == "big")
+    assert big.tp == 4 and big.start_s == 0
+    first_wave = [p for p in plan.placements if p.profile.name != "big" and p.start_s == 0]
+    assert len(first_wave) == 4 and not {g for p in first_wave for g in p.gpus} & set(big.gpus)
+    check_invariants(plan, gpus)
+
+
+def test_paper_suite_packs_eight_80gb_gpus():
+    suite = load_suite(PROFILES_DIR / "paper.toml")
+    gpus = synthetic_inventory(8, 80)
+    plan = plan_node([m for m in suite.models if m.is_local], gpus)
+    assert len(plan.placements) == 27 and not plan.unplaceable
+    assert plan.gpu_busy_fraction >= 0.85 and plan.wall_s <= 0.3 * plan.sequential_s
+    check_invariants(plan, gpus)
+
+
+def test_random_suites_keep_the_invariants():
+    rng = random.Random(2)
+    for _ in range(30):
+        gpus = synthetic_inventory(rng.choice([1, 2, 4, 8]), rng.choice([16, 24, 40, 80]))
+        models = [local(f"m{i}", rng.choice([0.5, 2, 7, 13, 34, 70])) for i in range(rng.randint(1, 12))]
+        plan = plan_node(models, gpus)
+        assert len(plan.placements) + len(plan.unplaceable) == len(models)
+        check_invariants(plan, gpus)
+
+
+def test_inventory_reader_parses_nvidia_smi():
+    text = "0, NVIDIA H100 80GB HBM3, 81559\n1, NVIDIA H100 80GB HBM3, 81559\n"
+    gpus = read_inventory(text)
+    assert [g.index for g in gpus] == [0, 1] and gpus[0].name == "NVIDIA H100 80GB HBM3"
+    assert gpus[0].memory_gib == pytest.approx(79.65, abs=0.01)
+    assert read_inventory("") == []
+
+
+def test_memory_estimate_of_a_7b_in_half_precision():
+    assert memory_gib(local("x", 7)) == pytest.approx(7e9 * 2 * 1.2 / 2**30 + 2)
+
+
+PROFILES_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "servers" / "suites"
+
+
+# ---------------------------------------------------------------- dry run
+
+def test_dry_run_plans_every_model_and_sends_nothing(tmp_path, capsys, monkeypatch):
+    data = write_jsonl(tmp_path / "data.json", [
+        {"input_field": f"Q{i}\n0. a\n1. b\n2. c\n3. d\nAnswer: ", "output_field": 0, "task_name": "t",
+         "task_type": "multiple-choice", "metric": "accuracy"} for i in range(50)])
+    with Stub() as stub:
+        suite_file = tmp_path / "suite.toml"
+        suite_file.write_text(f'[suite]\ndata = "{data}"\n[models]\nllama2-70b = {{}}\nqwen7b = {{}}\n'
+                              f'gpt-4o = {{ api_base = "{stub.base_url}" }}\n', encoding="utf-8")
+        started = time.monotonic()
+        code, out, err = run_cli(["suite", suite_file, "--dry-run", "--gpus", "4", "--gpu-mem", "80"],
+                                 capsys, monkeypatch)
+        assert code == 0, err
+        assert time.monotonic() - started < 5
+        assert sum(stub.seen.values()) == 0
+    for needle in ("llama2-70b", "qwen7b", "gpt-4o", "Nothing was sent", "API cost ceiling"):
+        assert needle in out.replace("\n", " ") or needle in out
+
+
+def test_suite_file_errors(tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[suite]\nname = 'x'\n[models]\na = {}\n", encoding="utf-8")
+    code, _, err = run_cli(["suite", bad, "--dry-run"], capsys, monkeypatch)
+    assert code == 2 and "suite.data" in err
+    bad.write_text("[suite]\ndata = 'd'\n[models]\nnew-model = { params_b = 7 }\n", encoding="utf-8")
+    code, _, err = run_cli(["suite", bad, "--dry-run"], capsys, monkeypatch)
+    assert code == 2 and "models.new-model" in err and "model" in err
+
+
+# ---------------------------------------------------------------- the runner on a simulated node
+
+class FakeServer:
+    """Stands for a vLLM server: a start-up delay, then the shared stub answers for it."""
+
+    def __init__(self, stub: Stub, delay: float, log: list) -> None:
+        self.base_url = stub.base_url
+        self.log = log
+        time.sleep(delay)
+
+    def stop(self) -> None:
+        self.log.append(("stop", time.monotonic()))
+
+
+def simulated_suite(tmp_path, names: list[str]) -> Suite:
+    data = write_jsonl(tmp_path / "data.json", [
+        {"input_field": f"Q{i}?", "output_field": i % 4, "task_name": f"t{i % 3}",
+         "task_type": "multiple-choice", "metric": "accuracy"} for i in range(300)])
+    return Suite(name="sim", data=data, protocol="skill", render=None, concurrency=16,
+                 models=[local(n, 7) for n in names])
+
+
+def test_start_up_overlaps_evaluation_and_a_rerun_resumes_from_the_cache(tmp_path):
+    suite = simulated_suite(tmp_path, ["m1", "m2", "m3", "m4"])
+    gpus = synthetic_inventory(2, 80)
+    starts: list = []
+    with Stub(latency=(0.005, 0.01)) as stub:
+        def start(profile, cache, console, device="auto", gpu_ids=None):
+            starts.append((profile.name, gpu_ids, time.monotonic()))
+            return FakeServer(stub, 0.5, [])
+
+        outcomes = suite_runner.run_suite(suite, gpus, tmp_path / "cache", Console(quiet=True), start_server=start)
+        assert [o.status for o in outcomes] == ["done"] * 4
+        assert all(o.sent == 300 and o.errors == 0 for o in outcomes)
+        overlapped = [(a.model, b.model) for a in outcomes for b in outcomes
+                      if a is not b and a.evaluating_at < b.started_at < a.finished_at]
+        assert overlapped, "no server started while another model was evaluating"
+        assert {tuple(ids) for _, ids, _ in starts} == {(0,), (1,)}
+
+        starts.clear()
+        again = suite_runner.run_suite(suite, gpus, tmp_path / "cache", Console(quiet=True), start_server=start)
+    assert [o.status for o in again] == ["cached"] * 4 and starts == []  # resumed: no server started
+    assert [o.overall for o in again] == [o.overall for o in outcomes]
+
+
+def test_a_model_that_fails_is_retried_once_then_marked_failed_and_the_suite_goes_on(tmp_path):
+    suite = simulated_suite(tmp_path, ["good", "broken"])
+    attempts = {"broken": 0}
+    lock = threading.Lock()
+    with Stub() as stub:
+        def start(profile, cache, console, device="auto", gpu_ids=None):
+            if profile.name == "broken":
+                with lock:
+                    attempts["broken"] += 1
+                raise RuntimeError("vLLM server for 'broken' exited (code 1); log tail: CUDA out of memory")
+            return FakeServer(stub, 0.1, [])
+
+        outcomes = suite_runner.run_suite(suite, synthetic_inventory(1, 80), tmp_path / "cache",
+                                          Console(quiet=True), start_server=start)
+    by_name = {o.model: o for o in outcomes}
+    assert by_name["good"].status == "done" and by_name["broken"].status == "failed"
+    assert attempts["broken"] == 2 and "out of memory" in by_name["broken"].message
