@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from evaluator import download as downloading
-from evaluator import leaderboard, loaders, runner, suite_plan, suite_runner
+from evaluator import inspection, leaderboard, loaders, runner, suite_plan, suite_runner
 from evaluator.cache import ResponseCache
 from evaluator.errors import InputError
 from evaluator.prompts import Protocol, Rendering
@@ -26,7 +26,7 @@ from evaluator.scoring import EmbeddingUnavailable, ScoringOptions, score
 from evaluator.runner import RunConfig
 from evaluator.scoring.embeddings import ENGLISH_MODEL, MULTILINGUAL_MODEL, EmbeddingConfig, default_cache_dir
 from servers.planner import Gpu, read_inventory, synthetic_inventory
-from servers.profiles import get_profile
+from servers.profiles import get_profile, load_profiles
 from servers.suite import load_suite
 from servers.vllm_server import ServerStartError
 
@@ -142,16 +142,58 @@ def _finish(result: runner.RunResult, config: RunConfig, json_out: Optional[Path
 def report_command(
     cache: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
     fmt: str = typer.Option("table", "--format", help="table, md, csv or json"),
+    chart: Optional[Path] = typer.Option(None, "--chart", help="also draw per-skill bars per model to this PNG"),
 ) -> None:
-    """Every model scored in the cache, per skill and overall, best first."""
+    """Every model scored in the cache, per skill and overall, with tokens and cost, best first."""
     if fmt not in ("table", "md", "csv", "json"):
         raise InputError(f"unknown format {fmt!r}: use table, md, csv or json", field="--format")
+    board = _board(cache)
+    leaderboard.render(board, fmt, console)
+    if chart is not None:
+        if board.is_empty():
+            raise InputError("nothing scored in the cache yet: no chart", field="--chart")
+        err_console.print(f"chart: {inspection.chart(board, chart)}")
+
+
+def _board(cache: Optional[Path]):
     response_cache = ResponseCache((cache or default_cache_dir()) / "responses")
     try:
-        board = leaderboard.leaderboard(response_cache.scores())
+        scores = response_cache.scores()
     finally:
         response_cache.close()
-    leaderboard.render(board, fmt, console)
+    prices = {name: (p.price_input, p.price_output) for name, p in load_profiles().items()
+              if p.price_input is not None and p.price_output is not None}
+    return leaderboard.leaderboard(scores, prices)
+
+
+@app.command("compare")
+def compare_command(
+    model_a: str = typer.Argument(...),
+    model_b: str = typer.Argument(...),
+    cache: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
+) -> None:
+    """Per-task differences between two models, largest first."""
+    response_cache = ResponseCache((cache or default_cache_dir()) / "responses")
+    try:
+        scores = response_cache.scores()
+    finally:
+        response_cache.close()
+    inspection.print_compare(inspection.compare(scores, model_a, model_b), model_a, model_b, console)
+
+
+@app.command("inspect")
+def inspect_command(
+    model: str = typer.Option(..., "--model"),
+    task: str = typer.Option(..., "--task"),
+    data: Path = typer.Option(..., "--data"),
+    protocol: Protocol = typer.Option(Protocol.SKILL, "--protocol"),
+    render: Optional[Rendering] = typer.Option(None, "--render"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
+) -> None:
+    """Questions, truths, answers, per-question scores and errors of one model on one task."""
+    config = RunConfig(profile=get_profile(model, adhoc=True), data=data, protocol=protocol, rendering=render,
+                       cache_dir=cache)
+    inspection.print_inspect(inspection.inspect(config, task), model, task, console)
 
 
 @app.command("suite")
@@ -174,11 +216,7 @@ def suite_command(
     outcomes = suite_runner.run_suite(suite, inventory, cache, console,
                                       device="gpu" if inventory else "auto")
     suite_plan.print_outcomes(outcomes, console)
-    response_cache = ResponseCache((cache or default_cache_dir()) / "responses")
-    try:
-        leaderboard.render(leaderboard.leaderboard(response_cache.scores()), "table", console)
-    finally:
-        response_cache.close()
+    leaderboard.render(_board(cache), "table", console)
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(1)
 
@@ -240,11 +278,7 @@ def demo_command(
     config = RunConfig(profile=get_profile("demo"), data=sample_dir(), cache_dir=cache, refresh=refresh)
     console.print(f"Demo: model 'demo' (SmolLM2-135M-Instruct) on the sample set in {config.data}")
     _finish(runner.execute(config, console), config, json_out)
-    response_cache = ResponseCache(config.cache_folder / "responses")
-    try:
-        leaderboard.render(leaderboard.leaderboard(response_cache.scores()), "table", console)
-    finally:
-        response_cache.close()
+    leaderboard.render(_board(cache), "table", console)
 
 
 @data_app.command("download")

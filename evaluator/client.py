@@ -32,10 +32,39 @@ class Endpoint:
     concurrency: int = 64
     requests_per_minute: int | None = None
     rate_period_s: float = 60.0  # the throttle's window (a minute; shorter only in tests)
+    replicas: tuple[str, ...] = ()  # more base URLs serving the same model (other nodes)
 
-    @property
-    def url(self) -> str:
-        return self.base_url.rstrip("/") + ("/chat/completions" if self.chat else "/completions")
+    def url(self, base_url: str) -> str:
+        return base_url.rstrip("/") + ("/chat/completions" if self.chat else "/completions")
+
+
+class Replicas:
+    """Round-robin over the endpoint's base URLs; one that stops answering (refused, reset, timed out) is
+    left alone for a cool-down that doubles while it keeps failing."""
+
+    def __init__(self, urls: list[str], cooldown_s: float = 10.0) -> None:
+        self.urls = urls
+        self.cooldown_s = cooldown_s
+        self.down_until = {u: 0.0 for u in urls}
+        self.strikes = {u: 0 for u in urls}
+        self.turn = 0
+
+    def pick(self) -> str:
+        now = time.monotonic()
+        for _ in range(len(self.urls)):
+            url = self.urls[self.turn % len(self.urls)]
+            self.turn += 1
+            if self.down_until[url] <= now:
+                return url
+        return min(self.urls, key=self.down_until.get)  # all resting: the one back soonest
+
+    def failed(self, url: str) -> None:
+        if len(self.urls) > 1:
+            self.strikes[url] += 1
+            self.down_until[url] = time.monotonic() + self.cooldown_s * 2 ** (self.strikes[url] - 1)
+
+    def answered(self, url: str) -> None:
+        self.strikes[url] = 0
 
 
 @dataclass(frozen=True)
@@ -108,9 +137,9 @@ def parse_reply(payload: bytes, chat: bool) -> tuple[str, str | None, int | None
     return text, choice.get("finish_reason"), usage.get("prompt_tokens"), usage.get("completion_tokens")
 
 
-async def _send_once(session: aiohttp.ClientSession, endpoint: Endpoint, body: dict) -> Reply:
+async def _send_once(session: aiohttp.ClientSession, endpoint: Endpoint, url: str, body: dict) -> Reply:
     try:
-        async with session.post(endpoint.url, data=json.dumps(body, ensure_ascii=False).encode("utf-8")) as response:
+        async with session.post(endpoint.url(url), data=json.dumps(body, ensure_ascii=False).encode("utf-8")) as response:
             payload = await response.read()
             status, headers = response.status, response.headers
     except asyncio.TimeoutError:
@@ -129,7 +158,7 @@ async def _send_once(session: aiohttp.ClientSession, endpoint: Endpoint, body: d
 
 
 async def request(session: aiohttp.ClientSession, endpoint: Endpoint, body: dict, policy: RetryPolicy,
-                  rng: random.Random, throttler: Throttler | None = None) -> Reply:
+                  rng: random.Random, throttler: Throttler | None = None, replicas: Replicas | None = None) -> Reply:
     """Send one request with retries; always returns a Reply."""
     started = time.monotonic()
     attempt = 0
@@ -139,7 +168,15 @@ async def request(session: aiohttp.ClientSession, endpoint: Endpoint, body: dict
             if throttler is not None:
                 async with throttler:
                     pass
-            reply = await _send_once(session, endpoint, body)
+            url = replicas.pick() if replicas else endpoint.base_url
+            try:
+                reply = await _send_once(session, endpoint, url, body)
+            except Fault as fault:
+                if replicas and fault.kind in ("connection", "timeout"):
+                    replicas.failed(url)
+                raise
+            if replicas:
+                replicas.answered(url)
             return Reply(**{**reply.__dict__, "attempts": attempt, "latency_s": time.monotonic() - started})
         except Fault as fault:
             elapsed = time.monotonic() - started
@@ -173,6 +210,7 @@ async def fan_out(endpoint: Endpoint, items: Iterable[tuple[str, dict]],
     throttler = (Throttler(rate_limit=endpoint.requests_per_minute, period=endpoint.rate_period_s)
                  if endpoint.requests_per_minute else None)
     rng = random.Random(seed)
+    replicas = Replicas([endpoint.base_url, *endpoint.replicas]) if endpoint.replicas else None
 
     async def worker(session: aiohttp.ClientSession) -> None:
         while True:
@@ -180,7 +218,7 @@ async def fan_out(endpoint: Endpoint, items: Iterable[tuple[str, dict]],
                 key, body = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            reply = await request(session, endpoint, body, policy, rng, throttler)
+            reply = await request(session, endpoint, body, policy, rng, throttler, replicas)
             result = on_reply(key, reply)
             if asyncio.iscoroutine(result):
                 await result

@@ -12,8 +12,9 @@ from rich.table import Table
 KEYS = ["model", "data", "protocol", "rendering"]
 
 
-def leaderboard(scores: pl.DataFrame) -> pl.DataFrame:
-    """One row per (model, data, protocol, rendering): overall, one column per skill, questions, errors."""
+def leaderboard(scores: pl.DataFrame, prices: dict[str, tuple[float, float]] | None = None) -> pl.DataFrame:
+    """One row per (model, data, protocol, rendering): overall, one column per skill, questions, errors,
+    tokens, and the cost where `prices` (USD per million input, output tokens) names the model."""
     if scores.is_empty():
         return pl.DataFrame(schema={"model": pl.String, "overall": pl.Float64})
     skills = (scores.filter(pl.col("n") > 0)
@@ -23,9 +24,16 @@ def leaderboard(scores: pl.DataFrame) -> pl.DataFrame:
     totals = scores.group_by(KEYS).agg(
         questions=(pl.col("n") + pl.col("errors")).sum(), errors=pl.col("errors").sum(),
         prompt_tokens=pl.col("prompt_tokens").sum(), completion_tokens=pl.col("completion_tokens").sum())
+    prices = prices or {}
+    price_in = pl.col("model").replace_strict({m: p[0] for m, p in prices.items()}, default=None,
+                                              return_dtype=pl.Float64)
+    price_out = pl.col("model").replace_strict({m: p[1] for m, p in prices.items()}, default=None,
+                                               return_dtype=pl.Float64)
     return (wide.with_columns(overall=pl.mean_horizontal(skill_columns))
             .join(totals, on=KEYS)
-            .select(*KEYS, "overall", *skill_columns, "questions", "errors", "prompt_tokens", "completion_tokens")
+            .with_columns(cost=(pl.col("prompt_tokens") * price_in + pl.col("completion_tokens") * price_out) / 1e6)
+            .select(*KEYS, "overall", *skill_columns, "questions", "errors", "prompt_tokens", "completion_tokens",
+                    "cost")
             .sort("overall", descending=True, nulls_last=True))
 
 
@@ -49,7 +57,7 @@ def _terminal_table(board: pl.DataFrame) -> Table:
     the skills' common prefix (e.g. 'amazon-kdd-cup-24-') dropped from their headers."""
     table = Table(title="Shopping MMLU leaderboard")
     skills = [c for c in board.columns if c not in (*KEYS, "overall", "questions", "errors", "prompt_tokens",
-                                                    "completion_tokens")]
+                                                    "completion_tokens", "cost")]
     prefix = os.path.commonprefix(skills) if len(skills) > 1 else ""
     table.add_column("model")
     table.add_column("run", no_wrap=True)

@@ -128,7 +128,8 @@ def _endpoint(config: RunConfig, base_url: str) -> Endpoint:
     profile = config.profile
     return Endpoint(base_url=base_url, chat=config.render_mode is Rendering.CHAT, api_key=profile.api_key(),
                     timeout_s=config.timeout_s, concurrency=config.concurrency,
-                    requests_per_minute=None if profile.is_local else profile.requests_per_minute)
+                    requests_per_minute=None if profile.is_local else profile.requests_per_minute,
+                    replicas=tuple(profile.replicas))
 
 
 def start_server(profile: ModelProfile, cache_folder: Path, console: Console, port: int | None = None,

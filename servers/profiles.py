@@ -35,6 +35,7 @@ class ModelProfile(BaseModel):
     number_only: bool = False
     params_b: float | None = None
     api_base: str | None = None
+    replicas: list[str] = []  # more base URLs serving the same model (other nodes); requests spread over all
     api_key_env: str | None = None
     requests_per_minute: int | None = None
     price_input: float | None = None  # USD per million input tokens

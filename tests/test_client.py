@@ -100,3 +100,21 @@ def test_chat_endpoint_and_usage():
         reply = run_all(Endpoint(stub.base_url, chat=True, api_key="k-123"), [body])["0"]
     assert reply.ok and reply.text == answer_for(body) and reply.completion_tokens == 3
     assert stub.authorizations == {"Bearer k-123": 1}
+
+
+def test_requests_spread_over_replicas():
+    bodies = [dict(BODY, prompt=f"q{i}") for i in range(200)]
+    with Stub() as one, Stub() as two:
+        replies = run_all(Endpoint(one.base_url, chat=False, replicas=(two.base_url,)), bodies)
+        assert all(r.ok for r in replies.values())
+        assert sum(one.seen.values()) > 50 and sum(two.seen.values()) > 50
+
+
+def test_a_replica_that_stops_answering_is_left_alone():
+    bodies = [dict(BODY, prompt=f"q{i}") for i in range(300)]
+    with Stub() as live:
+        endpoint = Endpoint("http://127.0.0.1:9/v1", chat=False, replicas=(live.base_url,), concurrency=8)
+        replies = run_all(endpoint, bodies, RetryPolicy(max_attempts=4, base_delay_s=0.01))
+        assert all(r.ok for r in replies.values()) and sum(live.seen.values()) == 300
+    retried = sum(r.attempts - 1 for r in replies.values())
+    assert retried <= 16  # only the first requests in flight met the dead replica

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 from builders import run_cli, write_jsonl
 from evaluator.cache import ResponseCache
@@ -175,3 +177,42 @@ def test_truncated_cache_is_a_clear_error(tmp_path, capsys, monkeypatch):
                  ["rescore", "--model", "stub-model", "--data", sample_dir(), "--cache", cache]):
         code, _, err = run_cli(args, capsys, monkeypatch)
         assert code == 2 and "cannot be read" in err and "Traceback" not in err
+
+
+def test_compare_inspect_chart_and_cost(tmp_path, capsys, monkeypatch):
+    cache = tmp_path / "cache"
+    data = write_jsonl(tmp_path / "mc.json", [
+        {"input_field": f"q{i}", "output_field": i % 2, "task_name": f"t{i % 2}", "task_type": "multiple-choice",
+         "metric": "accuracy"} for i in range(6)])
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text('[models.priced]\nprovider = "openai-compatible"\nmodel = "priced"\n'
+                        'price_input = 2.0\nprice_output = 8.0\n', encoding="utf-8")
+    monkeypatch.setenv("SHOPPING_MMLU_PROFILES", str(profiles))
+    with Stub() as stub:
+        for model in ("priced", "other"):
+            run_cli(["run", "--model", model, "--base-url", stub.base_url, "--data", data, "--cache", cache],
+                    capsys, monkeypatch)
+    db = ResponseCache(cache / "responses")
+    db.db.execute("UPDATE scores SET score = 1.0 WHERE model = 'other' AND task = 't1'")
+    db.close()
+    code, out, err = run_cli(["compare", "other", "priced", "--cache", cache], capsys, monkeypatch)
+    assert code == 0, err
+    assert out.index("t1") < out.index("t0") and "+1.0000" in out
+    code, _, err = run_cli(["compare", "other", "nobody", "--cache", cache], capsys, monkeypatch)
+    assert code == 2 and "no scores for model 'nobody'" in err
+
+    code, out, err = run_cli(["inspect", "--model", "priced", "--task", "t1", "--data", data, "--cache", cache],
+                             capsys, monkeypatch)
+    assert code == 0, err
+    assert "3 questions" in out and "stub-" in out and "0.0000" in out
+    code, _, err = run_cli(["inspect", "--model", "priced", "--task", "zz", "--data", data, "--cache", cache],
+                           capsys, monkeypatch)
+    assert code == 2 and "no task 'zz'" in err
+
+    chart = tmp_path / "board.png"
+    code, out, err = run_cli(["report", "--cache", cache, "--format", "json", "--chart", chart], capsys,
+                             monkeypatch)
+    board = {r["model"]: r for r in json.loads(out)}
+    assert code == 0 and chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert board["priced"]["cost"] == pytest.approx((60 * 2.0 + 18 * 8.0) / 1e6)  # 6 × (10 in, 3 out) tokens
+    assert board["other"]["cost"] is None
