@@ -318,8 +318,14 @@ def info_command(
     console.print(table)
 
 
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
-    """Entry point: bad input is one clear line on stderr and exit code 2, never a traceback."""
+    """Entry point: bad input is one clear line on stderr and exit code 2, never a traceback. SIGTERM is an
+    interrupt like Ctrl-C, so servers we started are stopped on the way out."""
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app()
     except InputError as exc:

@@ -24,6 +24,8 @@ from servers.profiles import ModelProfile
 from servers.suite import Suite
 
 ATTEMPTS = 2
+_live: dict[int, object] = {}  # id -> server running now, stopped if the suite is interrupted
+_live_lock = threading.Lock()
 
 
 @dataclass
@@ -81,7 +83,7 @@ class GpuPool:
 def _config(suite: Suite, profile: ModelProfile, cache: Path | None, base_url: str | None = None) -> RunConfig:
     return RunConfig(profile=profile, data=suite.data, protocol=Protocol(suite.protocol),
                      rendering=Rendering(suite.render) if suite.render else None, base_url=base_url,
-                     concurrency=suite.concurrency, cache_dir=cache, progress=False)
+                     concurrency=profile.concurrency or suite.concurrency, cache_dir=cache, progress=False)
 
 
 def _score(config: RunConfig, outcome: Outcome, console: Console) -> None:
@@ -140,6 +142,8 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
                 outcome.started_at = time.monotonic()
                 say(f"{profile.name}: starting its server" + (f" on GPUs {ids}" if ids else ""))
                 server = start_server(served, config.cache_folder, console, device=device, gpu_ids=ids)
+                with _live_lock:
+                    _live[id(server)] = server
                 try:
                     if pool is not None:
                         pool.begin_evaluation(ids)
@@ -149,6 +153,8 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
                     outcome.finished_at = time.monotonic()
                 finally:
                     server.stop()
+                    with _live_lock:
+                        _live.pop(id(server), None)
             finally:
                 if pool is not None:
                     pool.release(ids, placement.share_gib, evaluating)
@@ -171,9 +177,18 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
             for profile in local:
                 run_local(profile, None, None)
         threads.append(threading.Thread(target=sequential, name="local"))
-    for thread in threads:
-        thread.start()
-        time.sleep(0.01)  # keep the planned order when threads compete for the same GPUs
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.daemon = True  # an interrupt ends the suite; the servers are stopped below
+            thread.start()
+            time.sleep(0.01)  # keep the planned order when threads compete for the same GPUs
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.5)
+    except KeyboardInterrupt:
+        with _live_lock:
+            running = list(_live.values())
+        for server in running:
+            server.stop()
+        raise
     return [outcomes[m.name] for m in suite.models]

@@ -38,6 +38,7 @@ class ModelProfile(BaseModel):
     replicas: list[str] = []  # more base URLs serving the same model (other nodes); requests spread over all
     api_key_env: str | None = None
     requests_per_minute: int | None = None
+    concurrency: int | None = None  # requests in flight in a suite (default: the suite's)
     price_input: float | None = None  # USD per million input tokens
     price_output: float | None = None
 

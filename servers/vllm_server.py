@@ -113,7 +113,7 @@ class VLLMServer:
             log.flush()
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, env=self.environment(),
-                                            start_new_session=True)
+                                            start_new_session=True, preexec_fn=_terminate_with_parent)
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
@@ -164,6 +164,16 @@ class VLLMServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _terminate_with_parent() -> None:
+    """Linux: the server gets SIGTERM if we die without stopping it (even by SIGKILL), so it never lingers."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _signal_group(pgid: int, sig: int) -> None:

