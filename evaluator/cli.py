@@ -155,15 +155,19 @@ def report_command(
         err_console.print(f"chart: {inspection.chart(board, chart)}")
 
 
-def _board(cache: Optional[Path]):
+def _scores(cache: Optional[Path]):
+    """Every task score saved in the cache."""
     response_cache = ResponseCache((cache or default_cache_dir()) / "responses")
     try:
-        scores = response_cache.scores()
+        return response_cache.scores()
     finally:
         response_cache.close()
+
+
+def _board(cache: Optional[Path]):
     prices = {name: (p.price_input, p.price_output) for name, p in load_profiles().items()
               if p.price_input is not None and p.price_output is not None}
-    return leaderboard.leaderboard(scores, prices)
+    return leaderboard.leaderboard(_scores(cache), prices)
 
 
 @app.command("compare")
@@ -173,12 +177,7 @@ def compare_command(
     cache: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
 ) -> None:
     """Per-task differences between two models, largest first."""
-    response_cache = ResponseCache((cache or default_cache_dir()) / "responses")
-    try:
-        scores = response_cache.scores()
-    finally:
-        response_cache.close()
-    inspection.print_compare(inspection.compare(scores, model_a, model_b), model_a, model_b, console)
+    inspection.print_compare(inspection.compare(_scores(cache), model_a, model_b), model_a, model_b, console)
 
 
 @app.command("inspect")
