@@ -11,8 +11,7 @@ from rich.table import Table
 
 from evaluator.cache import ResponseCache
 from evaluator.errors import InputError
-from evaluator.runner import RunConfig, plan
-from evaluator import loaders
+from evaluator.runner import RunConfig, load_and_plan
 from evaluator.scoring import ScoringOptions, questions_frame, score_rows
 from evaluator.scoring.embeddings import EmbeddingConfig
 
@@ -45,11 +44,10 @@ def print_compare(diff: pl.DataFrame, a: str, b: str, console: Console) -> None:
 
 def inspect(config: RunConfig, task: str) -> pl.DataFrame:
     """Every question of `task`: input, truth, cached answer (or error), per-question score."""
-    questions = loaders.load(config.data, config.protocol.value).questions
+    questions, planned = load_and_plan(config)
     if task not in {q.task for q in questions}:
         raise InputError(f"no task '{task}' in {config.data} (tasks: "
                          f"{', '.join(sorted({q.task for q in questions})[:12])})", field="--task")
-    planned = plan(questions, config)
     cache = ResponseCache(config.cache_folder / "responses")
     try:
         keys = [p.key for p, q in zip(planned, questions) if q.task == task]

@@ -47,7 +47,6 @@ class RunConfig:
     refresh: bool = False
     timeout_s: float = 300.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    scoring: ScoringOptions | None = None
     device: str = "auto"  # where a started vLLM server runs: auto (GPU if nvidia-smi lists one), gpu or cpu
     progress: bool = True  # the live progress bar (off when several runs share a terminal)
 
@@ -206,11 +205,16 @@ def score_from_cache(questions: list[Question], planned: list[Planned], cache: R
     return scores, tasks
 
 
+def load_and_plan(config: RunConfig) -> tuple[list[Question], list[Planned]]:
+    """The run's questions (the first `limit` of them) and their planned requests."""
+    questions = loaders.load(config.data, config.protocol.value).questions
+    questions = questions[: config.limit] if config.limit else questions
+    return questions, plan(questions, config)
+
+
 def pending(config: RunConfig) -> int:
     """How many of the run's requests have no cached answer (what a run would send)."""
-    dataset = loaders.load(config.data, config.protocol.value)
-    questions = dataset.questions[: config.limit] if config.limit else dataset.questions
-    planned = plan(questions, config)
+    _, planned = load_and_plan(config)
     if config.refresh:
         return len(planned)
     cache = ResponseCache(config.cache_folder / "responses")
@@ -222,9 +226,7 @@ def pending(config: RunConfig) -> int:
 
 def execute(config: RunConfig, console: Console, send_missing: bool = True) -> RunResult:
     """`run` (send_missing) or `rescore` (cache only)."""
-    dataset = loaders.load(config.data, config.protocol.value)
-    questions = dataset.questions[: config.limit] if config.limit else dataset.questions
-    planned = plan(questions, config)
+    questions, planned = load_and_plan(config)
     cache = ResponseCache(config.cache_folder / "responses")
     try:
         have = {} if config.refresh else cache.answers([p.key for p in planned])
@@ -235,8 +237,7 @@ def execute(config: RunConfig, console: Console, send_missing: bool = True) -> R
             seconds = send(config, todo, cache, console)
         elif send_missing:
             console.print(f"All {len(planned)} answers are cached: nothing to send")
-        options = config.scoring or ScoringOptions(protocol=config.protocol,
-                                                   embeddings=EmbeddingConfig(cache_dir=config.cache_folder))
+        options = ScoringOptions(protocol=config.protocol, embeddings=EmbeddingConfig(cache_dir=config.cache_folder))
         scores, tasks = score_from_cache(questions, planned, cache, options, config.profile.name)
         errors = int(tasks["errors"].sum())
         cache.save_scores(config.profile.name, str(Path(config.data).resolve()), config.protocol.value,
