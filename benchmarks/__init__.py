@@ -1,0 +1,1 @@
+"""Benchmarks, the per-row official-loop baseline, and the loopback stubs the tests and benchmarks share."""

@@ -138,7 +138,7 @@ def peak_rss_mib() -> float:
 def phase_ours(data: Path, table: Path, cache: Path) -> dict:
     import polars as pl
 
-    from evaluator import loaders
+    from evaluator.data import loaders
     from evaluator.scoring import ScoringOptions, score
     from evaluator.scoring.embeddings import EmbeddingConfig, Embedder
 

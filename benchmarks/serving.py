@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from evaluator import loaders  # noqa: E402
 from evaluator.prompts import Protocol  # noqa: E402
-from evaluator.runner import RunConfig, plan  # noqa: E402
+from evaluator.runs.runner import RunConfig, plan  # noqa: E402
 from servers.profiles import get_profile  # noqa: E402
 
 DEV_SET = ROOT.parent / "shared" / "data" / "kddcup24_development.jsonl"
@@ -143,7 +143,7 @@ def bench_capacity(n: int, concurrency: int) -> None:
                                             "task_type": "multiple-choice", "metric": "accuracy"}) + "\n"
                                 for i in range(n)), encoding="utf-8")
         port = 18000 + os.getpid() % 1000
-        stub = subprocess.Popen([sys.executable, "-m", "servers.stub", "--port", str(port)],
+        stub = subprocess.Popen([sys.executable, "-m", "benchmarks.stubs.openai_stub", "--port", str(port)],
                                 stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         try:
             base_url = stub.stdout.readline().strip()

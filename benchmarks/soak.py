@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from servers.stub import Stub  # noqa: E402
+from benchmarks.stubs.openai_stub import Stub  # noqa: E402
 
 
 def sample(pid: int) -> tuple[float, int] | None:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from evaluator import loaders  # noqa: E402
 from evaluator.prompts import Protocol, Rendering, render  # noqa: E402
-from evaluator.records import TaskType  # noqa: E402
+from evaluator.data.records import TaskType  # noqa: E402
 from servers import demo_model  # noqa: E402
 from servers.profiles import get_profile  # noqa: E402
 from servers.vllm_server import VLLMServer  # noqa: E402

@@ -15,15 +15,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from evaluator import download as downloading
-from evaluator import inspection, leaderboard, loaders, runner, suite_plan, suite_runner
-from evaluator.cache import ResponseCache
+from evaluator.data import download as downloading
+from evaluator.data import loaders
+from evaluator.reports import inspection, leaderboard
+from evaluator.reports import suite as suite_plan
+from evaluator.runs import runner
+from evaluator.runs import suite as suite_runner
+from evaluator.cache.responses import ResponseCache
 from evaluator.errors import InputError
 from evaluator.prompts import Protocol, Rendering
-from evaluator.report import print_scores
-from evaluator.responses import read_responses
+from evaluator.reports.tables import print_scores
+from evaluator.data.responses import read_responses
 from evaluator.scoring import EmbeddingUnavailable, ScoringOptions, score
-from evaluator.runner import RunConfig
+from evaluator.runs.runner import RunConfig
 from evaluator.scoring.embeddings import ENGLISH_MODEL, MULTILINGUAL_MODEL, EmbeddingConfig, default_cache_dir
 from servers.planner import Gpu, read_inventory, synthetic_inventory
 from servers.profiles import get_profile, load_profiles

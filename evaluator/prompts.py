@@ -12,7 +12,7 @@ from importlib import resources
 
 from pydantic import BaseModel, ConfigDict
 
-from evaluator.records import Question, TaskType
+from evaluator.data.records import Question, TaskType
 
 REVIEW_RATING = "review_rating_prediction"
 NUMBER_CHOICES = ("0", "1", "2", "3")

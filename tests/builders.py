@@ -7,7 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
-from evaluator.records import Metric, Question, TaskType, question_id
+from evaluator.data.records import Metric, Question, TaskType, question_id
 
 TYPE_OF = {
     "accuracy": TaskType.MULTIPLE_CHOICE, "hit rate@3": TaskType.RETRIEVAL, "ndcg": TaskType.RANKING,

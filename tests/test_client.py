@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from evaluator.client import Endpoint, Reply, RetryPolicy, fan_out
-from servers.stub import Stub, answer_for
+from evaluator.client.http import Endpoint, Reply, RetryPolicy, fan_out
+from benchmarks.stubs.openai_stub import Stub, answer_for
 
 FAST = RetryPolicy(max_attempts=4, max_total_s=30, base_delay_s=0.01, max_delay_s=0.2)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from builders import run_cli, write_official_layout
-from evaluator import loaders
+from evaluator.data import loaders
 
 
 def build_zip(tmp_path: Path, name: str = "data.zip", prefix: str = "") -> Path:

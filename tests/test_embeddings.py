@@ -10,10 +10,10 @@ import pytest
 
 from benchmarks import official_loop
 from builders import question, responses, write_jsonl
-from evaluator import loaders
+from evaluator.data import loaders
 from evaluator.cli import main
 from evaluator.prompts import Protocol
-from evaluator.responses import read_responses
+from evaluator.data.responses import read_responses
 from evaluator.scoring import EmbeddingUnavailable, ScoringOptions, questions_frame, score, score_rows
 from evaluator.scoring.embeddings import EmbeddingConfig, Embedder
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from evaluator import loaders
+from evaluator.data import loaders
 from evaluator.errors import InputError
-from evaluator.responses import read_outputs
+from evaluator.data.responses import read_outputs
 
 VALID = {"input_field": "q", "output_field": 1, "task_name": "t", "task_type": "multiple-choice",
          "metric": "accuracy"}

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from builders import run_cli, write_jsonl, write_official_layout
-from evaluator import loaders
-from evaluator.records import Metric, TaskType
+from evaluator.data import loaders
+from evaluator.data.records import Metric, TaskType
 
 
 

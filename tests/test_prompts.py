@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from evaluator.prompts import PromptOptions, Protocol, Rendering, answer_label, format_subject, render
-from evaluator.records import Metric, Question, TaskType
+from evaluator.data.records import Metric, Question, TaskType
 
 SYSTEM = ("You are a helpful online shopping assistant. Please answer the following question about online "
           "shopping and follow the given instructions.\n\n")

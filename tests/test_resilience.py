@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from builders import write_jsonl
-from evaluator.cache import ResponseCache
-from servers.stub import FAULTS, Stub, answer_for, share_plan
+from evaluator.cache.responses import ResponseCache
+from benchmarks.stubs.openai_stub import FAULTS, Stub, answer_for, share_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}

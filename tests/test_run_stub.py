@@ -12,9 +12,9 @@ import pytest
 
 
 from builders import run_cli, write_jsonl
-from evaluator.cache import ResponseCache
+from evaluator.cache.responses import ResponseCache
 from evaluator.cli import sample_dir
-from servers.stub import Stub, answer_for
+from benchmarks.stubs.openai_stub import Stub, answer_for
 
 ROOT = Path(__file__).resolve().parents[1]
 

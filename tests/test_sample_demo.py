@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from evaluator import loaders
+from evaluator.data import loaders
 from evaluator.cli import main, sample_dir
-from evaluator.records import Metric, TaskType
+from evaluator.data.records import Metric, TaskType
 
 
 def test_sample_set_covers_all_metrics_types_and_languages():

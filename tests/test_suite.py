@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from builders import run_cli, write_jsonl
-from evaluator import suite_runner
+from evaluator.runs import suite as suite_runner
 from servers.planner import (
     USABLE,
     estimated_eval_s,
@@ -23,7 +23,7 @@ from servers.planner import (
     synthetic_inventory,
 )
 from servers.profiles import ModelProfile, load_profiles
-from servers.stub import Stub
+from benchmarks.stubs.openai_stub import Stub
 from servers.suite import Suite, load_suite
 
 PROFILES = load_profiles()

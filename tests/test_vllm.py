@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from builders import run_cli
-from evaluator.cache import ResponseCache
+from evaluator.cache.responses import ResponseCache
 from evaluator.cli import sample_dir
 from servers import demo_model
 from servers.profiles import get_profile

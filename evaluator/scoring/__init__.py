@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from evaluator.prompts import PromptOptions, Protocol, answer_label
-from evaluator.records import Metric, Question
+from evaluator.data.records import Metric, Question
 from evaluator.scoring import embeddings, structured, text_overlap
 from evaluator.scoring.aggregate import Scores, aggregate
 from evaluator.scoring.embeddings import EmbeddingConfig, Embedder, EmbeddingUnavailable

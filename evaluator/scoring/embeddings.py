@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from evaluator.records import Metric
-from evaluator.sqlite import open_shared
+from evaluator.data.records import Metric
+from evaluator.cache.sqlite import open_shared
 
 ENGLISH_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 MULTILINGUAL_MODEL = "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2"

@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from evaluator.errors import InputError
-from evaluator.loaders import Dataset
+from evaluator.data.loaders import Dataset
 
 
 def read_outputs(path: Path) -> list[str]:

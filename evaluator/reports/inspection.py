@@ -9,9 +9,9 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from evaluator.cache import ResponseCache
+from evaluator.cache.responses import ResponseCache
 from evaluator.errors import InputError
-from evaluator.runner import RunConfig, load_and_plan
+from evaluator.runs.runner import RunConfig, load_and_plan
 from evaluator.scoring import ScoringOptions, questions_frame, score_rows
 from evaluator.scoring.embeddings import EmbeddingConfig
 

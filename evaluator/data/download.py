@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from evaluator.errors import InputError
-from evaluator.records import TYPE_FOLDERS
+from evaluator.data.records import TYPE_FOLDERS
 
 OFFICIAL_DATA_URL = "https://raw.githubusercontent.com/KL4805/ShoppingMMLU/main/data.zip"
 # The official archive's SHA-256. Not pinned yet: no machine of ours has reached GitHub to read it. Until it

@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from evaluator.errors import InputError
-from evaluator.sqlite import open_shared
+from evaluator.cache.sqlite import open_shared
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (

@@ -12,12 +12,12 @@ import polars as pl
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from evaluator import loaders
-from evaluator.cache import Answer, ResponseCache, request_key
-from evaluator.client import Endpoint, Reply, RetryPolicy, fan_out
+from evaluator.data import loaders
+from evaluator.cache.responses import Answer, ResponseCache, request_key
+from evaluator.client.http import Endpoint, Reply, RetryPolicy, fan_out
 from evaluator.errors import InputError
 from evaluator.prompts import PromptOptions, Protocol, Rendering, render
-from evaluator.records import Question
+from evaluator.data.records import Question
 from evaluator.scoring import ScoringOptions, score
 from evaluator.scoring.aggregate import Scores
 from evaluator.scoring.embeddings import EmbeddingConfig, default_cache_dir

@@ -5,9 +5,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from evaluator import loaders
+from evaluator.data import loaders
 from evaluator.prompts import PromptOptions, Protocol, Rendering, render
-from evaluator.suite_runner import Outcome
+from evaluator.runs.suite import Outcome
 from servers.planner import Gpu, plan_node
 from servers.suite import Suite
 

@@ -16,9 +16,9 @@ from typing import Callable
 
 from rich.console import Console
 
-from evaluator import runner
+from evaluator.runs import runner
 from evaluator.prompts import Protocol, Rendering
-from evaluator.runner import RunConfig
+from evaluator.runs.runner import RunConfig
 from servers.planner import Gpu, Placement, plan_node
 from servers.profiles import ModelProfile
 from servers.suite import Suite

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from evaluator.errors import InputError
-from evaluator.records import (
+from evaluator.data.records import (
     TASK_TYPE_METRIC,
     TYPE_FOLDERS,
     Metric,

@@ -7,7 +7,7 @@ It answers `/v1/completions` and `/v1/chat/completions` with a deterministic tex
     malformed (200 with a body that is not JSON), empty (200 with no choices)
 
 It counts what it saw (per body, and the Authorization headers). Raw asyncio HTTP/1.1 with keep-alive, so
-one core serves thousands of requests per second. `python -m servers.stub --port P [--fault-share 0.1]`
+one core serves thousands of requests per second. `python -m benchmarks.stubs.openai_stub --port P [--fault-share 0.1]`
 runs it on its own.
 """
 

@@ -1,0 +1,1 @@
+"""What we keep on disk between runs: the response cache (answers, errors, scores) in shared SQLite files."""
