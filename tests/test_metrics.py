@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -75,23 +76,51 @@ TRUTH = [3, 0, 2, 1]
 IDCG = 7 / math.log2(2) + 3 / math.log2(3) + 1 / math.log2(4)
 
 
-@pytest.mark.parametrize("output, dcg", [
-    ("1,3,4,2", IDCG),
-    ("2,3\n1", 3 / math.log2(3)),  # a newline: first line only
-    ("\n\n2,3", 3 / math.log2(3)),
-    ("0", 1.0),  # index 0 takes the last element (relevance 1)
-    ("-1", 3.0),  # -1 -> weight[-2] = 2
-    ("-5", 0.0),  # below -len: the official code crashes; we give 0
-    ("9", 0.0),  # past the list
-    ("1,1,1,1,1", 7 * (1 + 1 / math.log2(3) + 1 / 2 + 1 / math.log2(5))),  # duplicates count, truncated to 4
-    ("a, b", 0.0),
+@pytest.mark.parametrize("output, dcg, task_dcg", [
+    ("1,3,4,2", IDCG, IDCG),
+    ("2,3\n1", 3 / math.log2(3), 3 / math.log2(3)),  # a newline: first line only
+    ("\n\n2,3", 3 / math.log2(3), 3 / math.log2(3)),
+    ("0", 1.0, 1.0),  # index 0 takes the last element (relevance 1)
+    ("-1", 3.0, 3.0),  # -1 -> weight[-2] = 2
+    ("9", 0.0, 0.0),  # past the list
+    # repeats count; skill-wise keeps len(truth) = 4 indices, task-wise all of them
+    ("1,1,1,1,1", 7 * (1 + 1 / math.log2(3) + 1 / 2 + 1 / math.log2(5)),
+     7 * (1 + 1 / math.log2(3) + 1 / 2 + 1 / math.log2(5) + 1 / math.log2(6))),
+    ("1,3,4,2,1,9", IDCG, IDCG + 7 / math.log2(6)),  # extra in-range and out-of-range indices
+    ("a, b", 0.0, 0.0),
 ])
-def test_ndcg(output, dcg):
+def test_ndcg(output, dcg, task_dcg):
     assert row_scores("ndcg", TRUTH, [output])[0] == pytest.approx(dcg / IDCG, abs=1e-12)
+    assert row_scores("ndcg", TRUTH, [output], Protocol.TASK)[0] == pytest.approx(task_dcg / IDCG, abs=1e-12)
 
 
-def test_ndcg_all_zero_truth_scores_zero_instead_of_dividing_by_zero():
-    assert row_scores("ndcg", [0, 0], ["1,2"]) == [0.0]
+@pytest.mark.parametrize("output, truth, skill_wise, task_wise", [
+    # the cases of the fidelity report, computed by the unmodified official scripts
+    ("1,1,1,1,1,1,1", [3, 2, 1, 0, 0], 2.197346630407209, 2.71122845071778),
+    ("1,2,3,4,5,1,4", [1, 0.01, 0.1, 1, 0], 0.8809085602575659, 1.2938535436227703),
+])
+def test_task_wise_ndcg_scores_every_index_and_can_pass_one(output, truth, skill_wise, task_wise):
+    assert row_scores("ndcg", truth, [output]) == [pytest.approx(skill_wise, abs=1e-12)]
+    assert row_scores("ndcg", truth, [output], Protocol.TASK) == [pytest.approx(task_wise, abs=1e-12)]
+    assert official_loop.ndcg_eval(output, truth) == pytest.approx(skill_wise, abs=1e-12)
+    assert official_loop.ndcg_eval(output, truth, task_wise=True) == pytest.approx(task_wise, abs=1e-12)
+
+
+@pytest.mark.parametrize("protocol", [Protocol.SKILL, Protocol.TASK])
+def test_ndcg_where_the_official_code_gives_no_number_is_zero_and_says_so(protocol):
+    rows = row_scores("ndcg", [0, 0], ["1,2"], protocol, column=["score", "official"])
+    assert rows == [(0.0, "NaN: all-zero relevance (0/0)")]
+    assert math.isnan(official_loop.ndcg_eval("1,2", [0, 0], protocol is Protocol.TASK))
+    rows = row_scores("ndcg", TRUTH, ["2,-5,1"], protocol, column=["score", "official"])
+    assert rows == [(0.0, "IndexError: index -5 is below -len(truth)")]
+    with pytest.raises(IndexError):
+        official_loop.ndcg_eval("2,-5,1", TRUTH, protocol is Protocol.TASK)
+    qs = [question("ndcg", [0, 0], row=0), question("ndcg", TRUTH, row=1), question("ndcg", TRUTH, row=2)]
+    task = score(responses(["1,2", "1,3,4,2", "-9"]), qs, ScoringOptions(protocol=protocol)).tasks.row(0, named=True)
+    assert task["n"] == 3 and "crashes (IndexError) on 1 row" in task["official"]
+    task = score(responses(["1,2", "1,3,4,2"]), qs[:2], ScoringOptions(protocol=protocol)).tasks.row(0, named=True)
+    assert task["score"] == pytest.approx(0.5) and task["official"].startswith("official score is NaN: 1 row")
+    assert score(responses(["1,3,4,2"]), qs[1:2]).tasks["official"].to_list() == [None]
 
 
 # ---------------------------------------------------------------- micro f1
@@ -117,9 +146,13 @@ def test_micro_f1_is_pooled_over_the_task():
     assert scores.tasks["score"].to_list() == [2 * p * r / (p + r)]
 
 
-def test_micro_f1_with_no_predictions_and_no_hits_is_zero():
+def test_micro_f1_with_no_predictions_is_zero_where_the_official_code_divides_by_zero():
     scores = score(responses([""]), [question("micro f1", ["a"])])
     assert scores.tasks["score"].to_list() == [0.0]
+    assert "ZeroDivisionError" in scores.tasks["official"][0]
+    with pytest.raises(ZeroDivisionError):
+        official_loop.micro_f1([official_loop.tp_fp_fn("", ["a"])])
+    assert score(responses(["b"]), [question("micro f1", ["a"])]).tasks["official"].to_list() == [None]
 
 
 # ---------------------------------------------------------------- rouge-L and bleu
@@ -185,9 +218,15 @@ def test_structured_metrics_equal_the_official_loop(outputs):
     assert row_scores("hit rate@3", [1, 2, 5], outputs) == [official_loop.hit_rate(o, [1, 2, 5]) for o in outputs]
     assert row_scores("hit rate@3", [1, 2, 5], outputs, Protocol.TASK) == [
         official_loop.hit_rate(o, [1, 2, 5], task_wise=True) for o in outputs]
-    ours = row_scores("ndcg", [2, 0, 1, 3, 0], outputs)
-    theirs = [official_loop.ndcg_eval(o, [2, 0, 1, 3, 0]) for o in outputs]
-    assert ours == pytest.approx(theirs, abs=1e-12)
+    for protocol in Protocol:
+        ours = row_scores("ndcg", [2, 0, 1, 3, 0], outputs, protocol, column=["score", "official"])
+        for output, (value, official) in zip(outputs, ours):
+            try:
+                theirs = official_loop.ndcg_eval(output, [2, 0, 1, 3, 0], protocol is Protocol.TASK)
+            except IndexError:
+                assert value == 0.0 and official.startswith("IndexError"), output
+            else:
+                assert official is None and value == pytest.approx(theirs, abs=1e-12), output
     truth = ["acme", "ΟΔΟΣ", "b"]
     assert row_scores("micro f1", truth, outputs, column=["tp", "fp", "fn"]) == [
         official_loop.tp_fp_fn(o, truth) for o in outputs]
@@ -222,10 +261,37 @@ def test_task_skill_overall_are_means_with_counts():
     assert dict(scores.skills.select("skill", "score").rows()) == {"A": 0.75, "B": 0.0}
     assert scores.overall["score"].to_list() == [0.375]
     doc = scores.for_model()
-    assert doc == {"tasks": [{"skill": "A", "task": "t1", "metric": "accuracy", "n": 2, "score": 0.5},
-                             {"skill": "A", "task": "t2", "metric": "accuracy", "n": 1, "score": 1.0},
-                             {"skill": "B", "task": "t3", "metric": "accuracy", "n": 1, "score": 0.0}],
-                   "skills": {"A": 0.75, "B": 0.0}, "overall": 0.375}
+    common = {"errors": 0, "unscored": 0, "official": None, "complete": True}
+    assert doc["tasks"] == [
+        {"skill": "A", "task": "t1", "metric": "accuracy", "questions": 2, "n": 2, "score": 0.5, **common},
+        {"skill": "A", "task": "t2", "metric": "accuracy", "questions": 1, "n": 1, "score": 1.0, **common},
+        {"skill": "B", "task": "t3", "metric": "accuracy", "questions": 1, "n": 1, "score": 0.0, **common}]
+    assert {k: v["score"] for k, v in doc["skills"].items()} == {"A": 0.75, "B": 0.0}
+    assert doc["skills"]["A"]["tasks"] == doc["skills"]["A"]["tasks_total"] == 2
+    assert doc["overall"]["score"] == 0.375 and doc["complete"] is True
+    assert doc["aggregation"]["skills"].startswith("official") and doc["aggregation"]["overall"].startswith("ours")
+    task_doc = score(responses(["1"]), qs[:1], ScoringOptions(protocol=Protocol.TASK)).for_model()
+    assert task_doc["aggregation"]["skills"].startswith("ours")
+
+
+def test_missing_answers_and_unscorable_tasks_are_counted_not_hidden():
+    qs = [question("accuracy", 1, task="t1", skill="A", row=0), question("accuracy", 1, task="t1", skill="A", row=1),
+          question("accuracy", 2, task="t2", skill="A", row=2), question("accuracy", 3, task="t3", skill="B", row=3)]
+    table = pl.DataFrame({"row": pl.Series([0, 3], dtype=pl.UInt32), "output": ["1", "3"]})  # rows 1, 2 unanswered
+    doc = score(table, qs).for_model()
+    t1, t2, _ = doc["tasks"]
+    assert (t1["questions"], t1["n"], t1["errors"], t1["score"], t1["complete"]) == (2, 1, 1, 1.0, False)
+    assert (t2["n"], t2["errors"], t2["score"]) == (0, 1, None)  # its line stays, with no score
+    assert (doc["skills"]["A"]["tasks"], doc["skills"]["A"]["tasks_total"]) == (1, 2)
+    assert doc["overall"]["questions"] == 4 and doc["overall"]["n"] == 2 and doc["overall"]["errors"] == 2
+    assert doc["complete"] is False and doc["overall"]["score"] == 1.0
+
+
+def test_json_documents_hold_no_nan(tmp_path):
+    from evaluator.scoring.aggregate import write_json_atomic
+
+    write_json_atomic(tmp_path / "x.json", {"a": float("nan"), "b": [float("inf"), 1.5]})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": None, "b": [None, 1.5]}
 
 
 def test_rows_of_one_task_are_scored_by_their_own_metric():

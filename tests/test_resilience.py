@@ -82,9 +82,10 @@ def test_fault_matrix(tmp_path):
     cache, out = tmp_path / "cache", tmp_path / "run.json"
     plan = share_plan(0.5, FAULTS, seed=3)
     with Stub(plan, stall_s=3, retry_after="0.05") as stub:
-        done = subprocess.run(run_cmd(stub, data, cache, out, "--concurrency", "64", "--timeout", "0.5"), env=ENV,
+        done = subprocess.run(run_cmd(stub, data, cache, out, "--concurrency", "64", "--timeout", "0.5",
+                                      "--no-preflight", "--stop-error-share", "1"), env=ENV,
                               capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.returncode == 3, done.stderr[-2000:]  # incomplete: the terminal faults are error rows
         first_actions = {digest: plan(digest, 1) for digest in stub.seen}
         seen = dict(stub.seen)
     answers, errors = cached_rows(cache)
@@ -100,7 +101,7 @@ def test_fault_matrix(tmp_path):
     assert doc["errors"] == terminal == doc["requests"]["errors"]
     assert sum(t["n"] for t in doc["tasks"]) == n - terminal  # no fault scored as a wrong answer
     db = ResponseCache(cache / "responses")
-    per_task = dict(db.db.execute("SELECT task, errors FROM scores").fetchall())
+    per_task = dict(db.db.execute("SELECT task, errors FROM task_scores").fetchall())
     kinds = {k for (k,) in db.db.execute("SELECT DISTINCT kind FROM errors")}
     db.close()
     assert sum(per_task.values()) == terminal and kinds == {"http_error", "malformed", "empty"}
@@ -113,11 +114,13 @@ def test_rescore_while_a_run_writes(tmp_path):
         run = subprocess.Popen(run_cmd(stub, data, cache, tmp_path / "run.json", "--concurrency", "32"), env=ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         rescored = 0
+        while not (cache / "responses" / "responses.sqlite").exists() and run.poll() is None:
+            time.sleep(0.01)
         while run.poll() is None:
             done = subprocess.run([sys.executable, "-m", "evaluator", "rescore", "--model", "stub-model", "--data",
                                    str(data), "--cache", str(cache), "--json", str(tmp_path / "re.json")],
                                   env=ENV, capture_output=True, text=True, timeout=120)
-            assert done.returncode == 0 and "locked" not in done.stderr, done.stderr[-2000:]
+            assert done.returncode in (0, 3) and "locked" not in done.stderr, done.stderr[-2000:]
             rescored += 1
         assert run.returncode == 0, run.stderr.read()[-2000:]
     answers, errors = cached_rows(cache)

@@ -181,7 +181,7 @@ def test_start_up_overlaps_evaluation_and_a_rerun_resumes_from_the_cache(tmp_pat
             return FakeServer(stub, 0.5, [])
 
         outcomes = suite_runner.run_suite(suite, gpus, tmp_path / "cache", Console(quiet=True), start_server=start)
-        assert [o.status for o in outcomes] == ["done"] * 4
+        assert [o.status for o in outcomes] == ["complete"] * 4
         assert all(o.sent == 300 and o.errors == 0 for o in outcomes)
         overlapped = [(a.model, b.model) for a in outcomes for b in outcomes
                       if a is not b and a.evaluating_at < b.started_at < a.finished_at]
@@ -190,7 +190,7 @@ def test_start_up_overlaps_evaluation_and_a_rerun_resumes_from_the_cache(tmp_pat
 
         starts.clear()
         again = suite_runner.run_suite(suite, gpus, tmp_path / "cache", Console(quiet=True), start_server=start)
-    assert [o.status for o in again] == ["cached"] * 4 and starts == []  # resumed: no server started
+    assert [o.status for o in again] == ["complete"] * 4 and starts == [] and all(o.sent == 0 for o in again)  # resumed: no server started
     assert [o.overall for o in again] == [o.overall for o in outcomes]
 
 
@@ -209,7 +209,7 @@ def test_a_model_that_fails_is_retried_once_then_marked_failed_and_the_suite_goe
         outcomes = suite_runner.run_suite(suite, synthetic_inventory(1, 80), tmp_path / "cache",
                                           Console(quiet=True), start_server=start)
     by_name = {o.model: o for o in outcomes}
-    assert by_name["good"].status == "done" and by_name["broken"].status == "failed"
+    assert by_name["good"].status == "complete" and by_name["broken"].status == "failed"
     assert attempts["broken"] == 2 and "out of memory" in by_name["broken"].message
 
 
@@ -228,4 +228,4 @@ def test_the_runner_tracks_real_server_objects(tmp_path):
     with Stub() as stub:
         outcomes = suite_runner.run_suite(suite, [], tmp_path / "cache", Console(quiet=True),
                                           start_server=lambda *a, **k: Unhashable(stub.base_url))
-    assert [o.status for o in outcomes] == ["done"]
+    assert [o.status for o in outcomes] == ["complete"]

@@ -39,7 +39,9 @@ def body_hash(raw: bytes) -> str:
 
 class Stub:
     def __init__(self, plan: Callable[[str, int], str] | None = None, latency: tuple[float, float] = (0.0, 0.0),
-                 stall_s: float = 30.0, retry_after: str = "0.05", seed: int = 0) -> None:
+                 stall_s: float = 30.0, retry_after: str = "0.05", seed: int = 0,
+                 models: list[str] | None = None) -> None:
+        self.models = models or []  # what /v1/models lists (empty: any name is served)
         self.plan = plan or (lambda _h, _a: "ok")
         self.latency = latency
         self.stall_s = stall_s
@@ -80,7 +82,11 @@ class Stub:
                     headers[name.strip().lower()] = value.strip()
                 raw = await reader.readexactly(int(headers.get("content-length", "0") or 0))
                 if path.endswith("/models"):
-                    await self._respond(writer, 200, b'{"object":"list","data":[{"id":"stub"}]}')
+                    listed = [{"id": m, "object": "model"} for m in self.models]
+                    await self._respond(writer, 200, json.dumps({"object": "list", "data": listed}).encode())
+                    continue
+                if not path.endswith("completions"):
+                    await self._respond(writer, 404, b'{"error":{"message":"not found"}}')
                     continue
                 if "authorization" in headers:
                     self.authorizations[headers["authorization"]] += 1

@@ -2,13 +2,18 @@
 
 Keyed on what determines the answer (model identity, endpoint kind, full request body), never on host or
 port. Answers and errors live in separate tables: an error is never read back as an answer, and a later
-answer for the same key replaces the error. Several processes may share one cache file.
+answer for the same key replaces the error. Beside them: each model's profile as it was run (so read-only
+commands find models defined inline in a suite), each run's scores with how complete they are, and claims
+on requests in flight (so two runs of the same questions at once do not both pay for them). Several
+processes may share one cache file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -17,9 +22,11 @@ from pathlib import Path
 
 import polars as pl
 
-from evaluator.errors import InputError
 from evaluator.cache.sqlite import open_shared
+from evaluator.errors import InputError
+from evaluator.redact import redact
 
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
     key TEXT PRIMARY KEY, model TEXT NOT NULL, qid TEXT NOT NULL, text TEXT NOT NULL, finish_reason TEXT,
@@ -28,13 +35,37 @@ CREATE TABLE IF NOT EXISTS answers (
 CREATE TABLE IF NOT EXISTS errors (
     key TEXT PRIMARY KEY, model TEXT NOT NULL, qid TEXT NOT NULL, kind TEXT NOT NULL, status INTEGER,
     message TEXT, attempts INTEGER, latency_s REAL, created_at REAL NOT NULL, request TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS scores (
-    model TEXT NOT NULL, data TEXT NOT NULL, protocol TEXT NOT NULL, rendering TEXT NOT NULL,
-    skill TEXT NOT NULL, task TEXT NOT NULL, metric TEXT NOT NULL, n INTEGER NOT NULL, errors INTEGER NOT NULL,
-    score REAL, prompt_tokens INTEGER, completion_tokens INTEGER, created_at REAL NOT NULL,
-    PRIMARY KEY (model, data, protocol, rendering, skill, task));
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT PRIMARY KEY, profile TEXT NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    key TEXT PRIMARY KEY, model TEXT NOT NULL, data TEXT NOT NULL, data_sha256 TEXT NOT NULL,
+    protocol TEXT NOT NULL, rendering TEXT NOT NULL, variant TEXT NOT NULL,
+    questions INTEGER NOT NULL, answered INTEGER NOT NULL, scored INTEGER NOT NULL, errors INTEGER NOT NULL,
+    unscored INTEGER NOT NULL, status TEXT NOT NULL, reason TEXT, prompt_tokens INTEGER,
+    completion_tokens INTEGER, cost REAL, details TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS task_scores (
+    run TEXT NOT NULL, skill TEXT NOT NULL, task TEXT NOT NULL, metric TEXT NOT NULL,
+    questions INTEGER NOT NULL, scored INTEGER NOT NULL, errors INTEGER NOT NULL, unscored INTEGER NOT NULL,
+    score REAL, prompt_tokens INTEGER, completion_tokens INTEGER, official TEXT,
+    PRIMARY KEY (run, skill, task));
+CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL);
 """
 FILE_NAME = "responses.sqlite"
+OWN_TABLES = {"answers", "errors"}
+CLAIM_LEASE_S = 180.0
+RUN_COLUMNS = ("key", "model", "data", "data_sha256", "protocol", "rendering", "variant", "questions", "answered",
+               "scored", "errors", "unscored", "status", "reason", "prompt_tokens", "completion_tokens", "cost",
+               "details", "created_at")
+TASK_COLUMNS = ("skill", "task", "metric", "questions", "scored", "errors", "unscored", "score", "prompt_tokens",
+                "completion_tokens", "official")
+RUN_SCHEMA = {"key": pl.String, "model": pl.String, "data": pl.String, "data_sha256": pl.String,
+              "protocol": pl.String, "rendering": pl.String, "variant": pl.String, "questions": pl.Int64,
+              "answered": pl.Int64, "scored": pl.Int64, "errors": pl.Int64, "unscored": pl.Int64,
+              "status": pl.String, "reason": pl.String, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64,
+              "cost": pl.Float64, "details": pl.String, "created_at": pl.Float64}
+TASK_SCHEMA = {"run": pl.String, "skill": pl.String, "task": pl.String, "metric": pl.String,
+               "questions": pl.Int64, "scored": pl.Int64, "errors": pl.Int64, "unscored": pl.Int64,
+               "score": pl.Float64, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64, "official": pl.String}
 
 
 def request_key(identity: dict, endpoint: str, body: dict) -> str:
@@ -44,34 +75,153 @@ def request_key(identity: dict, endpoint: str, body: dict) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def run_key(model: str, data_sha256: str, protocol: str, rendering: str, variant: str) -> str:
+    """One run's identity: the same model on the same data content under the same settings."""
+    return hashlib.sha256(json.dumps([model, data_sha256, protocol, rendering, variant]).encode()).hexdigest()
+
+
+def _clean(text: str | None, limit: int) -> str | None:
+    """Redacted, bounded, and storable (lone surrogates cannot be encoded for SQLite)."""
+    if text is None:
+        return None
+    return redact(text[:limit]).encode("utf-8", "replace").decode("utf-8")
+
+
+def process_owner() -> str:
+    """Who holds a claim: host, pid and the process's start time (so a reused pid is not mistaken for us)."""
+    try:
+        start = Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        start = "0"
+    return f"{socket.gethostname()}:{os.getpid()}:{start}"
+
+
+def _owner_alive(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    if host != socket.gethostname():
+        return True  # another machine's: only its lease can end it
+    pid, _, start = rest.partition(":")
+    try:
+        fields = Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return False
+    return fields[19] == start and fields[0] != "Z"
+
+
 @dataclass(frozen=True)
 class Answer:
     text: str
     finish_reason: str | None
     prompt_tokens: int | None
     completion_tokens: int | None
+    latency_s: float | None = None
+
+
+class CacheFull(Exception):
+    """The cache's disk is full: answers can no longer be kept, so nothing more may be bought."""
 
 
 class ResponseCache:
-    def __init__(self, folder: Path) -> None:
-        self.path = Path(folder) / FILE_NAME
+    def __init__(self, folder: Path, read_only: bool = False) -> None:
+        folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise InputError("the cache must be a folder, and this is a file", path=folder)
+        self.path = folder / FILE_NAME
+        if self.path.exists() and not self.path.is_file():
+            raise InputError("the response cache is not a file", path=self.path)
         try:
-            self.db = open_shared(self.path, SCHEMA)
-        except sqlite3.OperationalError:
-            raise
+            if read_only:
+                self.db = self._open_read_only()
+                self._check_schema(self.db)
+            else:
+                if self.path.is_file() and self.path.stat().st_size > 0:  # never add our tables to another file
+                    probe = self._open_read_only()
+                    try:
+                        self._check_schema(probe)
+                    finally:
+                        probe.close()
+                self.db = open_shared(self.path, SCHEMA)
+                self._migrate()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise
+            raise self._unusable(exc) from None
         except sqlite3.DatabaseError as exc:
             raise self._unreadable(exc) from None
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """For report, compare, inspect: never create or change a file, and work on a read-only disk."""
+        if not self.path.is_file():
+            raise InputError("no response cache here (nothing has been run with this --cache)", path=self.path)
+        for query in ("mode=ro", "immutable=1"):
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{query}", uri=True, check_same_thread=False)
+            try:
+                db.execute("PRAGMA schema_version").fetchone()
+                return db
+            except sqlite3.OperationalError:
+                db.close()
+        raise InputError("the response cache cannot be opened read-only", path=self.path)
+
+    def _check_schema(self, db: sqlite3.Connection) -> None:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not OWN_TABLES <= tables:
+            raise InputError(f"this SQLite file is not a shopping-mmlu response cache (its tables: "
+                             f"{', '.join(sorted(tables))[:200] or 'none'}); pass --cache with another folder",
+                             path=self.path)
+
+    def _migrate(self) -> None:
+        """Version 0/1 kept one `scores` row per task keyed on the data path: move them under runs."""
+        if self.db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            if self.db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+                return
+            old = self.db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='scores'").fetchone()
+            if old:
+                rows = self.db.execute("SELECT model, data, protocol, rendering, skill, task, metric, n, errors, "
+                                       "score, prompt_tokens, completion_tokens, created_at FROM scores").fetchall()
+                runs: dict[tuple, list] = {}
+                for row in rows:
+                    runs.setdefault(row[:4], []).append(row)
+                for (model, data, protocol, rendering), tasks in runs.items():
+                    key = run_key(model, f"path:{data}", protocol, rendering, "")
+                    scored = sum(t[7] for t in tasks)
+                    errors = sum(t[8] for t in tasks)
+                    record = (key, model, data, f"path:{data}", protocol, rendering, "", scored + errors, scored,
+                              scored, errors, 0, "complete" if errors == 0 else "incomplete",
+                              None, sum(t[10] or 0 for t in tasks), sum(t[11] or 0 for t in tasks), None,
+                              json.dumps({"migrated": "scored before version 2 kept data hashes"}),
+                              max(t[12] for t in tasks))
+                    self.db.execute(f"INSERT OR REPLACE INTO runs VALUES ({','.join('?' * len(RUN_COLUMNS))})",
+                                    record)
+                    self.db.executemany(
+                        f"INSERT OR REPLACE INTO task_scores VALUES ({','.join('?' * 12)})",
+                        [(key, t[4], t[5], t[6], t[7] + t[8], t[7], t[8], 0, t[9], t[10], t[11], None)
+                         for t in tasks])
+                self.db.execute("DROP TABLE scores")
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _unreadable(self, exc: Exception) -> InputError:
         return InputError(f"the response cache cannot be read ({exc}); move the file aside to start a new cache "
                           "(its answers are then re-requested), or pass --cache with another folder", path=self.path)
 
+    def _unusable(self, exc: Exception) -> InputError:
+        return InputError(f"the response cache cannot be used ({exc}): check that its folder is writable and its "
+                          "disk has room, or pass --cache with another folder", path=self.path)
+
     @contextmanager
     def _guard(self):
-        """Corruption found mid-query is the same clear error as at open (a busy lock is not corruption)."""
+        """Corruption found mid-query is the same clear error as at open; a full disk is `CacheFull`; a busy
+        lock is neither and propagates."""
         try:
             yield
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if "full" in text:
+                raise CacheFull(f"the disk holding {self.path} is full: answers cannot be kept ({text})") from None
+            if "readonly" in text or "read-only" in text:
+                raise self._unusable(exc) from None
             raise
         except sqlite3.DatabaseError as exc:
             raise self._unreadable(exc) from None
@@ -79,16 +229,30 @@ class ResponseCache:
     def close(self) -> None:
         self.db.close()
 
+    # ------------------------------------------------------------------ answers and errors
+
     def answers(self, keys: list[str]) -> dict[str, Answer]:
         with self._guard():
             found: dict[str, Answer] = {}
             for start in range(0, len(keys), 500):
                 chunk = keys[start:start + 500]
                 rows = self.db.execute(
-                    "SELECT key, text, finish_reason, prompt_tokens, completion_tokens FROM answers "
+                    "SELECT key, text, finish_reason, prompt_tokens, completion_tokens, latency_s FROM answers "
                     f"WHERE key IN ({','.join('?' * len(chunk))})", chunk)
                 for key, *fields in rows:
                     found[key] = Answer(*fields)
+            return found
+
+    def errors(self, keys: list[str]) -> dict[str, tuple[str, int | None, str, float]]:
+        """key -> (kind, status, message, created_at) for the keys that have an error row."""
+        with self._guard():
+            found = {}
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                rows = self.db.execute("SELECT key, kind, status, message, created_at FROM errors "
+                                       f"WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+                for key, *fields in rows:
+                    found[key] = tuple(fields)
             return found
 
     def put_answer(self, key: str, model: str, qid: str, request: dict, answer: Answer, latency_s: float,
@@ -102,6 +266,7 @@ class ResponseCache:
                                  answer.completion_tokens, latency_s, attempts, time.time(),
                                  json.dumps(request, ensure_ascii=False)))
                 self.db.execute("DELETE FROM errors WHERE key = ?", (key,))
+                self.db.execute("DELETE FROM claims WHERE key = ?", (key,))
 
     def put_error(self, key: str, model: str, qid: str, request: dict, kind: str, status: int | None,
                   message: str, attempts: int, latency_s: float) -> None:
@@ -109,29 +274,94 @@ class ResponseCache:
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
                 self.db.execute("INSERT OR REPLACE INTO errors VALUES (?,?,?,?,?,?,?,?,?,?)",
-                                (key, model, qid, kind, status, message[:2000], attempts, latency_s, time.time(),
-                                 json.dumps(request, ensure_ascii=False)))
+                                (key, model, qid, _clean(kind, 40), status, _clean(message, 2000), attempts,
+                                 latency_s, time.time(), json.dumps(request, ensure_ascii=False)))
+                self.db.execute("DELETE FROM claims WHERE key = ?", (key,))
 
-    def save_scores(self, model: str, data: str, protocol: str, rendering: str, tasks: pl.DataFrame) -> None:
-        """tasks: skill, task, metric, n, errors, score, prompt_tokens, completion_tokens."""
+    # ------------------------------------------------------------------ claims on requests in flight
+
+    def claim(self, keys: list[str], owner: str) -> set[str]:
+        """The keys this owner may send: not answered meanwhile, and unclaimed, already its own, or held by a
+        dead or lapsed owner."""
+        now = time.time()
         with self._guard():
-            now = time.time()
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
-                self.db.execute("DELETE FROM scores WHERE model=? AND data=? AND protocol=? AND rendering=?",
-                                (model, data, protocol, rendering))
-                self.db.executemany(
-                    "INSERT INTO scores VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    [(model, data, protocol, rendering, r["skill"], r["task"], r["metric"], r["n"], r["errors"],
-                      r["score"], r["prompt_tokens"], r["completion_tokens"], now)
-                     for r in tasks.iter_rows(named=True)])
+                held: dict[str, tuple[str, float]] = {}
+                answered: set[str] = set()
+                for start in range(0, len(keys), 500):
+                    chunk = keys[start:start + 500]
+                    marks = ','.join('?' * len(chunk))
+                    for key, who, expires in self.db.execute(
+                            f"SELECT key, owner, expires FROM claims WHERE key IN ({marks})", chunk):
+                        held[key] = (who, expires)
+                    answered.update(k for (k,) in self.db.execute(f"SELECT key FROM answers WHERE key IN ({marks})",
+                                                                  chunk))
+                alive: dict[str, bool] = {}
+                mine = []
+                for key in keys:
+                    if key in answered:
+                        continue
+                    if key in held:
+                        who, expires = held[key]
+                        if who != owner and expires > now and alive.setdefault(who, _owner_alive(who)):
+                            continue
+                    mine.append(key)
+                self.db.executemany("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)",
+                                    [(k, owner, now + CLAIM_LEASE_S) for k in mine])
+        return set(mine)
 
-    def scores(self) -> pl.DataFrame:
+    def renew_claims(self, owner: str) -> None:
         with self._guard():
-            rows = self.db.execute("SELECT model, data, protocol, rendering, skill, task, metric, n, errors, score, "
-                                   "prompt_tokens, completion_tokens, created_at FROM scores").fetchall()
-            schema = {"model": pl.String, "data": pl.String, "protocol": pl.String, "rendering": pl.String,
-                      "skill": pl.String, "task": pl.String, "metric": pl.String, "n": pl.Int64, "errors": pl.Int64,
-                      "score": pl.Float64, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64,
-                      "created_at": pl.Float64}
-            return pl.DataFrame(rows, schema=schema, orient="row")
+            self.db.execute("UPDATE claims SET expires = ? WHERE owner = ?", (time.time() + CLAIM_LEASE_S, owner))
+
+    def release_claims(self, owner: str) -> None:
+        with self._guard():
+            self.db.execute("DELETE FROM claims WHERE owner = ?", (owner,))
+
+    # ------------------------------------------------------------------ models, runs, scores
+
+    def put_model(self, name: str, profile: dict) -> None:
+        with self._guard():
+            self.db.execute("INSERT OR REPLACE INTO models VALUES (?, ?, ?)",
+                            (name, json.dumps(profile, ensure_ascii=False, sort_keys=True), time.time()))
+
+    def model(self, name: str) -> dict | None:
+        """The profile `name` was last run with, as recorded."""
+        with self._guard():
+            row = self.db.execute("SELECT profile FROM models WHERE name = ?", (name,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def saved_run(self, key: str) -> dict | None:
+        with self._guard():
+            row = self.db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE key = ?", (key,)).fetchone()
+        return dict(zip(RUN_COLUMNS, row)) if row else None
+
+    def save_run(self, record: dict, tasks: list[dict]) -> dict | None:
+        """Save a run's scores unless the saved ones cover more questions or more answers; returns the saved
+        record that was kept instead (None when this one was saved)."""
+        with self._guard():
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                row = self.db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE key = ?",
+                                      (record["key"],)).fetchone()
+                if row is not None:
+                    saved = dict(zip(RUN_COLUMNS, row))
+                    if saved["questions"] > record["questions"] or saved["answered"] > record["answered"]:
+                        return saved
+                self.db.execute(f"INSERT OR REPLACE INTO runs VALUES ({','.join('?' * len(RUN_COLUMNS))})",
+                                tuple(record[c] for c in RUN_COLUMNS))
+                self.db.execute("DELETE FROM task_scores WHERE run = ?", (record["key"],))
+                self.db.executemany(f"INSERT INTO task_scores VALUES ({','.join('?' * (len(TASK_COLUMNS) + 1))})",
+                                    [(record["key"], *(t[c] for c in TASK_COLUMNS)) for t in tasks])
+        return None
+
+    def runs(self) -> pl.DataFrame:
+        with self._guard():
+            rows = self.db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs").fetchall()
+        return pl.DataFrame(rows, schema=RUN_SCHEMA, orient="row")
+
+    def task_scores(self) -> pl.DataFrame:
+        with self._guard():
+            rows = self.db.execute(f"SELECT run, {', '.join(TASK_COLUMNS)} FROM task_scores").fetchall()
+        return pl.DataFrame(rows, schema=TASK_SCHEMA, orient="row")

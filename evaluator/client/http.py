@@ -4,9 +4,11 @@ aiohttp, not httpx: against a zero-latency stub on these cores aiohttp sustains 
 pool tops out at a few hundred with hundreds of connections (benchmarks/RESULTS.md).
 
 A fixed pool of workers (the in-flight cap) pulls requests from a queue; an optional requests-per-minute
-throttle sits in front of every send. Failures are classified: 429, 5xx, timeouts and dropped connections
-are retried with exponential backoff and jitter (Retry-After honoured), bounded by attempts and total time;
-anything else, and the last failure, becomes an error `Reply`, never an empty answer.
+limit spaces the sends evenly. Every reply is hostile until parsed: bodies are read up to a size cap,
+parsed defensively (deep nesting, huge integers, lone surrogates, fields of the wrong type), and whatever
+happens ends as a `Reply`, an answer or an error, never as an exception that stops the fan-out. 429, 5xx,
+timeouts, dropped connections and a 200 that carries an error object are retried with exponential backoff
+and jitter (Retry-After honoured above a floor), bounded by attempts and total time.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Awaitable, Callable, Iterable
 
 import aiohttp
-from asyncio_throttle import Throttler
+
+MAX_REPLY_BYTES = 4 * 2**20  # a 128-token answer is a few KiB; anything near this is not an answer
+MAX_TOKENS_FIELD = 2**31 - 1  # usage counts above this are not token counts
 
 
 @dataclass(frozen=True)
@@ -31,8 +36,17 @@ class Endpoint:
     timeout_s: float = 300.0
     concurrency: int = 64
     requests_per_minute: int | None = None
-    rate_period_s: float = 60.0  # the throttle's window (a minute; shorter only in tests)
+    rate_period_s: float = 60.0  # the limit's window (a minute; shorter only in tests)
     replicas: tuple[str, ...] = ()  # more base URLs serving the same model (other nodes)
+    max_reply_bytes: int = MAX_REPLY_BYTES
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise ValueError(f"timeout must be a positive number of seconds, not {self.timeout_s}")
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {self.concurrency}")
+        if self.requests_per_minute is not None and self.requests_per_minute < 1:
+            raise ValueError(f"requests per minute must be at least 1, not {self.requests_per_minute}")
 
     def url(self, base_url: str) -> str:
         return base_url.rstrip("/") + ("/chat/completions" if self.chat else "/completions")
@@ -60,11 +74,29 @@ class Replicas:
 
     def failed(self, url: str) -> None:
         if len(self.urls) > 1:
-            self.strikes[url] += 1
+            self.strikes[url] = min(self.strikes[url] + 1, 20)
             self.down_until[url] = time.monotonic() + self.cooldown_s * 2 ** (self.strikes[url] - 1)
 
     def answered(self, url: str) -> None:
         self.strikes[url] = 0
+
+
+class RateLimit:
+    """At most `rate` sends per `period`, spread evenly (one every period/rate seconds): a provider that
+    counts per minute never sees the whole minute's quota arrive at once."""
+
+    def __init__(self, rate: int, period_s: float = 60.0) -> None:
+        self.interval = period_s / rate
+        self.next_slot = 0.0
+        self.lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        async with self.lock:
+            now = time.monotonic()
+            slot = max(now, self.next_slot)
+            self.next_slot = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
 
 
 @dataclass(frozen=True)
@@ -75,9 +107,9 @@ class RetryPolicy:
     max_delay_s: float = 60.0
 
     def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
-        if retry_after is not None:  # the server's word; the total-time bound still applies
-            return retry_after
-        return min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1)) * rng.uniform(0.5, 1.5)
+        if retry_after is not None:  # the server's word, above a floor (Retry-After: 0 must not spin)
+            return max(retry_after, self.base_delay_s)
+        return min(self.max_delay_s, self.base_delay_s * 2 ** min(attempt - 1, 30)) * rng.uniform(0.5, 1.5)
 
 
 @dataclass(frozen=True)
@@ -91,7 +123,8 @@ class Reply:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    error_kind: str | None = None  # rate_limited, server_error, timeout, connection, http_error, malformed, empty
+    # rate_limited, server_error, api_error, timeout, connection, http_error, malformed, empty, oversized, client_error
+    error_kind: str | None = None
     status: int | None = None
     message: str = ""
 
@@ -103,25 +136,60 @@ class Fault(Exception):
         self.kind, self.status, self.retryable, self.retry_after = kind, status, retryable, retry_after
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
+class Halt(Exception):
+    """Raised by an `on_reply` callback to stop the fan-out (a circuit breaker); in-flight requests are
+    cancelled, everything already handed to `on_reply` is kept."""
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as seconds (a number or an HTTP date); None for anything else, whatever it is."""
+    if not value or len(value) > 100:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if parsed is None:
+            return None
+        try:
+            seconds = parsed.timestamp() - time.time()
+        except (OverflowError, OSError, ValueError):
+            return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _count(value) -> int | None:
+    """A token count, or None where the field is not one (wrong type, negative, absurd)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS_FIELD:
+        return None
+    return value
 
 
 def parse_reply(payload: bytes, chat: bool) -> tuple[str, str | None, int | None, int | None]:
+    """(text, finish_reason, prompt_tokens, completion_tokens), or a Fault for anything that is not an answer."""
     try:
         data = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise Fault("malformed", f"response is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, too many digits, deep nesting
+        raise Fault("malformed", f"response is not JSON we can read: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
         raise Fault("malformed", "response is not a JSON object")
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        error = data.get("error")
+        if error is not None:  # a 200 carrying an error object: the provider failed upstream
+            detail = error.get("message") if isinstance(error, dict) else error
+            raise Fault("api_error", f"HTTP 200 with an error: {str(detail)[:300]}", 200, retryable=True)
         raise Fault("empty", "response has no choices")
     choice = choices[0]
     if chat:
@@ -130,60 +198,85 @@ def parse_reply(payload: bytes, chat: bool) -> tuple[str, str | None, int | None
     else:
         text = choice.get("text")
     if text is None:
-        text = ""
+        raise Fault("empty", "the reply has no text (null)")
     if not isinstance(text, str):
-        raise Fault("malformed", "the choice's text is not a string")
+        raise Fault("malformed", f"the choice's text is a {type(text).__name__}, not a string")
+    if _has_lone_surrogate(text):
+        raise Fault("malformed", "the text holds a lone surrogate (not Unicode text)")
+    finish = choice.get("finish_reason")
+    finish = finish if isinstance(finish, str) and len(finish) <= 64 and not _has_lone_surrogate(finish) else None
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-    return text, choice.get("finish_reason"), usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return text, finish, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
 
 
-async def _send_once(session: aiohttp.ClientSession, endpoint: Endpoint, url: str, body: dict) -> Reply:
+async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
+    declared = response.content_length
+    if declared is not None and declared > cap:
+        raise Fault("oversized", f"the reply declares {declared:,} bytes, over the {cap:,}-byte cap")
+    chunks, size = [], 0
+    async for chunk in response.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > cap:
+            response.close()
+            raise Fault("oversized", f"the reply passed the {cap:,}-byte cap; the rest was not read")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _text_of(payload: bytes, limit: int) -> str:
+    return payload[:limit].decode("utf-8", "replace").encode("utf-8", "replace").decode("utf-8")
+
+
+async def _send_once(session: aiohttp.ClientSession, endpoint: Endpoint, url: str, body: bytes) -> Reply:
     try:
-        async with session.post(endpoint.url(url), data=json.dumps(body, ensure_ascii=False).encode("utf-8")) as response:
-            payload = await response.read()
+        async with session.post(endpoint.url(url), data=body) as response:
             status, headers = response.status, response.headers
+            payload = await _read_capped(response, endpoint.max_reply_bytes)
     except asyncio.TimeoutError:
         raise Fault("timeout", f"no answer within {endpoint.timeout_s:g} s", retryable=True) from None
-    except aiohttp.ClientError as exc:  # refused, reset, dropped mid-response
-        raise Fault("connection", f"{type(exc).__name__}: {exc}", retryable=True) from None
-    if status == 429:
-        raise Fault("rate_limited", "HTTP 429", status, True, _retry_after(headers.get("retry-after")))
-    if status >= 500:
-        raise Fault("server_error", f"HTTP {status}: {payload[:300].decode('utf-8', 'replace')}", status, True,
-                    _retry_after(headers.get("retry-after")))
+    except aiohttp.ClientError as exc:  # refused, reset, dropped mid-response, bad headers
+        raise Fault("connection", f"{type(exc).__name__}: {str(exc)[:300]}", retryable=True) from None
+    if status in (429, 408) or status >= 500:
+        kind = "rate_limited" if status == 429 else "server_error"
+        after = retry_after_seconds(headers.get("retry-after"))
+        raise Fault(kind, f"HTTP {status}: {_text_of(payload, 300)}", status, True, after)
     if status != 200:
-        raise Fault("http_error", f"HTTP {status}: {payload[:500].decode('utf-8', 'replace')}", status)
+        raise Fault("http_error", f"HTTP {status}: {_text_of(payload, 500)}", status)
     text, finish, prompt_tokens, completion_tokens = parse_reply(payload, endpoint.chat)
     return Reply(True, 1, 0.0, text, finish, prompt_tokens, completion_tokens)
 
 
 async def request(session: aiohttp.ClientSession, endpoint: Endpoint, body: dict, policy: RetryPolicy,
-                  rng: random.Random, throttler: Throttler | None = None, replicas: Replicas | None = None) -> Reply:
-    """Send one request with retries; always returns a Reply."""
+                  rng: random.Random, limit: RateLimit | None = None, replicas: Replicas | None = None) -> Reply:
+    """Send one request with retries; always returns a Reply, whatever the server does."""
     started = time.monotonic()
     attempt = 0
+    encoded = json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass")
     while True:
         attempt += 1
+        url = replicas.pick() if replicas else endpoint.base_url
         try:
-            if throttler is not None:
-                async with throttler:
-                    pass
-            url = replicas.pick() if replicas else endpoint.base_url
-            try:
-                reply = await _send_once(session, endpoint, url, body)
-            except Fault as fault:
-                if replicas and fault.kind in ("connection", "timeout"):
-                    replicas.failed(url)
-                raise
+            if limit is not None:
+                await limit.wait()
+            reply = await _send_once(session, endpoint, url, encoded)
             if replicas:
                 replicas.answered(url)
-            return Reply(**{**reply.__dict__, "attempts": attempt, "latency_s": time.monotonic() - started})
-        except Fault as fault:
+            return replace(reply, attempts=attempt, latency_s=time.monotonic() - started)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001: anything a server makes us raise ends as an error row
+            fault = exc if isinstance(exc, Fault) else Fault("client_error", f"{type(exc).__name__}: {exc}"[:500])
+            if replicas and fault.kind in ("connection", "timeout"):
+                replicas.failed(url)
             elapsed = time.monotonic() - started
             wait = policy.delay(attempt, fault.retry_after, rng)
             if not fault.retryable or attempt >= policy.max_attempts or elapsed + wait > policy.max_total_s:
+                message = str(fault)
+                if fault.retryable and fault.retry_after is not None and elapsed + wait > policy.max_total_s:
+                    message += (f" (the server asked to retry after {fault.retry_after:,.0f} s, past the "
+                                f"{policy.max_total_s:,.0f} s this request may take)")
                 return Reply(False, attempt, elapsed, error_kind=fault.kind, status=fault.status,
-                             message=str(fault))
+                             message=message)
             await asyncio.sleep(wait)
 
 
@@ -201,14 +294,13 @@ async def fan_out(endpoint: Endpoint, items: Iterable[tuple[str, dict]],
                   on_reply: Callable[[str, Reply], Awaitable[None] | None],
                   policy: RetryPolicy = RetryPolicy(), seed: int = 0) -> float:
     """Send every (key, body) with at most `endpoint.concurrency` in flight; `on_reply` sees each result as
-    it arrives. Returns the wall time from the first send to the last reply."""
+    it arrives (it may raise `Halt` to stop). Returns the wall time from the first send to the last reply."""
     queue: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
     for item in items:
         queue.put_nowait(item)
     if queue.empty():
         return 0.0
-    throttler = (Throttler(rate_limit=endpoint.requests_per_minute, period=endpoint.rate_period_s)
-                 if endpoint.requests_per_minute else None)
+    limit = RateLimit(endpoint.requests_per_minute, endpoint.rate_period_s) if endpoint.requests_per_minute else None
     rng = random.Random(seed)
     replicas = Replicas([endpoint.base_url, *endpoint.replicas]) if endpoint.replicas else None
 
@@ -218,7 +310,7 @@ async def fan_out(endpoint: Endpoint, items: Iterable[tuple[str, dict]],
                 key, body = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            reply = await request(session, endpoint, body, policy, rng, throttler, replicas)
+            reply = await request(session, endpoint, body, policy, rng, limit, replicas)
             result = on_reply(key, reply)
             if asyncio.iscoroutine(result):
                 await result
@@ -231,4 +323,5 @@ async def fan_out(endpoint: Endpoint, items: Iterable[tuple[str, dict]],
         finally:
             for w in workers:
                 w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
     return time.monotonic() - started

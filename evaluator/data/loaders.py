@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import ast
 import csv
+import hashlib
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,8 @@ from evaluator.data.records import (
 )
 
 SKILL_FIELDS = ("input_field", "output_field", "task_name", "task_type", "metric")
+MAX_INT = 2**62  # integers in truths must fit the int64 columns they are scored in
+MAX_RELEVANCE = 64.0  # 2^relevance - 1 stays finite and exact; the official weights are small
 TASK_FIELDS = ("input_field", "target_field")
 MC_COLUMNS = ("question", "choices", "answer")
 REVIEW_RATING = "review_rating_prediction"
@@ -41,14 +45,32 @@ class DataFile:
 
 @dataclass(frozen=True)
 class Dataset:
-    """The files of one data PATH in a fixed order; `questions` concatenates them."""
+    """The files of one data PATH in a fixed order; `questions` concatenates them. `sha256` identifies the
+    content (file names within the folder and bytes), so results on the same data compare wherever it lies."""
 
     root: Path
     files: list[DataFile]
+    sha256: str = ""
 
     @property
     def questions(self) -> list[Question]:
         return [q for f in self.files for q in f.questions]
+
+    @property
+    def groups(self) -> str:
+        """What the `skill` column holds: skills, or task types where no skills/ folder names them."""
+        return "task type" if all(q.skill in TYPE_FOLDERS for q in self.questions) else "skill"
+
+
+def content_sha256(root: Path, paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        name = path.relative_to(root).as_posix() if path != root else path.name
+        digest.update(f"{name}\0{path.stat().st_size}\0".encode("utf-8", "surrogateescape"))
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load(path: str | Path, protocol: str = "skill") -> Dataset:
@@ -57,11 +79,17 @@ def load(path: str | Path, protocol: str = "skill") -> Dataset:
     if not root.exists():
         raise InputError("no such file or folder", path=root)
     if root.is_dir():
-        files = [_load_file(p, skill_map=_skill_map(root)) for p in data_files(root, protocol)]
+        paths = data_files(root, protocol)
+        files = [_load_file(p, skill_map=_skill_map(root)) for p in paths]
     else:
+        paths = [root]
         files = [_load_file(root, skill_map=_skill_map(_data_root_of(root)))]
     _dedupe_ids(files)
-    return Dataset(root=root, files=files)
+    try:
+        digest = content_sha256(root, paths)
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", path=root) from None
+    return Dataset(root=root, files=files, sha256=digest)
 
 
 def data_files(root: Path, protocol: str) -> list[Path]:
@@ -118,29 +146,43 @@ def _load_file(path: Path, skill_map: dict[str, str]) -> DataFile:
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line of a JSON Lines file."""
+    """(line number, object) for each non-blank line of a JSON Lines file (a leading byte-order mark is
+    allowed, as pandas allows it). Each line is decoded on its own, so bad UTF-8 is reported where it is."""
     try:
-        handle = path.open(encoding="utf-8")
+        handle = path.open("rb")
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror}", path=path) from None
-    line_no = 0
     with handle:
-        try:
-            for line_no, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"malformed JSON: {exc.msg} (column {exc.colno})",
-                                     path=path, line=line_no) from None
-                except RecursionError:
-                    raise InputError("malformed JSON: nested too deeply", path=path, line=line_no) from None
-                if not isinstance(record, dict):
-                    raise InputError("each line must be a JSON object", path=path, line=line_no)
-                yield line_no, record
-        except UnicodeDecodeError as exc:
-            raise InputError(f"not UTF-8 text ({exc.reason})", path=path, line=line_no + 1) from None
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=path,
+                                 line=line_no) from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"malformed JSON: {exc.msg} (column {exc.colno})",
+                                 path=path, line=line_no) from None
+            except (RecursionError, ValueError) as exc:
+                raise InputError(f"malformed JSON: {'nested too deeply' if isinstance(exc, RecursionError) else exc}",
+                                 path=path, line=line_no) from None
+            if not isinstance(record, dict):
+                raise InputError("each line must be a JSON object", path=path, line=line_no)
+            if "\\ud" in line.lower() and _has_lone_surrogate(record):
+                raise InputError("a string holds a lone surrogate (\\ud800-\\udfff): not Unicode text",
+                                 path=path, line=line_no)
+            yield line_no, record
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _require(record: dict[str, Any], field: str, path: Path, line: int) -> Any:
@@ -193,9 +235,10 @@ def _load_multiple_choice(path: Path, skill_map: dict[str, str]) -> list[Questio
     review = REVIEW_RATING in task
     questions = []
     try:
-        handle = path.open(encoding="utf-8", newline="")
+        handle = path.open(encoding="utf-8-sig", newline="")  # a leading byte-order mark, as pandas reads it
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror}", path=path) from None
+    csv.field_size_limit(2**31 - 1)  # pandas, the official reader, takes fields of any length
     with handle:
         try:
             reader = csv.DictReader(handle)
@@ -215,6 +258,8 @@ def _load_multiple_choice(path: Path, skill_map: dict[str, str]) -> list[Questio
                     raise InputError(f"answer {answer} is not a choice index (0-{len(choices) - 1})",
                                      path=path, line=line_no, field="answer")
                 text = record["question"]
+                if _has_lone_surrogate([text, choices]):
+                    raise InputError("a field holds a lone surrogate: not Unicode text", path=path, line=line_no)
                 questions.append(Question(qid=question_id(task, text, answer), source=str(path),
                                           row=len(questions), skill=skill_map.get(task, "multiple_choice"),
                                           task=task, task_type=TaskType.MULTIPLE_CHOICE,
@@ -258,14 +303,16 @@ def _text(value: Any, path: Path, line: int, field: str) -> str:
 def _integer(value: Any, path: Path, line: int, field: str) -> int:
     if isinstance(value, bool):
         raise InputError("expected an integer, got a boolean", path=path, line=line, field=field)
-    if isinstance(value, int):
-        return value
     if isinstance(value, str):
         try:
-            return int(value.strip())
+            value = int(value.strip())
         except ValueError:
             pass
-    raise InputError(f"expected an integer, got {value!r}", path=path, line=line, field=field)
+    if isinstance(value, int):
+        if abs(value) >= MAX_INT:
+            raise InputError(f"integer {str(value)[:30]} is out of range", path=path, line=line, field=field)
+        return value
+    raise InputError(f"expected an integer, got {str(value)[:80]!r}", path=path, line=line, field=field)
 
 
 def check_truth(value: Any, metric: Metric, path: Path, line: int, field: str):
@@ -277,14 +324,14 @@ def check_truth(value: Any, metric: Metric, path: Path, line: int, field: str):
     if metric is Metric.ACCURACY:
         return _integer(value, path, line, field) if not isinstance(value, str) else value
     if metric is Metric.HIT_RATE_3:
-        if not is_list_of(int):
-            raise InputError(f"the hit rate@3 truth must be a non-empty list of integers, got {value!r:.80}",
+        if not is_list_of(int) or any(abs(v) >= MAX_INT for v in value):
+            raise InputError(f"the hit rate@3 truth must be a non-empty list of integers, got {str(value)[:80]}",
                              path=path, line=line, field=field)
         return value
     if metric is Metric.NDCG:  # relevance weights: integers or fractions (e.g. [1, 0.01, 0.1, 1, 0])
-        if not is_list_of((int, float)):
-            raise InputError(f"the ndcg truth must be a non-empty list of numbers, got {value!r:.80}",
-                             path=path, line=line, field=field)
+        if not is_list_of((int, float)) or not all(_weight(v) for v in value):
+            raise InputError(f"the ndcg truth must be a non-empty list of finite relevance weights from 0 to "
+                             f"{MAX_RELEVANCE:g}, got {str(value)[:80]}", path=path, line=line, field=field)
         return value
     if metric is Metric.MICRO_F1:
         if not is_list_of(str):
@@ -300,6 +347,13 @@ def check_truth(value: Any, metric: Metric, path: Path, line: int, field: str):
         raise InputError(f"the {metric.value} truth must be a string, got {value!r:.80}",
                          path=path, line=line, field=field)
     return value
+
+
+def _weight(value: float) -> bool:
+    try:
+        return math.isfinite(float(value)) and 0 <= value <= MAX_RELEVANCE
+    except OverflowError:
+        return False
 
 
 def _dedupe_ids(files: list[DataFile]) -> None:

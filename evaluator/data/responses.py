@@ -2,7 +2,8 @@
 
 One line per data row, in the data file's row order. For a data folder, either one file covering all its
 data files in order, or a folder with one file per data file (`STEM.json`, `STEM.jsonl`, or a `STEM/` folder
-holding exactly one such file, as skill_inference_results/ lays them out).
+holding exactly one such file, as skill_inference_results/ lays them out; for a task file `TASK_dataset.json`
+also `TASK.json`, `TASK.jsonl` or `TASK/`).
 """
 
 from __future__ import annotations
@@ -19,45 +20,60 @@ from evaluator.data.loaders import Dataset
 def read_outputs(path: Path) -> list[str]:
     """The `model_output` of every non-blank line, with a clear error for anything else."""
     outputs: list[str] = []
-    line_no = 0
     try:
-        with path.open(encoding="utf-8") as handle:
-            for line_no, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"malformed JSON: {exc.msg} (column {exc.colno})", path=path,
-                                     line=line_no) from None
-                except RecursionError:
-                    raise InputError("malformed JSON: nested too deeply", path=path, line=line_no) from None
-                if not isinstance(record, dict) or "model_output" not in record:
-                    raise InputError("missing field", path=path, line=line_no, field="model_output")
-                value = record["model_output"]
-                if not isinstance(value, str):
-                    raise InputError(f"expected a string, got {type(value).__name__}", path=path, line=line_no,
-                                     field="model_output")
-                outputs.append(value)
+        handle = path.open("rb")
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror}", path=path) from None
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text ({exc.reason})", path=path, line=line_no + 1) from None
+    with handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=path,
+                                 line=line_no) from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"malformed JSON: {exc.msg} (column {exc.colno})", path=path,
+                                 line=line_no) from None
+            except (RecursionError, ValueError) as exc:
+                raise InputError(f"malformed JSON: {'nested too deeply' if isinstance(exc, RecursionError) else exc}",
+                                 path=path, line=line_no) from None
+            if not isinstance(record, dict) or "model_output" not in record:
+                raise InputError("missing field", path=path, line=line_no, field="model_output")
+            value = record["model_output"]
+            if not isinstance(value, str):
+                raise InputError(f"expected a string, got {type(value).__name__}", path=path, line=line_no,
+                                 field="model_output")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError("the output holds a lone surrogate: not Unicode text", path=path, line=line_no,
+                                 field="model_output") from None
+            outputs.append(value)
     return outputs
 
 
 def _file_for(folder: Path, stem: str) -> Path:
-    for candidate in (folder / f"{stem}.json", folder / f"{stem}.jsonl"):
-        if candidate.is_file():
-            return candidate
-    sub = folder / stem
-    if sub.is_dir():
-        inside = sorted(p for p in sub.iterdir() if p.suffix in (".json", ".jsonl") and p.is_file())
-        if len(inside) == 1:
-            return inside[0]
-        raise InputError(f"expected exactly one .json/.jsonl file in {sub}, found {len(inside)}", path=sub)
-    raise InputError(f"no responses for data file '{stem}': expected {stem}.json, {stem}.jsonl or {stem}/",
-                     path=folder)
+    """`STEM.json(l)` or `STEM/` with one file; a task file's responses may drop `_dataset` (`TASK.jsonl`)."""
+    stems = [stem] + ([stem.removesuffix("_dataset")] if stem.endswith("_dataset") else [])
+    found = [c for s in stems for c in (folder / f"{s}.json", folder / f"{s}.jsonl") if c.is_file()]
+    if len(found) > 1:
+        raise InputError(f"responses for data file '{stem}' are ambiguous: {', '.join(p.name for p in found)}",
+                         path=folder)
+    if found:
+        return found[0]
+    for name in stems:
+        sub = folder / name
+        if sub.is_dir():
+            inside = sorted(p for p in sub.iterdir() if p.suffix in (".json", ".jsonl") and p.is_file())
+            if len(inside) == 1:
+                return inside[0]
+            raise InputError(f"expected exactly one .json/.jsonl file in {sub}, found {len(inside)}", path=sub)
+    expected = " or ".join(f"{s}.json, {s}.jsonl, {s}/" for s in stems)
+    raise InputError(f"no responses for data file '{stem}': expected {expected}", path=folder)
 
 
 def read_responses(path: str | Path, dataset: Dataset) -> pl.DataFrame:

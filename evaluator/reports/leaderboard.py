@@ -1,75 +1,189 @@
-"""The leaderboard: every model's latest scores from the cache, per skill and overall, best first."""
+"""The leaderboard: every run saved in the cache, per skill and overall, best first within its ranking.
+
+Runs are ranked only against runs of the same data (by content), protocol and prompt options; each such
+group is its own ranking. Every row says how complete it is (answered of total, unscored, status), a failed
+model keeps its row, and a skill averaged over fewer tasks than it has says so.
+"""
 
 from __future__ import annotations
 
 import json
-import os
+from pathlib import Path
 
 import polars as pl
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
+from rich.table import Table, box
 
-KEYS = ["model", "data", "protocol", "rendering"]
+from evaluator.scoring.aggregate import finite
+
+GROUP = ["data_sha256", "protocol", "variant"]
+SKILL_LABELS = (("concept", "concept"), ("reason", "reasoning"), ("behavior", "behavior"),
+                ("behaviour", "behavior"), ("multi-lingual", "multilingual"), ("multilingual", "multilingual"),
+                ("multiple_choice", "choice"), ("named_entity_recognition", "ner"))
+STATUS_ORDER = {"complete": 0, "incomplete": 1, "failed": 2}
 
 
-def leaderboard(scores: pl.DataFrame, prices: dict[str, tuple[float, float]] | None = None) -> pl.DataFrame:
-    """One row per (model, data, protocol, rendering): overall, one column per skill, questions, errors,
-    tokens, and the cost where `prices` (USD per million input, output tokens) names the model."""
-    if scores.is_empty():
-        return pl.DataFrame(schema={"model": pl.String, "overall": pl.Float64})
-    skills = (scores.filter(pl.col("n") > 0)
-              .group_by(*KEYS, "skill").agg(score=pl.col("score").mean()))
-    wide = skills.pivot(on="skill", index=KEYS, values="score", sort_columns=True)
-    skill_columns = [c for c in wide.columns if c not in KEYS]
-    totals = scores.group_by(KEYS).agg(
-        questions=(pl.col("n") + pl.col("errors")).sum(), errors=pl.col("errors").sum(),
-        prompt_tokens=pl.col("prompt_tokens").sum(), completion_tokens=pl.col("completion_tokens").sum())
-    prices = prices or {}
-    price_in = pl.col("model").replace_strict({m: p[0] for m, p in prices.items()}, default=None,
-                                              return_dtype=pl.Float64)
-    price_out = pl.col("model").replace_strict({m: p[1] for m, p in prices.items()}, default=None,
-                                               return_dtype=pl.Float64)
-    return (wide.with_columns(overall=pl.mean_horizontal(skill_columns))
-            .join(totals, on=KEYS)
-            .with_columns(cost=(pl.col("prompt_tokens") * price_in + pl.col("completion_tokens") * price_out) / 1e6)
-            .select(*KEYS, "overall", *skill_columns, "questions", "errors", "prompt_tokens", "completion_tokens",
-                    "cost")
-            .sort("overall", descending=True, nulls_last=True))
+def short_skill(name: str) -> str:
+    """concept, reasoning, behavior, multilingual for the official skills and KDD tracks; else the name."""
+    lowered = name.lower()
+    for needle, label in SKILL_LABELS:
+        if needle in lowered:
+            return label
+    return name
+
+
+def leaderboard(runs: pl.DataFrame, tasks: pl.DataFrame) -> pl.DataFrame:
+    """One row per saved run: identity, ranking group and rank, status and counts, overall and per-skill
+    scores with their coverage, tokens and the cost computed when it ran."""
+    skills = (tasks.group_by("run", "skill")
+              .agg(score=pl.col("score").mean(), tasks_scored=pl.col("score").is_not_null().sum(),
+                   tasks_total=pl.len()))
+    overall = skills.group_by("run").agg(overall=pl.col("score").mean(),
+                                         skills_scored=pl.col("score").is_not_null().sum(),
+                                         skills_total=pl.len(),
+                                         partial_skills=(pl.col("tasks_scored") < pl.col("tasks_total")).sum())
+    wide = (skills.with_columns(label=pl.col("skill")).pivot(on="label", index="run", values="score",
+                                                             sort_columns=True)
+            if skills.height else pl.DataFrame({"run": []}, schema={"run": pl.String}))
+    board = (runs.rename({"key": "run"})
+             .join(overall, on="run", how="left")
+             .join(wide, on="run", how="left")
+             .with_columns(status_order=pl.col("status").replace_strict(STATUS_ORDER, default=3,
+                                                                        return_dtype=pl.Int64),
+                           group=pl.concat_str([pl.col("data").str.split("/").list.last(),
+                                                pl.col("protocol") + "-wise",
+                                                pl.when(pl.col("variant") != "").then(pl.col("variant"))],
+                                               separator=" · ", ignore_nulls=True))
+             .sort([*GROUP, "status_order", "overall"], descending=[False, False, False, False, True],
+                   nulls_last=True)
+             .with_columns(rank=pl.int_range(1, pl.len() + 1).over(GROUP)))
+    return board.drop("status_order")
+
+
+def skill_columns(board: pl.DataFrame) -> list[str]:
+    fixed = {"run", "model", "data", "data_sha256", "protocol", "rendering", "variant", "questions", "answered",
+             "scored", "errors", "unscored", "status", "reason", "prompt_tokens", "completion_tokens", "cost",
+             "details", "created_at", "overall", "skills_scored", "skills_total", "partial_skills", "group", "rank"}
+    return [c for c in board.columns if c not in fixed]
+
+
+def records(board: pl.DataFrame) -> list[dict]:
+    """The leaderboard as plain records (json, csv, md, HTML)."""
+    skills = skill_columns(board)
+    out = []
+    for row in board.iter_rows(named=True):
+        out.append({
+            "group": row["group"], "rank": row["rank"], "model": row["model"], "status": row["status"],
+            "complete": row["status"] == "complete", "overall": row["overall"],
+            **{f"skill:{s}": row[s] for s in skills},
+            "questions": row["questions"], "answered": row["answered"], "errors": row["errors"],
+            "unscored": row["unscored"], "skills_scored": row["skills_scored"], "skills_total": row["skills_total"],
+            "partial_skills": row["partial_skills"], "reason": row["reason"], "data": row["data"],
+            "data_sha256": row["data_sha256"], "protocol": row["protocol"], "rendering": row["rendering"],
+            "variant": row["variant"], "prompt_tokens": row["prompt_tokens"],
+            "completion_tokens": row["completion_tokens"], "cost": row["cost"]})
+    return finite(out)
 
 
 def render(board: pl.DataFrame, fmt: str, console: Console) -> None:
     if fmt == "json":
-        print(json.dumps(board.to_dicts(), indent=2, ensure_ascii=False))
+        print(json.dumps(records(board), indent=2, ensure_ascii=False))
     elif fmt == "csv":
-        print(board.write_csv(), end="")
+        print(write_csv(board), end="")
     elif fmt == "md":
-        columns = board.columns
-        print("| " + " | ".join(columns) + " |")
-        print("|" + "|".join(" --- " for _ in columns) + "|")
-        for row in board.iter_rows():
-            print("| " + " | ".join(_cell(v) for v in row) + " |")
+        print(markdown(board), end="")
     else:
-        console.print(_terminal_table(board))
+        print_tables(board, console)
 
 
-def _terminal_table(board: pl.DataFrame) -> Table:
-    """Narrow enough for a terminal: data, protocol and rendering in one column, token counts left out, and
-    the skills' common prefix (e.g. 'amazon-kdd-cup-24-') dropped from their headers."""
-    table = Table(title="Shopping MMLU leaderboard")
-    skills = [c for c in board.columns if c not in (*KEYS, "overall", "questions", "errors", "prompt_tokens",
-                                                    "completion_tokens", "cost")]
-    prefix = os.path.commonprefix(skills) if len(skills) > 1 else ""
-    table.add_column("model")
-    table.add_column("run", no_wrap=True)
-    for column in ["overall", *(s[len(prefix):] for s in skills), "n", "err"]:
-        table.add_column(column, justify="right", overflow="fold")
-    for row in board.iter_rows(named=True):
-        run = f"{row['data'].rsplit('/', 1)[-1]} {row['protocol']}/{row['rendering']}"
-        table.add_row(row["model"], run, *(_cell(row[c]) for c in ["overall", *skills, "questions", "errors"]))
-    return table
+def write_csv(board: pl.DataFrame) -> str:
+    rows = records(board)
+    return pl.DataFrame(rows).write_csv() if rows else "group,rank,model,status,overall\n"
+
+
+def markdown(board: pl.DataFrame) -> str:
+    rows = records(board)
+    if not rows:
+        return "_No runs saved in this cache._\n"
+    columns = [c for c in rows[0] if c not in ("data_sha256",)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row[c]).replace("|", "\\|") for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_files(board: pl.DataFrame, folder: Path, stem: str = "leaderboard") -> list[Path]:
+    """leaderboard.md, .csv and .json in `folder` (each written whole, then renamed into place)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suffix, text in (("md", markdown(board)), ("csv", write_csv(board)),
+                         ("json", json.dumps(records(board), indent=2, ensure_ascii=False) + "\n")):
+        path = folder / f"{stem}.{suffix}"
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+        written.append(path)
+    return written
+
+
+def print_tables(board: pl.DataFrame, console: Console) -> None:
+    """One table per ranking, readable at 80 columns: full model names, short skill labels, three-decimal
+    scores; how complete each row is in its last column and in notes below."""
+    if board.is_empty():
+        console.print("No runs saved in this cache yet: `run`, `suite` or `demo` save them.")
+        return
+    skills = skill_columns(board)
+    for _, group in board.group_by(GROUP, maintain_order=True):
+        present = [s for s in skills if group[s].is_not_null().any()]
+        table = Table(title=f"Shopping MMLU leaderboard: {escape(group['group'][0])}", box=box.SIMPLE_HEAD,
+                      pad_edge=False, title_justify="left")
+        table.add_column("#", justify="right", no_wrap=True)
+        table.add_column("model", overflow="fold", ratio=1, min_width=8)
+        for header in ["overall", *(short_skill(s) for s in present)]:
+            table.add_column(header, justify="right", no_wrap=True)
+        table.add_column("done", justify="right", no_wrap=True)
+        notes = []
+        for row in group.iter_rows(named=True):
+            done = _done(row)
+            if row["status"] != "complete":
+                notes.append(_note(row))
+            table.add_row(str(row["rank"]), escape(row["model"]), _score(row["overall"], row["partial_skills"]),
+                          *(_score(row[s]) for s in present), done)
+        console.print(table)
+        for note in notes:
+            console.print(note, highlight=False)
+        if any(r["partial_skills"] for r in group.iter_rows(named=True)):
+            console.print("~ averaged over fewer tasks or skills than the data has (see the notes)", highlight=False)
+
+
+def _done(row: dict) -> str:
+    if row["status"] == "failed":
+        return "failed"
+    if row["questions"] and row["status"] != "complete":
+        return f"{row['scored'] / row['questions']:.0%}*"
+    return "all"
+
+
+def _note(row: dict) -> str:
+    parts = [f"{row['answered']:,}/{row['questions']:,} answered"]
+    if row["unscored"]:
+        parts.append(f"{row['unscored']:,} not scored")
+    if row["partial_skills"]:
+        parts.append(f"{row['skills_scored']}/{row['skills_total']} skills scored, "
+                     f"{row['partial_skills']} skill(s) on part of their tasks")
+    if row["reason"]:
+        parts.append(row["reason"].splitlines()[0][:160])
+    return f"* {escape(row['model'])} ({row['status']}): " + escape("; ".join(parts))
+
+
+def _score(value, partial: int | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" + ("~" if partial else "")
 
 
 def _cell(value) -> str:
     if value is None:
         return "-"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -1,92 +1,104 @@
-"""What a suite will do (`--dry-run`: GPU plan, requests, tokens, cost) and what it did (outcomes)."""
+"""What a suite will do (`--dry-run`: GPU plan, requests, tokens, cost) and what it did (outcomes), at 80
+columns."""
 
 from __future__ import annotations
 
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
+from rich.table import Table, box
 
-from evaluator.data import loaders
-from evaluator.prompts import PromptOptions, Protocol, Rendering, render
-from evaluator.runs.suite import Outcome
+from evaluator.runs.suite import Outcome, request_estimates
 from servers.planner import Gpu, plan_node
 from servers.suite import Suite
 
-CHARS_PER_TOKEN = 4.0  # a rough English average; the estimate says so
-
-
-def request_estimates(suite: Suite) -> dict[tuple[str, bool], tuple[int, int, int]]:
-    """(rendering, number_only) -> (requests, estimated input tokens, output-token ceiling), rendered once
-    per combination rather than once per model."""
-    questions = loaders.load(suite.data, suite.protocol).questions
-    combos = {(suite.render or m.rendering, m.number_only) for m in suite.models}
-    out = {}
-    for rendering, number_only in combos:
-        chars = ceiling = 0
-        for q in questions:
-            prompt = render(q, Protocol(suite.protocol), Rendering(rendering), PromptOptions(number_only=number_only))
-            chars += len(prompt.prompt) if prompt.prompt is not None else sum(len(m["content"])
-                                                                              for m in prompt.messages)
-            ceiling += prompt.max_tokens
-        out[(rendering, number_only)] = (len(questions), round(chars / CHARS_PER_TOKEN), ceiling)
-    return out
-
-
-def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console) -> None:
-    estimates = request_estimates(suite)
-    local = [m for m in suite.models if m.is_local]
-    requests_each = next(iter(estimates.values()))[0]
-    plan = plan_node(local, gpus, requests_each) if gpus else None
-    placements = {p.profile.name: p for p in plan.placements} if plan else {}
-    failing = {p.profile.name: p for p in plan.unplaceable} if plan else {}
-    order = {name: i + 1 for i, name in enumerate(placements)}
-    title = (f"Suite '{suite.name}': {len(suite.models)} models, {suite.protocol}-wise, data {suite.data}; "
-             + (f"{len(gpus)} GPU(s) × {gpus[0].memory_gib:.0f} GiB" if gpus else "no GPU: local models on CPU, "
-                "one after another"))
-    table = Table(title=title)
-    for column in ("#", "model", "params", "memory", "TP", "GPUs", "start", "requests", "in tok", "out tok≤",
-                   "cost≤"):
-        table.add_column(column, justify="left" if column in ("model", "GPUs") else "right",
-                         no_wrap=column == "model")
-    total_cost = 0.0
-    for model in suite.models:
-        rendering = suite.render or model.rendering
-        n, tokens_in, tokens_out = estimates[(rendering, model.number_only)]
-        cost = "-"
-        if model.price_input is not None and model.price_output is not None:
-            value = tokens_in / 1e6 * model.price_input + tokens_out / 1e6 * model.price_output
-            total_cost += value
-            cost = f"${value:,.2f}"
-        if model.is_local:
-            placed, unplaced = placements.get(model.name), failing.get(model.name)
-            if placed:
-                row = [str(order[model.name]), f"{placed.memory_gib:.0f}G", str(placed.tp),
-                       ",".join(map(str, placed.gpus)), f"{placed.start_s / 60:.0f}m"]
-            elif unplaced:
-                row = ["-", f"{unplaced.memory_gib:.0f}G", "-", "no fit", "-"]
-            else:
-                row = ["-", "-", "-", "CPU", "-"]
-        else:
-            row = ["-", "-", "-", model.provider, "now"]
-        params = f"{model.params_b:g}B" if model.params_b else "-"
-        table.add_row(row[0], model.name, params, row[1], row[2], row[3], row[4], f"{n:,}", _short(tokens_in),
-                      _short(tokens_out), cost)
-    console.print(table)
-    if plan is not None:
-        console.print(f"Estimated wall time {plan.wall_s / 3600:.2f} h for the local models "
-                      f"(one after another: {plan.sequential_s / 3600:.2f} h); GPU busy {plan.gpu_busy_fraction:.0%}")
-    console.print(f"API cost ceiling: ${total_cost:,.2f} (input tokens estimated at {CHARS_PER_TOKEN:g} characters "
-                  "each; output at the token budgets). Nothing was sent.")
+CHARS_PER_TOKEN = 4.0
 
 
 def _short(count: int) -> str:
     return f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count / 1e3:.0f}k" if count >= 1e4 else f"{count:,}"
 
 
-def print_outcomes(outcomes: list[Outcome], console: Console) -> None:
-    table = Table(title="Suite results")
-    for column in ("model", "status", "overall", "sent", "cached", "errors", "note"):
-        table.add_column(column, justify="right" if column in ("overall", "sent", "cached", "errors") else "left")
-    for o in outcomes:
-        table.add_row(o.model, o.status, "-" if o.overall is None else f"{o.overall:.4f}", str(o.sent),
-                      str(o.cached), str(o.errors), o.message.splitlines()[-1][:80] if o.message else "")
+def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console, nodes: int = 1) -> None:
+    estimates = request_estimates(suite, CHARS_PER_TOKEN)
+    local = [m for m in suite.models if m.is_local]
+    requests_each = next(iter(estimates.values()))[0]
+    plan = plan_node(local, gpus, requests_each) if gpus else None
+    placements = {p.profile.name: p for p in plan.placements} if plan else {}
+    failing = {p.profile.name: p for p in plan.unplaceable} if plan else {}
+    order = {name: i + 1 for i, name in enumerate(placements)}
+    where = (f"{len(gpus)} GPU(s) × {gpus[0].memory_gib:.0f} GiB" if gpus else
+             "no GPU: local models on CPU, one after another")
+    console.print(f"Suite '{escape(suite.name)}': {len(suite.models)} models, {suite.protocol}-wise, "
+                  f"{requests_each:,} requests each; {where}; data {escape(str(suite.data))}", highlight=False)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("model", overflow="fold", ratio=1, min_width=10)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("GPUs", no_wrap=True)
+    table.add_column("start", justify="right", no_wrap=True)
+    table.add_column("tok in/out≤", justify="right", no_wrap=True)
+    table.add_column("cost≤", justify="right", no_wrap=True)
+    total_cost = 0.0
+    for model in suite.models:
+        rendering = suite.render or model.rendering
+        _, tokens_in, tokens_out = estimates[(rendering, model.number_only)]
+        cost = "-"
+        prices = model.prices(batch=model.batch)
+        if prices is not None:
+            value = tokens_in / 1e6 * prices[0] + tokens_out / 1e6 * prices[1]
+            total_cost += value
+            cost = f"${value:,.2f}" + (" b" if model.batch else "")
+        params = f"{model.params_b:g}B" if model.params_b else "-"
+        if model.is_local:
+            placed, unplaced = placements.get(model.name), failing.get(model.name)
+            if placed:
+                row = [str(order[model.name]), f"{params} {placed.memory_gib:.0f}G",
+                       _gpus(placed.gpus), f"{placed.start_s / 60:.0f}m"]
+            elif unplaced:
+                row = ["-", f"{params} {unplaced.memory_gib:.0f}G", "no fit", "-"]
+            else:
+                row = ["-", params, "CPU", "-"]
+        else:
+            row = ["-", "-", model.provider + (" batch" if model.batch else ""), "now"]
+        table.add_row(row[0], escape(model.name), row[1], row[2], row[3],
+                      f"{_short(tokens_in)}/{_short(tokens_out)}", cost)
     console.print(table)
+    if plan is not None:
+        console.print(f"Estimated wall time {plan.wall_s / 3600:.2f} h for the local models (one after another: "
+                      f"{plan.sequential_s / 3600:.2f} h); GPU busy {plan.gpu_busy_fraction:.0%}", highlight=False)
+    console.print(f"API cost ceiling: ${total_cost:,.2f} (b: at the batch rate; input tokens estimated at "
+                  f"{CHARS_PER_TOKEN:g} characters each; output at the token budgets). Nothing was sent.",
+                  highlight=False)
+
+
+def _gpus(ids: list[int]) -> str:
+    if len(ids) > 2 and ids == list(range(ids[0], ids[-1] + 1)):
+        return f"{ids[0]}-{ids[-1]}"
+    return ",".join(map(str, ids))
+
+
+def print_outcomes(outcomes: list[Outcome], console: Console) -> None:
+    table = Table(title="Suite results", box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    table.add_column("model", overflow="fold", ratio=1, min_width=10)
+    table.add_column("status", no_wrap=True)
+    table.add_column("overall", justify="right", no_wrap=True)
+    table.add_column("answered", justify="right", no_wrap=True)
+    table.add_column("sent", justify="right", no_wrap=True)
+    table.add_column("took", justify="right", no_wrap=True)
+    notes = []
+    for o in outcomes:
+        table.add_row(escape(o.model), o.status, "-" if o.overall is None else f"{o.overall:.3f}",
+                      f"{o.questions - o.errors:,}/{o.questions:,}", f"{o.sent:,}", _duration(o.wall_s))
+        if o.message:
+            notes.append(f"{escape(o.model)}: {escape(o.message.splitlines()[0][:300])}")
+    console.print(table)
+    for note in notes:
+        console.print(note, highlight=False)
+
+
+def _duration(seconds: float) -> str:
+    if seconds <= 0:
+        return "-"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -1,43 +1,166 @@
-"""Rich tables for scores: per task, per skill, overall, and what was not scored."""
+"""Terminal tables: scores per task, skill and overall; one run's outcome; profiles; data summaries.
+
+Every table reads at 80 columns (a terminal, a log file): names fold rather than vanish behind an ellipsis,
+numbers never wrap, and how complete a score is travels with it.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import polars as pl
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
+from rich.table import Table, box
 
+from evaluator.reports.leaderboard import short_skill
 from evaluator.scoring.aggregate import Scores
 
+if TYPE_CHECKING:
+    from evaluator.data.loaders import Dataset
+    from evaluator.runs.runner import RunResult
 
-def print_scores(scores: Scores, console: Console, model: str = "", errors: pl.DataFrame | None = None) -> None:
-    """Per task, per skill and overall; `errors` (skill, task, metric, n, errors, score) adds an errors column
-    and lists tasks whose every request failed."""
-    tasks = scores.tasks.filter(pl.col("model") == model) if errors is None else errors
-    table = Table(title="Shopping MMLU scores" + (f": {model}" if model else ""), show_lines=False)
-    columns = [("skill", "left"), ("task", "left"), ("metric", "left"), ("n", "right"), ("score", "right")]
-    for column, justify in columns + ([("errors", "right")] if errors is not None else []):
-        table.add_column(column, justify=justify)
-    for row in tasks.iter_rows(named=True):
-        cells = [row["skill"], row["task"], row["metric"], str(row["n"]),
-                 "-" if row["score"] is None else f"{row['score']:.4f}"]
-        table.add_row(*cells, *([str(row["errors"])] if errors is not None else []))
-    skills = scores.skills.filter(pl.col("model") == model)
-    if skills.height:
+METRIC_LABELS = {"accuracy": "accuracy", "hit rate@3": "hit@3", "ndcg": "ndcg", "micro f1": "micro-f1",
+                 "rougel": "rouge-l", "bleu": "bleu", "jp-bleu": "jp-bleu", "sent-transformer": "sent-tr",
+                 "multilingual-sent-transformer": "m-sent-tr"}
+
+
+def _table(title: str) -> Table:
+    return Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+
+
+def _missing(row: dict) -> str:
+    parts = []
+    if row["errors"]:
+        parts.append(f"{row['errors']} err")
+    if row["unscored"]:
+        parts.append(f"{row['unscored']} uns")
+    return ", ".join(parts)
+
+
+def print_scores(scores: Scores, console: Console, model: str = "", groups: str = "skill") -> None:
+    """Per task under its skill (or task type), then each skill's mean and the overall mean, with counts."""
+    tasks = scores.tasks.filter(pl.col("model") == model)
+    skills = {r["skill"]: r for r in scores.skills.filter(pl.col("model") == model).iter_rows(named=True)}
+    table = _table("Shopping MMLU scores" + (f": {escape(model)}" if model else ""))
+    table.add_column("task", overflow="fold", ratio=1, min_width=10)
+    table.add_column("metric", no_wrap=True)
+    table.add_column("n", justify="right", no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True)
+    table.add_column("missing", justify="right", no_wrap=True)
+    for skill, part in tasks.group_by("skill", maintain_order=True):
+        name = skill[0]
+        label = short_skill(name)
+        summary = skills.get(name)
+        title = f"{groups} {label}" + (f" ({name})" if label != name else "")
+        table.add_row(f"[bold]{escape(title)}[/]", "", "", "", "")
+        for row in part.iter_rows(named=True):
+            flag = " †" if row["official"] else ""
+            table.add_row(f"  {escape(row['task'])}{flag}", METRIC_LABELS.get(row["metric"], row["metric"]),
+                          f"{row['n']:,}", _num(row["score"]), _missing(row))
+        if summary:
+            coverage = f"mean of {summary['tasks']}/{summary['tasks_total']} tasks"
+            table.add_row(f"  [italic]{coverage}[/]", "", f"{summary['n']:,}", f"[bold]{_num(summary['score'])}[/]",
+                          _missing(summary))
         table.add_section()
-    for row in skills.iter_rows(named=True):
-        table.add_row(f"[bold]{row['skill']}[/]", f"{row['tasks']} tasks", "mean of tasks", str(row["n"]),
-                      f"[bold]{row['score']:.4f}[/]")
     overall = scores.overall.filter(pl.col("model") == model)
     for row in overall.iter_rows(named=True):
-        table.add_section()
-        table.add_row("[bold]overall[/]", f"{row['skills']} skills", "mean of skills", str(row["n"]),
-                      f"[bold]{row['score']:.4f}[/]")
+        table.add_row(f"[bold]overall[/] (mean of {row['skills']}/{row['skills_total']} {groups}s)", "",
+                      f"{row['n']:,}", f"[bold]{_num(row['score'])}[/]", _missing(row))
     console.print(table)
-    print_unscored(scores, console, model)
+    print_notes(scores, console, model)
 
 
-def print_unscored(scores: Scores, console: Console, model: str = "") -> None:
-    unscored = scores.unscored.filter(pl.col("model") == model)
-    for row in unscored.iter_rows(named=True):
-        console.print(f"[yellow]not scored:[/] {row['n']} question(s) of {row['task']} ({row['metric']}): "
-                      f"{row['reason']}")
+def print_notes(scores: Scores, console: Console, model: str = "") -> None:
+    """What was not scored, and where the official code gives no number (NaN or a crash) but we do."""
+    for row in scores.unscored.filter(pl.col("model") == model).iter_rows(named=True):
+        console.print(f"[yellow]not scored:[/] {row['n']} question(s) of {escape(row['task'])} ({row['metric']}): "
+                      f"{escape(row['reason'])}")
+    for row in scores.tasks.filter((pl.col("model") == model) & pl.col("official").is_not_null()).iter_rows(named=True):
+        console.print(f"[yellow]† {escape(row['task'])}:[/] {escape(row['official'])}")
+
+
+def print_run(result: "RunResult", console: Console) -> None:
+    """One run: its scores, how complete it is, what was sent, and whether the saved scores changed."""
+    name = result.config.profile.name
+    print_scores(result.scores, console, name, result.dataset.groups)
+    total = len(result.questions)
+    colour = {"complete": "green", "incomplete": "yellow"}.get(result.status, "red")
+    line = f"[{colour}]{result.status}[/]: {result.answered:,}/{total:,} answered"
+    if result.unscored:
+        line += f", {result.unscored:,} not scored"
+    console.print(line)
+    if result.reason:
+        console.print(f"[{colour}]reason:[/] {escape(result.reason)}", soft_wrap=True)
+    console.print(f"requests: {result.sent:,} sent, {result.cached:,} cached, {result.errors:,} without an answer"
+                  + (f", fan-out {result.seconds:.1f} s" if result.sent else ""))
+    if result.kept is not None:
+        kept = result.kept
+        console.print(f"[yellow]saved scores kept:[/] the saved run of '{escape(name)}' covers {kept['questions']:,} "
+                      f"questions with {kept['answered']:,} answered; this one {total:,} with {result.answered:,}. "
+                      "Rerun or rescore all of them to replace it.")
+
+
+def print_profiles(profiles: dict, fmt: str, console: Console) -> None:
+    rows = [{"name": p.name, "provider": p.provider, "model": p.model, "params_b": p.params_b,
+             "rendering": p.rendering, "dtype": p.dtype, "tp": p.tensor_parallel_size,
+             "price_input": p.price_input, "price_output": p.price_output, "key_env": p.api_key_env}
+            for p in profiles.values()]
+    if fmt == "json":
+        print(json.dumps(rows, indent=2))
+        return
+    if fmt in ("csv", "md"):
+        frame = pl.DataFrame(rows)
+        if fmt == "csv":
+            print(frame.write_csv(), end="")
+        else:
+            print("| " + " | ".join(frame.columns) + " |\n|" + "|".join(" --- " for _ in frame.columns) + "|")
+            for row in frame.iter_rows():
+                print("| " + " | ".join("-" if v is None else str(v) for v in row) + " |")
+        return
+    table = _table(f"{len(rows)} model profiles (add your own with $SHOPPING_MMLU_PROFILES)")
+    for column in ("name", "source", "size", "render", "$/M in/out"):
+        table.add_column(column, overflow="fold", no_wrap=column in ("size", "render", "$/M in/out"))
+    for p in profiles.values():
+        source = p.model if p.is_local else f"{p.provider}: {p.model}"
+        size = f"{p.params_b:g}B" if p.params_b else "-"
+        if p.tensor_parallel_size > 1:
+            size += f" tp{p.tensor_parallel_size}"
+        prices = "-" if p.price_input is None else f"{p.price_input:g}/{p.price_output:g}"
+        table.add_row(escape(p.name), escape(source), size, p.rendering, prices)
+    console.print(table)
+
+
+def print_data_info(dataset: "Dataset", path: Path, as_json: bool, console: Console) -> None:
+    summary: dict[tuple, int] = {}
+    for q in dataset.questions:
+        key = (q.skill, q.task, q.task_type.value, q.metric.value)
+        summary[key] = summary.get(key, 0) + 1
+    rows = [dict(zip(("skill", "task", "type", "metric"), key), questions=n) for key, n in summary.items()]
+    if as_json:
+        print(json.dumps({"files": [str(f.path) for f in dataset.files], "tasks": rows, "sha256": dataset.sha256,
+                          "groups": dataset.groups, "questions": len(dataset.questions)}, indent=2,
+                         ensure_ascii=False))
+        return
+    table = _table(f"{escape(str(path))}: {len(dataset.questions):,} questions, {len(dataset.files)} file(s)")
+    table.add_column("task", overflow="fold", ratio=1, min_width=10)
+    table.add_column("type", no_wrap=True)
+    table.add_column("metric", no_wrap=True)
+    table.add_column("questions", justify="right", no_wrap=True)
+    types = {"multiple-choice": "choice", "retrieval": "retrieval", "ranking": "ranking",
+             "named_entity_recognition": "ner", "generation": "generation"}
+    for skill in dict.fromkeys(r["skill"] for r in rows):
+        label = short_skill(skill)
+        table.add_row(f"[bold]{escape(dataset.groups)} {escape(label)}" + (f" ({escape(skill)})" if label != skill
+                                                                         else "") + "[/]", "", "", "")
+        for row in (r for r in rows if r["skill"] == skill):
+            table.add_row(f"  {escape(row['task'])}", types.get(row["type"], row["type"]),
+                          METRIC_LABELS.get(row["metric"], row["metric"]), f"{row['questions']:,}")
+        table.add_section()
+    console.print(table)
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.4f}"

@@ -1,29 +1,44 @@
 """`run` and `rescore`: plan the requests, answer what the cache lacks (starting a server only if needed),
-keep every reply the moment it arrives, then score from the cache alone."""
+keep every reply the moment it arrives, then score from the cache alone.
+
+A run that cannot succeed stops early and says why: pre-flight (key, endpoint, model, one real request)
+before the fan-out, a circuit breaker during it, a full disk at once. Every result says how complete it is:
+`complete` (every question answered and scored), `incomplete`, or `failed` (with the reason).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import polars as pl
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from evaluator.cache.responses import Answer, CacheFull, ResponseCache, process_owner, request_key, run_key
+from evaluator.client.http import Endpoint, Halt, Reply, RetryPolicy, fan_out
 from evaluator.data import loaders
-from evaluator.cache.responses import Answer, ResponseCache, request_key
-from evaluator.client.http import Endpoint, Reply, RetryPolicy, fan_out
-from evaluator.errors import InputError
-from evaluator.prompts import PromptOptions, Protocol, Rendering, render
 from evaluator.data.records import Question
-from evaluator.scoring import ScoringOptions, score
-from evaluator.scoring.aggregate import Scores
+from evaluator.errors import InputError
+from evaluator.paths import safe_name
+from evaluator.prompts import PromptOptions, Protocol, Rendering, render
+from evaluator.redact import redact, strip_url_credentials
+from evaluator.runs.breaker import Breaker, BreakerPolicy
+from evaluator.runs.preflight import PreflightFailed, ServerFacts, preflight
+from evaluator.scoring import ScoringOptions, questions_frame, score_rows, task_totals
+from evaluator.scoring.aggregate import Scores, aggregate
 from evaluator.scoring.embeddings import EmbeddingConfig, default_cache_dir
 from servers import demo_model
 from servers.profiles import ModelProfile
-from servers.vllm_server import VLLMServer
+from servers.vllm_server import ServerStartError, VLLMServer, cpu_dtype
+
+MIN_FREE_BYTES = 64 * 2**20  # below this the cache cannot keep a night of answers: do not buy any
 
 
 @dataclass(frozen=True)
@@ -49,6 +64,18 @@ class RunConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     device: str = "auto"  # where a started vLLM server runs: auto (GPU if nvidia-smi lists one), gpu or cpu
     progress: bool = True  # the live progress bar (off when several runs share a terminal)
+    letter_choices: bool = False  # task-wise --use_letter_choices
+    task_specific_prompt: bool = False  # task-wise --use_task_specific_prompt
+    embeddings: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    preflight: bool = True
+    label: str = ""  # printed before each line (a suite names the model)
+    observer: Callable[[Reply], None] | None = None  # sees every reply (a suite's overall progress)
+
+    def __post_init__(self) -> None:
+        if self.protocol is Protocol.SKILL and (self.letter_choices or self.task_specific_prompt):
+            raise InputError("--letter-choices and --task-specific-prompt are options of the task-wise protocol "
+                             "(--protocol task)")
 
     @property
     def render_mode(self) -> Rendering:
@@ -58,22 +85,95 @@ class RunConfig:
     def cache_folder(self) -> Path:
         return self.cache_dir or default_cache_dir()
 
+    @property
+    def prompt_options(self) -> PromptOptions:
+        return PromptOptions(number_only=self.profile.number_only, letter_choices=self.letter_choices,
+                             task_specific_prompt=self.task_specific_prompt)
+
+    @property
+    def variant(self) -> str:
+        """The prompt options beyond the protocol's defaults, as they name a run ('' for none)."""
+        return "+".join(n for n, on in (("letters", self.letter_choices),
+                                        ("task-prompt", self.task_specific_prompt)) if on)
+
+    @property
+    def scoring(self) -> ScoringOptions:
+        embeddings = self.embeddings
+        if embeddings.cache_dir is None:
+            embeddings = EmbeddingConfig(english=embeddings.english, multilingual=embeddings.multilingual,
+                                         cache_dir=self.cache_folder, batch_size=embeddings.batch_size)
+        return ScoringOptions(protocol=self.protocol, letter_choices=self.letter_choices, embeddings=embeddings)
+
+    def served_dtype(self) -> str | None:
+        """The dtype vLLM-CPU computes in where the profile leaves it to the machine (part of the answers'
+        identity: bfloat16 and float32 may answer differently); None where the profile decides."""
+        if self.profile.is_local and self.profile.dtype == "auto" and VLLMServer.device_for(self.device) == "cpu":
+            return cpu_dtype()
+        return None
+
+    def say(self, console: Console, message: str) -> None:
+        console.print(f"{self.label}{message}" if self.label else message)
+
 
 @dataclass
 class RunResult:
+    """Everything one run did and scored; `status` is complete, incomplete or failed."""
+
+    config: RunConfig
+    dataset: loaders.Dataset
+    questions: list[Question]
+    planned: list[Planned]
     scores: Scores
-    tasks: pl.DataFrame  # skill, task, metric, n, errors, score, tokens
+    rows: pl.DataFrame  # one per question: row, qid, skill, task, metric, answered, score, ... (samples)
+    tasks: list[dict]
+    status: str
+    reason: str | None
     sent: int
     cached: int
     errors: int
-    seconds: float
+    unscored: int
+    seconds: float  # the fan-out: first send to last reply
+    timings: dict[str, float]
+    started_at: float
+    finished_at: float
+    server: ServerFacts | None
+    dtype: str | None
+    kept: dict | None = None  # the saved run that was kept instead of this one (it covered more)
 
-    def write_json(self, path: Path, model: str) -> None:
-        """The `score` document plus the error count and the request totals."""
-        self.scores.write_json(path, model, extra={
-            "errors": self.errors,
-            "requests": {"sent": self.sent, "cached": self.cached, "errors": self.errors,
-                         "seconds": round(self.seconds, 3)}})
+    @property
+    def overall(self) -> float | None:
+        return self.scores.overall_score(self.config.profile.name)
+
+    @property
+    def answered(self) -> int:
+        return len(self.questions) - self.errors
+
+    @property
+    def prompt_tokens(self) -> int:
+        return int(sum(t["prompt_tokens"] for t in self.tasks))
+
+    @property
+    def completion_tokens(self) -> int:
+        return int(sum(t["completion_tokens"] for t in self.tasks))
+
+    def cost(self) -> float | None:
+        prices = self.config.profile.prices()
+        if prices is None:
+            return None
+        return (self.prompt_tokens * prices[0] + self.completion_tokens * prices[1]) / 1e6
+
+    def document(self) -> dict:
+        """The `--json` document: the `score` document plus completeness and request totals."""
+        doc = self.scores.for_model(self.config.profile.name)
+        doc.update(status=self.status, reason=self.reason, errors=self.errors, unscored=self.unscored,
+                   requests={"sent": self.sent, "cached": self.cached, "errors": self.errors,
+                             "seconds": round(self.seconds, 3)})
+        return doc
+
+    def write_json(self, path: Path) -> None:
+        from evaluator.scoring.aggregate import write_json_atomic
+
+        write_json_atomic(path, self.document())
 
 
 def weights_of(profile: ModelProfile) -> str | None:
@@ -84,9 +184,9 @@ def plan(questions: list[Question], config: RunConfig) -> list[Planned]:
     """The request body for every question and its cache key (model identity + endpoint + body)."""
     profile = config.profile
     rendering = config.render_mode
-    options = PromptOptions(number_only=profile.number_only)
+    options = config.prompt_options
     served = profile.name if profile.is_local else profile.model
-    identity = profile.identity(weights_of(profile))
+    identity = profile.identity(weights_of(profile), config.served_dtype())
     endpoint = "chat" if rendering is Rendering.CHAT else "completions"
     planned = []
     for row, question in enumerate(questions):
@@ -103,12 +203,12 @@ def plan(questions: list[Question], config: RunConfig) -> list[Planned]:
 class _Progress:
     """done/total, req/s, output tok/s, errors and ETA, on one rich bar."""
 
-    def __init__(self, total: int, console: Console, enabled: bool = True) -> None:
+    def __init__(self, total: int, console: Console, enabled: bool = True, label: str = "requests") -> None:
         self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[rate]:.1f} req/s"), TextColumn("{task.fields[tps]:.0f} tok/s"),
                             TextColumn("{task.fields[errors]} errors"), TimeRemainingColumn(), console=console,
                             transient=False, disable=not enabled)
-        self.task = self.bar.add_task("requests", total=total, rate=0.0, tps=0.0, errors=0)
+        self.task = self.bar.add_task(label, total=total, rate=0.0, tps=0.0, errors=0)
         self.started = time.monotonic()
         self.tokens = 0
         self.errors = 0
@@ -123,41 +223,61 @@ class _Progress:
                         errors=self.errors)
 
 
-def _endpoint(config: RunConfig, base_url: str) -> Endpoint:
+def endpoint_for(config: RunConfig, base_url: str) -> Endpoint:
     profile = config.profile
-    return Endpoint(base_url=base_url, chat=config.render_mode is Rendering.CHAT, api_key=profile.api_key(),
+    url, _, password = strip_url_credentials(base_url)
+    api_key = profile.api_key() or password
+    return Endpoint(base_url=url, chat=config.render_mode is Rendering.CHAT, api_key=api_key,
                     timeout_s=config.timeout_s, concurrency=config.concurrency,
                     requests_per_minute=None if profile.is_local else profile.requests_per_minute,
-                    replicas=tuple(profile.replicas))
+                    replicas=tuple(strip_url_credentials(u)[0] for u in profile.replicas))
 
 
 def start_server(profile: ModelProfile, cache_folder: Path, console: Console, port: int | None = None,
-                 device: str = "auto", gpu_ids: list[int] | None = None) -> VLLMServer:
+                 device: str = "auto", gpu_ids: list[int] | None = None, host: str = "127.0.0.1") -> VLLMServer:
     weights = (str(demo_model.ensure_demo_model(cache_folder, say=console.print)) if profile.source == "demo"
                else profile.model)
-    log = cache_folder / "logs" / f"{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    server = VLLMServer(profile, weights, log, device=device, port=port, gpu_ids=gpu_ids)
-    console.print(f"Starting vLLM ({server.resolved_device()}) for '{profile.name}'; log {log}")
+    log = cache_folder / "logs" / f"{safe_name(profile.name)}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    server = VLLMServer(profile, weights, log, device=device, port=port, gpu_ids=gpu_ids, host=host,
+                        compile_cache=cache_folder / "vllm-compile")
+    console.print(f"Starting vLLM ({server.resolved_device()}, {server.dtype()}) for '{profile.name}'; log {log}")
     started = time.monotonic()
     server.__enter__()
-    console.print(f"Server ready at {server.base_url} after {time.monotonic() - started:.0f} s")
+    server.startup_s = time.monotonic() - started
+    console.print(f"Server ready at {server.base_url} after {server.startup_s:.0f} s")
     return server
 
 
-def send(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: Console) -> float:
-    """Answer `todo` (starting and stopping a server if the profile needs one); returns the fan-out's seconds."""
+@dataclass
+class _Sending:
+    sent: int = 0
+    seconds: float = 0.0
+    startup_s: float = 0.0
+    stopped: str | None = None
+    server: ServerFacts | None = None
+
+
+def _free_bytes(folder: Path) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    return shutil.disk_usage(folder).free
+
+
+def send(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: Console,
+         server_factory: Callable = start_server) -> _Sending:
+    """Answer `todo` (starting and stopping a server if the profile needs one): pre-flight, then the fan-out
+    under the breaker, sending only what no other live run is already fetching."""
     profile = config.profile
+    outcome = _Sending()
     server = None
     base_url = config.base_url or profile.api_base
-    if base_url is None:
-        if not profile.is_local:
-            raise InputError(f"model '{profile.name}' has no api_base; pass --base-url")
-        server = start_server(profile, config.cache_folder, console, device=config.device)
-        base_url = server.base_url
+    if base_url is None and not profile.is_local:
+        raise InputError(f"model '{profile.name}' has no api_base; pass --base-url")
+    owner = process_owner()
     by_key = {p.key: p for p in todo}
-    progress = _Progress(len(todo), console, config.progress)
+    progress = _Progress(len(todo), console, config.progress, f"{config.label}requests")
+    breaker = Breaker(config.breaker)
 
-    def keep(key: str, reply: Reply) -> None:
+    def keep(key: str, reply: Reply, check: bool = True) -> None:
         item = by_key[key]
         if reply.ok:
             cache.put_answer(key, profile.name, item.qid, item.body,
@@ -165,56 +285,144 @@ def send(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: 
                              reply.latency_s, reply.attempts)
         else:
             cache.put_error(key, profile.name, item.qid, item.body, reply.error_kind or "error", reply.status,
-                            reply.message, reply.attempts, reply.latency_s)
+                            redact(reply.message), reply.attempts, reply.latency_s)
+        outcome.sent += 1
         progress.update(reply)
+        if config.observer is not None:
+            config.observer(reply)
+        reason = breaker.see(reply) if check else None
+        if reason:
+            raise Halt(reason)
 
+    renewing = threading.Event()
+
+    def renew() -> None:
+        while not renewing.wait(30.0):
+            try:
+                cache.renew_claims(owner)
+            except Exception:  # noqa: BLE001: a missed renewal only shortens the lease
+                pass
+
+    renewer = threading.Thread(target=renew, daemon=True)
     try:
+        if base_url is None:
+            try:
+                server = server_factory(profile, config.cache_folder, console, device=config.device)
+            except ServerStartError as exc:
+                outcome.stopped = f"the vLLM server did not start: {exc}"
+                return outcome
+            base_url = server.base_url
+            outcome.startup_s = getattr(server, "startup_s", 0.0)
+        endpoint = endpoint_for(config, base_url)
+        served = profile.name if profile.is_local else profile.model
+        remaining = list(todo)
+        mine = cache.claim([p.key for p in remaining], owner)
+        probe = next((p for p in remaining if p.key in mine), None)
+        if config.preflight and probe is not None:  # its answer is kept like any other
+            try:
+                outcome.server, reply = preflight(profile, endpoint, served, probe.body, config.retry)
+            except PreflightFailed as exc:
+                if exc.reply is not None:
+                    keep(probe.key, exc.reply, check=False)
+                outcome.stopped = f"pre-flight: {exc}"
+                return outcome
+            keep(probe.key, reply, check=False)
+            remaining = [p for p in remaining if p is not probe]
+        renewer.start()
+        since, told = time.time(), False
         with progress.bar:
-            seconds = asyncio.run(fan_out(_endpoint(config, base_url), ((p.key, p.body) for p in todo), keep,
-                                          config.retry))
+            while remaining:
+                mine = cache.claim([p.key for p in remaining], owner)
+                batch = [p for p in remaining if p.key in mine]
+                if batch:
+                    try:
+                        outcome.seconds += asyncio.run(fan_out(endpoint, ((p.key, p.body) for p in batch), keep,
+                                                               config.retry))
+                    except Halt as halt:
+                        outcome.stopped = str(halt)
+                        return outcome
+                    remaining = [p for p in remaining if p.key not in mine]
+                    continue
+                answered = cache.answers([p.key for p in remaining])  # answered meanwhile by another run
+                remaining = [p for p in remaining if p.key not in answered]
+                if not remaining:
+                    break
+                if not told:  # another live run is fetching these: wait for its answers, or its claims to end
+                    config.say(console, f"{len(remaining)} question(s) are being fetched by another run on this "
+                                        "cache: waiting")
+                    told = True
+                time.sleep(1.0)
+                keys = [p.key for p in remaining]
+                answered = cache.answers(keys)
+                failed = {k for k, e in cache.errors(keys).items() if e[3] >= since}
+                remaining = [p for p in remaining if p.key not in answered and p.key not in failed]
+    except CacheFull as exc:
+        outcome.stopped = f"{exc}; requests in flight were lost. Free space and rerun: answers kept so far are reused"
     finally:
+        renewing.set()
+        try:
+            cache.release_claims(owner)
+        except Exception:  # noqa: BLE001: claims lapse on their own
+            pass
         if server is not None:
             server.stop()
-            console.print(f"Stopped the '{profile.name}' server")
-    return seconds
+            config.say(console, f"Stopped the '{profile.name}' server")
+    return outcome
 
 
 def score_from_cache(questions: list[Question], planned: list[Planned], cache: ResponseCache,
-                     options: ScoringOptions, model: str) -> tuple[Scores, pl.DataFrame]:
-    """Scores over answered questions; a question without a cached answer counts as an error of its task."""
-    answers = cache.answers([p.key for p in planned])
+                     options: ScoringOptions, model: str) -> tuple[Scores, pl.DataFrame, list[dict]]:
+    """Scores over answered questions (a question without a cached answer counts as an error of its task),
+    the per-question rows, and the per-task table with counts and tokens."""
+    keys = [p.key for p in planned]
+    answers = cache.answers(keys)
+    errors = cache.errors([k for k in keys if k not in answers])
+    frame = questions_frame(questions, options)
     answered = [p for p in planned if p.key in answers]
     table = pl.DataFrame({
-        "model": [model] * len(answered),
+        "model": pl.Series([model] * len(answered), dtype=pl.String),
         "row": pl.Series([p.row for p in answered], dtype=pl.UInt32),
         "output": pl.Series([answers[p.key].text for p in answered], dtype=pl.String),
     })
-    scores = score(table, questions, options)
+    scored_rows = score_rows(table, frame, options)
+    scores = aggregate(scored_rows, options.protocol.value, task_totals(frame), [model])
     meta = pl.DataFrame({
-        "skill": [q.skill for q in questions], "task": [q.task for q in questions],
-        "metric": [q.metric.value for q in questions], "answered": [p.key in answers for p in planned],
-        "prompt_tokens": [(answers[p.key].prompt_tokens or 0) if p.key in answers else 0 for p in planned],
-        "completion_tokens": [(answers[p.key].completion_tokens or 0) if p.key in answers else 0 for p in planned],
+        "row": pl.Series(range(len(planned)), dtype=pl.UInt32),
+        "answered": [p.key in answers for p in planned],
+        "finish_reason": [answers[p.key].finish_reason if p.key in answers else None for p in planned],
+        "prompt_tokens": pl.Series([answers[p.key].prompt_tokens if p.key in answers else None for p in planned],
+                                   dtype=pl.Int64),
+        "completion_tokens": pl.Series([answers[p.key].completion_tokens if p.key in answers else None
+                                        for p in planned], dtype=pl.Int64),
+        "latency_s": pl.Series([answers[p.key].latency_s if p.key in answers else None for p in planned],
+                               dtype=pl.Float64),
+        "error": [None if p.key in answers else (f"{errors[p.key][0]}" + (f" {errors[p.key][1]}" if errors[p.key][1]
+                                                                          else "") if p.key in errors
+                                                 else "not asked yet") for p in planned],
+        "error_message": [errors[p.key][2] if p.key in errors and p.key not in answers else None for p in planned],
     })
-    per_task = meta.group_by("skill", "task", maintain_order=True).agg(
-        errors=(~pl.col("answered")).sum().cast(pl.Int64), first_metric=pl.col("metric").first(),
-        prompt_tokens=pl.col("prompt_tokens").sum(), completion_tokens=pl.col("completion_tokens").sum())
-    tasks = (per_task.join(scores.tasks.filter(pl.col("model") == model).drop("model"), on=["skill", "task"], how="left")
-             .with_columns(metric=pl.coalesce("metric", "first_metric"), n=pl.col("n").fill_null(0))
-             .select("skill", "task", "metric", "n", "errors", "score", "prompt_tokens", "completion_tokens"))
-    return scores, tasks
+    rows = (frame.select("row", "qid", "skill", "task", "metric")
+            .join(meta, on="row", how="left")
+            .join(scored_rows.select("row", "output", "score", "tp", "fp", "fn", "unscored", "official"),
+                  on="row", how="left")
+            .sort("row"))
+    tokens = rows.group_by("skill", "task").agg(prompt_tokens=pl.col("prompt_tokens").fill_null(0).sum(),
+                                                completion_tokens=pl.col("completion_tokens").fill_null(0).sum())
+    tasks = (scores.tasks.filter(pl.col("model") == model).drop("model")
+             .join(tokens, on=["skill", "task"], how="left", maintain_order="left"))
+    return scores, rows, tasks.to_dicts()
 
 
-def load_and_plan(config: RunConfig) -> tuple[list[Question], list[Planned]]:
-    """The run's questions (the first `limit` of them) and their planned requests."""
-    questions = loaders.load(config.data, config.protocol.value).questions
-    questions = questions[: config.limit] if config.limit else questions
-    return questions, plan(questions, config)
+def load_and_plan(config: RunConfig) -> tuple[loaders.Dataset, list[Question], list[Planned]]:
+    """The run's data, its questions (the first `limit` of them) and their planned requests."""
+    dataset = loaders.load(config.data, config.protocol.value)
+    questions = dataset.questions[: config.limit] if config.limit else dataset.questions
+    return dataset, questions, plan(questions, config)
 
 
 def pending(config: RunConfig) -> int:
     """How many of the run's requests have no cached answer (what a run would send)."""
-    _, planned = load_and_plan(config)
+    _, _, planned = load_and_plan(config)
     if config.refresh:
         return len(planned)
     cache = ResponseCache(config.cache_folder / "responses")
@@ -224,25 +432,116 @@ def pending(config: RunConfig) -> int:
         cache.close()
 
 
-def execute(config: RunConfig, console: Console, send_missing: bool = True) -> RunResult:
-    """`run` (send_missing) or `rescore` (cache only)."""
-    questions, planned = load_and_plan(config)
-    cache = ResponseCache(config.cache_folder / "responses")
+def _status(stopped: str | None, errors: int, unscored: int, questions: int) -> str:
+    if stopped or (questions and errors == questions):
+        return "failed"
+    return "complete" if errors == 0 and unscored == 0 else "incomplete"
+
+
+def iso(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def execute(config: RunConfig, console: Console, send_missing: bool = True,
+            server_factory: Callable = start_server, save: bool = True) -> RunResult:
+    """`run` (send_missing) or `rescore` (cache only); `save=False` scores without touching the cache."""
+    started_at = time.time()
+    clock = time.monotonic()
+    dataset, questions, planned = load_and_plan(config)
+    folder = config.cache_folder / "responses"
+    if not send_missing and not (folder / "responses.sqlite").is_file():
+        raise InputError("no response cache here: nothing has been run with this --cache", path=config.cache_folder)
+    cache = ResponseCache(folder, read_only=not save)
     try:
         have = {} if config.refresh else cache.answers([p.key for p in planned])
-        todo = [p for p in planned if p.key not in have]
-        seconds = 0.0
+        todo = list({p.key: p for p in planned if p.key not in have}.values())  # duplicates asked once
+        sending = _Sending()
+        if send_missing:
+            cache.put_model(config.profile.name, config.profile.public())
         if send_missing and todo:
-            console.print(f"{len(planned)} questions: {len(have)} cached, {len(todo)} to send")
-            seconds = send(config, todo, cache, console)
+            config.say(console, f"{len(planned)} questions: {len(planned) - len(todo)} cached, {len(todo)} to send")
+            if _free_bytes(folder) < MIN_FREE_BYTES:
+                sending.stopped = (f"only {_free_bytes(folder) / 2**20:.0f} MiB free where the cache lives "
+                                   f"({folder}): free space before buying answers that cannot be kept")
+            else:
+                sending = send(config, todo, cache, console, server_factory)
         elif send_missing:
-            console.print(f"All {len(planned)} answers are cached: nothing to send")
-        options = ScoringOptions(protocol=config.protocol, embeddings=EmbeddingConfig(cache_dir=config.cache_folder))
-        scores, tasks = score_from_cache(questions, planned, cache, options, config.profile.name)
-        errors = int(tasks["errors"].sum())
-        cache.save_scores(config.profile.name, str(Path(config.data).resolve()), config.protocol.value,
-                          config.render_mode.value, tasks)
+            config.say(console, f"All {len(planned)} answers are cached: nothing to send")
+        scoring_clock = time.monotonic()
+        scores, rows, tasks = score_from_cache(questions, planned, cache, config.scoring, config.profile.name)
+        scoring_s = time.monotonic() - scoring_clock
+        errors = int(sum(t["errors"] for t in tasks))
+        unscored = int(sum(t["unscored"] for t in tasks))
+        status = _status(sending.stopped, errors, unscored, len(questions))
+        reason = sending.stopped or (f"no question answered ({errors} errors)" if status == "failed" else None)
+        result = RunResult(
+            config=config, dataset=dataset, questions=questions, planned=planned, scores=scores, rows=rows, tasks=tasks,
+            status=status, reason=reason, sent=sending.sent, cached=len(planned) - len(todo), errors=errors,
+            unscored=unscored, seconds=sending.seconds,
+            timings={"startup_s": round(sending.startup_s, 3), "fan_out_s": round(sending.seconds, 3),
+                     "scoring_s": round(scoring_s, 3), "total_s": round(time.monotonic() - clock, 3)},
+            started_at=started_at, finished_at=time.time(), server=sending.server, dtype=config.served_dtype())
+        if save:
+            result.kept = cache.save_run(_record(result), _task_records(tasks))
     finally:
         cache.close()
-    return RunResult(scores, tasks, sent=len(todo) if send_missing else 0,
-                     cached=len(planned) - len(todo), errors=errors, seconds=seconds)
+    return result
+
+
+def rescore_saved(cache_folder: Path, record: dict) -> RunResult | str:
+    """A saved run scored again, per question, without saving anything; or why it cannot be (its data
+    moved or changed)."""
+    from servers.profiles import get_profile
+
+    data = Path(record["data"])
+    if not data.exists():
+        return f"its data {data} is no longer there"
+    store = ResponseCache(cache_folder / "responses", read_only=True)
+    try:
+        recorded = store.model(record["model"])
+    finally:
+        store.close()
+    variant = record["variant"].split("+")
+    config = RunConfig(profile=get_profile(record["model"], adhoc=True, recorded=recorded), data=data,
+                       protocol=Protocol(record["protocol"]), rendering=Rendering(record["rendering"]),
+                       cache_dir=cache_folder, letter_choices="letters" in variant,
+                       task_specific_prompt="task-prompt" in variant, progress=False)
+    try:
+        dataset = loaders.load(data, config.protocol.value)
+    except InputError as exc:
+        return f"its data cannot be read: {exc}"
+    if record["data_sha256"] not in (dataset.sha256, f"path:{data}"):
+        return f"its data {data} has changed since it was scored"
+    if record["questions"] < len(dataset.questions):
+        config.limit = record["questions"]
+    return execute(config, Console(quiet=True), send_missing=False, save=False)
+
+
+def run_key_of(result: RunResult) -> str:
+    config = result.config
+    return run_key(config.profile.name, result.dataset.sha256, config.protocol.value, config.render_mode.value,
+                   config.variant)
+
+
+def _record(result: RunResult) -> dict:
+    import json
+
+    config = result.config
+    key = run_key_of(result)
+    scored = int(sum(t["n"] for t in result.tasks))
+    return {"key": key, "model": config.profile.name, "data": str(Path(config.data).resolve()),
+            "data_sha256": result.dataset.sha256, "protocol": config.protocol.value,
+            "rendering": config.render_mode.value, "variant": config.variant, "questions": len(result.questions),
+            "answered": result.answered, "scored": scored, "errors": result.errors, "unscored": result.unscored,
+            "status": result.status, "reason": result.reason, "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens, "cost": result.cost(),
+            "details": json.dumps({"groups": result.dataset.groups, "prices": config.profile.prices(),
+                                   "dtype": result.dtype, "timings": result.timings}),
+            "created_at": result.finished_at}
+
+
+def _task_records(tasks: list[dict]) -> list[dict]:
+    return [{"skill": t["skill"], "task": t["task"], "metric": t["metric"], "questions": t["questions"],
+             "scored": t["n"], "errors": t["errors"], "unscored": t["unscored"], "score": t["score"],
+             "prompt_tokens": t["prompt_tokens"], "completion_tokens": t["completion_tokens"],
+             "official": t["official"]} for t in tasks]

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from rich.console import Console
+from rich.markup import escape
 
+from evaluator.data import loaders
+from evaluator.prompts import PromptOptions, Protocol, Rendering, render
 from evaluator.runs import runner
-from evaluator.prompts import Protocol, Rendering
 from evaluator.runs.runner import RunConfig
+from evaluator.scoring.embeddings import ENGLISH_MODEL, MULTILINGUAL_MODEL, EmbeddingConfig
 from servers.planner import Gpu, Placement, plan_node
 from servers.profiles import ModelProfile
+from evaluator.redact import redact
 from servers.suite import Suite
 
 ATTEMPTS = 2
@@ -31,16 +35,25 @@ _live_lock = threading.Lock()
 @dataclass
 class Outcome:
     model: str
-    status: str  # "done", "cached" (nothing to send), "failed"
+    status: str  # "complete", "incomplete", "failed" (or "pending" before it ran)
     overall: float | None = None
     errors: int = 0
+    unscored: int = 0
+    questions: int = 0
     sent: int = 0
     cached: int = 0
     seconds: float = 0.0
     message: str = ""
+    notes: list[str] = field(default_factory=list)  # what was not scored and why; official NaN/crash notes
+    result: runner.RunResult | None = None
+    gpus: int = 0  # GPUs it held while evaluating
     started_at: float = 0.0  # monotonic times, for overlap checks and reports
     evaluating_at: float = 0.0
     finished_at: float = 0.0
+
+    @property
+    def wall_s(self) -> float:
+        return self.finished_at - self.started_at if self.finished_at and self.started_at else 0.0
 
 
 class GpuPool:
@@ -80,22 +93,56 @@ class GpuPool:
             self.cond.notify_all()
 
 
-def _config(suite: Suite, profile: ModelProfile, cache: Path | None, base_url: str | None = None) -> RunConfig:
+def request_estimates(suite: Suite, chars_per_token: float) -> dict[tuple[str, bool], tuple[int, int, int]]:
+    """(rendering, number_only) -> (requests, estimated input tokens, output-token ceiling), rendered once
+    per combination rather than once per model."""
+    questions = loaders.load(suite.data, suite.protocol).questions
+    combos = {(suite.render or m.rendering, m.number_only) for m in suite.models}
+    out = {}
+    for rendering, number_only in combos:
+        options = PromptOptions(number_only=number_only, letter_choices=suite.letter_choices,
+                                task_specific_prompt=suite.task_specific_prompt)
+        chars = ceiling = 0
+        for q in questions:
+            prompt = render(q, Protocol(suite.protocol), Rendering(rendering), options)
+            chars += len(prompt.prompt) if prompt.prompt is not None else sum(len(m["content"])
+                                                                              for m in prompt.messages)
+            ceiling += prompt.max_tokens
+        out[(rendering, number_only)] = (len(questions), round(chars / chars_per_token), ceiling)
+    return out
+
+
+def _config(suite: Suite, profile: ModelProfile, cache: Path | None, base_url: str | None = None,
+            **settings) -> RunConfig:
+    embeddings = EmbeddingConfig(english=suite.embedding_model or ENGLISH_MODEL,
+                                 multilingual=suite.multilingual_model or MULTILINGUAL_MODEL)
     return RunConfig(profile=profile, data=suite.data, protocol=Protocol(suite.protocol),
                      rendering=Rendering(suite.render) if suite.render else None, base_url=base_url,
-                     concurrency=profile.concurrency or suite.concurrency, cache_dir=cache, progress=False)
+                     concurrency=profile.concurrency or suite.concurrency, cache_dir=cache, progress=False,
+                     letter_choices=suite.letter_choices, task_specific_prompt=suite.task_specific_prompt,
+                     embeddings=embeddings, label=f"{profile.name}: ", **settings)
 
 
 def _score(config: RunConfig, outcome: Outcome, console: Console) -> None:
     result = runner.execute(config, console)
-    outcome.overall = result.scores.for_model(config.profile.name)["overall"]
-    outcome.errors, outcome.sent, outcome.cached, outcome.seconds = (result.errors, result.sent, result.cached,
-                                                                     result.seconds)
+    outcome.result = result
+    outcome.status = result.status
+    outcome.overall = result.overall
+    outcome.errors, outcome.unscored, outcome.questions = result.errors, result.unscored, len(result.questions)
+    outcome.sent, outcome.cached, outcome.seconds = result.sent, result.cached, result.seconds
+    outcome.message = result.reason or ""
+    scores = result.scores
+    outcome.notes = [f"not scored: {r['n']} question(s) of {r['task']} ({r['metric']}): {r['reason']}"
+                     for r in scores.unscored.iter_rows(named=True)]
+    outcome.notes += [f"{t['task']}: {t['official']}" for t in result.tasks if t["official"]]
 
 
 def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Console,
-              start_server: Callable = runner.start_server, device: str = "auto") -> list[Outcome]:
-    """Run every model of the suite; returns one Outcome per model, in the suite's order."""
+              start_server: Callable = runner.start_server, device: str = "auto",
+              on_done: Callable[[Outcome], None] | None = None, **settings) -> list[Outcome]:
+    """Run every model of the suite; returns one Outcome per model, in the suite's order. `settings` are
+    RunConfig fields shared by every model (timeout, breaker, retry, observer); `on_done` sees each model's
+    outcome as it ends."""
     outcomes = {m.name: Outcome(m.name, "pending") for m in suite.models}
     api = [m for m in suite.models if not m.is_local]
     local = [m for m in suite.models if m.is_local]
@@ -106,28 +153,45 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
             console.print(message)
 
     def attempt(profile: ModelProfile, body: Callable[[Outcome], None]) -> None:
+        """A local model that fails (its server does not start or dies) is tried once more; an API model
+        that fails pre-flight or trips the breaker would only fail again."""
         outcome = outcomes[profile.name]
-        for number in range(1, ATTEMPTS + 1):
+        attempts = ATTEMPTS if profile.is_local else 1
+        for number in range(1, attempts + 1):
             try:
                 body(outcome)
-                outcome.status = "done" if outcome.sent else "cached"
-                say(f"[green]{profile.name}[/]: {outcome.status}, overall "
-                    f"{'-' if outcome.overall is None else f'{outcome.overall:.4f}'}, {outcome.sent} sent, "
-                    f"{outcome.cached} cached, {outcome.errors} errors")
-                return
             except Exception as exc:  # isolate: this model fails, the suite goes on
-                outcome.message = str(exc).strip()[-1500:] or type(exc).__name__
-                say(f"[red]{profile.name}[/]: attempt {number} failed: {outcome.message.splitlines()[0][:200]}")
-        outcome.status = "failed"
+                outcome.status = "failed"
+                outcome.message = redact(str(exc).strip()[-1500:] or type(exc).__name__)
+            if outcome.status != "failed":
+                break
+            say(f"[red]{escape(profile.name)}[/]: attempt {number} failed: "
+                f"{escape(outcome.message.splitlines()[0][:300] if outcome.message else 'failed')}")
+        overall = "-" if outcome.overall is None else f"{outcome.overall:.4f}"
+        colour = {"complete": "green", "incomplete": "yellow"}.get(outcome.status, "red")
+        say(f"[{colour}]{escape(profile.name)}[/]: {outcome.status}, overall {overall}, "
+            f"{outcome.questions - outcome.errors}/{outcome.questions} answered, {outcome.sent} sent, "
+            f"{outcome.cached} cached, {outcome.errors} errors")
+        for note in outcome.notes:
+            say(f"[yellow]{escape(profile.name)}:[/] {escape(note)}")
+        if on_done is not None:
+            on_done(outcome)
 
     def run_api(profile: ModelProfile) -> None:
-        attempt(profile, lambda outcome: _score(_config(suite, profile, cache), outcome, console))
+        def body(outcome: Outcome) -> None:
+            outcome.started_at = outcome.evaluating_at = time.monotonic()
+            _score(_config(suite, profile, cache, **settings), outcome, console)
+            outcome.finished_at = time.monotonic()
+
+        attempt(profile, body)
 
     def run_local(profile: ModelProfile, placement: Placement | None, pool: GpuPool | None) -> None:
         def body(outcome: Outcome) -> None:
-            config = _config(suite, profile, cache)
+            config = _config(suite, profile, cache, **settings)
             if runner.pending(config) == 0:
+                outcome.started_at = outcome.evaluating_at = time.monotonic()
                 _score(config, outcome, console)  # resumed: all answers cached, no server
+                outcome.finished_at = time.monotonic()
                 return
             ids = placement.gpus if placement else None
             served = profile
@@ -140,7 +204,7 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
             evaluating = False
             try:
                 outcome.started_at = time.monotonic()
-                say(f"{profile.name}: starting its server" + (f" on GPUs {ids}" if ids else ""))
+                say(f"{escape(profile.name)}: starting its server" + (f" on GPUs {ids}" if ids else ""))
                 server = start_server(served, config.cache_folder, console, device=device, gpu_ids=ids)
                 with _live_lock:
                     _live[id(server)] = server
@@ -149,7 +213,8 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
                         pool.begin_evaluation(ids)
                         evaluating = True
                     outcome.evaluating_at = time.monotonic()
-                    _score(_config(suite, profile, cache, base_url=server.base_url), outcome, console)
+                    outcome.gpus = len(ids or [])
+                    _score(_config(suite, profile, cache, base_url=server.base_url, **settings), outcome, console)
                     outcome.finished_at = time.monotonic()
                 finally:
                     server.stop()
@@ -192,3 +257,162 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
             server.stop()
         raise
     return [outcomes[m.name] for m in suite.models]
+
+
+class LogConsole(Console):
+    """The terminal console that also appends every line it prints, plain and timestamped, to the suite's
+    log (tables rendered at 100 columns); a line that does not name its model gets the suite's name."""
+
+    def __init__(self, log_path: Path, tag: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.log_path = log_path
+        self.tag = tag
+        self.log_lock = threading.Lock()
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def print(self, *objects, **kwargs) -> None:  # noqa: A003 (rich's name)
+        super().print(*objects, **kwargs)
+        from io import StringIO
+
+        from rich.text import Text
+
+        buffer = StringIO()
+        plain = Console(file=buffer, width=100, color_system=None, highlight=False)
+        for item in objects:
+            plain.print(Text.from_markup(item) if isinstance(item, str) else item)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        lines = [line.rstrip() for line in buffer.getvalue().splitlines() if line.strip()]
+        with self.log_lock, self.log_path.open("a", encoding="utf-8") as log:
+            for line in lines:
+                named = ":" in line.split(" ", 1)[0]
+                log.write(f"{stamp} {line if named else f'[{self.tag}] {line}'}\n")
+
+
+class SuiteProgress:
+    """Models done/total, requests, req/s and an ETA: a live bar on a terminal, a plain line every minute in
+    a log or a pipe."""
+
+    def __init__(self, console: Console, models: int, questions: int, every_s: float = 60.0) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = console
+        self.models, self.total = models, models * questions
+        self.done_models = 0
+        self.done = 0  # questions answered or cached, all models
+        self.sent = 0
+        self.started = time.monotonic()
+        self.lock = threading.Lock()
+        self.every_s = every_s
+        self.last_line = self.started
+        self.live = console.is_terminal
+        self.bar = Progress(TextColumn("[bold]suite"), BarColumn(), TextColumn("{task.fields[models]}"),
+                            TextColumn("{task.completed:,.0f}/{task.total:,.0f} questions"),
+                            TextColumn("{task.fields[rate]:.1f} req/s"), TimeRemainingColumn(),
+                            console=console, disable=not self.live, transient=True)
+        self.task = self.bar.add_task("suite", total=self.total, models=f"0/{models} models", rate=0.0)
+
+    def __enter__(self) -> "SuiteProgress":
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
+
+    def reply(self, _reply) -> None:
+        with self.lock:
+            self.sent += 1
+            self.done += 1
+            self._refresh()
+
+    def model_done(self, outcome: Outcome) -> None:
+        with self.lock:
+            self.done_models += 1
+            self.done += outcome.cached  # answers it did not have to send
+            self._refresh(force=True)
+
+    def _refresh(self, force: bool = False) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = self.sent / elapsed
+        self.bar.update(self.task, completed=min(self.done, self.total), rate=rate,
+                        models=f"{self.done_models}/{self.models} models")
+        now = time.monotonic()
+        if not self.live and (force or now - self.last_line >= self.every_s):
+            self.last_line = now
+            left = max(self.total - self.done, 0)
+            eta = f"{left / rate / 60:.0f} min" if rate > 0 and left else "-"
+            self.console.print(f"progress: {self.done_models}/{self.models} models done, "
+                               f"{self.done:,}/{self.total:,} questions, {rate:.1f} req/s, ETA {eta}",
+                               highlight=False)
+
+
+def suite_folder(suite: Suite, cache: Path | None, output: Path | None) -> Path:
+    from evaluator.paths import safe_name
+    from evaluator.scoring.embeddings import default_cache_dir
+
+    return output or (cache or default_cache_dir()) / "suites" / safe_name(suite.name)
+
+
+def run_suite_to_folder(suite: Suite, gpus: list[Gpu], cache: Path | None, output: Path | None,
+                        console: Console, **settings) -> list[Outcome]:
+    """Run the suite and leave its folder: suite.log (timestamped, each line naming its model), models/<name>/
+    (each model's results folder), leaderboard.{md,csv,json}, summary.json and report.html."""
+    from evaluator.paths import safe_name
+    from evaluator.reports import html, leaderboard, results
+    from evaluator.reports import suite as suite_report
+    from evaluator.scoring.aggregate import write_json_atomic
+    from evaluator.scoring.embeddings import default_cache_dir
+
+    folder = suite_folder(suite, cache, output)
+    log = LogConsole(folder / "suite.log", suite.name, file=console.file, force_terminal=console.is_terminal,
+                     width=console.width if console.is_terminal else 80)
+    started_at, clock = time.time(), time.monotonic()
+    log.print(f"Suite '{suite.name}': {len(suite.models)} models on {suite.data} ({suite.protocol}-wise); "
+              f"folder {folder}")
+    if not gpus:
+        log.print("No GPU: local models run one after another on vLLM-CPU")
+    questions = len(loaders.load(suite.data, suite.protocol).questions)
+    with SuiteProgress(log, len(suite.models), questions) as progress:
+        outcomes = run_suite(suite, gpus, cache, log, device="gpu" if gpus else "auto",
+                             observer=progress.reply, on_done=progress.model_done, **settings)
+    wall = time.monotonic() - clock
+    written = {}
+    for outcome in outcomes:
+        if outcome.result is not None:
+            written[outcome.model] = str(results.write_folder(outcome.result, folder / "models" /
+                                                              safe_name(outcome.model)).relative_to(folder))
+    suite_report.print_outcomes(outcomes, log)
+    cache_folder = cache or default_cache_dir()
+    board = suite_board(suite, outcomes, cache_folder)
+    leaderboard.print_tables(board, log)
+    leaderboard.write_files(board, folder)
+    gpu_seconds = sum((o.finished_at - o.evaluating_at) * o.gpus for o in outcomes if o.gpus and o.finished_at)
+    write_json_atomic(folder / "summary.json", {
+        "suite": suite.name, "data": str(suite.data), "protocol": suite.protocol,
+        "started_at": runner.iso(started_at), "finished_at": runner.iso(time.time()), "wall_s": round(wall, 1),
+        "models": len(outcomes),
+        "complete": [o.model for o in outcomes if o.status == "complete"],
+        "incomplete": [{"model": o.model, "answered": o.questions - o.errors, "questions": o.questions,
+                        "unscored": o.unscored} for o in outcomes if o.status == "incomplete"],
+        "failed": [{"model": o.model, "reason": o.message} for o in outcomes if o.status == "failed"],
+        "gpus": len(gpus), "gpu_busy_share": round(gpu_seconds / (wall * len(gpus)), 3) if gpus and wall else None,
+        "results": written})
+    html.write_from(board, {o.model: o.result for o in outcomes if o.result is not None}, folder / "report.html",
+                    title=f"Shopping MMLU: suite {suite.name}")
+    log.print(f"Suite folder: {folder} (suite.log, models/, leaderboard.md/.csv/.json, summary.json, report.html)")
+    return outcomes
+
+
+def suite_board(suite: Suite, outcomes: list[Outcome], cache_folder: Path):
+    """The leaderboard of this suite's runs only (the cache may hold others)."""
+    import polars as pl
+
+    from evaluator.cache.responses import ResponseCache
+    from evaluator.reports import leaderboard
+
+    keys = [runner.run_key_of(o.result) for o in outcomes if o.result is not None]
+    store = ResponseCache(cache_folder / "responses", read_only=True)
+    try:
+        runs, tasks = store.runs(), store.task_scores()
+    finally:
+        store.close()
+    return leaderboard.leaderboard(runs.filter(pl.col("key").is_in(keys)), tasks.filter(pl.col("run").is_in(keys)))

@@ -17,7 +17,7 @@ from evaluator.scoring import embeddings, structured, text_overlap
 from evaluator.scoring.aggregate import Scores, aggregate
 from evaluator.scoring.embeddings import EmbeddingConfig, Embedder, EmbeddingUnavailable
 
-__all__ = ["ScoringOptions", "Scores", "questions_frame", "score_rows", "score", "EmbeddingUnavailable"]
+__all__ = ["ScoringOptions", "Scores", "questions_frame", "score_rows", "score", "task_totals", "EmbeddingUnavailable"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,8 @@ def _score_metric(part: pl.DataFrame, metric: Metric, options: ScoringOptions, e
     elif metric is Metric.HIT_RATE_3:
         score = structured.hit_rate(part, protocol)
     elif metric is Metric.NDCG:
-        score = structured.ndcg(part)
+        score, official = structured.ndcg(part, protocol)
+        return part.with_columns(score=score, official=official)
     elif metric is Metric.ROUGEL:
         score = text_overlap.score_pairs(part, text_overlap.rouge_l)
     elif metric in (Metric.BLEU, Metric.JP_BLEU):
@@ -104,13 +105,21 @@ def score_rows(responses: pl.DataFrame, questions: pl.DataFrame, options: Scorin
     finally:
         if own_embedder:
             embedder.close()
-    added = {"score": pl.Float64, "tp": pl.Int64, "fp": pl.Int64, "fn": pl.Int64, "unscored": pl.String}
+    added = {"score": pl.Float64, "tp": pl.Int64, "fp": pl.Int64, "fn": pl.Int64, "unscored": pl.String,
+             "official": pl.String}
     parts = [p.with_columns(pl.lit(None, dtype=t).alias(c) for c, t in added.items() if c not in p.columns)
              for p in parts or [joined]]
     return pl.concat(parts, how="diagonal_relaxed").sort("order").drop("order")
 
 
+def task_totals(frame: pl.DataFrame) -> pl.DataFrame:
+    """Every task of a questions frame with its first row's metric and its question count."""
+    return frame.group_by("skill", "task", maintain_order=True).agg(metric=pl.col("metric").first(),
+                                                                    questions=pl.len().cast(pl.Int64))
+
+
 def score(responses: pl.DataFrame, questions: list[Question], options: ScoringOptions = ScoringOptions(),
           embedder: Embedder | None = None) -> Scores:
-    """Per-row scores aggregated to tasks, skills and overall."""
-    return aggregate(score_rows(responses, questions_frame(questions, options), options, embedder))
+    """Per-row scores aggregated to tasks, skills and overall; questions without a response count as errors."""
+    frame = questions_frame(questions, options)
+    return aggregate(score_rows(responses, frame, options, embedder), options.protocol.value, task_totals(frame))

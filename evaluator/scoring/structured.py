@@ -46,17 +46,20 @@ def hit_rate(frame: pl.DataFrame, protocol: Protocol) -> pl.Series:
     return (hits / truth.list.len()).cast(pl.Float64)
 
 
-def ndcg(frame: pl.DataFrame) -> pl.Series:
+def ndcg(frame: pl.DataFrame, protocol: Protocol) -> tuple[pl.Series, pl.Series]:
     """DCG of the parsed ranking over IDCG of the truth sorted descending; gain 2^rel - 1, discount log2(pos+1).
 
+    Skill-wise (`metrics.py`) keeps at most as many indices as there are candidates; task-wise
+    (`hf_ranking.py`) scores every parsed index, so repeats and extra indices keep adding (a score can pass 1).
     An index past the list counts 0; index 0 takes the last element and negative ones wrap, as Python's
-    indexing does. Where the official code would crash (an index below -len, an all-zero truth) we give 0.
+    indexing does. Returns (score, official): where the official code gives no number (an index below -len
+    raises IndexError, an all-zero truth is 0/0 = NaN) the row scores 0 and `official` says what it would do.
     """
     line = _first_line_after_newline_trim(frame["output"]).str.strip_chars(PY_WHITESPACE)
     truth = frame["truth_nums"]
-    rows = (pl.DataFrame({"ranked": int_lists(line.str.split(",")), "truth": truth})
-            .with_columns(pl.col("ranked").list.slice(0, pl.col("truth").list.len()))
-            .with_row_index("i"))
+    rows = pl.DataFrame({"ranked": int_lists(line.str.split(",")), "truth": truth}).with_row_index("i")
+    if protocol is Protocol.SKILL:
+        rows = rows.with_columns(pl.col("ranked").list.slice(0, pl.col("truth").list.len()))
     picks = (
         rows.explode("ranked")
         .drop_nulls("ranked")
@@ -64,9 +67,11 @@ def ndcg(frame: pl.DataFrame) -> pl.Series:
         .with_columns(rel=pl.when(pl.col("index") < pl.col("truth").list.len())
                       .then(pl.col("truth").list.get(pl.col("index"), null_on_oob=True))
                       .otherwise(0.0)
-                      .fill_null(0.0))
+                      .fill_null(0.0),
+                      below=pl.col("index") < -pl.col("truth").list.len().cast(pl.Int64))
         .group_by("i")
-        .agg(dcg=(gain(pl.col("rel")) / (pl.col("pos") + 1).log(2)).sum())
+        .agg(dcg=(gain(pl.col("rel")) / (pl.col("pos") + 1).log(2)).sum(),
+             below=pl.col("ranked").filter(pl.col("below")).first())
     )
     ideal = (
         rows.select("i", rel=pl.col("truth").list.sort(descending=True))
@@ -80,9 +85,15 @@ def ndcg(frame: pl.DataFrame) -> pl.Series:
         .join(picks, on="i", how="left")
         .join(ideal, on="i", how="left")
         .sort("i")
-        .select(pl.when(pl.col("idcg") > 0).then(pl.col("dcg").fill_null(0.0) / pl.col("idcg")).otherwise(0.0))
+        .select(score=pl.when((pl.col("idcg") > 0) & pl.col("below").is_null())
+                .then(pl.col("dcg").fill_null(0.0) / pl.col("idcg"))
+                .otherwise(0.0),
+                official=pl.when(pl.col("below").is_not_null())
+                .then(pl.format("IndexError: index {} is below -len(truth)", pl.col("below")))
+                .when(pl.col("idcg") == 0)
+                .then(pl.lit("NaN: all-zero relevance (0/0)")))
     )
-    return scored.to_series().cast(pl.Float64)
+    return scored["score"].cast(pl.Float64), scored["official"]
 
 
 def gain(relevance: pl.Expr) -> pl.Expr:

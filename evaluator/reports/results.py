@@ -1,0 +1,170 @@
+"""A results folder per run: files a colleague can keep, diff and open without us.
+
+    results.json     what was run and how (model, profile without secrets, server, data hash, settings,
+                     times, versions, requests, tokens, cost) and every score with its counts
+    samples.jsonl    one line per question: prompt, answer, truth, per-question score, error, tokens, latency
+    official/        the official inference-output files (`{"model_output": ...}` per line, in data order), one
+                     per data file, which `score` and the official scripts re-score to the same numbers
+
+Everything is written into a temporary folder and renamed into place, so a reader never sees half of it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from evaluator import __version__
+from evaluator.prompts import TASK_WISE_MAX_TOKENS, SKILL_WISE_MAX_TOKENS, Protocol
+from evaluator.scoring.aggregate import finite, write_json_atomic
+
+if TYPE_CHECKING:
+    from evaluator.runs.runner import RunResult
+
+FORMAT = "shopping-mmlu results"
+FORMAT_VERSION = 1
+
+
+@lru_cache(maxsize=1)
+def software() -> dict:
+    """Our version and commit, Python and the platform, and the versions that change numbers."""
+    from importlib import metadata
+
+    versions = {}
+    for package in ("polars", "sacrebleu", "rouge-score", "sentence-transformers", "torch", "aiohttp"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"shopping_mmlu": __version__, "git_commit": git_commit(), "python": platform.python_version(),
+            "platform": platform.platform(), "packages": versions}
+
+
+def git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
+
+
+def document(result: "RunResult", files: dict | None = None) -> dict:
+    """The self-describing results.json."""
+    from evaluator.runs.runner import iso
+
+    config = result.config
+    profile = config.profile
+    server = result.server
+    prices = profile.prices()
+    return finite({
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "model": {"name": profile.name, "profile": profile.public(),
+                  "served_as": profile.name if profile.is_local else profile.model, "revision": profile.revision,
+                  "dtype": result.dtype or profile.dtype},
+        "server": {"kind": "vllm (started by us)" if profile.is_local and config.base_url is None else
+                   ("api" if not profile.is_local else "openai-compatible endpoint"),
+                   "endpoint": "chat" if config.render_mode.value == "chat" else "completions",
+                   "vllm_version": server.version if server else None, "served_models": server.models if server
+                   else None, "startup_s": result.timings["startup_s"]},
+        "data": {"path": str(Path(config.data).resolve()), "sha256": result.dataset.sha256,
+                 "questions": len(result.questions), "questions_in_data": len(result.dataset.questions),
+                 "files": [str(f.path) for f in result.dataset.files], "groups": result.dataset.groups},
+        "settings": {"protocol": config.protocol.value, "rendering": config.render_mode.value,
+                     "variant": config.variant, "letter_choices": config.letter_choices,
+                     "task_specific_prompt": config.task_specific_prompt, "number_only": profile.number_only,
+                     "temperature": 0.0,
+                     "max_tokens": ({t.value: n for t, n in TASK_WISE_MAX_TOKENS.items()}
+                                    if config.protocol is Protocol.TASK else
+                                    {"multiple-choice": 1, "other": SKILL_WISE_MAX_TOKENS}),
+                     "concurrency": config.concurrency, "timeout_s": config.timeout_s, "limit": config.limit,
+                     "refresh": config.refresh, "embedding_model": config.embeddings.english,
+                     "multilingual_model": config.embeddings.multilingual},
+        "times": {"started_at": iso(result.started_at), "finished_at": iso(result.finished_at), **result.timings},
+        "software": software(),
+        "status": result.status, "complete": result.status == "complete", "reason": result.reason,
+        "requests": {"sent": result.sent, "cached": result.cached, "errors": result.errors,
+                     "fan_out_s": round(result.seconds, 3)},
+        "counts": {"questions": len(result.questions), "answered": result.answered, "errors": result.errors,
+                   "unscored": result.unscored},
+        "tokens": {"prompt": result.prompt_tokens, "completion": result.completion_tokens},
+        "cost": {"usd": result.cost(), "usd_per_million": list(prices) if prices else None},
+        "scores": result.scores.for_model(profile.name),
+        "files": files or {},
+    })
+
+
+def samples(result: "RunResult") -> list[dict]:
+    """One record per question, in data order."""
+    out = []
+    for question, planned, row in zip(result.questions, result.planned, result.rows.iter_rows(named=True)):
+        body = planned.body
+        out.append({
+            "id": question.qid, "row": planned.row, "skill": question.skill, "task": question.task,
+            "metric": question.metric.value, "prompt": body.get("prompt", body.get("messages")),
+            "answer": row["output"], "truth": question.truth, "score": row["score"],
+            "ner": {"tp": row["tp"], "fp": row["fp"], "fn": row["fn"]} if row["tp"] is not None else None,
+            "unscored": row["unscored"], "official": row["official"],
+            "error": row["error"], "error_message": row["error_message"],
+            "finish_reason": row["finish_reason"], "prompt_tokens": row["prompt_tokens"],
+            "completion_tokens": row["completion_tokens"], "latency_s": row["latency_s"]})
+    return finite(out)
+
+
+def official_outputs(result: "RunResult", folder: Path) -> dict:
+    """`official/{data file stem}.json` for each data file whose every question has an answer."""
+    answers = {row["row"]: row["output"] for row in result.rows.iter_rows(named=True)}
+    written, skipped, start = [], {}, 0
+    for data_file in result.dataset.files:
+        rows = range(start, start + len(data_file.questions))
+        start += len(data_file.questions)
+        missing = sum(1 for r in rows if answers.get(r) is None)
+        if rows.stop > len(result.questions) or missing:
+            skipped[data_file.path.name] = (f"{missing} of {len(rows)} questions have no answer" if missing
+                                            else "outside this run's --limit")
+            continue
+        target = folder / f"{data_file.path.stem}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("w", encoding="utf-8") as handle:
+            for r in rows:
+                handle.write(json.dumps({"model_output": answers[r]}, ensure_ascii=False) + "\n")
+        written.append(target.name)
+    return {"folder": "official", "written": written, "skipped": skipped,
+            "rescore": "shopping-mmlu score --data DATA --responses official/"
+                       + (" --protocol task" if result.config.protocol is Protocol.TASK else "")
+                       + (" --letter-choices" if result.config.letter_choices else "")}
+
+
+def write_folder(result: "RunResult", output: Path) -> Path:
+    """results.json, samples.jsonl and official/ in `output`, replaced as a whole."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    try:
+        with (scratch / "samples.jsonl").open("w", encoding="utf-8") as handle:
+            for record in samples(result):
+                handle.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+        official = official_outputs(result, scratch / "official")
+        write_json_atomic(scratch / "results.json", document(result, {"samples": "samples.jsonl",
+                                                                       "official_outputs": official}))
+        if output.exists():
+            old = output.with_name(f".{output.name}.old-{scratch.name[-8:]}")
+            output.rename(old)
+            scratch.rename(output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            scratch.rename(output)
+    finally:
+        if scratch.exists():
+            shutil.rmtree(scratch, ignore_errors=True)
+    return output
+

@@ -1,0 +1,135 @@
+"""A guard between us and a vLLM server, so that no engine process outlives the command that started it.
+
+vLLM does not act on SIGTERM while it starts, and its workers can survive a signal to their group. The guard
+runs the server in a session of its own, remembers every descendant it has seen, and when it is told to stop
+(SIGTERM or SIGINT), or when its parent dies (even by SIGKILL: the kernel tells it), it sends SIGTERM to the
+server's group, then SIGKILL to every process it has seen once a short grace period has passed. It exits with
+the server's exit code. It imports nothing heavy and nothing from vLLM:
+
+    python servers/guard.py --parent PID --grace 10 -- python -m vllm.entrypoints.openai.api_server ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+POLL_S = 0.25
+
+
+def die_with_parent(sig: int) -> None:
+    """Linux: this process gets `sig` when its parent dies, however it dies."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+    except (OSError, AttributeError):
+        pass
+
+
+def _children_of(parents: set[int]) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) in parents:
+            found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class Guard:
+    def __init__(self, command: list[str], grace_s: float, parent: int) -> None:
+        self.grace_s = grace_s
+        self.parent = parent
+        self.stop_requested = False
+        self.process = subprocess.Popen(command, start_new_session=True,
+                                        preexec_fn=lambda: die_with_parent(signal.SIGKILL))
+        self.seen = {self.process.pid}
+
+    def track(self) -> None:
+        """Remember every descendant: a worker that moves to another group is still ours."""
+        self.seen |= _children_of(self.seen)
+
+    def should_stop(self) -> bool:
+        return self.stop_requested or os.getppid() != self.parent
+
+    def run(self) -> int:
+        while self.process.poll() is None:
+            if self.should_stop():
+                return self.stop()
+            self.track()
+            time.sleep(POLL_S)
+        self.track()
+        self._kill_all(signal.SIGKILL)  # the server is gone: none of its processes may stay
+        return self.process.returncode
+
+    def stop(self) -> int:
+        self.track()
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + self.grace_s
+        while time.monotonic() < deadline and any(_alive(p) for p in self.seen):
+            self.track()
+            self.process.poll()
+            time.sleep(POLL_S)
+        self._kill_all(signal.SIGKILL)
+        self.process.wait()
+        return self.process.returncode if self.process.returncode is not None else -signal.SIGKILL
+
+    def _kill_all(self, sig: int) -> None:
+        self.track()
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+        for pid in self.seen:
+            if _alive(pid):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
+    parser.add_argument("--parent", type=int, default=None, help="the pid whose death stops the server")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command to guard")
+    die_with_parent(signal.SIGTERM)
+    guard = Guard(command, args.grace, args.parent or os.getppid())
+
+    def request_stop(*_) -> None:
+        guard.stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    if os.getppid() != guard.parent:  # the parent died before the signal could be armed
+        guard.stop_requested = True
+    sys.exit(guard.run())
+
+
+if __name__ == "__main__":
+    main()
