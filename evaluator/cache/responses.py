@@ -280,9 +280,9 @@ class ResponseCache:
 
     # ------------------------------------------------------------------ claims on requests in flight
 
-    def claim(self, keys: list[str], owner: str) -> set[str]:
-        """The keys this owner may send: not answered meanwhile, and unclaimed, already its own, or held by a
-        dead or lapsed owner."""
+    def claim(self, keys: list[str], owner: str, refresh: bool = False) -> set[str]:
+        """The keys this owner may send: not answered meanwhile (unless it asks again on purpose), and
+        unclaimed, already its own, or held by a dead or lapsed owner."""
         now = time.time()
         with self._guard():
             with self.db:
@@ -295,8 +295,9 @@ class ResponseCache:
                     for key, who, expires in self.db.execute(
                             f"SELECT key, owner, expires FROM claims WHERE key IN ({marks})", chunk):
                         held[key] = (who, expires)
-                    answered.update(k for (k,) in self.db.execute(f"SELECT key FROM answers WHERE key IN ({marks})",
-                                                                  chunk))
+                    if not refresh:
+                        answered.update(k for (k,) in self.db.execute(
+                            f"SELECT key FROM answers WHERE key IN ({marks})", chunk))
                 alive: dict[str, bool] = {}
                 mine = []
                 for key in keys:

@@ -316,7 +316,7 @@ def send(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: 
         endpoint = endpoint_for(config, base_url)
         served = profile.name if profile.is_local else profile.model
         remaining = list(todo)
-        mine = cache.claim([p.key for p in remaining], owner)
+        mine = cache.claim([p.key for p in remaining], owner, config.refresh)
         probe = next((p for p in remaining if p.key in mine), None)
         if config.preflight and probe is not None:  # its answer is kept like any other
             try:
@@ -332,7 +332,7 @@ def send(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: 
         since, told = time.time(), False
         with progress.bar:
             while remaining:
-                mine = cache.claim([p.key for p in remaining], owner)
+                mine = cache.claim([p.key for p in remaining], owner, config.refresh)
                 batch = [p for p in remaining if p.key in mine]
                 if batch:
                     try:
@@ -343,10 +343,11 @@ def send(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: 
                         return outcome
                     remaining = [p for p in remaining if p.key not in mine]
                     continue
-                answered = cache.answers([p.key for p in remaining])  # answered meanwhile by another run
-                remaining = [p for p in remaining if p.key not in answered]
-                if not remaining:
-                    break
+                if not config.refresh:  # answered meanwhile by another run
+                    answered = cache.answers([p.key for p in remaining])
+                    remaining = [p for p in remaining if p.key not in answered]
+                    if not remaining:
+                        break
                 if not told:  # another live run is fetching these: wait for its answers, or its claims to end
                     config.say(console, f"{len(remaining)} question(s) are being fetched by another run on this "
                                         "cache: waiting")
