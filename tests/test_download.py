@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
 import hashlib
 import http.server
 import threading
@@ -135,3 +137,100 @@ def test_existing_destination_needs_force(tmp_path, capsys, monkeypatch):
     code, _, err = run_cli(["data", "download", "--from", archive, "--dest", dest, "--force"], capsys, monkeypatch)
     assert code == 0 and not (dest / "keep.txt").exists() and (dest / "skills").is_dir()
     assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------- hostile archives and destinations
+
+def _with_method(archive: Path, method: int) -> None:
+    """Rewrite every member's compression method in place (both headers), as a deflate64 zip would say."""
+    data = bytearray(archive.read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        start = 0
+        while (start := data.find(signature, start)) != -1:
+            data[start + offset:start + offset + 2] = method.to_bytes(2, "little")
+            start += 4
+    archive.write_bytes(bytes(data))
+
+
+def _zip(tmp_path: Path, name: str, members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> Path:
+    archive = tmp_path / name
+    with zipfile.ZipFile(archive, "w", compression) as bundle:
+        for member, content in members.items():
+            bundle.writestr(member, content)
+    return archive
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("bomb", "zip bomb"), ("encrypted", "encrypted"), ("deflate64", "compression"), ("empty", "empty"),
+    ("twice", "twice"), ("file-and-folder", "both a file and a folder"), ("symlink", "link"),
+])
+def test_hostile_archives_are_one_line_and_leave_nothing(tmp_path, capsys, monkeypatch, case, expected):
+    if case == "bomb":  # 200 MB of zeros compress to ~200 KB
+        archive = tmp_path / "bomb.zip"
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+            with bundle.open("skills/s.json", "w") as member:
+                for _ in range(200):
+                    member.write(b"\0" * 2**20)
+    elif case == "encrypted":
+        archive = _zip(tmp_path, "e.zip", {"skills/s.json": b"{}\n"})
+        data = bytearray(archive.read_bytes())
+        for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+            at = data.find(signature)
+            data[at + offset] |= 0x1  # the "encrypted" flag bit
+        archive.write_bytes(bytes(data))
+    elif case == "deflate64":
+        archive = _zip(tmp_path, "d64.zip", {"skills/s.json": b"{}\n"}, zipfile.ZIP_STORED)
+        _with_method(archive, 9)
+    elif case == "empty":
+        archive = _zip(tmp_path, "empty.zip", {})
+    elif case == "twice":
+        archive = tmp_path / "twice.zip"
+        with zipfile.ZipFile(archive, "w") as bundle:
+            bundle.writestr("skills/s.json", "{}\n")
+            with pytest.warns(UserWarning):
+                bundle.writestr("skills/s.json", "{}\n")
+    elif case == "file-and-folder":
+        archive = _zip(tmp_path, "ff.zip", {"skills": b"x", "skills/s.json": b"{}\n"})
+    else:
+        archive = tmp_path / "link.zip"
+        with zipfile.ZipFile(archive, "w") as bundle:
+            info = zipfile.ZipInfo("skills/s.json")
+            info.external_attr = (0o120777 << 16)  # a symbolic link
+            bundle.writestr(info, "/etc/passwd")
+    dest = tmp_path / "out" / "d"
+    code, _, err = run_cli(["data", "download", "--from", archive, "--dest", dest], capsys, monkeypatch)
+    assert code == 2 and expected in err and "Traceback" not in err, err
+    assert not dest.exists() and leftovers(dest.parent) == []
+
+
+def test_destinations_that_make_no_sense_are_refused(tmp_path, capsys, monkeypatch):
+    archive = build_zip(tmp_path)
+    a_file = tmp_path / "f.txt"
+    a_file.write_text("keep")
+    code, _, err = run_cli(["data", "download", "--from", archive, "--dest", a_file], capsys, monkeypatch)
+    assert code == 2 and "is a file" in err and a_file.read_text() == "keep"
+    monkeypatch.chdir(tmp_path)
+    for dest in (".", "..", str(Path.home())):
+        code, _, err = run_cli(["data", "download", "--from", archive, "--dest", dest, "--force"], capsys,
+                               monkeypatch)
+        assert code == 2 and "refusing" in err, dest
+    assert a_file.exists() and archive.exists()
+    code, _, err = run_cli(["data", "download", "--from", archive, "--dest", "d", "--sha256", "xyz"], capsys,
+                           monkeypatch)
+    assert code == 2 and "64 hexadecimal" in err
+
+
+def test_a_killed_download_leaves_a_folder_the_next_one_removes(tmp_path, capsys, monkeypatch):
+    archive = build_zip(tmp_path)
+    dest = tmp_path / "out" / "d"
+    dest.parent.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = dest.parent / f".d.partial-{dead.pid}-abc"
+    stale.mkdir()
+    (stale / "data.zip").write_bytes(b"half")
+    live = dest.parent / f".d.partial-{os.getpid()}-xyz"  # a download still running: left alone
+    live.mkdir()
+    code, _, err = run_cli(["data", "download", "--from", archive, "--dest", dest], capsys, monkeypatch)
+    assert code == 0, err
+    assert not stale.exists() and live.exists()
