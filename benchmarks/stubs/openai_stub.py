@@ -6,6 +6,11 @@ It answers `/v1/completions` and `/v1/chat/completions` with a deterministic tex
     ok, 429, 500, 502, 503, 400, stall (no answer for `stall_s`), reset (drop the connection),
     malformed (200 with a body that is not JSON), empty (200 with no choices)
 
+and, for the hostile-server tests, replies a client must survive (HOSTILE): a lone surrogate in the text,
+token counts too large for SQLite, a body nested very deeply, a 5,000-digit integer, fields of the wrong
+type, `text: null`, a 200 carrying an error object, an endless body, a body larger than any answer, a 401
+that echoes the key, and 429s whose Retry-After is garbage, huge or zero.
+
 It counts what it saw (per body, and the Authorization headers). Raw asyncio HTTP/1.1 with keep-alive, so
 one core serves thousands of requests per second. `python -m benchmarks.stubs.openai_stub --port P [--fault-share 0.1]`
 runs it on its own.
@@ -23,6 +28,8 @@ from collections import Counter
 from typing import Callable
 
 FAULTS = ("429", "500", "502", "503", "400", "stall", "reset", "malformed", "empty")
+HOSTILE = ("surrogate", "huge_tokens", "deep", "long_int", "wrong_types", "null_text", "error_200", "endless",
+           "oversized", "echo_key", "garbage_retry_after", "huge_retry_after", "zero_retry_after")
 REASONS = {200: "OK", 400: "Bad Request", 429: "Too Many Requests", 500: "Internal Server Error",
            502: "Bad Gateway", 503: "Service Unavailable"}
 
@@ -116,6 +123,10 @@ class Stub:
                 if action == "malformed":
                     await self._respond(writer, 200, b'{"choices": [{"text": "trunc')
                     continue
+                if action in HOSTILE:
+                    if not await self._hostile(action, writer, headers):
+                        return
+                    continue
                 body = json.loads(raw)
                 chat = path.endswith("/chat/completions")
                 text = answer_for(body)
@@ -129,6 +140,48 @@ class Stub:
             pass
         finally:
             writer.close()
+
+    async def _hostile(self, action: str, writer: asyncio.StreamWriter, headers: dict[str, str]) -> bool:
+        """One hostile reply; False when the connection is gone afterwards."""
+        def completion(text_json: str, usage: str = '{"prompt_tokens": 10, "completion_tokens": 3}') -> bytes:
+            return ('{"choices": [{"index": 0, "text": ' + text_json + ', "finish_reason": "stop"}], "usage": '
+                    + usage + '}').encode()
+
+        if action == "surrogate":
+            await self._respond(writer, 200, completion('"bad \\ud800 text"'))
+        elif action == "huge_tokens":
+            await self._respond(writer, 200, completion('"ok"', '{"prompt_tokens": ' + "9" * 30 + "}"))
+        elif action == "deep":
+            await self._respond(writer, 200, b"[" * 200_000 + b"]" * 200_000)
+        elif action == "long_int":
+            await self._respond(writer, 200, completion('"ok"', '{"prompt_tokens": ' + "7" * 5000 + "}"))
+        elif action == "wrong_types":
+            await self._respond(writer, 200, b'{"choices": [{"text": "typed", "finish_reason": ["x"]}], '
+                                             b'"usage": "lots"}')
+        elif action == "null_text":
+            await self._respond(writer, 200, completion("null"))
+        elif action == "error_200":
+            await self._respond(writer, 200, b'{"error": {"message": "upstream overloaded"}}')
+        elif action == "endless":  # a body with no length that never ends: only the client's cap stops it
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+                         b'{"choices": [{"text": "')
+            chunk = b"x" * 65536
+            try:
+                while True:
+                    writer.write(chunk)
+                    await writer.drain()
+            except (ConnectionError, RuntimeError):
+                return False
+        elif action == "oversized":
+            await self._respond(writer, 200, completion('"' + "y" * (8 * 2**20) + '"'))
+        elif action == "echo_key":
+            echoed = json.dumps({"error": {"message": f"invalid key {headers.get('authorization', '')}"}})
+            await self._respond(writer, 401, echoed.encode())
+        else:
+            after = {"garbage_retry_after": "soon, maybe", "huge_retry_after": "99999999",
+                     "zero_retry_after": "0"}[action]
+            await self._respond(writer, 429, b'{"error":{"message":"slow down"}}', {"Retry-After": after})
+        return True
 
     async def serve(self, port: int = 0) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", port, backlog=4096)

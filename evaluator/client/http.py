@@ -24,7 +24,7 @@ from typing import Awaitable, Callable, Iterable
 
 import aiohttp
 
-MAX_REPLY_BYTES = 4 * 2**20  # a 128-token answer is a few KiB; anything near this is not an answer
+MAX_REPLY_BYTES = 2**20  # a 128-token answer is a few KiB; anything near this is not an answer
 MAX_TOKENS_FIELD = 2**31 - 1  # usage counts above this are not token counts
 
 

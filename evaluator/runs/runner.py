@@ -483,7 +483,11 @@ def execute(config: RunConfig, console: Console, send_missing: bool = True,
                      "scoring_s": round(scoring_s, 3), "total_s": round(time.monotonic() - clock, 3)},
             started_at=started_at, finished_at=time.time(), server=sending.server, dtype=config.served_dtype())
         if save:
-            result.kept = cache.save_run(_record(result), _task_records(tasks))
+            try:
+                result.kept = cache.save_run(_record(result), _task_records(tasks))
+            except CacheFull as exc:
+                result.status = "failed"
+                result.reason = (result.reason + "; " if result.reason else "") + f"scores not saved: {exc}"
     finally:
         cache.close()
     return result

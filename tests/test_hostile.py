@@ -1,0 +1,310 @@
+"""Hostile servers, files, flags and disks: every reply ends as an answer or an error row, the run goes on,
+memory stays bounded, nothing secret is stored, and bad input is one line with exit 2."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.stubs.openai_stub import HOSTILE, Stub, answer_for
+from builders import run_cli, write_jsonl
+from evaluator.cache.responses import ResponseCache
+from evaluator.client.http import Endpoint, Reply, RetryPolicy, fan_out, retry_after_seconds
+from evaluator.paths import safe_name
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+BODY = {"model": "m", "prompt": "hello", "max_tokens": 4, "temperature": 0.0}
+FAST = RetryPolicy(max_attempts=3, max_total_s=20, base_delay_s=0.05, max_delay_s=0.2)
+
+
+def one(action: str, policy: RetryPolicy = FAST, key: str | None = None) -> Reply:
+    replies = {}
+    with Stub(lambda _d, _a: action) as stub:
+        endpoint = Endpoint(stub.base_url, chat=False, api_key=key, timeout_s=20)
+        asyncio.run(fan_out(endpoint, [("k", BODY)], lambda k, r: replies.__setitem__(k, r), policy))
+    return replies["k"]
+
+
+@pytest.mark.parametrize("action, ok, kind", [
+    ("surrogate", False, "malformed"), ("huge_tokens", True, None), ("deep", False, "malformed"),
+    ("long_int", False, "malformed"), ("wrong_types", True, None), ("null_text", False, "empty"),
+    ("error_200", False, "api_error"), ("endless", False, "oversized"), ("oversized", False, "oversized"),
+    ("echo_key", False, "http_error"), ("garbage_retry_after", False, "rate_limited"),
+    ("huge_retry_after", False, "rate_limited"), ("zero_retry_after", False, "rate_limited"),
+])
+def test_every_hostile_reply_ends_as_an_answer_or_an_error(action, ok, kind):
+    started = time.monotonic()
+    reply = one(action)
+    assert reply.ok is ok and reply.error_kind == kind, reply
+    assert time.monotonic() - started < 15  # an endless body is cut at the cap, not at the timeout
+    if ok:
+        assert reply.prompt_tokens is None or reply.prompt_tokens < 2**31  # absurd counts are dropped
+        assert reply.finish_reason is None or isinstance(reply.finish_reason, str)
+
+
+def test_retry_after_edges():
+    assert retry_after_seconds("soon, maybe") is None and retry_after_seconds("1e999") is None
+    assert retry_after_seconds("nan") is None and retry_after_seconds("-5") == 0.0
+    reply = one("huge_retry_after", RetryPolicy(max_attempts=6, max_total_s=60, base_delay_s=0.05))
+    assert reply.attempts == 1 and "asked to retry after 99,999,999 s" in reply.message
+    started = time.monotonic()
+    reply = one("zero_retry_after", RetryPolicy(max_attempts=4, max_total_s=60, base_delay_s=0.2))
+    assert reply.attempts == 4 and time.monotonic() - started >= 3 * 0.2  # a floor under Retry-After: 0
+
+
+def test_a_run_against_a_hostile_server_finishes_keeps_no_poison_and_no_secret(tmp_path):
+    marker = "marker-hostile-0123456789abcdef"
+    n = 120
+    data = write_jsonl(tmp_path / "d.json", [{"input_field": f"Q{i}?", "output_field": i % 4, "task_name": f"t{i % 3}",
+                                              "task_type": "multiple-choice", "metric": "accuracy"}
+                                             for i in range(n)])
+    modes = ("ok",) * 4 + HOSTILE
+
+    def plan(digest: str, _attempt: int) -> str:
+        return modes[int(digest[:8], 16) % len(modes)]
+
+    cache, out = tmp_path / "cache", tmp_path / "run.json"
+    with Stub(plan) as stub:
+        cmd = [sys.executable, "-m", "evaluator", "run", "--model", "hostile", "--base-url", stub.base_url,
+               "--data", str(data), "--cache", str(cache), "--json", str(out), "--no-preflight",
+               "--stop-after-failures", "1000", "--stop-error-share", "1", "--timeout", "10"]
+        done = subprocess.run(cmd, env={**ENV, "OPENAI_API_KEY": marker}, capture_output=True, text=True,
+                              timeout=600)
+        assert stub.authorizations == {f"Bearer {marker}": sum(stub.seen.values())}
+        actions = {d: plan(d, 1) for d in stub.seen}
+    assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-2000:]  # incomplete, not a crash
+    doc = json.loads(out.read_text())
+    db = ResponseCache(cache / "responses")
+    answers = db.db.execute("SELECT text, request FROM answers").fetchall()
+    errors = dict(db.db.execute("SELECT kind, count(*) FROM errors GROUP BY kind").fetchall())
+    db.close()
+    assert len(answers) + sum(errors.values()) == n == len(actions)  # every question: an answer or an error
+    for text, request in answers:  # no poisoned answer: the stub's own answer, or the typed-fields one
+        assert text in (answer_for(json.loads(request)), "typed", "ok"), text
+    assert set(errors) >= {"malformed", "empty", "api_error", "oversized", "http_error", "rate_limited"}
+    assert doc["errors"] == sum(errors.values()) and doc["status"] == "incomplete"
+    written = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    assert marker.encode() not in written and marker not in done.stdout + done.stderr
+
+
+def test_memory_stays_bounded_under_endless_bodies(tmp_path):
+    data = write_jsonl(tmp_path / "d.json", [{"input_field": f"Q{i}?", "output_field": 0, "task_name": "t",
+                                              "task_type": "multiple-choice", "metric": "accuracy"}
+                                             for i in range(256)])
+    with Stub(lambda _d, _a: "endless") as stub:
+        run = subprocess.Popen([sys.executable, "-m", "evaluator", "run", "--model", "m", "--base-url",
+                                stub.base_url, "--data", str(data), "--cache", str(tmp_path / "c"), "--no-preflight",
+                                "--stop-error-share", "1", "--concurrency", "64"], env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        peak = 0
+        while run.poll() is None:
+            try:
+                status = Path(f"/proc/{run.pid}/status").read_text()
+                peak = max(peak, int(status.split("VmHWM:")[1].split()[0]))
+            except (OSError, IndexError):
+                pass
+            time.sleep(0.05)
+    assert run.returncode == 1  # every request failed: the run failed, in seconds, with bounded memory
+    assert 0 < peak < 600 * 1024, f"peak RSS {peak / 1024:.0f} MiB"
+
+
+# ---------------------------------------------------------------- files and flags
+
+def test_json_output_never_overwrites_an_input_and_a_folder_is_refused(tmp_path, capsys, monkeypatch):
+    data = write_jsonl(tmp_path / "d.json", [{"input_field": "q", "output_field": 0, "task_name": "t",
+                                              "task_type": "multiple-choice", "metric": "accuracy"}])
+    responses = write_jsonl(tmp_path / "r.json", [{"model_output": "0"}])
+    before = data.read_bytes(), responses.read_bytes()
+    for target in (data, responses):
+        code, _, err = run_cli(["score", "--data", data, "--responses", responses, "--json", target], capsys,
+                               monkeypatch)
+        assert code == 2 and "would overwrite the input" in err
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    code, _, err = run_cli(["score", "--data", data, "--responses", responses, "--json", folder], capsys, monkeypatch)
+    assert code == 2 and "is a folder" in err
+    assert (data.read_bytes(), responses.read_bytes()) == before
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--timeout", "0"], "--timeout"), (["--timeout", "-1"], "--timeout"), (["--timeout", "inf"], "--timeout"),
+    (["--concurrency", "0"], "--concurrency"), (["--concurrency", "-5"], "--concurrency"),
+])
+def test_numbers_that_make_no_sense_are_refused(tmp_path, capsys, monkeypatch, flags, expected):
+    code, _, err = run_cli(["run", "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--data",
+                            tmp_path / "none.json", *flags], capsys, monkeypatch)
+    assert code == 2 and expected in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("entry, field", [
+    ("concurrency = -5", "models.m.concurrency"), ("requests_per_minute = -10", "models.m.requests_per_minute"),
+    ("params_b = -7", "models.m.params_b"), ("tensor_parallel_size = 0", "models.m.tensor_parallel_size"),
+    ("gpu_memory_utilization = 1.5", "models.m.gpu_memory_utilization"), ("protocl = 'task'", "models.m.protocl"),
+])
+def test_suite_values_are_checked_like_profiles(tmp_path, capsys, monkeypatch, entry, field):
+    suite = tmp_path / "s.toml"
+    suite.write_text(f"[suite]\ndata = 'd.json'\n[models]\nm = {{ model = 'x', {entry} }}\n", encoding="utf-8")
+    code, _, err = run_cli(["suite", suite, "--dry-run"], capsys, monkeypatch)
+    assert code == 2 and field in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("head, field", [
+    ("protocl = 'task'", "suite.protocl"), ("concurrency = 'lots'", "suite.concurrency"),
+    ("concurrency = -5", "suite.concurrency"), ("render = 'html'", "suite.render"),
+])
+def test_suite_head_keys_are_checked(tmp_path, capsys, monkeypatch, head, field):
+    suite = tmp_path / "s.toml"
+    suite.write_text(f"[suite]\ndata = 'd.json'\n{head}\n[models]\ndemo = {{}}\n", encoding="utf-8")
+    code, _, err = run_cli(["suite", suite, "--dry-run"], capsys, monkeypatch)
+    assert code == 2 and field in err and "Traceback" not in err, err
+
+
+def test_gpu_ids_must_be_distinct(tmp_path, capsys, monkeypatch):
+    suite = tmp_path / "s.toml"
+    suite.write_text("[suite]\ndata = 'd.json'\n[models]\ndemo = {}\n", encoding="utf-8")
+    code, _, err = run_cli(["suite", suite, "--dry-run", "--gpu-ids", "0,0", "--gpu-mem", "80"], capsys, monkeypatch)
+    assert code == 2 and "distinct" in err
+
+
+def test_profiles_file_that_is_not_utf8_or_not_toml(tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "p.toml"
+    bad.write_bytes(b"[models.x]\nmodel = '\xff\xfe'\n")
+    monkeypatch.setenv("SHOPPING_MMLU_PROFILES", str(bad))
+    code, _, err = run_cli(["models"], capsys, monkeypatch)
+    assert code == 2 and "not UTF-8" in err
+    bad.write_text("[models.x]\nmodel = 'y'\nprovider = 'vllm'\nwho = 1\n", encoding="utf-8")
+    code, _, err = run_cli(["models"], capsys, monkeypatch)
+    assert code == 2 and "models.x.who" in err and "unknown key" in err
+
+
+@pytest.mark.parametrize("name", ["/tmp/x", "../../x", "..", ".", "a/b\\c", "é ü", "x" * 500, ""])
+def test_names_never_escape_their_folder(name):
+    cleaned = safe_name(name)
+    assert "/" not in cleaned and "\\" not in cleaned and cleaned not in (".", "..") and not cleaned.startswith(".")
+    assert 0 < len(cleaned) <= 100
+    assert safe_name(name) == cleaned and (cleaned == name or safe_name(name + "!") != cleaned)
+
+
+def test_a_model_named_like_a_path_logs_inside_the_cache(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from evaluator.runs import runner
+    from servers.profiles import ModelProfile
+    from servers.vllm_server import ServerStartError, VLLMServer
+
+    seen = []
+
+    def refuse(self):
+        seen.append(self.log_path)
+        raise ServerStartError("not starting in this test")
+
+    monkeypatch.setattr(VLLMServer, "__enter__", refuse)
+    for name in ("/tmp/x", "../../x"):
+        with pytest.raises(ServerStartError):
+            runner.start_server(ModelProfile(name=name, model="org/x"), tmp_path / "cache", Console(quiet=True))
+    assert all(path.parent == tmp_path / "cache" / "logs" for path in seen)
+
+
+# ---------------------------------------------------------------- caches and disks
+
+def test_cache_that_is_a_file_or_another_database(tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "cache-file"
+    a_file.write_text("x")
+    code, _, err = run_cli(["report", "--cache", a_file], capsys, monkeypatch)
+    assert code == 2 and "no response cache" in err
+    other = tmp_path / "other" / "responses" / "responses.sqlite"
+    other.parent.mkdir(parents=True)
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE invoices (id INTEGER)")
+    db.commit()
+    db.close()
+    before = other.read_bytes()
+    for args in (["report", "--cache", other.parents[1]],
+                 ["run", "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--data", "x.json",
+                  "--cache", other.parents[1]]):
+        code, _, err = run_cli(args, capsys, monkeypatch)
+        assert code == 2 and ("not a shopping-mmlu response cache" in err or "no such file" in err), err
+    assert other.read_bytes() == before  # none of our tables added to someone else's file
+
+
+def test_read_only_commands_never_create_a_cache(tmp_path, capsys, monkeypatch):
+    missing = tmp_path / "typo"
+    for args in (["report", "--cache", missing], ["rescore", "--model", "m", "--data", "d.json", "--cache", missing],
+                 ["compare", "a", "b", "--cache", missing]):
+        code, _, err = run_cli(args, capsys, monkeypatch)
+        assert code == 2 and "no response cache" in err or "no such file" in err, err
+    assert not missing.exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode()[:200]}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_disk_too_small_for_the_night_fails_in_seconds_and_buys_nothing(tmp_path, small_disk, capsys,
+                                                                         monkeypatch):
+    data = write_jsonl(tmp_path / "d.json", [{"input_field": f"Q{i}", "output_field": 0, "task_name": "t",
+                                              "task_type": "multiple-choice", "metric": "accuracy"}
+                                             for i in range(50)])
+    with Stub() as stub:
+        code, out, err = run_cli(["run", "--model", "m", "--base-url", stub.base_url, "--data", data, "--cache",
+                                  small_disk / "cache"], capsys, monkeypatch)
+        assert sum(stub.seen.values()) == 0
+    assert code == 1 and "free" in out and "Traceback" not in err
+
+
+def test_a_disk_that_fills_during_the_run_stops_it_and_keeps_the_answers(tmp_path, small_disk, capsys, monkeypatch):
+    from evaluator.runs import runner
+
+    monkeypatch.setattr(runner, "MIN_FREE_BYTES", 0)
+    data = write_jsonl(tmp_path / "d.json", [{"input_field": f"Q{i} " + "pad " * 500, "output_field": 0,
+                                              "task_name": "t", "task_type": "multiple-choice",
+                                              "metric": "accuracy"} for i in range(3000)])
+    with Stub() as stub:
+        code, out, err = run_cli(["run", "--model", "m", "--base-url", stub.base_url, "--data", data, "--cache",
+                                  small_disk / "cache", "--concurrency", "4"], capsys, monkeypatch)
+        sent = sum(stub.seen.values())
+    assert code == 1 and "full" in out and "Traceback" not in err, out[-2000:] + err
+    assert sent < 3000  # it stopped buying
+    db = sqlite3.connect(small_disk / "cache" / "responses" / "responses.sqlite")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    kept = db.execute("SELECT count(*) FROM answers").fetchone()[0]
+    db.close()
+    assert 0 < kept <= sent
+
+
+def test_report_works_on_a_read_only_cache(tmp_path, small_disk, capsys, monkeypatch):
+    from evaluator.runs import runner
+
+    monkeypatch.setattr(runner, "MIN_FREE_BYTES", 0)
+    data = write_jsonl(tmp_path / "d.json", [{"input_field": f"Q{i}", "output_field": 0, "task_name": "t",
+                                              "task_type": "multiple-choice", "metric": "accuracy"}
+                                             for i in range(10)])
+    cache = small_disk / "cache"
+    with Stub() as stub:
+        code, _, err = run_cli(["run", "--model", "m", "--base-url", stub.base_url, "--data", data, "--cache", cache],
+                               capsys, monkeypatch)
+    assert code == 0, err
+    remounted = subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], capture_output=True)
+    if remounted.returncode != 0:
+        pytest.skip("cannot remount read-only here")
+    code, out, err = run_cli(["report", "--cache", cache, "--format", "json"], capsys, monkeypatch)
+    assert code == 0 and json.loads(out)[0]["model"] == "m", err
+    code, _, err = run_cli(["rescore", "--model", "m", "--data", data, "--cache", cache], capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err and "cannot be used" in err
