@@ -308,3 +308,51 @@ def test_report_works_on_a_read_only_cache(tmp_path, small_disk, capsys, monkeyp
     assert code == 0 and json.loads(out)[0]["model"] == "m", err
     code, _, err = run_cli(["rescore", "--model", "m", "--data", data, "--cache", cache], capsys, monkeypatch)
     assert code == 2 and "Traceback" not in err and "cannot be used" in err
+
+
+def test_a_japanese_output_mecab_cannot_take_scores_zero_and_says_why(tmp_path, capsys, monkeypatch):
+    data = write_jsonl(tmp_path / "s.json", [
+        {"input_field": "x", "output_field": "静音クリックのワイヤレスマウス", "task_name": "t", "task_type": "generation",
+         "metric": "jp-bleu"},
+        {"input_field": "y", "output_field": "静音クリックのワイヤレスマウス", "task_name": "t", "task_type": "generation",
+         "metric": "jp-bleu"}])
+    responses = write_jsonl(tmp_path / "r.json", [{"model_output": "静音" * 500_000}, {"model_output": "静音クリックのワイヤレスマウス"}])
+    out = tmp_path / "o.json"
+    code, printed, err = run_cli(["score", "--data", data, "--responses", responses, "--json", out], capsys,
+                                 monkeypatch)
+    assert code == 0 and "Traceback" not in err, err
+    task = json.loads(out.read_text())["tasks"][0]
+    assert task["score"] == pytest.approx(0.5) and "crashes on 1 row" in task["official"]
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b'{"input_field": "\\ud800", "output_field": 1, "task_name": "t", "task_type": "multiple-choice", '
+     b'"metric": "accuracy"}\n', "lone surrogate"),
+    (b'{"input_field": "q", "output_field": [1, NaN], "task_name": "t", "task_type": "ranking", "metric": "ndcg"}\n',
+     "finite relevance"),
+    (b'{"input_field": "q", "output_field": [1, 1e400], "task_name": "t", "task_type": "ranking", '
+     b'"metric": "ndcg"}\n', "finite relevance"),
+    (b'{"input_field": "q", "output_field": [99999999999999999999999], "task_name": "t", "task_type": '
+     b'"retrieval", "metric": "hit rate@3"}\n', "list of integers"),
+    (b'{"input_field": "q", "output_field": 1' + b"0" * 5000 + b', "task_name": "t", "task_type": '
+     b'"multiple-choice", "metric": "accuracy"}\n', "malformed JSON"),
+    (b'{"input_field": "ok", "output_field": 1, "task_name": "t", "task_type": "multiple-choice", '
+     b'"metric": "accuracy"}\n{"input_field": "\xff", "output_field": 1}\n', "s.json:2"),
+])
+def test_hostile_data_files_are_one_line(tmp_path, capsys, monkeypatch, content, expected):
+    data = tmp_path / "s.json"
+    data.write_bytes(content)
+    code, _, err = run_cli(["data", "info", data], capsys, monkeypatch)
+    assert code == 2 and expected in err and "Traceback" not in err, err
+
+
+def test_csv_with_a_byte_order_mark_and_a_long_field_loads_as_pandas_would(tmp_path):
+    from evaluator.data import loaders
+
+    path = tmp_path / "multiple_choice" / "x_dataset.csv"
+    path.parent.mkdir()
+    long_question = "q" * 200_000
+    path.write_bytes("\ufeffquestion,choices,answer\n".encode() +
+                     f'{long_question},"[\'a\', \'b\', \'c\', \'d\']",2\n'.encode())
+    questions = loaders.load(path).questions
+    assert len(questions) == 1 and questions[0].input == long_question and questions[0].truth == 2

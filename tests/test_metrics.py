@@ -117,7 +117,7 @@ def test_ndcg_where_the_official_code_gives_no_number_is_zero_and_says_so(protoc
         official_loop.ndcg_eval("2,-5,1", TRUTH, protocol is Protocol.TASK)
     qs = [question("ndcg", [0, 0], row=0), question("ndcg", TRUTH, row=1), question("ndcg", TRUTH, row=2)]
     task = score(responses(["1,2", "1,3,4,2", "-9"]), qs, ScoringOptions(protocol=protocol)).tasks.row(0, named=True)
-    assert task["n"] == 3 and "crashes (IndexError) on 1 row" in task["official"]
+    assert task["n"] == 3 and "crashes on 1 row(s) (first: IndexError" in task["official"]
     task = score(responses(["1,2", "1,3,4,2"]), qs[:2], ScoringOptions(protocol=protocol)).tasks.row(0, named=True)
     assert task["score"] == pytest.approx(0.5) and task["official"].startswith("official score is NaN: 1 row")
     assert score(responses(["1,3,4,2"]), qs[1:2]).tasks["official"].to_list() == [None]

@@ -72,10 +72,12 @@ def _score_metric(part: pl.DataFrame, metric: Metric, options: ScoringOptions, e
         score, official = structured.ndcg(part, protocol)
         return part.with_columns(score=score, official=official)
     elif metric is Metric.ROUGEL:
-        score = text_overlap.score_pairs(part, text_overlap.rouge_l)
+        score, official = text_overlap.score_pairs(part, text_overlap.rouge_l)
+        return part.with_columns(score=score, official=official)
     elif metric in (Metric.BLEU, Metric.JP_BLEU):
         japanese = metric is Metric.JP_BLEU
-        score = text_overlap.score_pairs(part, lambda o, t: text_overlap.bleu(o, t, japanese))
+        score, official = text_overlap.score_pairs(part, lambda o, t: text_overlap.bleu(o, t, japanese))
+        return part.with_columns(score=score, official=official)
     else:
         score = embeddings.similarity(part, metric, embedder, clip=protocol is Protocol.SKILL)
     return part.with_columns(score=score.cast(pl.Float64))

@@ -98,8 +98,8 @@ def _official_note() -> pl.Expr:
     ner_zero = (pl.col("metric") == MICRO_F1) & ((pl.col("tp") + pl.col("fp") == 0) | (pl.col("tp") + pl.col("fn") == 0))
     return (pl.when(pl.col("n") == 0).then(pl.lit(None, dtype=pl.String))
             .when(pl.col("crashes") > 0)
-            .then(pl.format("official code crashes (IndexError) on {} row(s) with an index below -len; "
-                            "we score those rows 0", pl.col("crashes")))
+            .then(pl.format("official code crashes on {} row(s) (first: {}); we score those rows 0",
+                            pl.col("crashes"), pl.col("crash")))
             .when(ner_zero)
             .then(pl.lit("official code crashes (ZeroDivisionError): no entity predicted or none to find in "
                          "the whole task; we score 0"))
@@ -126,13 +126,13 @@ def aggregate(rows: pl.DataFrame, protocol: str = "skill", totals: pl.DataFrame 
         if models.is_empty():
             models = pl.DataFrame({"model": [""]})
     scored = rows.filter(pl.col("unscored").is_null())
-    crashes = pl.col("official").str.starts_with("IndexError")
     nans = pl.col("official").str.starts_with("NaN")
+    crashes = pl.col("official").is_not_null() & ~nans
     per_task = (
         scored.group_by(keys, maintain_order=True)
         .agg(n=pl.len().cast(pl.Int64), mean=pl.col("score").mean(), row_metric=pl.col("metric").first(),
              tp=pl.col("tp").sum(), fp=pl.col("fp").sum(), fn=pl.col("fn").sum(),
-             crashes=crashes.sum(), nans=nans.sum())
+             crashes=crashes.sum(), nans=nans.sum(), crash=pl.col("official").filter(crashes).first())
     )
     unscored_counts = (rows.filter(pl.col("unscored").is_not_null())
                        .group_by(keys).agg(unscored=pl.len().cast(pl.Int64)))

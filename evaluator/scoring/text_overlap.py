@@ -73,10 +73,21 @@ def bleu(generation: str, truth: str, japanese: bool = False) -> float:
     return scorer.corpus_score([hypothesis], [[truth]]).score / 100
 
 
-def score_pairs(frame: pl.DataFrame, fn: Callable[[str, str], float]) -> pl.Series:
-    """`fn(output, truth_text)` for each distinct pair, broadcast back to the rows."""
+def score_pairs(frame: pl.DataFrame, fn: Callable[[str, str], float]) -> tuple[pl.Series, pl.Series]:
+    """`fn(output, truth_text)` for each distinct pair, broadcast back to the rows. A pair the metric itself
+    cannot score (MeCab gives up on a megabyte of Japanese, as the official code would too) scores 0, and
+    `official` says what the official code would raise."""
     pairs = frame.select("output", "truth_text")
     distinct = pairs.unique()
-    values = [fn(o, t) for o, t in distinct.iter_rows()]
-    lookup = distinct.with_columns(score=pl.Series(values, dtype=pl.Float64))
-    return pairs.join(lookup, on=["output", "truth_text"], how="left", maintain_order="left")["score"]
+    values, notes = [], []
+    for output, truth in distinct.iter_rows():
+        try:
+            values.append(fn(output, truth))
+            notes.append(None)
+        except Exception as exc:  # noqa: BLE001: the metric library's own failure on this one pair
+            values.append(0.0)
+            notes.append(f"{type(exc).__name__}: {str(exc)[:120]}")
+    lookup = distinct.with_columns(score=pl.Series(values, dtype=pl.Float64),
+                                   official=pl.Series(notes, dtype=pl.String))
+    joined = pairs.join(lookup, on=["output", "truth_text"], how="left", maintain_order="left")
+    return joined["score"], joined["official"]
