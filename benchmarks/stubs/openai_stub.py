@@ -3,7 +3,7 @@
 It answers `/v1/completions` and `/v1/chat/completions` with a deterministic text per request body
 (`stub-` + a hash of the prompt), and `/v1/models`. A `plan(body_hash, attempt)` chooses, per request, one of:
 
-    ok, 429, 500, 502, 503, 400, stall (no answer for `stall_s`), reset (drop the connection),
+    ok, 429, 500, 502, 503, 400, 401, 403, 404, stall (no answer for `stall_s`), reset (drop the connection),
     malformed (200 with a body that is not JSON), empty (200 with no choices)
 
 and, for the hostile-server tests, replies a client must survive (HOSTILE): a lone surrogate in the text,
@@ -30,8 +30,8 @@ from typing import Callable
 FAULTS = ("429", "500", "502", "503", "400", "stall", "reset", "malformed", "empty")
 HOSTILE = ("surrogate", "huge_tokens", "deep", "long_int", "wrong_types", "null_text", "error_200", "endless",
            "oversized", "echo_key", "garbage_retry_after", "huge_retry_after", "zero_retry_after")
-REASONS = {200: "OK", 400: "Bad Request", 429: "Too Many Requests", 500: "Internal Server Error",
-           502: "Bad Gateway", 503: "Service Unavailable"}
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+           429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
 
 
 def answer_for(body: dict) -> str:
@@ -116,7 +116,7 @@ class Stub:
                     await asyncio.sleep(self.stall_s)
                     writer.transport.abort()
                     return
-                if action in ("429", "500", "502", "503", "400"):
+                if action in ("429", "500", "502", "503", "400", "401", "403", "404"):
                     extra = {"Retry-After": self.retry_after} if action in ("429", "503") else {}
                     await self._respond(writer, int(action), b'{"error":{"message":"injected"}}', extra)
                     continue

@@ -224,7 +224,10 @@ class ResponseCache:
                 raise self._unusable(exc) from None
             raise
         except sqlite3.DatabaseError as exc:
-            raise self._unreadable(exc) from None
+            if any(word in str(exc) for word in ("malformed", "not a database", "encrypted", "corrupt")):
+                raise self._unreadable(exc) from None
+            raise InputError(f"the response cache refused a value ({exc}); the cache itself is fine",
+                             path=self.path) from None
 
     def close(self) -> None:
         self.db.close()
