@@ -194,6 +194,10 @@ def run_command(
     stop_min: int = typer.Option(50, "--stop-min-replies", min=1, help="... once this many replies are in"),
     no_preflight: bool = typer.Option(False, "--no-preflight", help="skip the checks before the fan-out "
                                       "(key set, endpoint answers, model served, one real request)"),
+    batch: bool = typer.Option(False, "--batch", help="send through the provider's batch API (OpenAI, "
+                               "Anthropic): about half the price, answers within 24 h; a killed run re-attaches"),
+    batch_poll: float = typer.Option(30.0, "--batch-poll", min=0.01, max=3600.0, help="seconds between polls "
+                                     "of a batch"),
     allow_incomplete: bool = ALLOW_INCOMPLETE,
     json_out: Optional[Path] = JSON_OUT,
     output: Optional[Path] = OUTPUT,
@@ -209,7 +213,8 @@ def run_command(
                        timeout_s=timeout, device=device.value, letter_choices=letter_choices,
                        task_specific_prompt=task_specific_prompt,
                        embeddings=_embeddings(embedding_model, multilingual_model),
-                       breaker=_breaker(stop_after, stop_share, stop_min), preflight=not no_preflight)
+                       breaker=_breaker(stop_after, stop_share, stop_min), preflight=not no_preflight,
+                       batch=batch, batch_poll_s=batch_poll)
     _finish(runner.execute(config, console), json_out, output, allow_incomplete)
 
 

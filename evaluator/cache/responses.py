@@ -26,12 +26,12 @@ from evaluator.cache.sqlite import open_shared
 from evaluator.errors import InputError
 from evaluator.redact import redact
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
     key TEXT PRIMARY KEY, model TEXT NOT NULL, qid TEXT NOT NULL, text TEXT NOT NULL, finish_reason TEXT,
     prompt_tokens INTEGER, completion_tokens INTEGER, latency_s REAL, attempts INTEGER,
-    created_at REAL NOT NULL, request TEXT NOT NULL);
+    created_at REAL NOT NULL, request TEXT NOT NULL, source TEXT);
 CREATE TABLE IF NOT EXISTS errors (
     key TEXT PRIMARY KEY, model TEXT NOT NULL, qid TEXT NOT NULL, kind TEXT NOT NULL, status INTEGER,
     message TEXT, attempts INTEGER, latency_s REAL, created_at REAL NOT NULL, request TEXT NOT NULL);
@@ -49,6 +49,12 @@ CREATE TABLE IF NOT EXISTS task_scores (
     score REAL, prompt_tokens INTEGER, completion_tokens INTEGER, official TEXT,
     PRIMARY KEY (run, skill, task));
 CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY, provider TEXT NOT NULL, model TEXT NOT NULL, state TEXT NOT NULL, provider_status TEXT,
+    requests INTEGER NOT NULL, done INTEGER NOT NULL, failed INTEGER NOT NULL, created_at REAL NOT NULL,
+    updated_at REAL NOT NULL, note TEXT);
+CREATE TABLE IF NOT EXISTS batch_items (
+    batch TEXT NOT NULL, key TEXT NOT NULL, qid TEXT NOT NULL, request TEXT NOT NULL, PRIMARY KEY (batch, key));
 """
 FILE_NAME = "responses.sqlite"
 OWN_TABLES = {"answers", "errors"}
@@ -115,6 +121,7 @@ class Answer:
     prompt_tokens: int | None
     completion_tokens: int | None
     latency_s: float | None = None
+    source: str | None = None  # None: a live request; "batch:<id>": a provider batch
 
 
 class CacheFull(Exception):
@@ -170,13 +177,17 @@ class ResponseCache:
                              path=self.path)
 
     def _migrate(self) -> None:
-        """Version 0/1 kept one `scores` row per task keyed on the data path: move them under runs."""
+        """Version 0/1 kept one `scores` row per task keyed on the data path: move them under runs. Version 3
+        says where each answer came from (live or a batch)."""
         if self.db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
             return
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             if self.db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
                 return
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(answers)")}
+            if "source" not in columns:
+                self.db.execute("ALTER TABLE answers ADD COLUMN source TEXT")
             old = self.db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='scores'").fetchone()
             if old:
                 rows = self.db.execute("SELECT model, data, protocol, rendering, skill, task, metric, n, errors, "
@@ -240,7 +251,7 @@ class ResponseCache:
             for start in range(0, len(keys), 500):
                 chunk = keys[start:start + 500]
                 rows = self.db.execute(
-                    "SELECT key, text, finish_reason, prompt_tokens, completion_tokens, latency_s FROM answers "
+                    "SELECT key, text, finish_reason, prompt_tokens, completion_tokens, latency_s, source FROM answers "
                     f"WHERE key IN ({','.join('?' * len(chunk))})", chunk)
                 for key, *fields in rows:
                     found[key] = Answer(*fields)
@@ -264,10 +275,12 @@ class ResponseCache:
         with self._guard():
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
-                self.db.execute("INSERT OR REPLACE INTO answers VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                self.db.execute("INSERT OR REPLACE INTO answers (key, model, qid, text, finish_reason, prompt_tokens, "
+                                "completion_tokens, latency_s, attempts, created_at, request, source) "
+                                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                                 (key, model, qid, answer.text, answer.finish_reason, answer.prompt_tokens,
                                  answer.completion_tokens, latency_s, attempts, time.time(),
-                                 json.dumps(request, ensure_ascii=False)))
+                                 json.dumps(request, ensure_ascii=False), answer.source))
                 self.db.execute("DELETE FROM errors WHERE key = ?", (key,))
                 self.db.execute("DELETE FROM claims WHERE key = ?", (key,))
 
@@ -322,6 +335,42 @@ class ResponseCache:
     def release_claims(self, owner: str) -> None:
         with self._guard():
             self.db.execute("DELETE FROM claims WHERE owner = ?", (owner,))
+
+    # ------------------------------------------------------------------ provider batches
+
+    def record_batch(self, batch_id: str, provider: str, model: str, items: list[tuple[str, str, dict]]) -> None:
+        """The batch and its questions, kept the moment it exists, so a killed run re-attaches to it."""
+        now = time.time()
+        with self._guard():
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.execute("INSERT OR REPLACE INTO batches VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                                (batch_id, provider, model, "submitted", None, len(items), 0, 0, now, now, None))
+                self.db.executemany("INSERT OR REPLACE INTO batch_items VALUES (?,?,?,?)",
+                                    [(batch_id, key, qid, json.dumps(body, ensure_ascii=False))
+                                     for key, qid, body in items])
+
+    def open_batches(self, model: str, provider: str) -> list[dict]:
+        """This model's batches whose results have not been read yet."""
+        columns = ("id", "provider", "model", "state", "provider_status", "requests", "done", "failed",
+                   "created_at", "updated_at", "note")
+        with self._guard():
+            rows = self.db.execute(f"SELECT {', '.join(columns)} FROM batches WHERE model = ? AND provider = ? "
+                                   "AND state = 'submitted' ORDER BY created_at", (model, provider)).fetchall()
+        return [dict(zip(columns, row)) for row in rows]
+
+    def batch_items(self, batch_id: str) -> dict[str, tuple[str, dict]]:
+        with self._guard():
+            rows = self.db.execute("SELECT key, qid, request FROM batch_items WHERE batch = ?", (batch_id,)).fetchall()
+        return {key: (qid, json.loads(request)) for key, qid, request in rows}
+
+    def update_batch(self, batch_id: str, state: str, provider_status: str | None, done: int, failed: int,
+                     note: str | None = None) -> None:
+        with self._guard():
+            self.db.execute("UPDATE batches SET state = ?, provider_status = ?, done = ?, failed = ?, updated_at = ?, "
+                            "note = ? WHERE id = ?",
+                            (state, _clean(provider_status, 100), done, failed, time.time(), _clean(note, 2000),
+                             batch_id))
 
     # ------------------------------------------------------------------ models, runs, scores
 

@@ -71,11 +71,21 @@ class RunConfig:
     preflight: bool = True
     label: str = ""  # printed before each line (a suite names the model)
     observer: Callable[[Reply], None] | None = None  # sees every reply (a suite's overall progress)
+    batch: bool = False  # through the provider's batch API (also when the profile says batch = true)
+    batch_poll_s: float = 30.0
+    batch_limit: int | None = None  # fewer requests per batch than the provider allows
 
     def __post_init__(self) -> None:
         if self.protocol is Protocol.SKILL and (self.letter_choices or self.task_specific_prompt):
             raise InputError("--letter-choices and --task-specific-prompt are options of the task-wise protocol "
                              "(--protocol task)")
+        if self.uses_batch and self.profile.provider not in ("openai", "anthropic"):
+            raise InputError(f"batch mode needs an OpenAI or Anthropic profile; '{self.profile.name}' is "
+                             f"{self.profile.provider}")
+
+    @property
+    def uses_batch(self) -> bool:
+        return self.batch or self.profile.batch
 
     @property
     def render_mode(self) -> Rendering:
@@ -157,10 +167,16 @@ class RunResult:
         return int(sum(t["completion_tokens"] for t in self.tasks))
 
     def cost(self) -> float | None:
-        prices = self.config.profile.prices()
-        if prices is None:
+        """USD at the prices of when it ran: live answers at the live rate, batch answers at the batch rate."""
+        profile = self.config.profile
+        if profile.prices() is None:
             return None
-        return (self.prompt_tokens * prices[0] + self.completion_tokens * prices[1]) / 1e6
+        total = 0.0
+        for batch, part in self.rows.filter(pl.col("answered")).group_by(pl.col("source").is_not_null()):
+            prices = profile.prices(batch=bool(batch[0]))
+            total += (part["prompt_tokens"].fill_null(0).sum() * prices[0]
+                      + part["completion_tokens"].fill_null(0).sum() * prices[1]) / 1e6
+        return total
 
     def document(self) -> dict:
         """The `--json` document: the `score` document plus completeness and request totals."""
@@ -268,6 +284,11 @@ def send(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: 
     under the breaker, sending only what no other live run is already fetching."""
     profile = config.profile
     outcome = _Sending()
+    if config.uses_batch:
+        from evaluator.runs.batch import send_batch
+
+        send_batch(config, todo, cache, console, outcome)
+        return outcome
     server = None
     base_url = config.base_url or profile.api_base
     if base_url is None and not profile.is_local:
@@ -397,6 +418,8 @@ def score_from_cache(questions: list[Question], planned: list[Planned], cache: R
                                         for p in planned], dtype=pl.Int64),
         "latency_s": pl.Series([answers[p.key].latency_s if p.key in answers else None for p in planned],
                                dtype=pl.Float64),
+        "source": pl.Series([answers[p.key].source if p.key in answers else None for p in planned],
+                            dtype=pl.String),
         "error": [None if p.key in answers else (f"{errors[p.key][0]}" + (f" {errors[p.key][1]}" if errors[p.key][1]
                                                                           else "") if p.key in errors
                                                  else "not asked yet") for p in planned],

@@ -1,0 +1,281 @@
+"""A loopback stand-in for OpenAI's Batch API and Anthropic's Message Batches (we cannot reach either).
+
+OpenAI: POST /v1/files, POST /v1/batches, GET /v1/batches/{id}, GET /v1/files/{id}/content,
+POST /v1/batches/{id}/cancel. Anthropic: POST /v1/messages/batches, GET /v1/messages/batches/{id},
+GET /v1/messages/batches/{id}/results, POST /v1/messages/batches/{id}/cancel. A batch moves one state per
+poll (`polls_to_end` polls to end); each request is answered with the live stub's deterministic answer to
+the same question, so batch and live answers can be compared. Faults, per stub:
+
+    expire_half      the batch expires with only half of its requests answered
+    error_share      this share of requests (by custom id) fail inside the results
+    poll_5xx         every n-th retrieve answers 500 first (the SDK retries it)
+    unknown_id       the results carry one line with a custom id nobody asked for
+
+It records every key it saw (Authorization and x-api-key headers) and every batch created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import threading
+import time
+from collections import Counter
+
+from aiohttp import web
+
+from benchmarks.stubs.openai_stub import answer_for
+
+
+def _fraction(custom_id: str) -> float:
+    return int(hashlib.sha256(custom_id.encode()).hexdigest()[:8], 16) / 2**32
+
+
+class BatchStub:
+    def __init__(self, polls_to_end: int = 3, expire_half: bool = False, error_share: float = 0.0,
+                 poll_5xx: int = 0, unknown_id: bool = False) -> None:
+        self.polls_to_end = polls_to_end
+        self.expire_half, self.error_share, self.poll_5xx, self.unknown_id = expire_half, error_share, poll_5xx, unknown_id
+        self.keys: Counter[str] = Counter()
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
+        self.retrieves = 0
+        self.ids = itertools.count(1)
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def requests_submitted(self) -> int:
+        return sum(len(b["requests"]) for b in self.batches.values())
+
+    # ---------------------------------------------------------------- shared
+
+    def _authorised(self, request: web.Request) -> bool:
+        found = [request.headers[h] for h in ("authorization", "x-api-key") if h in request.headers]
+        for key in found:
+            self.keys[key.removeprefix("Bearer ")] += 1
+        return bool(found)
+
+    def _advance(self, batch: dict) -> None:
+        batch["polls"] += 1
+        if batch["polls"] >= self.polls_to_end and not batch["ended"]:
+            batch["ended"] = True
+            batch["ended_at"] = int(time.time())
+
+    def _answers(self, batch: dict) -> list[tuple[str, dict, bool]]:
+        """(custom id, live-equivalent body, failed) for each request the batch answers."""
+        requests = batch["requests"]
+        if self.expire_half or batch.get("cancelled"):
+            requests = requests[: len(requests) // 2]
+        return [(cid, body, _fraction(cid) < self.error_share) for cid, body in requests]
+
+    def _maybe_5xx(self) -> web.Response | None:
+        self.retrieves += 1
+        if self.poll_5xx and self.retrieves % self.poll_5xx == 0:
+            return web.json_response({"error": {"message": "transient"}}, status=500)
+        return None
+
+    # ---------------------------------------------------------------- OpenAI
+
+    async def openai_file(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response({"error": {"message": "no key"}}, status=401)
+        form = await request.post()
+        upload = form["file"]
+        content = upload.file.read() if hasattr(upload, "file") else bytes(upload)
+        file_id = f"file-{next(self.ids)}"
+        self.files[file_id] = content
+        return web.json_response({"id": file_id, "object": "file", "bytes": len(content),
+                                  "created_at": int(time.time()), "filename": "input.jsonl", "purpose": "batch",
+                                  "status": "processed"})
+
+    def _openai_batch(self, batch: dict) -> dict:
+        ended = batch["ended"]
+        answered = self._answers(batch) if ended else []
+        failed = sum(1 for *_, bad in answered if bad)
+        status = ("cancelled" if batch.get("cancelled") else "expired" if self.expire_half else "completed") \
+            if ended else ("validating" if batch["polls"] == 0 else "in_progress")
+        total = len(batch["requests"])
+        return {"id": batch["id"], "object": "batch", "endpoint": batch["endpoint"], "input_file_id": batch["input"],
+                "completion_window": "24h", "status": status, "created_at": batch["created_at"],
+                "output_file_id": f"{batch['id']}-out" if ended else None,
+                "error_file_id": f"{batch['id']}-err" if ended and failed else None,
+                "metadata": batch["metadata"],
+                "request_counts": {"total": total, "completed": len(answered) - failed, "failed": failed}}
+
+    async def openai_create(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response({"error": {"message": "no key"}}, status=401)
+        payload = await request.json()
+        lines = [json.loads(line) for line in self.files[payload["input_file_id"]].splitlines() if line.strip()]
+        batch_id = f"batch_{next(self.ids)}"
+        self.batches[batch_id] = {"id": batch_id, "provider": "openai", "endpoint": payload["endpoint"],
+                                  "input": payload["input_file_id"], "metadata": payload.get("metadata"),
+                                  "requests": [(line["custom_id"], line["body"]) for line in lines],
+                                  "polls": 0, "ended": False, "created_at": int(time.time())}
+        return web.json_response(self._openai_batch(self.batches[batch_id]))
+
+    async def openai_retrieve(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response({"error": {"message": "no key"}}, status=401)
+        failure = self._maybe_5xx()
+        if failure is not None:
+            return failure
+        batch = self.batches[request.match_info["id"]]
+        self._advance(batch)
+        return web.json_response(self._openai_batch(batch))
+
+    async def openai_cancel(self, request: web.Request) -> web.Response:
+        batch = self.batches[request.match_info["id"]]
+        batch["cancelled"] = batch["ended"] = True
+        return web.json_response(self._openai_batch(batch))
+
+    async def openai_content(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response({"error": {"message": "no key"}}, status=401)
+        file_id = request.match_info["id"]
+        batch = self.batches[file_id.rsplit("-", 1)[0]]
+        chat = batch["endpoint"].endswith("chat/completions")
+        lines = []
+        for custom_id, body, failed in self._answers(batch):
+            if file_id.endswith("-err") and failed:
+                lines.append({"id": "r", "custom_id": custom_id, "response": {
+                    "status_code": 400, "body": {"error": {"message": "injected per-request error"}}}, "error": None})
+            elif file_id.endswith("-out") and not failed:
+                text = answer_for(body)
+                choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                          if chat else {"index": 0, "text": text, "finish_reason": "stop"})
+                lines.append({"id": "r", "custom_id": custom_id, "error": None, "response": {
+                    "status_code": 200, "request_id": "q", "body": {
+                        "id": "c", "object": "chat.completion", "choices": [choice],
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}}})
+        if file_id.endswith("-out") and self.unknown_id:
+            lines.append({"id": "r", "custom_id": "nobody-asked", "error": None, "response": {
+                "status_code": 200, "body": {"choices": [{"index": 0, "text": "x"}]}}})
+        return web.Response(body="".join(json.dumps(x) + "\n" for x in lines).encode(),
+                            content_type="application/octet-stream")
+
+    # ---------------------------------------------------------------- Anthropic
+
+    def _anthropic_batch(self, batch: dict) -> dict:
+        ended = batch["ended"]
+        answered = self._answers(batch) if ended else []
+        errored = sum(1 for *_, bad in answered if bad)
+        total = len(batch["requests"])
+        expired = total - len(answered) if ended and not batch.get("cancelled") else 0
+        canceled = total - len(answered) if ended and batch.get("cancelled") else 0
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(batch["created_at"]))
+        return {"id": batch["id"], "type": "message_batch", "processing_status": "ended" if ended else "in_progress",
+                "request_counts": {"processing": 0 if ended else total, "succeeded": len(answered) - errored,
+                                   "errored": errored, "canceled": canceled, "expired": expired},
+                "created_at": stamp, "expires_at": stamp, "ended_at": stamp if ended else None, "archived_at": None,
+                "cancel_initiated_at": None,
+                "results_url": f"http://127.0.0.1:{self.port}/v1/messages/batches/{batch['id']}/results"
+                if ended else None}
+
+    async def anthropic_create(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response({"error": {"message": "no key"}}, status=401)
+        payload = await request.json()
+        batch_id = f"msgbatch_{next(self.ids)}"
+        requests = []
+        for item in payload["requests"]:
+            params = item["params"]
+            messages = ([{"role": "system", "content": params["system"]}] if "system" in params else []) + \
+                params["messages"]
+            requests.append((item["custom_id"], {"messages": messages}))  # the live-equivalent body
+        self.batches[batch_id] = {"id": batch_id, "provider": "anthropic", "requests": requests, "polls": 0,
+                                  "ended": False, "created_at": int(time.time())}
+        return web.json_response(self._anthropic_batch(self.batches[batch_id]))
+
+    async def anthropic_retrieve(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response({"error": {"message": "no key"}}, status=401)
+        failure = self._maybe_5xx()
+        if failure is not None:
+            return failure
+        batch = self.batches[request.match_info["id"]]
+        self._advance(batch)
+        return web.json_response(self._anthropic_batch(batch))
+
+    async def anthropic_cancel(self, request: web.Request) -> web.Response:
+        batch = self.batches[request.match_info["id"]]
+        batch["cancelled"] = batch["ended"] = True
+        return web.json_response(self._anthropic_batch(batch))
+
+    async def anthropic_results(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response({"error": {"message": "no key"}}, status=401)
+        batch = self.batches[request.match_info["id"]]
+        lines = []
+        for custom_id, body, failed in self._answers(batch):
+            if failed:
+                lines.append({"custom_id": custom_id, "result": {"type": "errored", "error": {
+                    "type": "error", "error": {"type": "invalid_request_error", "message": "injected"}}}})
+            else:
+                lines.append({"custom_id": custom_id, "result": {"type": "succeeded", "message": {
+                    "id": "m", "type": "message", "role": "assistant", "model": "claude",
+                    "content": [{"type": "text", "text": answer_for(body)}], "stop_reason": "end_turn",
+                    "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 3}}}})
+        answered = {line["custom_id"] for line in lines}
+        for custom_id, _ in batch["requests"]:
+            if custom_id not in answered:
+                lines.append({"custom_id": custom_id, "result": {"type": "canceled" if batch.get("cancelled")
+                                                                 else "expired"}})
+        if self.unknown_id:
+            lines.append({"custom_id": "nobody-asked", "result": {"type": "expired"}})
+        return web.Response(body="".join(json.dumps(x) + "\n" for x in lines).encode(),
+                            content_type="application/binary")
+
+    # ---------------------------------------------------------------- life cycle
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=512 * 2**20)
+        app.add_routes([
+            web.post("/v1/files", self.openai_file), web.post("/v1/batches", self.openai_create),
+            web.get("/v1/batches/{id}", self.openai_retrieve), web.post("/v1/batches/{id}/cancel", self.openai_cancel),
+            web.get("/v1/files/{id}/content", self.openai_content),
+            web.post("/v1/messages/batches", self.anthropic_create),
+            web.get("/v1/messages/batches/{id}", self.anthropic_retrieve),
+            web.get("/v1/messages/batches/{id}/results", self.anthropic_results),
+            web.post("/v1/messages/batches/{id}/cancel", self.anthropic_cancel)])
+        return app
+
+    def start(self, port: int = 0) -> "BatchStub":
+        ready = threading.Event()
+
+        def main() -> None:
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+            self._runner = web.AppRunner(self.app(), access_log=None)
+            self._loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, "127.0.0.1", port)
+            self._loop.run_until_complete(site.start())
+            self.port = site._server.sockets[0].getsockname()[1]
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=main, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    def __enter__(self) -> "BatchStub":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,79 @@
+"""Anthropic's Message Batches through the `anthropic` SDK: the requests go in the create call (custom id and
+Messages parameters), the batch is polled until it has ended, and its results stream as JSONL (succeeded,
+errored, canceled or expired per request). Our chat body becomes Messages parameters: the system message is
+the `system` parameter, the user message the only message."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from evaluator.client.batch import BatchRequest, BatchState, sdk
+from evaluator.client.http import MAX_TOKENS_FIELD, Reply
+from evaluator.errors import InputError
+
+
+class AnthropicBatches:
+    name = "anthropic"
+    max_requests = 100_000
+    max_bytes = 256 * 2**20
+
+    def __init__(self, api_key: str | None, base_url: str | None) -> None:
+        anthropic = sdk("anthropic")
+        root = base_url[: -len("/v1")] if base_url and base_url.rstrip("/").endswith("/v1") else base_url
+        self.client = anthropic.Anthropic(api_key=api_key, base_url=root.rstrip("/") if root else None,
+                                          max_retries=5, timeout=120.0)
+
+    @staticmethod
+    def params(body: dict) -> dict:
+        messages = body.get("messages")
+        if not messages:
+            raise InputError("Anthropic batches take chat requests: use --render chat (the profile's default)")
+        system = [m["content"] for m in messages if m["role"] == "system"]
+        params = {"model": body["model"], "max_tokens": body["max_tokens"], "temperature": body["temperature"],
+                  "messages": [m for m in messages if m["role"] != "system"]}
+        if system:
+            params["system"] = "\n".join(system)
+        return params
+
+    def submit(self, requests: list[BatchRequest], chat: bool, tag: str) -> str:
+        batch = self.client.messages.batches.create(
+            requests=[{"custom_id": r.key, "params": self.params(r.body)} for r in requests])
+        return batch.id
+
+    def poll(self, batch_id: str) -> BatchState:
+        batch = self.client.messages.batches.retrieve(batch_id)
+        counts = batch.request_counts
+        failed = counts.errored + counts.canceled + counts.expired
+        done = counts.succeeded + failed
+        return BatchState(status=batch.processing_status, total=done + counts.processing, done=done,
+                          failed=failed, ended=batch.processing_status == "ended")
+
+    def results(self, batch_id: str, chat: bool) -> Iterator[tuple[str, Reply]]:
+        for item in self.client.messages.batches.results(batch_id):
+            key = getattr(item, "custom_id", None)
+            result = getattr(item, "result", None)
+            if not isinstance(key, str) or result is None:
+                continue
+            kind = getattr(result, "type", None)
+            if kind == "succeeded":
+                message = result.message
+                texts = [b.text for b in message.content if getattr(b, "type", None) == "text"]
+                if not texts:
+                    yield key, Reply(False, 1, 0.0, error_kind="empty", message="the batch result has no text")
+                    continue
+                usage = getattr(message, "usage", None)
+                yield key, Reply(True, 1, 0.0, "".join(texts), message.stop_reason,
+                                 _count(getattr(usage, "input_tokens", None)),
+                                 _count(getattr(usage, "output_tokens", None)))
+            else:
+                error = getattr(result, "error", None)
+                detail = getattr(getattr(error, "error", error), "message", None) if error is not None else None
+                yield key, Reply(False, 1, 0.0, error_kind=f"batch_{kind or 'unknown'}",
+                                 message=f"batch request {kind}: {str(detail or '')[:500]}".rstrip(": "))
+
+    def cancel(self, batch_id: str) -> None:
+        self.client.messages.batches.cancel(batch_id)
+
+
+def _count(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS_FIELD else None

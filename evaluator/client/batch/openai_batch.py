@@ -1,0 +1,89 @@
+"""OpenAI's Batch API through the `openai` SDK: a JSONL file of requests (purpose "batch"), a batch over it
+(completion window 24 h), its status and request counts, then its output and error files, matched to our
+requests by custom id (the order is not kept)."""
+
+from __future__ import annotations
+
+import json
+from typing import Iterator
+
+from evaluator.client.batch import BatchRequest, BatchState, sdk
+from evaluator.client.http import Fault, Reply, parse_reply
+
+ENDED = {"completed", "failed", "expired", "cancelled"}
+
+
+class OpenAIBatches:
+    name = "openai"
+    max_requests = 50_000  # the provider's limits per batch
+    max_bytes = 200 * 2**20
+
+    def __init__(self, api_key: str | None, base_url: str | None) -> None:
+        openai = sdk("openai")
+        self.client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=5, timeout=120.0)
+
+    @staticmethod
+    def line(request: BatchRequest, chat: bool) -> bytes:
+        url = "/v1/chat/completions" if chat else "/v1/completions"
+        return (json.dumps({"custom_id": request.key, "method": "POST", "url": url, "body": request.body},
+                           ensure_ascii=False) + "\n").encode("utf-8")
+
+    def submit(self, requests: list[BatchRequest], chat: bool, tag: str) -> str:
+        payload = b"".join(self.line(r, chat) for r in requests)
+        upload = self.client.files.create(file=("shopping-mmlu-batch.jsonl", payload), purpose="batch")
+        batch = self.client.batches.create(input_file_id=upload.id, completion_window="24h",
+                                           endpoint="/v1/chat/completions" if chat else "/v1/completions",
+                                           metadata={"shopping_mmlu": tag[:512]})
+        return batch.id
+
+    def poll(self, batch_id: str) -> BatchState:
+        batch = self.client.batches.retrieve(batch_id)
+        counts = batch.request_counts
+        total = counts.total if counts else 0
+        failed_batch = None
+        if batch.status == "failed":
+            errors = getattr(batch.errors, "data", None) or []
+            failed_batch = "; ".join(str(getattr(e, "message", e))[:200] for e in errors[:3]) or "failed"
+        return BatchState(status=batch.status, total=total, done=counts.completed if counts else 0,
+                          failed=counts.failed if counts else 0, ended=batch.status in ENDED,
+                          failed_batch=failed_batch)
+
+    def results(self, batch_id: str, chat: bool) -> Iterator[tuple[str, Reply]]:
+        batch = self.client.batches.retrieve(batch_id)
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            if not file_id:
+                continue
+            content = self.client.files.content(file_id).read()
+            for raw in content.splitlines():
+                if raw.strip():
+                    yield from _result(raw, chat)
+
+    def cancel(self, batch_id: str) -> None:
+        self.client.batches.cancel(batch_id)
+
+
+def _result(raw: bytes, chat: bool) -> Iterator[tuple[str, Reply]]:
+    """One output or error line as (custom id, Reply); a line we cannot read yields nothing."""
+    try:
+        line = json.loads(raw)
+    except (ValueError, RecursionError):
+        return
+    if not isinstance(line, dict) or not isinstance(line.get("custom_id"), str):
+        return
+    key = line["custom_id"]
+    response, error = line.get("response"), line.get("error")
+    if isinstance(response, dict) and response.get("status_code") == 200 and isinstance(response.get("body"), dict):
+        try:
+            text, finish, prompt_tokens, completion_tokens = parse_reply(json.dumps(response["body"]).encode(), chat)
+        except Fault as fault:
+            yield key, Reply(False, 1, 0.0, error_kind=fault.kind, status=fault.status, message=str(fault))
+            return
+        yield key, Reply(True, 1, 0.0, text, finish, prompt_tokens, completion_tokens)
+        return
+    status = response.get("status_code") if isinstance(response, dict) else None
+    detail = error if error else (response.get("body") if isinstance(response, dict) else None)
+    message = detail.get("message") if isinstance(detail, dict) else detail
+    if isinstance(detail, dict) and isinstance(detail.get("error"), dict):
+        message = detail["error"].get("message")
+    yield key, Reply(False, 1, 0.0, error_kind="batch_error", status=status if isinstance(status, int) else None,
+                     message=f"batch request failed: {str(message)[:500]}")

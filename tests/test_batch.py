@@ -1,0 +1,178 @@
+"""Provider batch APIs (OpenAI, Anthropic) through their real SDKs against a loopback stub of both surfaces:
+answers land in the same cache as live ones, a killed run re-attaches instead of resubmitting, partial and
+failed batches leave error rows the next run asks again, and the scores equal those of the same answers
+sent live."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("openai", reason="the batch extra is not installed: pip install 'shopping-mmlu[batch]'")
+pytest.importorskip("anthropic", reason="the batch extra is not installed: pip install 'shopping-mmlu[batch]'")
+
+from rich.console import Console  # noqa: E402
+
+from benchmarks.stubs.batch_stub import BatchStub  # noqa: E402
+from benchmarks.stubs.openai_stub import Stub  # noqa: E402
+from builders import run_cli, write_jsonl  # noqa: E402
+from evaluator.cache.responses import ResponseCache  # noqa: E402
+from evaluator.runs import runner  # noqa: E402
+from evaluator.runs import suite as suite_runner  # noqa: E402
+from evaluator.runs.runner import RunConfig  # noqa: E402
+from servers.profiles import ModelProfile, get_profile  # noqa: E402
+from servers.suite import Suite  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+N = 40
+KEYS = {"openai": ("OPENAI_BATCH_TEST_KEY", "marker-openai-batch-0123456789"),
+        "anthropic": ("ANTHROPIC_BATCH_TEST_KEY", "marker-anthropic-batch-0123456789")}
+
+
+def data_file(tmp_path: Path, n: int = N) -> Path:
+    return write_jsonl(tmp_path / "d.json", [{"input_field": f"Q{i}?", "output_field": f"stub answer {i}",
+                                              "task_name": f"t{i % 2}", "task_type": "generation",
+                                              "metric": "rougel"} for i in range(n)])
+
+
+def profiles_file(tmp_path: Path, monkeypatch, base_url: str, batch: bool = True) -> Path:
+    lines = []
+    for provider, (env, key) in KEYS.items():
+        monkeypatch.setenv(env, key)
+        lines.append(f'[models.{provider}-model]\nprovider = "{provider}"\nmodel = "{provider}-x"\n'
+                     f'api_base = "{base_url}"\napi_key_env = "{env}"\nrendering = "chat"\nbatch = {str(batch).lower()}\n'
+                     'price_input = 2.0\nprice_output = 8.0\n')
+    path = tmp_path / f"profiles-{batch}.toml"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    monkeypatch.setenv("SHOPPING_MMLU_PROFILES", str(path))
+    return path
+
+
+def run_args(model: str, data: Path, cache: Path, *extra) -> list:
+    return ["run", "--model", model, "--data", data, "--cache", cache, "--batch-poll", "0.05", *extra]
+
+
+def cached(cache: Path) -> tuple[dict, dict]:
+    db = ResponseCache(cache / "responses")
+    sources = dict(db.db.execute("SELECT key, source FROM answers").fetchall())
+    errors = dict(db.db.execute("SELECT key, kind FROM errors").fetchall())
+    db.close()
+    return sources, errors
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_batch_answers_score_exactly_as_the_same_answers_sent_live(tmp_path, capsys, monkeypatch, provider):
+    data, model = data_file(tmp_path), f"{provider}-model"
+    with BatchStub(polls_to_end=3) as stub:
+        profiles_file(tmp_path, monkeypatch, stub.base_url)
+        code, out, err = run_cli(run_args(model, data, tmp_path / "batch", "--json", tmp_path / "b.json"), capsys,
+                                 monkeypatch)
+        assert code == 0, out + err
+        assert stub.requests_submitted == N and len(stub.batches) == 1
+        assert set(stub.keys) == {KEYS[provider][1]}  # the key reached the provider, and only there
+    sources, errors = cached(tmp_path / "batch")
+    assert len(sources) == N and not errors and all(s.startswith("batch:") for s in sources.values())
+    with Stub() as live:
+        profiles_file(tmp_path, monkeypatch, live.base_url, batch=False)
+        code, out, err = run_cli(["run", "--model", model, "--data", data, "--cache", tmp_path / "live", "--json",
+                                  tmp_path / "l.json"], capsys, monkeypatch)
+        assert code == 0, out + err
+    batch_doc, live_doc = (json.loads((tmp_path / name).read_text()) for name in ("b.json", "l.json"))
+    assert batch_doc["tasks"] == live_doc["tasks"] and batch_doc["overall"] == live_doc["overall"]
+    assert set(sources) == set(cached(tmp_path / "live")[0])  # the same cache keys, live or batch
+    written = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "profiles" not in p.name)
+    assert KEYS[provider][1].encode() not in written and KEYS[provider][1] not in out + err
+
+
+def test_a_run_killed_while_polling_reattaches_and_never_resubmits(tmp_path, monkeypatch):
+    data, cache = data_file(tmp_path), tmp_path / "cache"
+    env_key, key = KEYS["openai"]
+    with BatchStub(polls_to_end=60) as stub:
+        profiles = profiles_file(tmp_path, monkeypatch, stub.base_url)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", env_key: key,
+               "SHOPPING_MMLU_PROFILES": str(profiles)}
+        cmd = [sys.executable, "-m", "evaluator", *map(str, run_args("openai-model", data, cache))]
+        first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        seen = ""
+        while "submitted batch" not in seen:
+            line = first.stdout.readline()
+            assert line, seen
+            seen += line
+        time.sleep(0.3)  # polling now
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        assert stub.requests_submitted == N
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+        assert "re-attaching to batch" in second.stdout
+        assert stub.requests_submitted == N and len(stub.batches) == 1  # the same questions, never twice
+    assert len(cached(cache)[0]) == N
+
+
+def test_an_expired_batch_leaves_error_rows_the_next_run_asks_again(tmp_path, capsys, monkeypatch):
+    data, cache = data_file(tmp_path), tmp_path / "cache"
+    with BatchStub(expire_half=True, unknown_id=True) as stub:
+        profiles_file(tmp_path, monkeypatch, stub.base_url)
+        code, out, _ = run_cli(run_args("anthropic-model", data, cache), capsys, monkeypatch)
+        assert code == 3 and "expired" in out and "1 unknown" in out, out  # incomplete, not a crash
+        sources, errors = cached(cache)
+        assert len(sources) == N // 2 and len(errors) == N // 2 and set(errors.values()) == {"batch_expired"}
+        stub.expire_half = False
+        code, out, _ = run_cli(run_args("anthropic-model", data, cache), capsys, monkeypatch)
+        assert code == 0, out
+        assert stub.requests_submitted == N + N // 2  # only the missing half again
+    assert len(cached(cache)[0]) == N and not cached(cache)[1]
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_per_request_errors_and_5xx_while_polling(tmp_path, capsys, monkeypatch, provider):
+    data, cache = data_file(tmp_path), tmp_path / "cache"
+    with BatchStub(error_share=0.25, poll_5xx=2) as stub:
+        profiles_file(tmp_path, monkeypatch, stub.base_url)
+        code, out, err = run_cli(run_args(f"{provider}-model", data, cache), capsys, monkeypatch)
+        assert stub.retrieves >= 4  # it kept polling through the 500s
+    sources, errors = cached(cache)
+    assert code == 3 and errors and len(sources) + len(errors) == N, out + err
+    assert set(errors.values()) == {"batch_error" if provider == "openai" else "batch_errored"}
+
+
+def test_several_batches_where_the_size_limit_requires_and_the_batch_rate(tmp_path, monkeypatch):
+    data, cache = data_file(tmp_path), tmp_path / "cache"
+    with BatchStub() as stub:
+        profiles_file(tmp_path, monkeypatch, stub.base_url)
+        config = RunConfig(profile=get_profile("openai-model"), data=data, cache_dir=cache, batch_poll_s=0.02,
+                           batch_limit=15, progress=False)
+        result = runner.execute(config, Console(quiet=True))
+        assert len(stub.batches) == 3 and sorted(len(b["requests"]) for b in stub.batches.values()) == [10, 15, 15]
+    assert result.status == "complete" and result.sent == N
+    assert result.cost() == pytest.approx(N * (10 * 1.0 + 3 * 4.0) / 1e6)  # half the live prices
+
+
+def test_a_suite_with_a_local_model_and_both_api_models_in_batch_mode(tmp_path, monkeypatch):
+    data, cache = data_file(tmp_path), tmp_path / "cache"
+
+    class LocalServer:
+        def __init__(self, base_url: str) -> None:
+            self.base_url = base_url
+
+        def stop(self) -> None:
+            pass
+
+    with BatchStub() as batches, Stub() as live:
+        profiles_file(tmp_path, monkeypatch, batches.base_url)
+        models = [ModelProfile(name="local-7b", model="org/local-7b", params_b=7),
+                  get_profile("openai-model"), get_profile("anthropic-model")]
+        suite = Suite(name="mixed", data=data, protocol="skill", render=None, concurrency=8, models=models)
+        outcomes = suite_runner.run_suite(suite, [], cache, Console(quiet=True), batch_poll_s=0.02,
+                                          start_server=lambda *a, **k: LocalServer(live.base_url))
+        assert batches.requests_submitted == 2 * N and sum(live.seen.values()) == N
+    assert [o.status for o in outcomes] == ["complete"] * 3
+    by_model = {o.model: o for o in outcomes}
+    assert all(o.overall is not None and o.errors == 0 for o in outcomes)
