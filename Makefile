@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet "$(TORCH)"
-	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[test,batch,ray]'
 	touch $@
 
 # vLLM plus what converts the demo model's GGUF; its torchvision/torchaudio builds break `import transformers`.
@@ -29,8 +29,10 @@ $(VLLM_VENV)/.installed:
 .PHONY: install demo test
 install: $(VENV)/.installed $(VLLM_VENV)/.installed
 
+# The sample set's multilingual rows need a model that is not on PyPI: offline they stay "not scored" and
+# the demo says "incomplete"; --allow-incomplete keeps its exit code 0 for `make`.
 demo: install
-	$(VENV)/bin/shopping-mmlu demo
+	$(VENV)/bin/shopping-mmlu demo --allow-incomplete
 
 test: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest

@@ -387,27 +387,43 @@ def suite_command(
                                           "<cache>/suites/<suite name>): log, per-model results, leaderboard, "
                                           "summary, HTML report"),
     timeout: float = typer.Option(300.0, "--timeout", min=0.001, max=86400.0, help="seconds per request attempt"),
+    ray: Optional[str] = typer.Option(None, "--ray", help="run the local models' servers on this Ray cluster: "
+                                      "its address, or 'auto' for the one this machine belongs to"),
+    nodes: Optional[int] = typer.Option(None, "--nodes", min=1, max=10_000, help="with --dry-run: plan a cluster "
+                                        "of N nodes, each with --gpus GPUs of --gpu-mem GiB"),
     allow_incomplete: bool = ALLOW_INCOMPLETE,
 ) -> None:
-    """Run every model of a suite: local ones packed onto the GPUs, API ones at once; resumable."""
+    """Run every model of a suite: local ones packed onto the GPUs (of this node, or of a Ray cluster), API
+    ones at once; resumable."""
     from evaluator.runs import suite as suite_runner
     from evaluator.reports import suite as suite_report
-    from servers.planner import Gpu  # noqa: F401 (typing of the inventory)
+    from evaluator.scoring.embeddings import default_cache_dir
     from servers.suite import load_suite
 
     suite = load_suite(suite_file)
-    inventory = _inventory(gpus, gpu_ids, gpu_mem)
+    if nodes is not None and not (dry_run and gpus and gpu_mem):
+        raise InputError("--nodes plans a cluster: use it with --dry-run, --gpus and --gpu-mem", field="--nodes")
+    inventory = _inventory(gpus, gpu_ids, gpu_mem, nodes or 1)
     if dry_run:
         suite_report.print_dry_run(suite, inventory, console)
         return
-    outcomes = suite_runner.run_suite_to_folder(suite, inventory, cache, output, console, timeout_s=timeout)
+    ray_servers = None
+    if ray is not None:
+        from servers.ray_cluster import RayServers, cluster_inventory
+
+        ray_servers = RayServers(ray, (cache or default_cache_dir()) / "logs")
+        inventory = cluster_inventory(gpu_mem or 80.0)
+        console.print(f"Ray cluster at {escape(ray)}: {len(inventory)} GPU(s)"
+                      + ("" if gpu_mem else " (planned at 80 GiB each: pass --gpu-mem)"))
+    outcomes = suite_runner.run_suite_to_folder(suite, inventory, cache, output, console, timeout_s=timeout,
+                                                ray_servers=ray_servers)
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(EXIT_FAILED)
     if any(o.status != "complete" for o in outcomes) and not allow_incomplete:
         raise typer.Exit(EXIT_INCOMPLETE)
 
 
-def _inventory(count: Optional[int], ids: Optional[str], memory: Optional[float]):
+def _inventory(count: Optional[int], ids: Optional[str], memory: Optional[float], nodes: int = 1):
     """nvidia-smi's GPUs, or the ones the flags describe (for planning and tests)."""
     from servers.planner import read_inventory, synthetic_inventory
 
@@ -429,7 +445,7 @@ def _inventory(count: Optional[int], ids: Optional[str], memory: Optional[float]
         return [listed[i] for i in chosen]
     if count and memory is None:
         raise InputError("--gpus needs --gpu-mem (GiB per GPU)", field="--gpu-mem")
-    return synthetic_inventory(count, memory or 0.0)
+    return synthetic_inventory(count, memory or 0.0, nodes=nodes)
 
 
 @app.command("serve")

@@ -26,6 +26,7 @@ class Gpu:
     index: int
     name: str
     memory_gib: float
+    node: int = 0  # which node of a cluster (0 on one node)
 
 
 def read_inventory(smi_output: str | None = None) -> list[Gpu]:
@@ -47,8 +48,19 @@ def read_inventory(smi_output: str | None = None) -> list[Gpu]:
     return gpus
 
 
-def synthetic_inventory(count: int, memory_gib: float, ids: list[int] | None = None) -> list[Gpu]:
-    return [Gpu(i, "planned", memory_gib) for i in (ids if ids is not None else range(count))]
+def synthetic_inventory(count: int, memory_gib: float, ids: list[int] | None = None, nodes: int = 1) -> list[Gpu]:
+    """`count` GPUs per node on `nodes` nodes (indices run on across nodes), for planning and tests."""
+    if ids is not None:
+        return [Gpu(i, "planned", memory_gib) for i in ids]
+    return [Gpu(n * count + i, "planned", memory_gib, n) for n in range(nodes) for i in range(count)]
+
+
+def per_node(gpus: list[Gpu]) -> int:
+    """GPUs on the largest node."""
+    counts: dict[int, int] = {}
+    for g in gpus:
+        counts[g.node] = counts.get(g.node, 0) + 1
+    return max(counts.values(), default=0)
 
 
 def memory_gib(profile: ModelProfile) -> float:
@@ -100,9 +112,13 @@ def schedule(profiles: list[ModelProfile], gpus: list[Gpu], startup_s, eval_s, o
     that are still evaluating another model."""
     def tp_for(p: ModelProfile) -> int | None:
         tp = tensor_parallel(p, min(g.memory_gib for g in gpus), len(gpus)) if gpus else None
-        return tp * 2 if widen and tp is not None and tp >= 2 and tp * 2 <= len(gpus) else tp
+        if tp is not None and tp > per_node(gpus) and tp % per_node(gpus):
+            tp = -(-tp // per_node(gpus)) * per_node(gpus)  # across nodes: whole nodes
+        return tp * 2 if widen and tp is not None and 2 <= tp < per_node(gpus) and tp * 2 <= per_node(gpus) else tp
 
     plans = [Placement(p, tp_for(p), memory_gib(p)) for p in profiles]
+    node_of = {g.index: g.node for g in gpus}
+    width = per_node(gpus)
     unplaceable = [p for p in plans if p.tp is None]
     priority = {"memory": lambda p: p.memory_gib,
                 "gpu_seconds": lambda p: eval_s(p.profile, p.tp) * p.tp,
@@ -159,6 +175,27 @@ def schedule(profiles: list[ModelProfile], gpus: list[Gpu], startup_s, eval_s, o
     sequential = sum(startup_s(p.profile, p.tp) + eval_s(p.profile, p.tp) for p in done)
     busy = busy_total / (wall * len(gpus)) if wall and gpus else 0.0
     return Schedule(sorted(done, key=lambda p: p.start_s), unplaceable, wall, busy, sequential)
+
+
+def _choose(candidates: list[int], tp: int, node_of: dict[int, int], width: int) -> list[int] | None:
+    """`tp` free GPUs on one node (the first node in `candidates` order that has them), or, for a model
+    larger than a node, whole nodes; None if they are not free now."""
+    by_node: dict[int, list[int]] = {}
+    for i in candidates:
+        by_node.setdefault(node_of[i], []).append(i)
+    if tp <= width:
+        for gpus in by_node.values():
+            if len(gpus) >= tp:
+                return gpus[:tp]
+        return None
+    whole = [gpus for gpus in by_node.values() if len(gpus) == width]
+    need = tp // width
+    return [i for gpus in whole[:need] for i in gpus] if len(whole) >= need else None
+
+
+def split_parallel(tp: int, width: int) -> tuple[int, int]:
+    """(tensor, pipeline) sizes for `tp` GPUs on nodes of `width`: tensor within a node, pipeline across."""
+    return (tp, 1) if tp <= width or width == 0 else (width, tp // width)
 
 
 def estimated_startup_s(profile: ModelProfile, tp: int) -> float:

@@ -183,8 +183,8 @@ class Stub:
             await self._respond(writer, 429, b'{"error":{"message":"slow down"}}', {"Retry-After": after})
         return True
 
-    async def serve(self, port: int = 0) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", port, backlog=4096)
+    async def serve(self, port: int = 0, host: str = "127.0.0.1") -> None:
+        self._server = await asyncio.start_server(self._handle, host, port, backlog=4096)
         self.port = self._server.sockets[0].getsockname()[1]
 
     def start(self, port: int = 0) -> "Stub":
@@ -234,13 +234,14 @@ def share_plan(share: float, faults: tuple[str, ...] = FAULTS, seed: int = 0) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description="OpenAI-compatible stub server")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--fault-share", type=float, default=0.0)
     parser.add_argument("--latency", type=float, nargs=2, default=(0.0, 0.0), metavar=("MIN", "MAX"))
     args = parser.parse_args()
     stub = Stub(share_plan(args.fault_share), latency=tuple(args.latency))
 
     async def run() -> None:
-        await stub.serve(args.port)
+        await stub.serve(args.port, args.host)
         print(stub.base_url, flush=True)
         await asyncio.Event().wait()
 

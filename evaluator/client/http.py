@@ -18,6 +18,7 @@ import email.utils
 import json
 import math
 import random
+import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Awaitable, Callable, Iterable
@@ -292,9 +293,10 @@ def make_session(endpoint: Endpoint) -> aiohttp.ClientSession:
 
 async def fan_out(endpoint: Endpoint, items: Iterable[tuple[str, dict]],
                   on_reply: Callable[[str, Reply], Awaitable[None] | None],
-                  policy: RetryPolicy = RetryPolicy(), seed: int = 0) -> float:
+                  policy: RetryPolicy = RetryPolicy(), seed: int = 0, cancel: threading.Event | None = None) -> float:
     """Send every (key, body) with at most `endpoint.concurrency` in flight; `on_reply` sees each result as
-    it arrives (it may raise `Halt` to stop). Returns the wall time from the first send to the last reply."""
+    it arrives (it may raise `Halt` to stop; `cancel`, set from another thread, stops it as `Halt` too).
+    Returns the wall time from the first send to the last reply."""
     queue: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
     for item in items:
         queue.put_nowait(item)
@@ -315,13 +317,25 @@ async def fan_out(endpoint: Endpoint, items: Iterable[tuple[str, dict]],
             if asyncio.iscoroutine(result):
                 await result
 
+    async def watch() -> None:
+        while not cancel.is_set():
+            await asyncio.sleep(0.2)
+        raise Halt(getattr(cancel, "reason", "cancelled"))
+
     started = time.monotonic()
     async with make_session(endpoint) as session:
         workers = [asyncio.create_task(worker(session)) for _ in range(min(endpoint.concurrency, queue.qsize()))]
+        watcher = asyncio.create_task(watch()) if cancel is not None else None
         try:
-            await asyncio.gather(*workers)
+            if watcher is None:
+                await asyncio.gather(*workers)
+            else:
+                done, _ = await asyncio.wait([asyncio.gather(*workers), watcher],
+                                             return_when=asyncio.FIRST_COMPLETED)
+                for finished in done:
+                    finished.result()  # re-raise Halt or a worker's exception
         finally:
-            for w in workers:
-                w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            for task in [*workers, *([watcher] if watcher else [])]:
+                task.cancel()
+            await asyncio.gather(*workers, *([watcher] if watcher else []), return_exceptions=True)
     return time.monotonic() - started

@@ -18,7 +18,7 @@ def _short(count: int) -> str:
     return f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count / 1e3:.0f}k" if count >= 1e4 else f"{count:,}"
 
 
-def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console, nodes: int = 1) -> None:
+def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console) -> None:
     estimates = request_estimates(suite, CHARS_PER_TOKEN)
     local = [m for m in suite.models if m.is_local]
     requests_each = next(iter(estimates.values()))[0]
@@ -26,8 +26,9 @@ def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console, nodes: int = 
     placements = {p.profile.name: p for p in plan.placements} if plan else {}
     failing = {p.profile.name: p for p in plan.unplaceable} if plan else {}
     order = {name: i + 1 for i, name in enumerate(placements)}
-    where = (f"{len(gpus)} GPU(s) × {gpus[0].memory_gib:.0f} GiB" if gpus else
-             "no GPU: local models on CPU, one after another")
+    nodes = len({g.node for g in gpus})
+    where = ((f"{nodes} nodes × " if nodes > 1 else "") + f"{len(gpus) // max(nodes, 1)} GPU(s) × "
+             f"{gpus[0].memory_gib:.0f} GiB" if gpus else "no GPU: local models on CPU, one after another")
     console.print(f"Suite '{escape(suite.name)}': {len(suite.models)} models, {suite.protocol}-wise, "
                   f"{requests_each:,} requests each; {where}; data {escape(str(suite.data))}", highlight=False)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
@@ -53,7 +54,7 @@ def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console, nodes: int = 
             placed, unplaced = placements.get(model.name), failing.get(model.name)
             if placed:
                 row = [str(order[model.name]), f"{params} {placed.memory_gib:.0f}G",
-                       _gpus(placed.gpus), f"{placed.start_s / 60:.0f}m"]
+                       _gpus(placed.gpus, gpus, nodes > 1), f"{placed.start_s / 60:.0f}m"]
             elif unplaced:
                 row = ["-", f"{params} {unplaced.memory_gib:.0f}G", "no fit", "-"]
             else:
@@ -71,10 +72,25 @@ def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console, nodes: int = 
                   highlight=False)
 
 
-def _gpus(ids: list[int]) -> str:
-    if len(ids) > 2 and ids == list(range(ids[0], ids[-1] + 1)):
-        return f"{ids[0]}-{ids[-1]}"
-    return ",".join(map(str, ids))
+def _gpus(ids: list[int], gpus: list[Gpu], show_nodes: bool) -> str:
+    """GPU indices (0-3), with the node where a cluster is planned (n1:0-7, or n0-1 for whole nodes)."""
+    node_of = {g.index: g.node for g in gpus}
+    by_node: dict[int, list[int]] = {}
+    for i in ids:
+        by_node.setdefault(node_of.get(i, 0), []).append(i)
+
+    def span(values: list[int]) -> str:
+        if len(values) > 2 and values == list(range(values[0], values[-1] + 1)):
+            return f"{values[0]}-{values[-1]}"
+        return ",".join(map(str, values))
+
+    if not show_nodes:
+        return span(ids)
+    width = max(sum(1 for g in gpus if g.node == n) for n in by_node)
+    if len(by_node) > 1:
+        return f"n{span(sorted(by_node))} all"
+    node, local = next(iter(by_node.items()))
+    return f"n{node}:{span([i - node * width for i in local])}"
 
 
 def print_outcomes(outcomes: list[Outcome], console: Console) -> None:

@@ -74,6 +74,7 @@ class RunConfig:
     batch: bool = False  # through the provider's batch API (also when the profile says batch = true)
     batch_poll_s: float = 30.0
     batch_limit: int | None = None  # fewer requests per batch than the provider allows
+    cancel: threading.Event | None = None  # set from elsewhere (a lost Ray node) to stop the fan-out at once
 
     def __post_init__(self) -> None:
         if self.protocol is Protocol.SKILL and (self.letter_choices or self.task_specific_prompt):
@@ -358,7 +359,7 @@ def send(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: 
                 if batch:
                     try:
                         outcome.seconds += asyncio.run(fan_out(endpoint, ((p.key, p.body) for p in batch), keep,
-                                                               config.retry))
+                                                               config.retry, cancel=config.cancel))
                     except Halt as halt:
                         outcome.stopped = str(halt)
                         return outcome

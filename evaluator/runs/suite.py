@@ -22,12 +22,14 @@ from evaluator.prompts import PromptOptions, Protocol, Rendering, render
 from evaluator.runs import runner
 from evaluator.runs.runner import RunConfig
 from evaluator.scoring.embeddings import ENGLISH_MODEL, MULTILINGUAL_MODEL, EmbeddingConfig
-from servers.planner import Gpu, Placement, plan_node
+from servers import demo_model
+from servers.planner import Gpu, Placement, per_node, plan_node, split_parallel
 from servers.profiles import ModelProfile
 from evaluator.redact import redact
 from servers.suite import Suite
 
 ATTEMPTS = 2
+RAY_ATTEMPTS = 3  # on a cluster a model may lose its node more than once
 _live: dict[int, object] = {}  # id -> server running now, stopped if the suite is interrupted
 _live_lock = threading.Lock()
 
@@ -47,6 +49,7 @@ class Outcome:
     notes: list[str] = field(default_factory=list)  # what was not scored and why; official NaN/crash notes
     result: runner.RunResult | None = None
     gpus: int = 0  # GPUs it held while evaluating
+    node: str | None = None  # the Ray node its server ran on (the last one, if it was placed again)
     started_at: float = 0.0  # monotonic times, for overlap checks and reports
     evaluating_at: float = 0.0
     finished_at: float = 0.0
@@ -139,7 +142,7 @@ def _score(config: RunConfig, outcome: Outcome, console: Console) -> None:
 
 def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Console,
               start_server: Callable = runner.start_server, device: str = "auto",
-              on_done: Callable[[Outcome], None] | None = None, **settings) -> list[Outcome]:
+              on_done: Callable[[Outcome], None] | None = None, ray_servers=None, **settings) -> list[Outcome]:
     """Run every model of the suite; returns one Outcome per model, in the suite's order. `settings` are
     RunConfig fields shared by every model (timeout, breaker, retry, observer); `on_done` sees each model's
     outcome as it ends."""
@@ -156,7 +159,7 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
         """A local model that fails (its server does not start or dies) is tried once more; an API model
         that fails pre-flight or trips the breaker would only fail again."""
         outcome = outcomes[profile.name]
-        attempts = ATTEMPTS if profile.is_local else 1
+        attempts = (RAY_ATTEMPTS if ray_servers is not None else ATTEMPTS) if profile.is_local else 1
         for number in range(1, attempts + 1):
             try:
                 body(outcome)
@@ -226,8 +229,55 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
 
         attempt(profile, body)
 
+    def run_on_ray(profile: ModelProfile, placement: Placement | None) -> None:
+        width = per_node(gpus)
+        tp, pp = split_parallel(placement.tp, width) if placement else (1, 1)
+
+        def body(outcome: Outcome) -> None:
+            config = _config(suite, profile, cache, **settings)
+            if runner.pending(config) == 0:
+                outcome.started_at = outcome.evaluating_at = time.monotonic()
+                _score(config, outcome, console)
+                outcome.finished_at = time.monotonic()
+                return
+            weights = (str(demo_model.ensure_demo_model(config.cache_folder, say=say)) if profile.source == "demo"
+                       else profile.model)
+            outcome.started_at = time.monotonic()
+            say(f"{escape(profile.name)}: placing its server on the Ray cluster ({tp} GPU(s)"
+                + (f" × {pp} nodes" if pp > 1 else "") + ")")
+            placed = ray_servers.start(profile, weights, tp, pp, device=device)
+            with _live_lock:
+                _live[id(placed)] = placed
+            outcome.node = placed.node_id
+            say(f"{escape(profile.name)}: server on node {placed.node_id[:12]} at {placed.base_url}"
+                + (f", GPUs {placed.gpus}" if placed.gpus else ""))
+            placed.lost.reason = "its node was lost (the server's actor died): placing it again"
+            try:
+                outcome.evaluating_at = time.monotonic()
+                outcome.gpus = tp * pp
+                _score(_config(suite, profile, cache, base_url=placed.base_url, cancel=placed.lost, **settings),
+                       outcome, console)
+                outcome.finished_at = time.monotonic()
+            finally:
+                placed.stop()
+                with _live_lock:
+                    _live.pop(id(placed), None)
+            if placed.lost.is_set():
+                outcome.status = "failed"
+                outcome.message = placed.lost.reason
+
+        attempt(profile, body)
+
     threads = [threading.Thread(target=run_api, args=(p,), name=p.name) for p in api]
-    if gpus:
+    if ray_servers is not None:  # Ray places the servers; our plan decides the order and the GPUs each gets
+        plan = plan_node(local, gpus) if gpus else None
+        ordered = [(p.profile, p) for p in plan.placements] if plan else [(m, None) for m in local]
+        for failed in (plan.unplaceable if plan else []):
+            outcomes[failed.profile.name].status = "failed"
+            outcomes[failed.profile.name].message = f"needs ~{failed.memory_gib:.0f} GiB: does not fit the cluster"
+        for profile, placement in ordered:
+            threads.append(threading.Thread(target=run_on_ray, args=(profile, placement), name=profile.name))
+    elif gpus:
         plan = plan_node(local, gpus)
         pool = GpuPool(gpus)
         for failed in plan.unplaceable:
@@ -353,7 +403,7 @@ def suite_folder(suite: Suite, cache: Path | None, output: Path | None) -> Path:
 
 
 def run_suite_to_folder(suite: Suite, gpus: list[Gpu], cache: Path | None, output: Path | None,
-                        console: Console, **settings) -> list[Outcome]:
+                        console: Console, ray_servers=None, **settings) -> list[Outcome]:
     """Run the suite and leave its folder: suite.log (timestamped, each line naming its model), models/<name>/
     (each model's results folder), leaderboard.{md,csv,json}, summary.json and report.html."""
     from evaluator.paths import safe_name
@@ -368,11 +418,11 @@ def run_suite_to_folder(suite: Suite, gpus: list[Gpu], cache: Path | None, outpu
     started_at, clock = time.time(), time.monotonic()
     log.print(f"Suite '{suite.name}': {len(suite.models)} models on {suite.data} ({suite.protocol}-wise); "
               f"folder {folder}")
-    if not gpus:
+    if not gpus and ray_servers is None:
         log.print("No GPU: local models run one after another on vLLM-CPU")
     questions = len(loaders.load(suite.data, suite.protocol).questions)
     with SuiteProgress(log, len(suite.models), questions) as progress:
-        outcomes = run_suite(suite, gpus, cache, log, device="gpu" if gpus else "auto",
+        outcomes = run_suite(suite, gpus, cache, log, device="gpu" if gpus else "auto", ray_servers=ray_servers,
                              observer=progress.reply, on_done=progress.model_done, **settings)
     wall = time.monotonic() - clock
     written = {}

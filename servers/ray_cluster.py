@@ -1,0 +1,218 @@
+"""The suite on a Ray cluster: each local model's vLLM server runs as a Ray actor on a node that has the GPUs
+it needs, bound to an address the driver can reach; the driver keeps the response cache and the fan-out.
+
+A model that fits one node gets a placement group holding its tensor-parallel GPUs in one bundle (so on one
+node); its actor runs the server (under our guard) with those GPUs.
+A model larger than a node runs on vLLM's own multi-node execution (`--distributed-executor-backend ray`,
+tensor × pipeline parallel): the actor, which holds no GPU itself, starts the API server on a node of the
+cluster and vLLM places its workers there. The driver pings each actor; an actor whose node is lost dies,
+the driver stops that model's fan-out at once, and the suite places the model again elsewhere (answers
+already cached are kept). Actors are not detached: when the driver ends, Ray ends them, and the guard in
+each actor ends its server. Ray is an optional extra (`pip install shopping-mmlu[ray]`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from evaluator.errors import InputError
+from servers.profiles import ModelProfile
+
+PING_S = 1.0
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--ray needs the 'ray' package: pip install 'shopping-mmlu[ray]'") from None
+    return ray
+
+
+def connect(address: str) -> dict:
+    """Join the cluster at `address` ('auto': the one running on this machine); returns its resources."""
+    ray = _ray()
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, namespace="shopping-mmlu", log_to_driver=False,
+                     configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise InputError(f"cannot join the Ray cluster at {address!r}: {str(exc)[:300]}", field="--ray") from None
+    return ray.cluster_resources()
+
+
+def gpus_per_node() -> list[float]:
+    ray = _ray()
+    return [n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+
+
+def cluster_inventory(memory_gib: float) -> list:
+    """The cluster's GPUs as the planner sees them: each alive node's, `memory_gib` each (Ray does not say)."""
+    from servers.planner import Gpu
+
+    gpus, index = [], 0
+    for node, count in enumerate(c for c in gpus_per_node() if c > 0):
+        for _ in range(int(count)):
+            gpus.append(Gpu(index, "ray", memory_gib, node))
+            index += 1
+    return gpus
+
+
+@dataclass
+class ServerSpec:
+    """What an actor needs to start one model's server (sent to the node by Ray)."""
+
+    profile: ModelProfile
+    weights: str
+    log_dir: str
+    tp: int
+    pp: int = 1
+    multi_node: bool = False
+    device: str = "auto"
+    cluster_address: str | None = None
+
+
+class ServerActor:
+    """Runs on the node Ray chose: starts the server with the GPUs Ray gave it, reports where it listens."""
+
+    def __init__(self, spec: ServerSpec, command: Callable | None = None) -> None:
+        self.spec = spec
+        self.command = command
+        self.server = None
+
+    def start(self) -> dict:
+        import ray
+
+        from servers.vllm_server import VLLMServer
+
+        spec = self.spec
+        ip = ray.util.get_node_ip_address()
+        gpu_ids = [int(g) for g in ray.get_gpu_ids()] if not spec.multi_node else None
+        log_dir = Path(spec.log_dir)
+        try:
+            log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            log_dir = Path("/tmp") / "shopping-mmlu-logs"  # the driver's cache is not on this node's disks
+            log_dir.mkdir(parents=True, exist_ok=True)
+        from evaluator.paths import safe_name
+
+        log = log_dir / f"{safe_name(spec.profile.name)}-{time.strftime('%Y%m%d-%H%M%S')}-ray.log"
+        profile = spec.profile.model_copy(update={"tensor_parallel_size": spec.tp,
+                                                  "pipeline_parallel_size": spec.pp})
+        if spec.multi_node:
+            profile = profile.model_copy(update={"extra_args": [*profile.extra_args,
+                                                                "--distributed-executor-backend", "ray"]})
+        server = VLLMServer(profile, spec.weights, log, device=spec.device, host="0.0.0.0", gpu_ids=gpu_ids,
+                            startup_timeout=1800.0)
+        if self.command is not None:  # another OpenAI-compatible server in vLLM's place (tests, other engines)
+            server.command = lambda: self.command(server)
+        if spec.multi_node and spec.cluster_address:
+            os.environ.setdefault("RAY_ADDRESS", spec.cluster_address)
+        server.__enter__()
+        self.server = server
+        return {"base_url": f"http://{ip}:{server.port}/v1", "node_id": ray.get_runtime_context().get_node_id(),
+                "ip": ip, "gpus": gpu_ids or [], "log": str(log), "command": server.command()}
+
+    def ping(self) -> bool:
+        return self.server is not None and self.server.process is not None and self.server.process.poll() is None
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+@dataclass
+class Placed:
+    """A model's server on the cluster, seen from the driver."""
+
+    actor: object
+    group: object | None
+    base_url: str
+    node_id: str
+    gpus: list[int]
+    command: list[str]
+    lost: threading.Event
+    _stop_watch: threading.Event
+
+    def stop(self) -> None:
+        ray = _ray()
+        self._stop_watch.set()
+        try:
+            ray.get(self.actor.stop.remote(), timeout=60)
+        except Exception:  # noqa: BLE001: a dead actor has nothing left to stop
+            pass
+        try:
+            ray.kill(self.actor)
+        except Exception:  # noqa: BLE001
+            pass
+        if self.group is not None:
+            try:
+                ray.util.remove_placement_group(self.group)
+            except Exception:  # noqa: BLE001
+                pass
+
+
+class RayServers:
+    """Places model servers on the cluster; `command` replaces vLLM's command line (tests use a stub)."""
+
+    def __init__(self, address: str, log_dir: Path, command: Callable | None = None) -> None:
+        self.address = address
+        self.log_dir = log_dir
+        self.command = command
+        connect(address)
+
+    def start(self, profile: ModelProfile, weights: str, tp: int, pp: int = 1, device: str = "auto") -> Placed:
+        """Reserve the GPUs (blocks until Ray can), start the server, and watch it."""
+        ray = _ray()
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        per_node = max(gpus_per_node() or [0.0])
+        multi_node = tp * pp > per_node > 0
+        spec = ServerSpec(profile=profile, weights=weights, log_dir=str(self.log_dir), tp=tp, pp=pp,
+                          multi_node=multi_node, device=device, cluster_address=self.address)
+        remote = ray.remote(ServerActor)
+        group = None
+        if multi_node or per_node == 0:  # vLLM places its own workers, or a CPU-only cluster
+            actor = remote.options(num_cpus=1, num_gpus=0, max_restarts=0).remote(spec, self.command)
+        else:
+            group = placement_group([{"GPU": tp, "CPU": 1}], strategy="STRICT_PACK")  # one node's GPUs
+            ray.get(group.ready())
+            strategy = PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=0)
+            actor = remote.options(num_cpus=1, num_gpus=tp, max_restarts=0,
+                                   scheduling_strategy=strategy).remote(spec, self.command)
+        try:
+            info = ray.get(actor.start.remote())
+        except Exception as exc:  # noqa: BLE001: a server that does not start, or a node lost while it starts
+            try:
+                ray.kill(actor)
+            finally:
+                if group is not None:
+                    ray.util.remove_placement_group(group)
+            raise RuntimeError(f"the server for '{profile.name}' did not start on the cluster: "
+                               f"{str(exc).strip().splitlines()[-1][:500] if str(exc).strip() else type(exc).__name__}")
+        lost, stop = threading.Event(), threading.Event()
+        placed = Placed(actor, group, info["base_url"], info["node_id"], info["gpus"], info["command"], lost, stop)
+        threading.Thread(target=self._watch, args=(placed,), daemon=True).start()
+        return placed
+
+    @staticmethod
+    def _watch(placed: Placed) -> None:
+        """Ping the actor; if it (its node) is gone, say so at once."""
+        ray = _ray()
+        while not placed._stop_watch.wait(PING_S):
+            try:
+                if not ray.get(placed.actor.ping.remote(), timeout=30):
+                    placed.lost.set()
+                    return
+            except Exception:  # noqa: BLE001: RayActorError, a timeout: the server is gone
+                if not placed._stop_watch.is_set():
+                    placed.lost.set()
+                return
+
