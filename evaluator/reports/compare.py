@@ -153,7 +153,7 @@ def print_compare(tables: list[tuple[dict, pl.DataFrame]], a: str, b: str, conso
         title = (f"{escape(a)} − {escape(b)} on {escape(Path(info['data']).name)}, {info['protocol']}-wise"
                  + (f" · {escape(info['variant'])}" if info["variant"] else "")
                  + f" ({info['rendering_a']} vs {info['rendering_b']}); n = questions both answered")
-        view = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+        view = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=0, title_justify="left")
         view.add_column("task", overflow="fold", ratio=1, min_width=10)
         for column in ("n", "A", "B", "A−B", "95% CI", "p"):
             view.add_column(column, justify="right", no_wrap=True)

@@ -59,9 +59,15 @@ def model_payload(result: "RunResult", limit: int = ROWS_PER_MODEL) -> dict:
 def write_from(board: "pl.DataFrame", results: dict[str, "RunResult"], path: Path, title: str,
                notes: list[str] | None = None) -> Path:
     skills = skill_columns(board)
+    rows = records(board)
+    columns = list(dict.fromkeys(short_skill(s) for s in skills))  # one heatmap column per skill label
+    for row in rows:
+        row["by_label"] = {label: next((row[f"skill:{s}"] for s in skills
+                                        if short_skill(s) == label and row[f"skill:{s}"] is not None), None)
+                           for label in columns}
     payload = finite({
         "title": title, "generated": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "skills": skills, "labels": {s: short_skill(s) for s in skills}, "board": records(board),
+        "skills": skills, "labels": {s: short_skill(s) for s in skills}, "columns": columns, "board": rows,
         "models": {name: model_payload(result) for name, result in results.items()},
         "rows_per_model": ROWS_PER_MODEL, "notes": notes or []})
     data = json.dumps(payload, ensure_ascii=False, allow_nan=False).replace("</", "<\\/")
@@ -106,14 +112,17 @@ TEMPLATE = r"""<!DOCTYPE html>
 <style>
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
 header{background:#1d2330;color:#fff;padding:10px 20px}header h1{font-size:18px;margin:0}header p{margin:2px 0 0;color:#b8c0cc;font-size:12px}
-main{padding:12px 20px;display:grid;grid-template-columns:minmax(0,1.1fr) minmax(0,1fr);gap:16px}
+main{padding:12px 20px;display:grid;grid-template-columns:minmax(0,1.5fr) minmax(0,1fr);gap:16px}
 section{background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:10px 12px;min-width:0}
 h2{font-size:15px;margin:0 0 8px}h3{font-size:13px;margin:10px 0 4px;color:#4a5568}
-table{border-collapse:collapse;width:100%;font-size:12px}th,td{padding:2px 6px;border-bottom:1px solid #eef0f3;text-align:left;vertical-align:top}
-th{cursor:pointer;user-select:none;background:#fafbfc;position:sticky;top:0}th.num,td.num{text-align:right;font-variant-numeric:tabular-nums}
+table{border-collapse:collapse;width:100%;font-size:12px}th,td{padding:2px 5px;border-bottom:1px solid #eef0f3;text-align:left;vertical-align:top}
+td.model{white-space:nowrap}
+th{cursor:pointer;user-select:none;background:#fafbfc;position:sticky;top:0;white-space:nowrap}th.num,td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.sel{background:#eef4ff}tr.click{cursor:pointer}tr.click:hover{background:#f3f6fb}
-.heat td.cell{text-align:center;color:#fff;font-variant-numeric:tabular-nums;min-width:56px}
-.heat td.name{white-space:nowrap;max-width:240px;overflow:hidden;text-overflow:ellipsis}
+.heat td{padding:0 4px;font-size:11px;line-height:16px;border-bottom:1px solid #fff}
+.heat td.cell{text-align:center;color:#fff;font-variant-numeric:tabular-nums;min-width:46px}
+.heat td.name{white-space:nowrap;max-width:170px;overflow:hidden;text-overflow:ellipsis}
+.heat sup{color:#6b7280}.scroll.heatbox{max-height:calc(100vh - 150px);min-height:300px}
 .st-complete{color:#1a7f37}.st-incomplete{color:#9a6700}.st-failed{color:#cf222e;font-weight:600}
 .scroll{max-height:320px;overflow:auto}.scroll.tall{max-height:440px}
 .controls{display:flex;gap:8px;align-items:center;flex-wrap:wrap;margin-bottom:6px;font-size:12px}
@@ -125,9 +134,9 @@ select,button{font:inherit;font-size:12px}button.on{background:#1d2330;color:#ff
 <main>
 <section><h2>Leaderboard</h2><div id="boards"></div><p class="note">Click a column to sort, a row to see that model.
 * incomplete: not every question answered and scored; ~ averaged over fewer tasks or skills than the data has.</p></section>
-<section><h2>Models × skills</h2><div class="scroll tall"><table class="heat" id="heat"></table></div></section>
+<section><h2>Models × skills</h2><div class="scroll heatbox"><table class="heat" id="heat"></table></div><div id="heat-legend" class="note"></div></section>
 <section><h2 id="tasks-title">Tasks</h2><div class="scroll tall"><table id="tasks"></table></div><div id="model-note" class="note"></div></section>
-<section><h2>Questions</h2><div class="controls"><label>task <select id="task-pick"></select></label>
+<section class="wide"><h2>Questions</h2><div class="controls"><label>task <select id="task-pick"></select></label>
 <button data-f="all" class="on">all</button><button data-f="wrong">wrong</button><button data-f="errors">errors</button>
 <span id="q-count" class="note"></span></div><div class="scroll tall"><table class="q" id="questions"></table></div></section>
 <section class="wide" id="notes-box" hidden><h2>Notes</h2><ul id="notes"></ul></section>
@@ -138,6 +147,7 @@ const D = JSON.parse(document.getElementById('data').textContent);
 const $ = id => document.getElementById(id);
 const esc = s => String(s ?? '-').replace(/[&<>"]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
 const fmt = v => v === null || v === undefined ? '-' : (typeof v === 'number' ? (Number.isInteger(v) ? v.toLocaleString() : v.toFixed(3)) : esc(v));
+const score = v => v === null || v === undefined ? '-' : v.toFixed(3);
 const color = v => v === null || v === undefined ? '#c8ccd2' : `hsl(${Math.round(v * 120)},55%,${38 + Math.round(v * 8)}%)`;
 let current = null, filter = 'all';
 $('title').textContent = D.title;
@@ -160,8 +170,9 @@ function drawBoards() {
           if (k === 'answered') v = `${r.answered.toLocaleString()}/${r.questions.toLocaleString()}`;
           else if (k === 'overall' && v !== null) v = v.toFixed(3) + (r.partial_skills ? '~' : '') + (r.complete ? '' : '*');
           else if (k === 'cost') v = v === null ? '-' : v.toFixed(2);
+          else if (k.startsWith('skill:')) v = score(v);
           else v = fmt(v);
-          return `<td class="${n ? 'num' : ''}${k === 'status' ? ' st-' + r.status : ''}">${k === 'model' ? esc(r.model) : v}</td>`; }).join('') + '</tr>').join('');
+          return `<td class="${n ? 'num' : (k === 'model' ? 'model' : '')}${k === 'status' ? ' st-' + r.status : ''}">${k === 'model' ? esc(r.model) : v}</td>`; }).join('') + '</tr>').join('');
       t.querySelectorAll('th').forEach(th => th.onclick = () => { const k = th.dataset.k; asc = key === k ? !asc : (k === 'model' || k === 'rank' || k === 'status'); key = k; draw(); });
       t.querySelectorAll('tr.click').forEach(tr => tr.onclick = () => pick(tr.dataset.m));
     };
@@ -170,10 +181,12 @@ function drawBoards() {
 }
 function drawHeat() {
   const rows = [...D.board].sort((a, b) => (b.overall ?? -1) - (a.overall ?? -1));
-  const several = Object.keys(groups()).length > 1;
-  $('heat').innerHTML = '<tr><th>model</th><th class="num">overall</th>' + D.skills.map(s => `<th class="num">${esc(D.labels[s])}</th>`).join('') + '</tr>' +
-    rows.map(r => `<tr class="click" data-m="${esc(r.model)}"><td class="name" title="${esc(r.model)} · ${esc(r.group)}">${esc(r.model)}${r.complete ? '' : ' *'}${several ? ' <span class="note">' + esc(r.group) + '</span>' : ''}</td>` +
-      ['overall', ...D.skills.map(s => 'skill:' + s)].map(k => `<td class="cell" style="background:${color(r[k])}">${fmt(r[k])}</td>`).join('') + '</tr>').join('');
+  const names = Object.keys(groups());
+  const several = names.length > 1;
+  $('heat-legend').textContent = several ? 'Rankings: ' + names.map((n, i) => `${i + 1} = ${n}`).join('; ') : '';
+  $('heat').innerHTML = '<tr><th>model</th><th class="num">overall</th>' + D.columns.map(c => `<th class="num">${esc(c)}</th>`).join('') + '</tr>' +
+    rows.map(r => `<tr class="click" data-m="${esc(r.model)}"><td class="name" title="${esc(r.model)} · ${esc(r.group)}">${esc(r.model)}${r.complete ? '' : ' *'}${several ? `<sup>${names.indexOf(r.group) + 1}</sup>` : ''}</td>` +
+      [r.overall, ...D.columns.map(c => r.by_label[c])].map(v => `<td class="cell" style="background:${color(v)}">${score(v)}</td>`).join('') + '</tr>').join('');
   $('heat').querySelectorAll('tr.click').forEach(tr => tr.onclick = () => pick(tr.dataset.m));
 }
 function pick(model) {
@@ -183,7 +196,7 @@ function pick(model) {
   if (!m) { $('tasks').innerHTML = ''; $('questions').innerHTML = ''; $('model-note').textContent = 'No per-question data for this run.'; return; }
   $('model-note').textContent = (m.reason ? `${m.status}: ${m.reason}. ` : `${m.status}. `) + `Questions shown: ${m.questions.length.toLocaleString()} of ${m.questions_total.toLocaleString()}` + (m.questions.length < m.questions_total ? ` (capped at ${D.rows_per_model.toLocaleString()} per model: errors first, then wrong answers; all of them are in the results folder's samples.jsonl)` : '') + '.';
   $('tasks').innerHTML = '<tr><th>skill</th><th>task</th><th>metric</th><th class="num">n</th><th class="num">errors</th><th class="num">unscored</th><th class="num">score</th></tr>' +
-    m.tasks.map(t => `<tr class="click" data-t="${esc(t.task)}"><td>${esc(D.labels[t.skill] || t.skill)}</td><td>${esc(t.task)}${t.official ? ' †' : ''}</td><td>${esc(t.metric)}</td><td class="num">${fmt(t.n)}/${fmt(t.questions)}</td><td class="num ${t.errors ? 'err' : ''}">${fmt(t.errors)}</td><td class="num">${fmt(t.unscored)}</td><td class="num" title="${esc(t.official || '')}">${fmt(t.score)}</td></tr>`).join('');
+    m.tasks.map(t => `<tr class="click" data-t="${esc(t.task)}"><td>${esc(D.labels[t.skill] || t.skill)}</td><td>${esc(t.task)}${t.official ? ' †' : ''}</td><td>${esc(t.metric)}</td><td class="num">${fmt(t.n)}/${fmt(t.questions)}</td><td class="num ${t.errors ? 'err' : ''}">${fmt(t.errors)}</td><td class="num">${fmt(t.unscored)}</td><td class="num" title="${esc(t.official || '')}">${score(t.score)}</td></tr>`).join('');
   $('tasks').querySelectorAll('tr.click').forEach(tr => tr.onclick = () => { $('task-pick').value = tr.dataset.t; drawQuestions(); });
   $('task-pick').innerHTML = '<option value="">(every task)</option>' + m.tasks.map(t => `<option>${esc(t.task)}</option>`).join('');
   drawQuestions();
@@ -195,13 +208,14 @@ function drawQuestions() {
   $('q-count').textContent = `${rows.length.toLocaleString()} question(s)`;
   $('questions').innerHTML = '<tr><th class="num">row</th><th>task</th><th>input</th><th>truth</th><th>answer</th><th class="num">score</th></tr>' +
     rows.slice(0, 2000).map(q => `<tr><td class="num">${q.row}</td><td>${esc(q.task)}</td><td>${esc(q.input)}</td><td>${esc(q.truth)}</td><td>${q.answer === null ? '<span class="err">—</span>' : esc(q.answer)}</td>` +
-      `<td class="num ${q.error ? 'err' : (q.wrong ? '' : 'ok')}">${q.error ? esc(q.error) : (q.unscored ? 'not scored' : (q.ner ? 'tp/fp/fn ' + esc(q.ner) : fmt(q.score)))}${q.official ? ' †' : ''}</td></tr>`).join('');
+      `<td class="num ${q.error ? 'err' : (q.wrong ? '' : 'ok')}">${q.error ? esc(q.error) : (q.unscored ? 'not scored' : (q.ner ? 'tp/fp/fn ' + esc(q.ner) : score(q.score)))}${q.official ? ' †' : ''}</td></tr>`).join('');
 }
 document.querySelectorAll('button[data-f]').forEach(b => b.onclick = () => { filter = b.dataset.f; document.querySelectorAll('button[data-f]').forEach(x => x.classList.toggle('on', x === b)); drawQuestions(); });
 $('task-pick').onchange = drawQuestions;
 if (D.notes.length) { $('notes-box').hidden = false; $('notes').innerHTML = D.notes.map(n => `<li>${esc(n)}</li>`).join(''); }
 drawBoards(); drawHeat();
-const first = [...D.board].sort((a, b) => (b.overall ?? -1) - (a.overall ?? -1))[0];
+const ranked = [...D.board].sort((a, b) => (b.overall ?? -1) - (a.overall ?? -1));
+const first = ranked.find(r => D.models[r.model]) || ranked[0];  // the best run we can drill into
 if (first) pick(first.model);
 </script></body></html>
 """

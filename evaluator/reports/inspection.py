@@ -31,7 +31,7 @@ def inspect(config: RunConfig, task: str) -> pl.DataFrame:
 
 def print_inspect(rows: pl.DataFrame, model: str, task: str, console: Console) -> None:
     table = Table(title=f"{escape(model)} on {escape(task)}: {rows.height} questions", show_lines=True,
-                  box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=0, title_justify="left")
     table.add_column("row", justify="right", no_wrap=True)
     for column in ("input", "truth", "answer"):
         table.add_column(column, overflow="fold", ratio=2 if column == "input" else 1)

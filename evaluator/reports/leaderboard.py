@@ -61,11 +61,17 @@ def leaderboard(runs: pl.DataFrame, tasks: pl.DataFrame) -> pl.DataFrame:
     return board.drop("status_order")
 
 
+CANONICAL = ("concept", "reasoning", "behavior", "multilingual")
+
+
 def skill_columns(board: pl.DataFrame) -> list[str]:
+    """The skill columns, in the benchmark's order (concept, reasoning, behavior, multilingual) where known."""
     fixed = {"run", "model", "data", "data_sha256", "protocol", "rendering", "variant", "questions", "answered",
              "scored", "errors", "unscored", "status", "reason", "prompt_tokens", "completion_tokens", "cost",
              "details", "created_at", "overall", "skills_scored", "skills_total", "partial_skills", "group", "rank"}
-    return [c for c in board.columns if c not in fixed]
+    skills = [c for c in board.columns if c not in fixed]
+    order = {label: i for i, label in enumerate(CANONICAL)}
+    return sorted(skills, key=lambda s: (order.get(short_skill(s), len(order)), s))
 
 
 def records(board: pl.DataFrame) -> list[dict]:
@@ -137,9 +143,10 @@ def print_tables(board: pl.DataFrame, console: Console) -> None:
     for _, group in board.group_by(GROUP, maintain_order=True):
         present = [s for s in skills if group[s].is_not_null().any()]
         table = Table(title=f"Shopping MMLU leaderboard: {escape(group['group'][0])}", box=box.SIMPLE_HEAD,
-                      pad_edge=False, title_justify="left")
+                      pad_edge=False, padding=0, title_justify="left")
         table.add_column("#", justify="right", no_wrap=True)
-        table.add_column("model", overflow="fold", ratio=1, min_width=8)
+        longest = max((len(m) for m in group["model"].to_list()), default=5)
+        table.add_column("model", overflow="fold", min_width=min(longest, 24))
         for header in ["overall", *(short_skill(s) for s in present)]:
             table.add_column(header, justify="right", no_wrap=True)
         table.add_column("done", justify="right", no_wrap=True)

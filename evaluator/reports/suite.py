@@ -31,7 +31,7 @@ def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console) -> None:
              f"{gpus[0].memory_gib:.0f} GiB" if gpus else "no GPU: local models on CPU, one after another")
     console.print(f"Suite '{escape(suite.name)}': {len(suite.models)} models, {suite.protocol}-wise, "
                   f"{requests_each:,} requests each; {where}; data {escape(str(suite.data))}", highlight=False)
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=0)
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("model", overflow="fold", ratio=1, min_width=10)
     table.add_column("size", justify="right", no_wrap=True)
@@ -94,7 +94,7 @@ def _gpus(ids: list[int], gpus: list[Gpu], show_nodes: bool) -> str:
 
 
 def print_outcomes(outcomes: list[Outcome], console: Console) -> None:
-    table = Table(title="Suite results", box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    table = Table(title="Suite results", box=box.SIMPLE_HEAD, pad_edge=False, padding=0, title_justify="left")
     table.add_column("model", overflow="fold", ratio=1, min_width=10)
     table.add_column("status", no_wrap=True)
     table.add_column("overall", justify="right", no_wrap=True)

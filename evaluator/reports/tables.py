@@ -28,7 +28,7 @@ METRIC_LABELS = {"accuracy": "accuracy", "hit rate@3": "hit@3", "ndcg": "ndcg", 
 
 
 def _table(title: str) -> Table:
-    return Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    return Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=0, title_justify="left")
 
 
 def _missing(row: dict) -> str:
