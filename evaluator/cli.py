@@ -265,7 +265,9 @@ def rescore_command(
     _finish(runner.execute(config, console, send_missing=False), json_out, output, allow_incomplete)
 
 
-def _finish(result: "RunResult", json_out: Optional[Path], output: Optional[Path], allow_incomplete: bool) -> None:
+def _finish(result: "RunResult", json_out: Optional[Path], output: Optional[Path], allow_incomplete: bool,
+            after=None) -> None:
+    """Print the run, write what was asked for, then exit with the code its status means."""
     from evaluator.reports import results
     from evaluator.reports.tables import print_run
 
@@ -276,6 +278,8 @@ def _finish(result: "RunResult", json_out: Optional[Path], output: Optional[Path
     if output is not None:
         folder = results.write_folder(result, output)
         console.print(f"results in {escape(str(folder))}")
+    if after is not None:
+        after()
     if result.status == "failed":
         raise typer.Exit(EXIT_FAILED)
     if result.status == "incomplete" and not allow_incomplete:
@@ -501,9 +505,8 @@ def demo_command(
     config = RunConfig(profile=get_profile("demo"), data=sample_dir(), cache_dir=cache, refresh=refresh,
                        embeddings=_embeddings(None, multilingual_model))
     console.print(f"Demo: model 'demo' (SmolLM2-135M-Instruct) on the sample set in {escape(str(config.data))}")
-    result = runner.execute(config, console)
-    leaderboard.render(_board(cache), "table", console)
-    _finish(result, json_out, output, allow_incomplete)
+    _finish(runner.execute(config, console), json_out, output, allow_incomplete,
+            after=lambda: leaderboard.render(_board(cache), "table", console))
 
 
 @app.command("models")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import random
 import sys
+from pathlib import Path
 
 import pytest
 
 from benchmarks import official_loop
 from builders import question, responses, write_jsonl
 from evaluator.data import loaders
-from evaluator.cli import main
+from evaluator.cli import main, sample_dir
 from evaluator.prompts import Protocol
 from evaluator.data.responses import read_responses
 from evaluator.scoring import EmbeddingUnavailable, ScoringOptions, questions_frame, score, score_rows
@@ -128,3 +129,25 @@ def test_kdd_development_set_matches_the_official_loop(kdd_dev, english_model, t
         assert got[key] == pytest.approx(value, abs=tolerance), key
     assert ours.for_model()["overall"]["score"] == pytest.approx(theirs["overall"], abs=1e-5)
     assert json.dumps(ours.for_model())  # serialisable as the --json document
+
+
+def test_a_warm_rescore_loads_no_model_and_imports_no_metric_library(tmp_path):
+    """Everything scored before is read back: no sentence-transformer, torch, nltk, sacrebleu or MeCab."""
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks.stubs.openai_stub import Stub
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1", "SHOPPING_MMLU_CACHE": str(tmp_path)}
+    with Stub() as stub:
+        subprocess.run([sys.executable, "-m", "evaluator", "run", "--model", "m", "--base-url", stub.base_url,
+                        "--data", str(sample_dir()), "--allow-incomplete"], env=env, capture_output=True, check=True)
+    probe = ("import sys\nfrom evaluator.cli import main\nsys.argv = ['shopping-mmlu', 'rescore', '--model', 'm', "
+             f"'--data', {str(sample_dir())!r}, '--allow-incomplete']\n"
+             "try:\n    main()\nexcept SystemExit:\n    pass\n"
+             "print('LOADED', sorted(m for m in ('torch', 'sentence_transformers', 'nltk', 'sacrebleu', 'MeCab') "
+             "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert "LOADED []" in done.stdout, done.stdout[-500:] + done.stderr[-2000:]

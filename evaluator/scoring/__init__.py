@@ -72,11 +72,15 @@ def _score_metric(part: pl.DataFrame, metric: Metric, options: ScoringOptions, e
         score, official = structured.ndcg(part, protocol)
         return part.with_columns(score=score, official=official)
     elif metric is Metric.ROUGEL:
-        score, official = text_overlap.score_pairs(part, text_overlap.rouge_l)
+        tag = f"rougel/rouge-score {text_overlap.library_version('rouge-score')}"
+        score, official = text_overlap.score_pairs(part, text_overlap.rouge_l, tag, embedder.store)
         return part.with_columns(score=score, official=official)
     elif metric in (Metric.BLEU, Metric.JP_BLEU):
         japanese = metric is Metric.JP_BLEU
-        score, official = text_overlap.score_pairs(part, lambda o, t: text_overlap.bleu(o, t, japanese))
+        tag = (f"{metric.value}/sacrebleu {text_overlap.library_version('sacrebleu')}"
+               + (f"/mecab {text_overlap.library_version('mecab-python3')}" if japanese else ""))
+        score, official = text_overlap.score_pairs(part, lambda o, t: text_overlap.bleu(o, t, japanese), tag,
+                                                   embedder.store)
         return part.with_columns(score=score, official=official)
     else:
         score = embeddings.similarity(part, metric, embedder, clip=protocol is Protocol.SKILL)

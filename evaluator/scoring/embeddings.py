@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import polars as pl
@@ -57,9 +60,48 @@ def _resolve(source: str) -> str:
     return source
 
 
+def _hub_cache() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
+    return Path(home) / "hub"
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("", "0", "false", "no")
+
+
+@lru_cache(maxsize=1)
+def _hub_reachable() -> str | None:
+    """None if the hub answers a TCP connect within a second and a half; else why not. Decided once per
+    process, so an offline machine pays for one failed lookup at most."""
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co", endpoint.port or 443), timeout=1.5):
+            return None
+    except OSError as exc:
+        return f"the hub is unreachable ({type(exc).__name__}: {exc})"
+
+
+def unavailable_reason(source: str) -> str | None:
+    """Why `source` cannot be loaded, decided without importing torch: not a local folder, not in the
+    Hugging Face cache, and the hub is off limits or unreachable. None when it may load."""
+    resolved = _resolve(source)
+    if Path(resolved).exists():
+        return None
+    if (_hub_cache() / f"models--{resolved.replace('/', '--')}").is_dir():
+        return None
+    if _offline():
+        return "not a local folder, not in the local Hugging Face cache, and HF_HUB_OFFLINE is set"
+    reason = _hub_reachable()
+    return f"not a local folder, not in the local Hugging Face cache, and {reason}" if reason else None
+
+
 def _load_model(source: str):
-    """A local folder, else the Hugging Face cache, else the hub (after a quick reachability check, so an
-    offline machine fails in seconds rather than after the hub client's minutes of retries)."""
+    """A local folder, else the Hugging Face cache, else the hub (once it is known to be reachable)."""
+    reason = unavailable_reason(source)
+    if reason:
+        raise RuntimeError(reason)
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
@@ -71,43 +113,51 @@ def _load_model(source: str):
     try:
         return SentenceTransformer(resolved, local_files_only=True)
     except Exception:
-        if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("", "0", "false", "no"):
+        if _offline():
             raise RuntimeError("not in the local Hugging Face cache and HF_HUB_OFFLINE is set") from None
-    import httpx
-
-    try:
-        httpx.head(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout=5)
-    except httpx.HTTPError as exc:
-        raise RuntimeError(f"not in the local Hugging Face cache and the hub is unreachable: {exc}") from None
     return SentenceTransformer(resolved)
 
 
-class EmbeddingStore:
-    """SQLite table of vectors keyed by (model, sha256(text)); safe to share between processes."""
+class ScoringStore:
+    """What scoring computed once and need not compute again, in one SQLite file shared by processes: the
+    vectors of each model (keyed by model and sha256 of the text), and the scores of text-overlap pairs
+    (keyed by metric with its library's version, and sha256 of the pair), so a re-score imports neither
+    a sentence-transformer nor nltk, sacrebleu or MeCab."""
 
     SCHEMA = ("CREATE TABLE IF NOT EXISTS vectors (model TEXT NOT NULL, text_sha BLOB NOT NULL, "
-              "vector BLOB NOT NULL, PRIMARY KEY (model, text_sha)) WITHOUT ROWID;")
+              "vector BLOB NOT NULL, PRIMARY KEY (model, text_sha)) WITHOUT ROWID;"
+              "CREATE TABLE IF NOT EXISTS pair_scores (metric TEXT NOT NULL, pair_sha BLOB NOT NULL, "
+              "score REAL NOT NULL, official TEXT, PRIMARY KEY (metric, pair_sha)) WITHOUT ROWID;")
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.db = open_shared(path, self.SCHEMA)
 
-    def get(self, model: str, keys: list[bytes]) -> dict[bytes, np.ndarray]:
-        found: dict[bytes, np.ndarray] = {}
+    def _select(self, sql: str, first: str, keys: list[bytes]):
         for start in range(0, len(keys), 500):
             chunk = keys[start:start + 500]
-            rows = self.db.execute(
-                f"SELECT text_sha, vector FROM vectors WHERE model = ? AND text_sha IN ({','.join('?' * len(chunk))})",
-                [model, *chunk])
-            for key, blob in rows:
-                found[key] = np.frombuffer(blob, dtype=np.float32)
-        return found
+            yield from self.db.execute(sql.format(marks=",".join("?" * len(chunk))), [first, *chunk])
+
+    def get(self, model: str, keys: list[bytes]) -> dict[bytes, np.ndarray]:
+        return {key: np.frombuffer(blob, dtype=np.float32) for key, blob in self._select(
+            "SELECT text_sha, vector FROM vectors WHERE model = ? AND text_sha IN ({marks})", model, keys)}
 
     def put(self, model: str, items: dict[bytes, np.ndarray]) -> None:
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
                                 [(model, k, v.astype(np.float32).tobytes()) for k, v in items.items()])
+
+    def get_pairs(self, metric: str, keys: list[bytes]) -> dict[bytes, tuple[float, str | None]]:
+        return {key: (score, official) for key, score, official in self._select(
+            "SELECT pair_sha, score, official FROM pair_scores WHERE metric = ? AND pair_sha IN ({marks})",
+            metric, keys)}
+
+    def put_pairs(self, metric: str, items: dict[bytes, tuple[float, str | None]]) -> None:
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("INSERT OR REPLACE INTO pair_scores VALUES (?, ?, ?, ?)",
+                                [(metric, k, score, official) for k, (score, official) in items.items()])
 
     def close(self) -> None:
         self.db.close()
@@ -119,13 +169,13 @@ class Embedder:
     def __init__(self, config: EmbeddingConfig) -> None:
         self.config = config
         self._models: dict[str, object] = {}
-        self._store: EmbeddingStore | None = None
+        self._store: ScoringStore | None = None
         self.encoded = 0  # texts actually run through a model (0 on a warm cache)
 
     @property
-    def store(self) -> EmbeddingStore:
+    def store(self) -> ScoringStore:
         if self._store is None:
-            self._store = EmbeddingStore((self.config.cache_dir or default_cache_dir()) / "embeddings.sqlite")
+            self._store = ScoringStore((self.config.cache_dir or default_cache_dir()) / "embeddings.sqlite")
         return self._store
 
     def _model(self, metric: Metric):

@@ -6,6 +6,8 @@ sacrebleu's corpus BLEU over the single pair, as `evaluate.load('sacrebleu')` co
 
 from __future__ import annotations
 
+import hashlib
+import json
 from functools import lru_cache
 from typing import Callable
 
@@ -73,21 +75,38 @@ def bleu(generation: str, truth: str, japanese: bool = False) -> float:
     return scorer.corpus_score([hypothesis], [[truth]]).score / 100
 
 
-def score_pairs(frame: pl.DataFrame, fn: Callable[[str, str], float]) -> tuple[pl.Series, pl.Series]:
+def library_version(package: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def score_pairs(frame: pl.DataFrame, fn: Callable[[str, str], float], metric: str,
+                store=None) -> tuple[pl.Series, pl.Series]:
     """`fn(output, truth_text)` for each distinct pair, broadcast back to the rows. A pair the metric itself
     cannot score (MeCab gives up on a megabyte of Japanese, as the official code would too) scores 0, and
-    `official` says what the official code would raise."""
+    `official` says what the official code would raise. With a `store`, pairs scored before (under the same
+    metric and library version) are read back instead of computed."""
     pairs = frame.select("output", "truth_text")
-    distinct = pairs.unique()
-    values, notes = [], []
-    for output, truth in distinct.iter_rows():
+    distinct = pairs.unique(maintain_order=True)
+    keys = [hashlib.sha256(json.dumps([o, t], ensure_ascii=False).encode("utf-8", "surrogatepass")).digest()
+            for o, t in distinct.iter_rows()]
+    known = store.get_pairs(metric, keys) if store is not None else {}
+    fresh = {}
+    for key, (output, truth) in zip(keys, distinct.iter_rows()):
+        if key in known:
+            continue
         try:
-            values.append(fn(output, truth))
-            notes.append(None)
+            fresh[key] = (fn(output, truth), None)
         except Exception as exc:  # noqa: BLE001: the metric library's own failure on this one pair
-            values.append(0.0)
-            notes.append(f"{type(exc).__name__}: {str(exc)[:120]}")
-    lookup = distinct.with_columns(score=pl.Series(values, dtype=pl.Float64),
-                                   official=pl.Series(notes, dtype=pl.String))
+            fresh[key] = (0.0, f"{type(exc).__name__}: {str(exc)[:120]}")
+    if fresh and store is not None:
+        store.put_pairs(metric, fresh)
+    known.update(fresh)
+    lookup = distinct.with_columns(score=pl.Series([known[k][0] for k in keys], dtype=pl.Float64),
+                                   official=pl.Series([known[k][1] for k in keys], dtype=pl.String))
     joined = pairs.join(lookup, on=["output", "truth_text"], how="left", maintain_order="left")
     return joined["score"], joined["official"]
