@@ -30,7 +30,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evaluator import loaders  # noqa: E402
+from evaluator.data import loaders  # noqa: E402
 from evaluator.prompts import Protocol  # noqa: E402
 from evaluator.runs.runner import RunConfig, plan  # noqa: E402
 from servers.profiles import get_profile  # noqa: E402

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evaluator import loaders  # noqa: E402
+from evaluator.data import loaders  # noqa: E402
 from evaluator.prompts import Protocol, Rendering, render  # noqa: E402
 from evaluator.data.records import TaskType  # noqa: E402
 from servers import demo_model  # noqa: E402

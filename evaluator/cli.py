@@ -22,7 +22,7 @@ from evaluator.errors import InputError
 from evaluator.prompts import Protocol, Rendering
 
 if TYPE_CHECKING:
-    from evaluator.runs.runner import RunConfig, RunResult
+    from evaluator.runs.runner import RunResult
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 ENVIRONMENT = """\b
@@ -55,6 +55,11 @@ class Device(str, Enum):
     AUTO = "auto"
     GPU = "gpu"
     CPU = "cpu"
+
+
+class Order(str, Enum):
+    SPEED = "speed"
+    DATA = "data"
 
 
 class Format(str, Enum):
@@ -178,7 +183,8 @@ def run_command(
     render: Optional[Rendering] = RENDER,
     letter_choices: bool = LETTERS,
     task_specific_prompt: bool = TASK_PROMPT,
-    concurrency: int = typer.Option(64, "--concurrency", min=1, max=4096, help="requests in flight"),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, max=4096, help="requests in flight "
+                                              "(default 64; 256 for a vLLM server this command starts)"),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first N questions"),
     cache: Optional[Path] = CACHE,
     refresh: bool = typer.Option(False, "--refresh", help="ignore cached answers and ask again"),
@@ -194,6 +200,8 @@ def run_command(
     stop_min: int = typer.Option(50, "--stop-min-replies", min=1, help="... once this many replies are in"),
     no_preflight: bool = typer.Option(False, "--no-preflight", help="skip the checks before the fan-out "
                                       "(key set, endpoint answers, model served, one real request)"),
+    order: Order = typer.Option(Order.SPEED, "--order", help="speed: longest expected answers first, prompts "
+                                "sharing a prefix together (finishes soonest); data: in data order"),
     batch: bool = typer.Option(False, "--batch", help="send through the provider's batch API (OpenAI, "
                                "Anthropic): about half the price, answers within 24 h; a killed run re-attaches"),
     batch_poll: float = typer.Option(30.0, "--batch-poll", min=0.01, max=3600.0, help="seconds between polls "
@@ -214,7 +222,7 @@ def run_command(
                        task_specific_prompt=task_specific_prompt,
                        embeddings=_embeddings(embedding_model, multilingual_model),
                        breaker=_breaker(stop_after, stop_share, stop_min), preflight=not no_preflight,
-                       batch=batch, batch_poll_s=batch_poll)
+                       batch=batch, batch_poll_s=batch_poll, order=order.value)
     _finish(runner.execute(config, console), json_out, output, allow_incomplete)
 
 
@@ -224,11 +232,7 @@ def _recorded_profile(model: str, cache: Optional[Path]):
     from evaluator.scoring.embeddings import default_cache_dir
     from servers.profiles import get_profile
 
-    folder = (cache or default_cache_dir()) / "responses"
-    if not (folder / "responses.sqlite").is_file():
-        raise InputError("no response cache here: nothing has been run with this --cache",
-                         path=cache or default_cache_dir())
-    store = ResponseCache(folder, read_only=True)
+    store = ResponseCache((cache or default_cache_dir()) / "responses", read_only=True)
     try:
         recorded = store.model(model)
     finally:

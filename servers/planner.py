@@ -69,13 +69,20 @@ def memory_gib(profile: ModelProfile) -> float:
     return params * 1e9 * DTYPE_BYTES.get(profile.dtype, 2) * 1.2 / GIB + 2.0
 
 
-def tensor_parallel(profile: ModelProfile, gpu_memory_gib: float, gpu_count: int) -> int | None:
-    """The smallest TP (the profile's, doubled) whose share fits one GPU; None if none fits the node."""
+def tensor_parallel(profile: ModelProfile, gpu_memory_gib: float, gpu_count: int, width: int | None = None) -> int | None:
+    """The smallest GPU count (the profile's TP, doubled) whose share fits one GPU; on a cluster whose nodes
+    have `width` GPUs, beyond one node only whole nodes (pipeline parallel across them). None if nothing
+    fits."""
+    width = width or gpu_count
     tp = max(1, profile.tensor_parallel_size)
-    while tp <= gpu_count:
-        if memory_gib(profile) / tp <= gpu_memory_gib * USABLE:
-            return tp
+    sizes = []
+    while tp <= width:
+        sizes.append(tp)
         tp *= 2
+    sizes += [k * width for k in range(2, gpu_count // width + 1) if k * width >= profile.tensor_parallel_size]
+    for size in sizes:
+        if memory_gib(profile) / size <= gpu_memory_gib * USABLE:
+            return size
     return None
 
 
@@ -111,9 +118,7 @@ def schedule(profiles: list[ModelProfile], gpus: list[Gpu], startup_s, eval_s, o
     first. `widen` doubles the TP of models that need several GPUs anyway: thinner shares can start on GPUs
     that are still evaluating another model."""
     def tp_for(p: ModelProfile) -> int | None:
-        tp = tensor_parallel(p, min(g.memory_gib for g in gpus), len(gpus)) if gpus else None
-        if tp is not None and tp > per_node(gpus) and tp % per_node(gpus):
-            tp = -(-tp // per_node(gpus)) * per_node(gpus)  # across nodes: whole nodes
+        tp = tensor_parallel(p, min(g.memory_gib for g in gpus), len(gpus), per_node(gpus)) if gpus else None
         return tp * 2 if widen and tp is not None and 2 <= tp < per_node(gpus) and tp * 2 <= per_node(gpus) else tp
 
     plans = [Placement(p, tp_for(p), memory_gib(p)) for p in profiles]
@@ -137,9 +142,9 @@ def schedule(profiles: list[ModelProfile], gpus: list[Gpu], startup_s, eval_s, o
         for plan in list(order):
             candidates = sorted((i for i in free_mem if free_mem[i] >= plan.share_gib and waiting[i] == 0),
                                 key=lambda i: (busy_until[i], i))
-            if len(candidates) < plan.tp:
+            chosen = _choose(candidates, plan.tp, node_of, width)
+            if chosen is None:
                 continue
-            chosen = candidates[: plan.tp]
             for i in chosen:
                 free_mem[i] -= plan.share_gib
                 waiting[i] += 1

@@ -126,7 +126,7 @@ class VLLMServer:
         p = self.profile
         cmd = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.weights,
                "--served-model-name", p.name, "--host", self.host, "--port", str(self.port),
-               "--dtype", self.dtype()]
+               "--dtype", self.dtype(), "--disable-log-stats", "--uvicorn-log-level", "warning"]
         if p.revision and not Path(self.weights).exists():
             cmd += ["--revision", p.revision]
         if p.max_model_len:

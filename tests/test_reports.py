@@ -13,10 +13,10 @@ import pytest
 from rich.console import Console
 
 from benchmarks.stubs.openai_stub import Stub
-from builders import run_cli, write_jsonl
+from builders import run_cli
 from evaluator.cache.responses import ResponseCache, run_key
 from evaluator.cli import sample_dir
-from evaluator.reports import html, leaderboard
+from evaluator.reports import leaderboard
 from evaluator.reports.screenshot import chromium, rendered_dom, screenshot
 
 PAPER_NAMES = ["llama2-7b", "llama2-13b", "llama2-70b", "llama2-7b-chat", "llama3-8b", "llama3-8b-instruct",

@@ -229,3 +229,35 @@ def test_the_runner_tracks_real_server_objects(tmp_path):
         outcomes = suite_runner.run_suite(suite, [], tmp_path / "cache", Console(quiet=True),
                                           start_server=lambda *a, **k: Unhashable(stub.base_url))
     assert [o.status for o in outcomes] == ["complete"]
+
+
+def test_a_cluster_plan_keeps_tensor_parallel_groups_on_one_node():
+    rng = random.Random(5)
+    for _ in range(20):
+        nodes, per = rng.choice([2, 3, 4]), rng.choice([2, 4, 8])
+        gpus = synthetic_inventory(per, 40, nodes=nodes)
+        node_of = {g.index: g.node for g in gpus}
+        models = [local(f"m{i}", rng.choice([0.5, 7, 13, 20, 34, 70, 140])) for i in range(rng.randint(1, 10))]
+        plan = plan_node(models, gpus)
+        check_invariants(plan, gpus)
+        for p in plan.placements:
+            spanned = {node_of[i] for i in p.gpus}
+            if p.tp <= per:
+                assert len(spanned) == 1, (p.profile.name, p.gpus)
+            else:  # larger than a node: whole nodes, for pipeline parallelism across them
+                assert p.tp % per == 0 and len(spanned) == p.tp // per
+
+
+def test_the_dry_run_plans_a_cluster_with_nodes(tmp_path, capsys, monkeypatch):
+    data = write_jsonl(tmp_path / "d.json", [{"input_field": "q", "output_field": 0, "task_name": "t",
+                                              "task_type": "multiple-choice", "metric": "accuracy"}])
+    suite = tmp_path / "s.toml"
+    suite.write_text(f'[suite]\ndata = "{data}"\n[models]\nllama2-70b = {{}}\nqwen7b = {{}}\nbig = {{ model = "x", '
+                     'params_b = 300 }\n', encoding="utf-8")
+    code, out, err = run_cli(["suite", suite, "--dry-run", "--gpus", "4", "--gpu-mem", "80", "--nodes", "3"],
+                             capsys, monkeypatch)
+    assert code == 0, err
+    assert "3 nodes" in out and "n0" in out.replace("n1", "n0").replace("n2", "n0")
+    assert " all" in out  # the 300B model takes whole nodes
+    code, _, err = run_cli(["suite", suite, "--nodes", "2"], capsys, monkeypatch)
+    assert code == 2 and "--dry-run" in err

@@ -47,8 +47,9 @@ def body_hash(raw: bytes) -> str:
 class Stub:
     def __init__(self, plan: Callable[[str, int], str] | None = None, latency: tuple[float, float] = (0.0, 0.0),
                  stall_s: float = 30.0, retry_after: str = "0.05", seed: int = 0,
-                 models: list[str] | None = None) -> None:
+                 models: list[str] | None = None, answers: Callable[[dict], str] | None = None) -> None:
         self.models = models or []  # what /v1/models lists (empty: any name is served)
+        self.answers = answers or answer_for  # the text to answer a request body with
         self.plan = plan or (lambda _h, _a: "ok")
         self.latency = latency
         self.stall_s = stall_s
@@ -129,7 +130,7 @@ class Stub:
                     continue
                 body = json.loads(raw)
                 chat = path.endswith("/chat/completions")
-                text = answer_for(body)
+                text = self.answers(body)
                 choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
                           if chat else {"index": 0, "text": text, "finish_reason": "stop"})
                 reply = {"id": "stub", "object": "chat.completion" if chat else "text_completion",

@@ -159,7 +159,8 @@ class ResponseCache:
     def _open_read_only(self) -> sqlite3.Connection:
         """For report, compare, inspect: never create or change a file, and work on a read-only disk."""
         if not self.path.is_file():
-            raise InputError("no response cache here (nothing has been run with this --cache)", path=self.path)
+            raise InputError("no response cache here: nothing has been run with this --cache",
+                             path=self.path.parent.parent)
         for query in ("mode=ro", "immutable=1"):
             db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{query}", uri=True, check_same_thread=False)
             try:

@@ -145,8 +145,8 @@ def _load_file(path: Path, skill_map: dict[str, str]) -> DataFile:
                      path=path, line=first[0])
 
 
-def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line of a JSON Lines file (a leading byte-order mark is
+def json_lines(path: Path) -> Iterator[tuple[int, Any, str]]:
+    """(line number, value, text) for each non-blank line of a JSON Lines file (a leading byte-order mark is
     allowed, as pandas allows it). Each line is decoded on its own, so bad UTF-8 is reported where it is."""
     try:
         handle = path.open("rb")
@@ -162,19 +162,25 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                value = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise InputError(f"malformed JSON: {exc.msg} (column {exc.colno})",
                                  path=path, line=line_no) from None
             except (RecursionError, ValueError) as exc:
                 raise InputError(f"malformed JSON: {'nested too deeply' if isinstance(exc, RecursionError) else exc}",
                                  path=path, line=line_no) from None
-            if not isinstance(record, dict):
-                raise InputError("each line must be a JSON object", path=path, line=line_no)
-            if "\\ud" in line.lower() and _has_lone_surrogate(record):
-                raise InputError("a string holds a lone surrogate (\\ud800-\\udfff): not Unicode text",
-                                 path=path, line=line_no)
-            yield line_no, record
+            yield line_no, value, line
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each line of a data file: each an object, with Unicode text."""
+    for line_no, record, line in json_lines(path):
+        if not isinstance(record, dict):
+            raise InputError("each line must be a JSON object", path=path, line=line_no)
+        if "\\ud" in line.lower() and _has_lone_surrogate(record):
+            raise InputError("a string holds a lone surrogate (\\ud800-\\udfff): not Unicode text",
+                             path=path, line=line_no)
+        yield line_no, record
 
 
 def _has_lone_surrogate(value: Any) -> bool:

@@ -8,51 +8,30 @@ also `TASK.json`, `TASK.jsonl` or `TASK/`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import polars as pl
 
 from evaluator.errors import InputError
-from evaluator.data.loaders import Dataset
+from evaluator.data.loaders import Dataset, json_lines
 
 
 def read_outputs(path: Path) -> list[str]:
     """The `model_output` of every non-blank line, with a clear error for anything else."""
     outputs: list[str] = []
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", path=path) from None
-    with handle:
-        for line_no, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=path,
-                                 line=line_no) from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"malformed JSON: {exc.msg} (column {exc.colno})", path=path,
-                                 line=line_no) from None
-            except (RecursionError, ValueError) as exc:
-                raise InputError(f"malformed JSON: {'nested too deeply' if isinstance(exc, RecursionError) else exc}",
-                                 path=path, line=line_no) from None
-            if not isinstance(record, dict) or "model_output" not in record:
-                raise InputError("missing field", path=path, line=line_no, field="model_output")
-            value = record["model_output"]
-            if not isinstance(value, str):
-                raise InputError(f"expected a string, got {type(value).__name__}", path=path, line=line_no,
-                                 field="model_output")
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise InputError("the output holds a lone surrogate: not Unicode text", path=path, line=line_no,
-                                 field="model_output") from None
-            outputs.append(value)
+    for line_no, record, _ in json_lines(path):
+        if not isinstance(record, dict) or "model_output" not in record:
+            raise InputError("missing field", path=path, line=line_no, field="model_output")
+        value = record["model_output"]
+        if not isinstance(value, str):
+            raise InputError(f"expected a string, got {type(value).__name__}", path=path, line=line_no,
+                             field="model_output")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError("the output holds a lone surrogate: not Unicode text", path=path, line=line_no,
+                             field="model_output") from None
+        outputs.append(value)
     return outputs
 
 

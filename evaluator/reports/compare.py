@@ -113,8 +113,6 @@ def compare(cache: Path | None, a: str, b: str, protocol: str | None = None, dat
     from evaluator.runs.runner import rescore_saved
 
     folder = cache or default_cache_dir()
-    if not (folder / "responses" / "responses.sqlite").is_file():
-        raise InputError("no response cache here: nothing has been run with this --cache", path=folder)
     store = ResponseCache(folder / "responses", read_only=True)
     try:
         runs = store.runs()

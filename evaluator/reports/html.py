@@ -83,13 +83,10 @@ def write_from(board: "pl.DataFrame", results: dict[str, "RunResult"], path: Pat
 def write(cache_folder: Path, path: Path) -> Path:
     """The report of every run saved in a cache; each run is scored again from the cache for its questions."""
     from evaluator.cache.responses import ResponseCache
-    from evaluator.errors import InputError
     from evaluator.reports.leaderboard import leaderboard
     from evaluator.runs.runner import rescore_saved
 
     folder = Path(cache_folder)
-    if not (folder / "responses" / "responses.sqlite").is_file():
-        raise InputError("no response cache here: nothing has been run with this --cache", path=folder)
     store = ResponseCache(folder / "responses", read_only=True)
     try:
         runs, tasks = store.runs(), store.task_scores()

@@ -86,7 +86,8 @@ def document(result: "RunResult", files: dict | None = None) -> dict:
                      "max_tokens": ({t.value: n for t, n in TASK_WISE_MAX_TOKENS.items()}
                                     if config.protocol is Protocol.TASK else
                                     {"multiple-choice": 1, "other": SKILL_WISE_MAX_TOKENS}),
-                     "concurrency": config.concurrency, "timeout_s": config.timeout_s, "limit": config.limit,
+                     "concurrency": config.concurrency or "default (64; 256 for a server this run started)",
+                     "timeout_s": config.timeout_s, "limit": config.limit,
                      "refresh": config.refresh, "embedding_model": config.embeddings.english,
                      "multilingual_model": config.embeddings.multilingual},
         "times": {"started_at": iso(result.started_at), "finished_at": iso(result.finished_at), **result.timings},

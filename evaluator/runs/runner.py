@@ -9,6 +9,7 @@ before the fan-out, a circuit breaker during it, a full disk at once. Every resu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import shutil
 import threading
@@ -56,7 +57,7 @@ class RunConfig:
     protocol: Protocol = Protocol.SKILL
     rendering: Rendering | None = None  # None: the profile's
     base_url: str | None = None
-    concurrency: int = 64
+    concurrency: int | None = None  # None: 64, or 256 for a vLLM server this run starts (it queues the rest)
     limit: int | None = None
     cache_dir: Path | None = None
     refresh: bool = False
@@ -75,6 +76,7 @@ class RunConfig:
     batch_poll_s: float = 30.0
     batch_limit: int | None = None  # fewer requests per batch than the provider allows
     cancel: threading.Event | None = None  # set from elsewhere (a lost Ray node) to stop the fan-out at once
+    order: str = "speed"  # "speed": longest expected answers first, shared prefixes together; "data": as loaded
 
     def __post_init__(self) -> None:
         if self.protocol is Protocol.SKILL and (self.letter_choices or self.task_specific_prompt):
@@ -111,8 +113,7 @@ class RunConfig:
     def scoring(self) -> ScoringOptions:
         embeddings = self.embeddings
         if embeddings.cache_dir is None:
-            embeddings = EmbeddingConfig(english=embeddings.english, multilingual=embeddings.multilingual,
-                                         cache_dir=self.cache_folder, batch_size=embeddings.batch_size)
+            embeddings = dataclasses.replace(embeddings, cache_dir=self.cache_folder)
         return ScoringOptions(protocol=self.protocol, letter_choices=self.letter_choices, embeddings=embeddings)
 
     def served_dtype(self) -> str | None:
@@ -197,6 +198,17 @@ def weights_of(profile: ModelProfile) -> str | None:
     return demo_model.WEIGHTS_ID if profile.source == "demo" else None
 
 
+def speed_order(todo: list[Planned]) -> list[Planned]:
+    """The order that finishes soonest: the longest expected answers (the largest token budgets) first, so
+    they do not start last and hold up the end; within a budget, prompts sorted by text, so those that share
+    a prefix (the system prompt, a task's instructions) arrive together and vLLM's prefix cache hits."""
+    def text(item: Planned) -> str:
+        body = item.body
+        return body["prompt"] if "prompt" in body else "\0".join(m["content"] for m in body["messages"])
+
+    return sorted(todo, key=lambda item: (-item.body["max_tokens"], text(item)))
+
+
 def plan(questions: list[Question], config: RunConfig) -> list[Planned]:
     """The request body for every question and its cache key (model identity + endpoint + body)."""
     profile = config.profile
@@ -240,12 +252,17 @@ class _Progress:
                         errors=self.errors)
 
 
-def endpoint_for(config: RunConfig, base_url: str) -> Endpoint:
+LOCAL_CONCURRENCY = 256  # a server we started serves only us: let its scheduler see the whole queue
+REMOTE_CONCURRENCY = 64
+
+
+def endpoint_for(config: RunConfig, base_url: str, started_here: bool = False) -> Endpoint:
     profile = config.profile
+    concurrency = config.concurrency or (LOCAL_CONCURRENCY if started_here else REMOTE_CONCURRENCY)
     url, _, password = strip_url_credentials(base_url)
     api_key = profile.api_key() or password
     return Endpoint(base_url=url, chat=config.render_mode is Rendering.CHAT, api_key=api_key,
-                    timeout_s=config.timeout_s, concurrency=config.concurrency,
+                    timeout_s=config.timeout_s, concurrency=concurrency,
                     requests_per_minute=None if profile.is_local else profile.requests_per_minute,
                     replicas=tuple(strip_url_credentials(u)[0] for u in profile.replicas))
 
@@ -335,7 +352,7 @@ def send(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: 
                 return outcome
             base_url = server.base_url
             outcome.startup_s = getattr(server, "startup_s", 0.0)
-        endpoint = endpoint_for(config, base_url)
+        endpoint = endpoint_for(config, base_url, started_here=server is not None)
         served = profile.name if profile.is_local else profile.model
         remaining = list(todo)
         mine = cache.claim([p.key for p in remaining], owner, config.refresh)
@@ -480,6 +497,8 @@ def execute(config: RunConfig, console: Console, send_missing: bool = True,
     try:
         have = {} if config.refresh else cache.answers([p.key for p in planned])
         todo = list({p.key: p for p in planned if p.key not in have}.values())  # duplicates asked once
+        if config.order == "speed":
+            todo = speed_order(todo)
         sending = _Sending()
         if send_missing:
             cache.put_model(config.profile.name, config.profile.public())

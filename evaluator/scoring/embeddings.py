@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -44,6 +44,8 @@ class EmbeddingConfig:
     multilingual: str = MULTILINGUAL_MODEL
     cache_dir: Path | None = None  # None: default_cache_dir(); the vectors live in embeddings.sqlite there
     batch_size: int = 128
+    # auto: ONNX Runtime on a CPU where it is installed and the model's pipeline allows, else PyTorch
+    backend: str = field(default_factory=lambda: os.environ.get("SHOPPING_MMLU_ENCODER", "auto"))
 
     def source(self, metric: Metric) -> str:
         return self.english if metric is Metric.SENT_TRANSFORMER else self.multilingual
@@ -97,11 +99,29 @@ def unavailable_reason(source: str) -> str | None:
     return f"not a local folder, not in the local Hugging Face cache, and {reason}" if reason else None
 
 
-def _load_model(source: str):
-    """A local folder, else the Hugging Face cache, else the hub (once it is known to be reachable)."""
+def _local_folder(source: str) -> Path | None:
+    """The model's files on this machine: a local folder, or its snapshot in the Hugging Face cache."""
+    resolved = _resolve(source)
+    if Path(resolved).is_dir():
+        return Path(resolved)
+    snapshots = _hub_cache() / f"models--{resolved.replace('/', '--')}" / "snapshots"
+    found = sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
+    return found[-1] if found else None
+
+
+def _load_model(source: str, backend: str = "auto", cache_dir: Path | None = None):
+    """ONNX Runtime on a CPU where installed (and `backend` allows), else a SentenceTransformer: a local
+    folder, else the Hugging Face cache, else the hub (once it is known to be reachable)."""
     reason = unavailable_reason(source)
     if reason:
         raise RuntimeError(reason)
+    from evaluator.scoring import onnx_encoder
+
+    folder = _local_folder(source)
+    gpu = Path("/dev/nvidia0").exists() or Path("/dev/nvidiactl").exists()  # CUDA encodes faster: keep torch
+    wants_onnx = backend == "onnx" or (backend == "auto" and onnx_encoder.available() and not gpu)
+    if wants_onnx and folder is not None and onnx_encoder.supports(folder):
+        return onnx_encoder.OnnxEncoder(folder, cache_dir or default_cache_dir())
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
@@ -182,7 +202,7 @@ class Embedder:
         source = self.config.source(metric)
         if source not in self._models:
             try:
-                self._models[source] = _load_model(source)
+                self._models[source] = _load_model(source, self.config.backend, self.config.cache_dir)
             except Exception as exc:  # offline hub, missing folder, bad weights: all mean "not available"
                 reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
                 raise EmbeddingUnavailable(
