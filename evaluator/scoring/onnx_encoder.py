@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,8 @@ def _export(folder: Path, target: Path) -> None:
     mask[1, 8:] = 0  # a padded row, as real batches have
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on shape-dependent Python branches: checked by tests
         torch.onnx.export(Wrapped(model), (ids, mask), str(tmp), input_names=["input_ids", "attention_mask"],
                           output_names=["tokens"], opset_version=17, dynamo=False,
                           dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
