@@ -123,7 +123,8 @@ class BatchStub:
                                   "polls": 0, "ended": False, "created_at": int(time.time())}
         return web.json_response(self._openai_batch(self.batches[batch_id]))
 
-    async def openai_retrieve(self, request: web.Request) -> web.Response:
+    def _retrieve(self, request: web.Request, view) -> web.Response:
+        """A poll: one state further, or a 500 now and then."""
         if not self._authorised(request):
             return web.json_response({"error": {"message": "no key"}}, status=401)
         failure = self._maybe_5xx()
@@ -131,12 +132,18 @@ class BatchStub:
             return failure
         batch = self.batches[request.match_info["id"]]
         self._advance(batch)
-        return web.json_response(self._openai_batch(batch))
+        return web.json_response(view(batch))
 
-    async def openai_cancel(self, request: web.Request) -> web.Response:
+    def _cancel(self, request: web.Request, view) -> web.Response:
         batch = self.batches[request.match_info["id"]]
         batch["cancelled"] = batch["ended"] = True
-        return web.json_response(self._openai_batch(batch))
+        return web.json_response(view(batch))
+
+    async def openai_retrieve(self, request: web.Request) -> web.Response:
+        return self._retrieve(request, self._openai_batch)
+
+    async def openai_cancel(self, request: web.Request) -> web.Response:
+        return self._cancel(request, self._openai_batch)
 
     async def openai_content(self, request: web.Request) -> web.Response:
         if not self._authorised(request):
@@ -197,19 +204,10 @@ class BatchStub:
         return web.json_response(self._anthropic_batch(self.batches[batch_id]))
 
     async def anthropic_retrieve(self, request: web.Request) -> web.Response:
-        if not self._authorised(request):
-            return web.json_response({"error": {"message": "no key"}}, status=401)
-        failure = self._maybe_5xx()
-        if failure is not None:
-            return failure
-        batch = self.batches[request.match_info["id"]]
-        self._advance(batch)
-        return web.json_response(self._anthropic_batch(batch))
+        return self._retrieve(request, self._anthropic_batch)
 
     async def anthropic_cancel(self, request: web.Request) -> web.Response:
-        batch = self.batches[request.match_info["id"]]
-        batch["cancelled"] = batch["ended"] = True
-        return web.json_response(self._anthropic_batch(batch))
+        return self._cancel(request, self._anthropic_batch)
 
     async def anthropic_results(self, request: web.Request) -> web.Response:
         if not self._authorised(request):

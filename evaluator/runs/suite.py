@@ -19,13 +19,13 @@ from rich.markup import escape
 
 from evaluator.data import loaders
 from evaluator.prompts import PromptOptions, Protocol, Rendering, render
+from evaluator.redact import redact
 from evaluator.runs import runner
 from evaluator.runs.runner import RunConfig
 from evaluator.scoring.embeddings import ENGLISH_MODEL, MULTILINGUAL_MODEL, EmbeddingConfig
 from servers import demo_model
 from servers.planner import Gpu, Placement, per_node, plan_node, split_parallel
 from servers.profiles import ModelProfile
-from evaluator.redact import redact
 from servers.suite import Suite
 
 ATTEMPTS = 2
