@@ -356,3 +356,21 @@ def test_csv_with_a_byte_order_mark_and_a_long_field_loads_as_pandas_would(tmp_p
                      f'{long_question},"[\'a\', \'b\', \'c\', \'d\']",2\n'.encode())
     questions = loaders.load(path).questions
     assert len(questions) == 1 and questions[0].input == long_question and questions[0].truth == 2
+
+
+def test_credentials_inside_a_url_are_sent_as_auth_and_never_stored(tmp_path, capsys, monkeypatch):
+    import base64
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    data = write_jsonl(tmp_path / "d.json", [{"input_field": f"Q{i}", "output_field": 0, "task_name": "t",
+                                              "task_type": "multiple-choice", "metric": "accuracy"} for i in range(5)])
+    secret = "url-password-0123456789"
+    with Stub() as stub:
+        url = stub.base_url.replace("http://", f"http://alice:{secret}@")
+        code, out, err = run_cli(["run", "--model", "m", "--base-url", url, "--data", data, "--cache",
+                                  tmp_path / "c", "--output", tmp_path / "results"], capsys, monkeypatch)
+        expected = "Basic " + base64.b64encode(f"alice:{secret}".encode()).decode()
+        assert stub.authorizations == {expected: 5}
+    assert code == 0, out + err
+    written = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    assert secret.encode() not in written and secret not in out + err and "[red]" not in err

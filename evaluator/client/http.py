@@ -34,6 +34,7 @@ class Endpoint:
     base_url: str  # .../v1
     chat: bool  # /chat/completions (messages) or /completions (prompt)
     api_key: str | None = None  # sent as a bearer token, never stored
+    basic_auth: tuple[str, str] | None = None  # user and password from the URL, where there is no key
     timeout_s: float = 300.0
     concurrency: int = 64
     requests_per_minute: int | None = None
@@ -286,6 +287,8 @@ def make_session(endpoint: Endpoint) -> aiohttp.ClientSession:
     headers = {"content-type": "application/json"}
     if endpoint.api_key:
         headers["authorization"] = f"Bearer {endpoint.api_key}"
+    elif endpoint.basic_auth:
+        headers["authorization"] = aiohttp.BasicAuth(*endpoint.basic_auth).encode()
     connector = aiohttp.TCPConnector(limit=endpoint.concurrency, limit_per_host=endpoint.concurrency)
     timeout = aiohttp.ClientTimeout(total=endpoint.timeout_s, connect=min(endpoint.timeout_s, 30.0))
     return aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers)

@@ -259,9 +259,10 @@ REMOTE_CONCURRENCY = 64
 def endpoint_for(config: RunConfig, base_url: str, started_here: bool = False) -> Endpoint:
     profile = config.profile
     concurrency = config.concurrency or (LOCAL_CONCURRENCY if started_here else REMOTE_CONCURRENCY)
-    url, _, password = strip_url_credentials(base_url)
-    api_key = profile.api_key() or password
-    return Endpoint(base_url=url, chat=config.render_mode is Rendering.CHAT, api_key=api_key,
+    url, user, password = strip_url_credentials(base_url)  # credentials in a URL go as auth, never stored
+    basic = (user or "", password or "") if user or password else None
+    return Endpoint(base_url=url, chat=config.render_mode is Rendering.CHAT, api_key=profile.api_key(),
+                    basic_auth=basic,
                     timeout_s=config.timeout_s, concurrency=concurrency,
                     requests_per_minute=None if profile.is_local else profile.requests_per_minute,
                     replicas=tuple(strip_url_credentials(u)[0] for u in profile.replicas))

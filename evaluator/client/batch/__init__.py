@@ -1,7 +1,7 @@
 """The providers' batch APIs: about half the price, within 24 hours, outside the live rate limits.
 
 One small module per provider behind one interface: `submit` a list of requests (each with the question's
-cache key as its custom id), `poll` the batch's state, read its `results` as (key, Reply) pairs, `cancel`.
+cache key as its custom id), `poll` the batch's state, read its `results` as (key, Reply) pairs.
 They use the providers' own SDKs (optional extras: `pip install shopping-mmlu[batch]`); the live hot path
 stays on our aiohttp client. Every result, whatever it holds, becomes a Reply: an answer or an error.
 """
@@ -41,8 +41,6 @@ class BatchProvider(Protocol):
     def poll(self, batch_id: str) -> BatchState: ...
 
     def results(self, batch_id: str, chat: bool) -> Iterator[tuple[str, Reply]]: ...
-
-    def cancel(self, batch_id: str) -> None: ...
 
 
 def provider_for(provider: str, api_key: str | None, base_url: str | None) -> BatchProvider:

@@ -71,9 +71,6 @@ class AnthropicBatches:
                 yield key, Reply(False, 1, 0.0, error_kind=f"batch_{kind or 'unknown'}",
                                  message=f"batch request {kind}: {str(detail or '')[:500]}".rstrip(": "))
 
-    def cancel(self, batch_id: str) -> None:
-        self.client.messages.batches.cancel(batch_id)
-
 
 def _count(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS_FIELD else None

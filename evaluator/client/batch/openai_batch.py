@@ -58,9 +58,6 @@ class OpenAIBatches:
                 if raw.strip():
                     yield from _result(raw, chat)
 
-    def cancel(self, batch_id: str) -> None:
-        self.client.batches.cancel(batch_id)
-
 
 def _result(raw: bytes, chat: bool) -> Iterator[tuple[str, Reply]]:
     """One output or error line as (custom id, Reply); a line we cannot read yields nothing."""
