@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -151,11 +152,14 @@ def test_two_identical_runs_at_once_share_the_work_and_pay_once(tmp_path):
         {"input_field": f"q{i}", "output_field": i % 4, "task_name": f"t{i % 3}", "task_type": "multiple-choice",
          "metric": "accuracy"} for i in range(300)])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    with Stub(latency=(0.02, 0.04)) as stub:
-        runs = [subprocess.Popen([sys.executable, "-m", "evaluator", "run", "--model", "stub-model", "--base-url",
-                                  stub.base_url, "--data", str(data), "--cache", str(cache), "--concurrency", "8"],
-                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                for _ in range(2)]
+    with Stub(latency=(0.05, 0.08)) as stub:
+        command = [sys.executable, "-m", "evaluator", "run", "--model", "stub-model", "--base-url", stub.base_url,
+                   "--data", str(data), "--cache", str(cache), "--concurrency", "8"]
+        runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+        deadline = time.monotonic() + 60
+        while not stub.seen and time.monotonic() < deadline:  # the first run has claimed and is sending
+            time.sleep(0.01)
+        runs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         results = [r.communicate(timeout=300) for r in runs]
         received = sum(stub.seen.values())
     for run, (out, err) in zip(runs, results):
