@@ -16,24 +16,23 @@ It records every key it saw (Authorization and x-api-key headers) and every batc
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import itertools
 import json
-import threading
 import time
 from collections import Counter
 
 from aiohttp import web
 
 from benchmarks.stubs.openai_stub import answer_for
+from benchmarks.stubs.threaded import ThreadedServer
 
 
 def _fraction(custom_id: str) -> float:
     return int(hashlib.sha256(custom_id.encode()).hexdigest()[:8], 16) / 2**32
 
 
-class BatchStub:
+class BatchStub(ThreadedServer):
     def __init__(self, polls_to_end: int = 3, expire_half: bool = False, error_share: float = 0.0,
                  poll_5xx: int = 0, unknown_id: bool = False) -> None:
         self.polls_to_end = polls_to_end
@@ -45,8 +44,6 @@ class BatchStub:
         self.ids = itertools.count(1)
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
@@ -247,33 +244,12 @@ class BatchStub:
             web.post("/v1/messages/batches/{id}/cancel", self.anthropic_cancel)])
         return app
 
-    def start(self, port: int = 0) -> "BatchStub":
-        ready = threading.Event()
+    async def _open(self, port: int) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
 
-        def main() -> None:
-            self._loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self._loop)
-            self._runner = web.AppRunner(self.app(), access_log=None)
-            self._loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, "127.0.0.1", port)
-            self._loop.run_until_complete(site.start())
-            self.port = site._server.sockets[0].getsockname()[1]
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=main, daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-
-    def __enter__(self) -> "BatchStub":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    async def _close(self) -> None:
+        await self._runner.cleanup()

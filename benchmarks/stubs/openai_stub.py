@@ -23,9 +23,10 @@ import asyncio
 import hashlib
 import json
 import random
-import threading
 from collections import Counter
 from typing import Callable
+
+from benchmarks.stubs.threaded import ThreadedServer
 
 FAULTS = ("429", "500", "502", "503", "400", "stall", "reset", "malformed", "empty")
 HOSTILE = ("surrogate", "huge_tokens", "deep", "long_int", "wrong_types", "null_text", "error_200", "endless",
@@ -44,7 +45,7 @@ def body_hash(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-class Stub:
+class Stub(ThreadedServer):
     def __init__(self, plan: Callable[[str, int], str] | None = None, latency: tuple[float, float] = (0.0, 0.0),
                  stall_s: float = 30.0, retry_after: str = "0.05", seed: int = 0,
                  models: list[str] | None = None, answers: Callable[[dict], str] | None = None) -> None:
@@ -61,9 +62,7 @@ class Stub:
         self.in_flight = 0
         self.max_in_flight = 0
         self.port: int | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
@@ -188,38 +187,14 @@ class Stub:
         self._server = await asyncio.start_server(self._handle, host, port, backlog=4096)
         self.port = self._server.sockets[0].getsockname()[1]
 
-    def start(self, port: int = 0) -> "Stub":
-        """Serve from a background thread with its own event loop."""
-        ready = threading.Event()
+    async def _open(self, port: int) -> None:
+        await self.serve(port)
 
-        def main() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(self.serve(port))
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=main, daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._server is not None:
-            async def close() -> None:
-                self._server.close()
-                for task in asyncio.all_tasks():
-                    if task is not asyncio.current_task():
-                        task.cancel()
-
-            asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-
-    def __enter__(self) -> "Stub":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    async def _close(self) -> None:
+        self._server.close()
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()
 
 
 def share_plan(share: float, faults: tuple[str, ...] = FAULTS, seed: int = 0) -> Callable[[str, int], str]:
