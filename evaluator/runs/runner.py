@@ -456,9 +456,11 @@ def score_from_cache(questions: list[Question], planned: list[Planned], cache: R
     return scores, rows, tasks.to_dicts()
 
 
-def load_and_plan(config: RunConfig) -> tuple[loaders.Dataset, list[Question], list[Planned]]:
-    """The run's data, its questions (the first `limit` of them) and their planned requests."""
-    dataset = loaders.load(config.data, config.protocol.value)
+def load_and_plan(config: RunConfig, dataset: loaders.Dataset | None = None
+                  ) -> tuple[loaders.Dataset, list[Question], list[Planned]]:
+    """The run's data (loaded unless given), its questions (the first `limit` of them) and their planned
+    requests."""
+    dataset = dataset or loaders.load(config.data, config.protocol.value)
     questions = dataset.questions[: config.limit] if config.limit else dataset.questions
     return dataset, questions, plan(questions, config)
 
@@ -486,11 +488,12 @@ def iso(timestamp: float) -> str:
 
 
 def execute(config: RunConfig, console: Console, send_missing: bool = True,
-            server_factory: Callable = start_server, save: bool = True) -> RunResult:
+            server_factory: Callable = start_server, save: bool = True,
+            dataset: loaders.Dataset | None = None) -> RunResult:
     """`run` (send_missing) or `rescore` (cache only); `save=False` scores without touching the cache."""
     started_at = time.time()
     clock = time.monotonic()
-    dataset, questions, planned = load_and_plan(config)
+    dataset, questions, planned = load_and_plan(config, dataset)
     folder = config.cache_folder / "responses"
     if not send_missing and not (folder / "responses.sqlite").is_file():
         raise InputError("no response cache here: nothing has been run with this --cache", path=config.cache_folder)
@@ -563,7 +566,7 @@ def rescore_saved(cache_folder: Path, record: dict) -> RunResult | str:
         return f"its data {data} has changed since it was scored"
     if record["questions"] < len(dataset.questions):
         config.limit = record["questions"]
-    return execute(config, Console(quiet=True), send_missing=False, save=False)
+    return execute(config, Console(quiet=True), send_missing=False, save=False, dataset=dataset)
 
 
 def run_key_of(result: RunResult) -> str:
