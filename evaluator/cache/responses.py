@@ -22,7 +22,7 @@ from pathlib import Path
 
 import polars as pl
 
-from evaluator.cache.sqlite import open_shared
+from evaluator.cache.sqlite import BUSY_TIMEOUT_S, ReadOnlyFile, SharedFile
 from evaluator.errors import InputError
 from evaluator.redact import redact
 
@@ -128,7 +128,44 @@ class CacheFull(Exception):
     """The cache's disk is full: answers can no longer be kept, so nothing more may be bought."""
 
 
+def _migrate(db: sqlite3.Connection) -> None:
+    """Run under the creation lock. Version 0/1 kept one `scores` row per task keyed on the data path: move
+    them under runs. Version 3 says where each answer came from (live or a batch)."""
+    if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+        return
+    with db:
+        db.execute("BEGIN IMMEDIATE")
+        columns = {row[1] for row in db.execute("PRAGMA table_info(answers)")}
+        if "source" not in columns:
+            db.execute("ALTER TABLE answers ADD COLUMN source TEXT")
+        old = db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='scores'").fetchone()
+        if old:
+            rows = db.execute("SELECT model, data, protocol, rendering, skill, task, metric, n, errors, "
+                              "score, prompt_tokens, completion_tokens, created_at FROM scores").fetchall()
+            runs: dict[tuple, list] = {}
+            for row in rows:
+                runs.setdefault(row[:4], []).append(row)
+            for (model, data, protocol, rendering), tasks in runs.items():
+                key = run_key(model, f"path:{data}", protocol, rendering, "")
+                scored = sum(t[7] for t in tasks)
+                errors = sum(t[8] for t in tasks)
+                record = (key, model, data, f"path:{data}", protocol, rendering, "", scored + errors, scored,
+                          scored, errors, 0, "complete" if errors == 0 else "incomplete",
+                          None, sum(t[10] or 0 for t in tasks), sum(t[11] or 0 for t in tasks), None,
+                          json.dumps({"migrated": "scored before version 2 kept data hashes"}),
+                          max(t[12] for t in tasks))
+                db.execute(f"INSERT OR REPLACE INTO runs VALUES ({','.join('?' * len(RUN_COLUMNS))})", record)
+                db.executemany(f"INSERT OR REPLACE INTO task_scores VALUES ({','.join('?' * 12)})",
+                               [(key, t[4], t[5], t[6], t[7] + t[8], t[7], t[8], 0, t[9], t[10], t[11], None)
+                                for t in tasks])
+            db.execute("DROP TABLE scores")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
 class ResponseCache:
+    """The cache as one process uses it: reads on the calling thread's own connection, every write through
+    the process's single writer thread (see `evaluator.cache.sqlite`). Safe to share between threads."""
+
     def __init__(self, folder: Path, read_only: bool = False) -> None:
         folder = Path(folder)
         if folder.exists() and not folder.is_dir():
@@ -138,37 +175,33 @@ class ResponseCache:
             raise InputError("the response cache is not a file", path=self.path)
         try:
             if read_only:
-                self.db = self._open_read_only()
+                if not self.path.is_file():
+                    raise InputError("no response cache here: nothing has been run with this --cache",
+                                     path=folder.parent)
+                try:
+                    self._file = ReadOnlyFile(self.path)
+                except sqlite3.OperationalError:
+                    raise InputError("the response cache cannot be opened read-only", path=self.path) from None
                 self._check_schema(self.db)
+                if self.db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                    raise InputError("this response cache was written by an older version: run any `run` or "
+                                     "`rescore` on it once to update it (nothing is lost)", path=self.path)
             else:
-                if self.path.is_file() and self.path.stat().st_size > 0:  # never add our tables to another file
-                    probe = self._open_read_only()
-                    try:
-                        self._check_schema(probe)
-                    finally:
-                        probe.close()
-                self.db = open_shared(self.path, SCHEMA)
-                self._migrate()
+                self._file = SharedFile(self.path, SCHEMA, setup=_migrate, check=self._check_foreign)
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc):
-                raise
+                raise InputError(f"the response cache stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s "
+                                 f"({exc}); is another run stuck on it?", path=self.path) from None
             raise self._unusable(exc) from None
         except sqlite3.DatabaseError as exc:
             raise self._unreadable(exc) from None
+        except OSError as exc:  # the folder or its lock file cannot be made
+            raise self._unusable(exc) from None
 
-    def _open_read_only(self) -> sqlite3.Connection:
-        """For report, compare, inspect: never create or change a file, and work on a read-only disk."""
-        if not self.path.is_file():
-            raise InputError("no response cache here: nothing has been run with this --cache",
-                             path=self.path.parent.parent)
-        for query in ("mode=ro", "immutable=1"):
-            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{query}", uri=True, check_same_thread=False)
-            try:
-                db.execute("PRAGMA schema_version").fetchone()
-                return db
-            except sqlite3.OperationalError:
-                db.close()
-        raise InputError("the response cache cannot be opened read-only", path=self.path)
+    @property
+    def db(self) -> sqlite3.Connection:
+        """This thread's own connection (for reads)."""
+        return self._file.read()
 
     def _check_schema(self, db: sqlite3.Connection) -> None:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -177,42 +210,10 @@ class ResponseCache:
                              f"{', '.join(sorted(tables))[:200] or 'none'}); pass --cache with another folder",
                              path=self.path)
 
-    def _migrate(self) -> None:
-        """Version 0/1 kept one `scores` row per task keyed on the data path: move them under runs. Version 3
-        says where each answer came from (live or a batch)."""
-        if self.db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
-            return
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            if self.db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
-                return
-            columns = {row[1] for row in self.db.execute("PRAGMA table_info(answers)")}
-            if "source" not in columns:
-                self.db.execute("ALTER TABLE answers ADD COLUMN source TEXT")
-            old = self.db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='scores'").fetchone()
-            if old:
-                rows = self.db.execute("SELECT model, data, protocol, rendering, skill, task, metric, n, errors, "
-                                       "score, prompt_tokens, completion_tokens, created_at FROM scores").fetchall()
-                runs: dict[tuple, list] = {}
-                for row in rows:
-                    runs.setdefault(row[:4], []).append(row)
-                for (model, data, protocol, rendering), tasks in runs.items():
-                    key = run_key(model, f"path:{data}", protocol, rendering, "")
-                    scored = sum(t[7] for t in tasks)
-                    errors = sum(t[8] for t in tasks)
-                    record = (key, model, data, f"path:{data}", protocol, rendering, "", scored + errors, scored,
-                              scored, errors, 0, "complete" if errors == 0 else "incomplete",
-                              None, sum(t[10] or 0 for t in tasks), sum(t[11] or 0 for t in tasks), None,
-                              json.dumps({"migrated": "scored before version 2 kept data hashes"}),
-                              max(t[12] for t in tasks))
-                    self.db.execute(f"INSERT OR REPLACE INTO runs VALUES ({','.join('?' * len(RUN_COLUMNS))})",
-                                    record)
-                    self.db.executemany(
-                        f"INSERT OR REPLACE INTO task_scores VALUES ({','.join('?' * 12)})",
-                        [(key, t[4], t[5], t[6], t[7] + t[8], t[7], t[8], 0, t[9], t[10], t[11], None)
-                         for t in tasks])
-                self.db.execute("DROP TABLE scores")
-            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    def _check_foreign(self, db: sqlite3.Connection) -> None:
+        """Never add our tables to someone else's database; a file with no tables yet is a cache being made."""
+        if db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]:
+            self._check_schema(db)
 
     def _unreadable(self, exc: Exception) -> InputError:
         return InputError(f"the response cache cannot be read ({exc}); move the file aside to start a new cache "
@@ -241,8 +242,12 @@ class ResponseCache:
             raise InputError(f"the response cache refused a value ({exc}); the cache itself is fine",
                              path=self.path) from None
 
+    def _write(self, fn):
+        with self._guard():
+            return self._file.write(fn)
+
     def close(self) -> None:
-        self.db.close()
+        self._file.close()
 
     # ------------------------------------------------------------------ answers and errors
 
@@ -272,84 +277,85 @@ class ResponseCache:
 
     def put_answer(self, key: str, model: str, qid: str, request: dict, answer: Answer, latency_s: float,
                    attempts: int) -> None:
-        """One transaction per answer: a crash loses at most what was in flight."""
-        with self._guard():
-            with self.db:
-                self.db.execute("BEGIN IMMEDIATE")
-                self.db.execute("INSERT OR REPLACE INTO answers (key, model, qid, text, finish_reason, prompt_tokens, "
-                                "completion_tokens, latency_s, attempts, created_at, request, source) "
-                                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                                (key, model, qid, answer.text, answer.finish_reason, answer.prompt_tokens,
-                                 answer.completion_tokens, latency_s, attempts, time.time(),
-                                 json.dumps(request, ensure_ascii=False), answer.source))
-                self.db.execute("DELETE FROM errors WHERE key = ?", (key,))
-                self.db.execute("DELETE FROM claims WHERE key = ?", (key,))
+        """Committed before this returns (several callers may share the commit): a crash loses at most what
+        was in flight."""
+        row = (key, model, qid, answer.text, answer.finish_reason, answer.prompt_tokens, answer.completion_tokens,
+               latency_s, attempts, time.time(), json.dumps(request, ensure_ascii=False), answer.source)
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO answers (key, model, qid, text, finish_reason, prompt_tokens, "
+                       "completion_tokens, latency_s, attempts, created_at, request, source) "
+                       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row)
+            db.execute("DELETE FROM errors WHERE key = ?", (key,))
+            db.execute("DELETE FROM claims WHERE key = ?", (key,))
+
+        self._write(write)
 
     def put_error(self, key: str, model: str, qid: str, request: dict, kind: str, status: int | None,
                   message: str, attempts: int, latency_s: float) -> None:
-        with self._guard():
-            with self.db:
-                self.db.execute("BEGIN IMMEDIATE")
-                self.db.execute("INSERT OR REPLACE INTO errors VALUES (?,?,?,?,?,?,?,?,?,?)",
-                                (key, model, qid, _clean(kind, 40), status, _clean(message, 2000), attempts,
-                                 latency_s, time.time(), json.dumps(request, ensure_ascii=False)))
-                self.db.execute("DELETE FROM claims WHERE key = ?", (key,))
+        row = (key, model, qid, _clean(kind, 40), status, _clean(message, 2000), attempts, latency_s, time.time(),
+               json.dumps(request, ensure_ascii=False))
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO errors VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+            db.execute("DELETE FROM claims WHERE key = ?", (key,))
+
+        self._write(write)
 
     # ------------------------------------------------------------------ claims on requests in flight
 
     def claim(self, keys: list[str], owner: str, refresh: bool = False) -> set[str]:
         """The keys this owner may send: not answered meanwhile (unless it asks again on purpose), and
         unclaimed, already its own, or held by a dead or lapsed owner."""
-        now = time.time()
-        with self._guard():
-            with self.db:
-                self.db.execute("BEGIN IMMEDIATE")
-                held: dict[str, tuple[str, float]] = {}
-                answered: set[str] = set()
-                for start in range(0, len(keys), 500):
-                    chunk = keys[start:start + 500]
-                    marks = ','.join('?' * len(chunk))
-                    for key, who, expires in self.db.execute(
-                            f"SELECT key, owner, expires FROM claims WHERE key IN ({marks})", chunk):
-                        held[key] = (who, expires)
-                    if not refresh:
-                        answered.update(k for (k,) in self.db.execute(
-                            f"SELECT key FROM answers WHERE key IN ({marks})", chunk))
-                alive: dict[str, bool] = {}
-                mine = []
-                for key in keys:
-                    if key in answered:
+        def write(db: sqlite3.Connection) -> list[str]:
+            now = time.time()
+            held: dict[str, tuple[str, float]] = {}
+            answered: set[str] = set()
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                marks = ','.join('?' * len(chunk))
+                for key, who, expires in db.execute(
+                        f"SELECT key, owner, expires FROM claims WHERE key IN ({marks})", chunk):
+                    held[key] = (who, expires)
+                if not refresh:
+                    answered.update(k for (k,) in db.execute(
+                        f"SELECT key FROM answers WHERE key IN ({marks})", chunk))
+            alive: dict[str, bool] = {}
+            mine = []
+            for key in keys:
+                if key in answered:
+                    continue
+                if key in held:
+                    who, expires = held[key]
+                    if who != owner and expires > now and alive.setdefault(who, _owner_alive(who)):
                         continue
-                    if key in held:
-                        who, expires = held[key]
-                        if who != owner and expires > now and alive.setdefault(who, _owner_alive(who)):
-                            continue
-                    mine.append(key)
-                self.db.executemany("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)",
-                                    [(k, owner, now + CLAIM_LEASE_S) for k in mine])
-        return set(mine)
+                mine.append(key)
+            db.executemany("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)",
+                           [(k, owner, now + CLAIM_LEASE_S) for k in mine])
+            return mine
+
+        return set(self._write(write))
 
     def renew_claims(self, owner: str) -> None:
-        with self._guard():
-            self.db.execute("UPDATE claims SET expires = ? WHERE owner = ?", (time.time() + CLAIM_LEASE_S, owner))
+        self._write(lambda db: db.execute("UPDATE claims SET expires = ? WHERE owner = ?",
+                                          (time.time() + CLAIM_LEASE_S, owner)))
 
     def release_claims(self, owner: str) -> None:
-        with self._guard():
-            self.db.execute("DELETE FROM claims WHERE owner = ?", (owner,))
+        self._write(lambda db: db.execute("DELETE FROM claims WHERE owner = ?", (owner,)))
 
     # ------------------------------------------------------------------ provider batches
 
     def record_batch(self, batch_id: str, provider: str, model: str, items: list[tuple[str, str, dict]]) -> None:
         """The batch and its questions, kept the moment it exists, so a killed run re-attaches to it."""
         now = time.time()
-        with self._guard():
-            with self.db:
-                self.db.execute("BEGIN IMMEDIATE")
-                self.db.execute("INSERT OR REPLACE INTO batches VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                                (batch_id, provider, model, "submitted", None, len(items), 0, 0, now, now, None))
-                self.db.executemany("INSERT OR REPLACE INTO batch_items VALUES (?,?,?,?)",
-                                    [(batch_id, key, qid, json.dumps(body, ensure_ascii=False))
-                                     for key, qid, body in items])
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO batches VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                       (batch_id, provider, model, "submitted", None, len(items), 0, 0, now, now, None))
+            db.executemany("INSERT OR REPLACE INTO batch_items VALUES (?,?,?,?)",
+                           [(batch_id, key, qid, json.dumps(body, ensure_ascii=False)) for key, qid, body in items])
+
+        self._write(write)
 
     def open_batches(self, model: str, provider: str) -> list[dict]:
         """This model's batches whose results have not been read yet."""
@@ -367,18 +373,15 @@ class ResponseCache:
 
     def update_batch(self, batch_id: str, state: str, provider_status: str | None, done: int, failed: int,
                      note: str | None = None) -> None:
-        with self._guard():
-            self.db.execute("UPDATE batches SET state = ?, provider_status = ?, done = ?, failed = ?, updated_at = ?, "
-                            "note = ? WHERE id = ?",
-                            (state, _clean(provider_status, 100), done, failed, time.time(), _clean(note, 2000),
-                             batch_id))
+        row = (state, _clean(provider_status, 100), done, failed, time.time(), _clean(note, 2000), batch_id)
+        self._write(lambda db: db.execute("UPDATE batches SET state = ?, provider_status = ?, done = ?, failed = ?, "
+                                          "updated_at = ?, note = ? WHERE id = ?", row))
 
     # ------------------------------------------------------------------ models, runs, scores
 
     def put_model(self, name: str, profile: dict) -> None:
-        with self._guard():
-            self.db.execute("INSERT OR REPLACE INTO models VALUES (?, ?, ?)",
-                            (name, json.dumps(profile, ensure_ascii=False, sort_keys=True), time.time()))
+        row = (name, json.dumps(profile, ensure_ascii=False, sort_keys=True), time.time())
+        self._write(lambda db: db.execute("INSERT OR REPLACE INTO models VALUES (?, ?, ?)", row))
 
     def model(self, name: str) -> dict | None:
         """The profile `name` was last run with, as recorded."""
@@ -394,21 +397,20 @@ class ResponseCache:
     def save_run(self, record: dict, tasks: list[dict]) -> dict | None:
         """Save a run's scores unless the saved ones cover more questions or more answers; returns the saved
         record that was kept instead (None when this one was saved)."""
-        with self._guard():
-            with self.db:
-                self.db.execute("BEGIN IMMEDIATE")
-                row = self.db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE key = ?",
-                                      (record["key"],)).fetchone()
-                if row is not None:
-                    saved = dict(zip(RUN_COLUMNS, row))
-                    if saved["questions"] > record["questions"] or saved["answered"] > record["answered"]:
-                        return saved
-                self.db.execute(f"INSERT OR REPLACE INTO runs VALUES ({','.join('?' * len(RUN_COLUMNS))})",
-                                tuple(record[c] for c in RUN_COLUMNS))
-                self.db.execute("DELETE FROM task_scores WHERE run = ?", (record["key"],))
-                self.db.executemany(f"INSERT INTO task_scores VALUES ({','.join('?' * (len(TASK_COLUMNS) + 1))})",
-                                    [(record["key"], *(t[c] for c in TASK_COLUMNS)) for t in tasks])
-        return None
+        def write(db: sqlite3.Connection) -> dict | None:
+            row = db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE key = ?", (record["key"],)).fetchone()
+            if row is not None:
+                saved = dict(zip(RUN_COLUMNS, row))
+                if saved["questions"] > record["questions"] or saved["answered"] > record["answered"]:
+                    return saved
+            db.execute(f"INSERT OR REPLACE INTO runs VALUES ({','.join('?' * len(RUN_COLUMNS))})",
+                       tuple(record[c] for c in RUN_COLUMNS))
+            db.execute("DELETE FROM task_scores WHERE run = ?", (record["key"],))
+            db.executemany(f"INSERT INTO task_scores VALUES ({','.join('?' * (len(TASK_COLUMNS) + 1))})",
+                           [(record["key"], *(t[c] for c in TASK_COLUMNS)) for t in tasks])
+            return None
+
+        return self._write(write)
 
     def runs(self) -> pl.DataFrame:
         with self._guard():

@@ -33,6 +33,15 @@ class PreflightFailed(Exception):
         super().__init__(message)
         self.reply = reply  # the failed first request, to keep as an error row
 
+    @property
+    def question_only(self) -> bool:
+        """The endpoint works and refused this one question (a content filter, a prompt too long): another
+        question may well be answered."""
+        from evaluator.runs.breaker import fatal_kind
+
+        reply = self.reply
+        return reply is not None and reply.status in (400, 413, 422) and fatal_kind(reply) is None
+
 
 def key_problem(profile: ModelProfile) -> str | None:
     """The missing key, named by its variable (closed APIs need one; other endpoints may not)."""

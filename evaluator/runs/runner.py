@@ -34,7 +34,7 @@ from evaluator.runs.breaker import Breaker, BreakerPolicy
 from evaluator.runs.preflight import PreflightFailed, ServerFacts, preflight
 from evaluator.scoring import ScoringOptions, questions_frame, score_rows, task_totals
 from evaluator.scoring.aggregate import Scores, aggregate
-from evaluator.scoring.embeddings import EmbeddingConfig, default_cache_dir
+from evaluator.scoring.embeddings import Embedder, EmbeddingConfig, default_cache_dir
 from servers import demo_model
 from servers.profiles import ModelProfile
 from servers.vllm_server import ServerStartError, VLLMServer, cpu_dtype
@@ -297,10 +297,27 @@ def _free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
+PREFLIGHT_PROBES = 3  # questions tried before a model with no answer yet is failed for question-level refusals
+
+
+def _endpoint_answers(config: RunConfig, endpoint: Endpoint, known: Planned) -> bool:
+    """Whether the endpoint still answers a question it answered before (the reply is not kept)."""
+    profile = config.profile
+    try:
+        preflight(profile, endpoint, profile.name if profile.is_local else profile.model, known.body, config.retry)
+    except PreflightFailed:
+        return False
+    return True
+
+
 def send(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: Console,
-         server_factory: Callable = start_server) -> _Sending:
+         server_factory: Callable = start_server, known: Planned | None = None) -> _Sending:
     """Answer `todo` (starting and stopping a server if the profile needs one): pre-flight, then the fan-out
-    under the breaker, sending only what no other live run is already fetching."""
+    under the breaker, sending only what no other live run is already fetching. Pre-flight proves the
+    endpoint, not a question: it tries up to three questions, a refusal of one question (a 400 such as a
+    content filter or a prompt too long) being that question's error row; and where the model has answers
+    already, a failing question is checked against `known` (one answered before, asked again and not kept):
+    if that one is still answered, the model goes on and stays resumable."""
     profile = config.profile
     outcome = _Sending()
     if config.uses_batch:
@@ -357,17 +374,24 @@ def send(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: 
         served = profile.name if profile.is_local else profile.model
         remaining = list(todo)
         mine = cache.claim([p.key for p in remaining], owner, config.refresh)
-        probe = next((p for p in remaining if p.key in mine), None)
-        if config.preflight and probe is not None:  # its answer is kept like any other
+        probes = [p for p in remaining if p.key in mine][:PREFLIGHT_PROBES] if config.preflight else []
+        for number, probe in enumerate(probes, 1):  # each answer or refusal is kept like any other
             try:
                 outcome.server, reply = preflight(profile, endpoint, served, probe.body, config.retry)
             except PreflightFailed as exc:
                 if exc.reply is not None:
                     keep(probe.key, exc.reply, check=False)
-                outcome.stopped = f"pre-flight: {exc}"
+                remaining = [p for p in remaining if p is not probe]
+                if exc.question_only and number < len(probes):
+                    continue
+                if exc.reply is not None and known is not None and _endpoint_answers(config, endpoint, known):
+                    break  # only these questions fail: the fan-out goes on, under the breaker
+                tried = f" ({number} questions tried)" if number > 1 else ""
+                outcome.stopped = redact(f"pre-flight: {exc}{tried}")
                 return outcome
             keep(probe.key, reply, check=False)
             remaining = [p for p in remaining if p is not probe]
+            break
         renewer.start()
         since, told = time.time(), False
         with progress.bar:
@@ -411,38 +435,61 @@ def send(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: 
     return outcome
 
 
-def score_from_cache(questions: list[Question], planned: list[Planned], cache: ResponseCache,
-                     options: ScoringOptions, model: str) -> tuple[Scores, pl.DataFrame, list[dict]]:
-    """Scores over answered questions (a question without a cached answer counts as an error of its task),
-    the per-question rows, and the per-task table with counts and tokens."""
-    keys = [p.key for p in planned]
-    answers = cache.answers(keys)
-    errors = cache.errors([k for k in keys if k not in answers])
+def score_from_cache(questions: list[Question], runs: list[tuple[str, list[Planned]]], cache: ResponseCache,
+                     options: ScoringOptions, embedder: Embedder | None = None
+                     ) -> dict[str, tuple[Scores, pl.DataFrame, list[dict]]]:
+    """For each (model, planned) on the same questions: scores over answered questions (a question without a
+    cached answer counts as an error of its task), the per-question rows, and the per-task table with counts
+    and tokens. Every model's answers are scored in one pass, so texts shared between models (the
+    references above all) are encoded once."""
     frame = questions_frame(questions, options)
-    answered = [p for p in planned if p.key in answers]
-    table = pl.DataFrame({
-        "model": pl.Series([model] * len(answered), dtype=pl.String),
-        "row": pl.Series([p.row for p in answered], dtype=pl.UInt32),
-        "output": pl.Series([answers[p.key].text for p in answered], dtype=pl.String),
-    })
-    scored_rows = score_rows(table, frame, options)
-    scores = aggregate(scored_rows, options.protocol.value, task_totals(frame), [model])
+    found, tables = {}, []
+    for model, planned in runs:
+        keys = [p.key for p in planned]
+        answers = cache.answers(keys)
+        errors = cache.errors([k for k in keys if k not in answers])
+        found[model] = (answers, errors)
+        answered = [p for p in planned if p.key in answers]
+        tables.append(pl.DataFrame({
+            "model": pl.Series([model] * len(answered), dtype=pl.String),
+            "row": pl.Series([p.row for p in answered], dtype=pl.UInt32),
+            "output": pl.Series([answers[p.key].text for p in answered], dtype=pl.String),
+        }))
+    all_rows = score_rows(pl.concat(tables), frame, options, embedder)
+    totals = task_totals(frame)
+    out = {}
+    for model, planned in runs:
+        answers, errors = found[model]
+        scored_rows = all_rows.filter(pl.col("model") == model)
+        scores = aggregate(scored_rows, options.protocol.value, totals, [model])
+        out[model] = (scores, *_per_question(frame, planned, answers, errors, scored_rows, scores, model))
+    return out
+
+
+def _per_question(frame: pl.DataFrame, planned: list[Planned], answers: dict, errors: dict,
+                  scored_rows: pl.DataFrame, scores: Scores, model: str) -> tuple[pl.DataFrame, list[dict]]:
+    def error_of(p: Planned) -> str | None:
+        if p.key in answers:
+            return None
+        if p.key not in errors:
+            return "not asked yet"
+        kind, status = errors[p.key][0], errors[p.key][1]
+        return f"{kind}" + (f" {status}" if status else "")
+
+    def field(name: str) -> list:
+        return [getattr(answers[p.key], name) if p.key in answers else None for p in planned]
+
     meta = pl.DataFrame({
         "row": pl.Series(range(len(planned)), dtype=pl.UInt32),
         "answered": [p.key in answers for p in planned],
-        "finish_reason": [answers[p.key].finish_reason if p.key in answers else None for p in planned],
-        "prompt_tokens": pl.Series([answers[p.key].prompt_tokens if p.key in answers else None for p in planned],
-                                   dtype=pl.Int64),
-        "completion_tokens": pl.Series([answers[p.key].completion_tokens if p.key in answers else None
-                                        for p in planned], dtype=pl.Int64),
-        "latency_s": pl.Series([answers[p.key].latency_s if p.key in answers else None for p in planned],
-                               dtype=pl.Float64),
-        "source": pl.Series([answers[p.key].source if p.key in answers else None for p in planned],
-                            dtype=pl.String),
-        "error": [None if p.key in answers else (f"{errors[p.key][0]}" + (f" {errors[p.key][1]}" if errors[p.key][1]
-                                                                          else "") if p.key in errors
-                                                 else "not asked yet") for p in planned],
-        "error_message": [errors[p.key][2] if p.key in errors and p.key not in answers else None for p in planned],
+        "finish_reason": pl.Series(field("finish_reason"), dtype=pl.String),
+        "prompt_tokens": pl.Series(field("prompt_tokens"), dtype=pl.Int64),
+        "completion_tokens": pl.Series(field("completion_tokens"), dtype=pl.Int64),
+        "latency_s": pl.Series(field("latency_s"), dtype=pl.Float64),
+        "source": pl.Series(field("source"), dtype=pl.String),
+        "error": pl.Series([error_of(p) for p in planned], dtype=pl.String),
+        "error_message": pl.Series([errors[p.key][2] if p.key in errors and p.key not in answers else None
+                                    for p in planned], dtype=pl.String),
     })
     rows = (frame.select("row", "qid", "skill", "task", "metric")
             .join(meta, on="row", how="left")
@@ -453,7 +500,7 @@ def score_from_cache(questions: list[Question], planned: list[Planned], cache: R
                                                 completion_tokens=pl.col("completion_tokens").fill_null(0).sum())
     tasks = (scores.tasks.filter(pl.col("model") == model).drop("model")
              .join(tokens, on=["skill", "task"], how="left", maintain_order="left"))
-    return scores, rows, tasks.to_dicts()
+    return rows, tasks.to_dicts()
 
 
 def load_and_plan(config: RunConfig, dataset: loaders.Dataset | None = None
@@ -487,17 +534,32 @@ def iso(timestamp: float) -> str:
     return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def execute(config: RunConfig, console: Console, send_missing: bool = True,
-            server_factory: Callable = start_server, save: bool = True,
-            dataset: loaders.Dataset | None = None) -> RunResult:
-    """`run` (send_missing) or `rescore` (cache only); `save=False` scores without touching the cache."""
+@dataclass
+class Answered:
+    """A run whose sending is over: what it planned, what it sent, and why it stopped (if it did); scoring
+    comes next, in `finish` (a suite's scoring stage, for every model of the night)."""
+
+    config: RunConfig
+    dataset: loaders.Dataset
+    questions: list[Question]
+    planned: list[Planned]
+    cached: int
+    sending: _Sending
+    started_at: float
+    clock: float
+
+
+def answer(config: RunConfig, console: Console, send_missing: bool = True,
+           server_factory: Callable = start_server, dataset: loaders.Dataset | None = None,
+           read_only: bool = False) -> Answered:
+    """Plan the run and (with `send_missing`) answer what the cache lacks."""
     started_at = time.time()
     clock = time.monotonic()
     dataset, questions, planned = load_and_plan(config, dataset)
     folder = config.cache_folder / "responses"
     if not send_missing and not (folder / "responses.sqlite").is_file():
         raise InputError("no response cache here: nothing has been run with this --cache", path=config.cache_folder)
-    cache = ResponseCache(folder, read_only=not save)
+    cache = ResponseCache(folder, read_only=read_only)
     try:
         have = {} if config.refresh else cache.answers([p.key for p in planned])
         todo = list({p.key: p for p in planned if p.key not in have}.values())  # duplicates asked once
@@ -512,32 +574,66 @@ def execute(config: RunConfig, console: Console, send_missing: bool = True,
                 sending.stopped = (f"only {_free_bytes(folder) / 2**20:.0f} MiB free where the cache lives "
                                    f"({folder}): free space before buying answers that cannot be kept")
             else:
-                sending = send(config, todo, cache, console, server_factory)
+                known = next((p for p in planned if p.key in have), None)
+                sending = send(config, todo, cache, console, server_factory, known)
         elif send_missing:
             config.say(console, f"All {len(planned)} answers are cached: nothing to send")
-        scoring_clock = time.monotonic()
-        scores, rows, tasks = score_from_cache(questions, planned, cache, config.scoring, config.profile.name)
-        scoring_s = time.monotonic() - scoring_clock
-        errors = int(sum(t["errors"] for t in tasks))
-        unscored = int(sum(t["unscored"] for t in tasks))
-        status = _status(sending.stopped, errors, unscored, len(questions))
-        reason = sending.stopped or (f"no question answered ({errors} errors)" if status == "failed" else None)
-        result = RunResult(
-            config=config, dataset=dataset, questions=questions, planned=planned, scores=scores, rows=rows, tasks=tasks,
-            status=status, reason=reason, sent=sending.sent, cached=len(planned) - len(todo), errors=errors,
-            unscored=unscored, seconds=sending.seconds,
-            timings={"startup_s": round(sending.startup_s, 3), "fan_out_s": round(sending.seconds, 3),
-                     "scoring_s": round(scoring_s, 3), "total_s": round(time.monotonic() - clock, 3)},
-            started_at=started_at, finished_at=time.time(), server=sending.server, dtype=config.served_dtype())
-        if save:
-            try:
-                result.kept = cache.save_run(_record(result), _task_records(tasks))
-            except CacheFull as exc:
-                result.status = "failed"
-                result.reason = (result.reason + "; " if result.reason else "") + f"scores not saved: {exc}"
     finally:
         cache.close()
+    return Answered(config, dataset, questions, planned, len(planned) - len(todo), sending, started_at, clock)
+
+
+def finish(runs: list[Answered], save: bool = True, embedder: Embedder | None = None) -> list[RunResult]:
+    """Score runs from the cache alone, runs on the same questions and scoring options in one pass, and
+    (with `save`) keep their scores; `save=False` scores without touching the cache."""
+    results: list[RunResult | None] = [None] * len(runs)
+    groups: dict[tuple, list[int]] = {}
+    for n, run in enumerate(runs):
+        key = (run.dataset.sha256, len(run.questions), run.config.scoring, str(run.config.cache_folder))
+        groups.setdefault(key, []).append(n)
+    for members in groups.values():
+        first = runs[members[0]]
+        scoring_clock = time.monotonic()
+        cache = ResponseCache(first.config.cache_folder / "responses", read_only=not save)
+        try:
+            scored = score_from_cache(first.questions, [(runs[n].config.profile.name, runs[n].planned)
+                                                        for n in members], cache, first.config.scoring, embedder)
+            scoring_s = (time.monotonic() - scoring_clock) / len(members)
+            for n in members:
+                results[n] = _result(runs[n], *scored[runs[n].config.profile.name], scoring_s, cache, save)
+        finally:
+            cache.close()
+    return results
+
+
+def _result(run: Answered, scores: Scores, rows: pl.DataFrame, tasks: list[dict], scoring_s: float,
+            cache: ResponseCache, save: bool) -> RunResult:
+    config, sending = run.config, run.sending
+    errors = int(sum(t["errors"] for t in tasks))
+    unscored = int(sum(t["unscored"] for t in tasks))
+    status = _status(sending.stopped, errors, unscored, len(run.questions))
+    reason = sending.stopped or (f"no question answered ({errors} errors)" if status == "failed" else None)
+    result = RunResult(
+        config=config, dataset=run.dataset, questions=run.questions, planned=run.planned, scores=scores, rows=rows,
+        tasks=tasks, status=status, reason=reason, sent=sending.sent, cached=run.cached, errors=errors,
+        unscored=unscored, seconds=sending.seconds,
+        timings={"startup_s": round(sending.startup_s, 3), "fan_out_s": round(sending.seconds, 3),
+                 "scoring_s": round(scoring_s, 3), "total_s": round(time.monotonic() - run.clock, 3)},
+        started_at=run.started_at, finished_at=time.time(), server=sending.server, dtype=config.served_dtype())
+    if save:
+        try:
+            result.kept = cache.save_run(_record(result), _task_records(tasks))
+        except CacheFull as exc:
+            result.status = "failed"
+            result.reason = (result.reason + "; " if result.reason else "") + f"scores not saved: {exc}"
     return result
+
+
+def execute(config: RunConfig, console: Console, send_missing: bool = True,
+            server_factory: Callable = start_server, save: bool = True,
+            dataset: loaders.Dataset | None = None) -> RunResult:
+    """`run` (send_missing) or `rescore` (cache only): `answer`, then `finish`."""
+    return finish([answer(config, console, send_missing, server_factory, dataset, read_only=not save)], save)[0]
 
 
 def rescore_saved(cache_folder: Path, record: dict) -> RunResult | str:

@@ -22,7 +22,7 @@ from evaluator.prompts import PromptOptions, Protocol, Rendering, render
 from evaluator.redact import redact
 from evaluator.runs import runner
 from evaluator.runs.runner import RunConfig
-from evaluator.scoring.embeddings import ENGLISH_MODEL, MULTILINGUAL_MODEL, EmbeddingConfig
+from evaluator.scoring.embeddings import ENGLISH_MODEL, MULTILINGUAL_MODEL, EmbeddingConfig, default_cache_dir
 from servers import demo_model
 from servers.planner import Gpu, Placement, per_node, plan_node, split_parallel
 from servers.profiles import ModelProfile
@@ -126,8 +126,7 @@ def _config(suite: Suite, profile: ModelProfile, cache: Path | None, base_url: s
                      embeddings=embeddings, label=f"{profile.name}: ", **settings)
 
 
-def _score(config: RunConfig, outcome: Outcome, console: Console) -> None:
-    result = runner.execute(config, console)
+def _scored(result: runner.RunResult, outcome: Outcome) -> None:
     outcome.result = result
     outcome.status = result.status
     outcome.overall = result.overall
@@ -140,12 +139,59 @@ def _score(config: RunConfig, outcome: Outcome, console: Console) -> None:
     outcome.notes += [f"{t['task']}: {t['official']}" for t in result.tasks if t["official"]]
 
 
+class Watchdog:
+    """Says which model's answers stopped moving: a model that has been sending and has had no reply for
+    `stall_s` is named in the log (again every `stall_s` while it stays so)."""
+
+    def __init__(self, say: Callable[[str], None], stall_s: float = 120.0) -> None:
+        self.say, self.stall_s = say, stall_s
+        self.last: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="watchdog", daemon=True)
+        self.thread.start()
+
+    def saw(self, model: str) -> None:
+        with self.lock:
+            self.last[model] = time.monotonic()
+
+    def done(self, model: str) -> None:
+        with self.lock:
+            self.last.pop(model, None)
+
+    def close(self) -> None:
+        self.stopped.set()
+
+    def _loop(self) -> None:
+        while not self.stopped.wait(min(5.0, self.stall_s / 4)):
+            now = time.monotonic()
+            with self.lock:
+                stalled = [(m, now - t) for m, t in self.last.items() if now - t >= self.stall_s]
+                for model, _ in stalled:
+                    self.last[model] = now  # warn again only after another stall_s
+            for model, idle in stalled:
+                self.say(f"[yellow]{escape(model)}[/]: no answer for {idle:.0f} s: its endpoint may be stuck "
+                         "(answers kept so far stay kept)")
+
+
+def _metrics(suite: Suite):
+    return {q.metric for q in loaders.load(suite.data, suite.protocol).questions}
+
+
 def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Console,
               start_server: Callable = runner.start_server, device: str = "auto",
-              on_done: Callable[[Outcome], None] | None = None, ray_servers=None, **settings) -> list[Outcome]:
+              on_done: Callable[[Outcome], None] | None = None, ray_servers=None, stall_s: float = 120.0,
+              **settings) -> list[Outcome]:
     """Run every model of the suite; returns one Outcome per model, in the suite's order. `settings` are
     RunConfig fields shared by every model (timeout, breaker, retry, observer); `on_done` sees each model's
-    outcome as it ends."""
+    outcome as it ends.
+
+    Ownership: each model's thread answers its questions (the producers); one scoring stage scores every
+    model (loading each embedding model once, before any thread starts); the response cache is opened here
+    first, so its file is made once, and every write goes through its one writer thread."""
+    from evaluator.cache.responses import ResponseCache
+    from evaluator.runs.stage import ScoringStage
+
     outcomes = {m.name: Outcome(m.name, "pending") for m in suite.models}
     api = [m for m in suite.models if not m.is_local]
     local = [m for m in suite.models if m.is_local]
@@ -154,6 +200,29 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
     def say(message: str) -> None:
         with lock:
             console.print(message)
+
+    cache_folder = cache or default_cache_dir()
+    night_cache = ResponseCache(cache_folder / "responses")  # made now, held open for the night
+    probe = _config(suite, suite.models[0], cache) if suite.models else None
+    stage = ScoringStage(probe.scoring.embeddings, _metrics(suite)) if probe else None
+    watchdog = Watchdog(say, stall_s)
+    shared_observer = settings.pop("observer", None)
+
+    def observer_for(name: str) -> Callable:
+        def see(reply) -> None:
+            watchdog.saw(name)
+            if shared_observer is not None:
+                shared_observer(reply)
+        return see
+
+    def answer(config: RunConfig, outcome: Outcome) -> runner.Answered:
+        try:
+            return runner.answer(config, console)
+        finally:
+            watchdog.done(outcome.model)
+
+    def model_config(profile: ModelProfile, **extra) -> RunConfig:
+        return _config(suite, profile, cache, observer=observer_for(profile.name), **extra, **settings)
 
     def attempt(profile: ModelProfile, body: Callable[[Outcome], None]) -> None:
         """A local model that fails (its server does not start or dies) is tried once more; an API model
@@ -183,18 +252,20 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
     def run_api(profile: ModelProfile) -> None:
         def body(outcome: Outcome) -> None:
             outcome.started_at = outcome.evaluating_at = time.monotonic()
-            _score(_config(suite, profile, cache, **settings), outcome, console)
+            answered = answer(model_config(profile), outcome)
             outcome.finished_at = time.monotonic()
+            _scored(stage.score(answered), outcome)
 
         attempt(profile, body)
 
     def run_local(profile: ModelProfile, placement: Placement | None, pool: GpuPool | None) -> None:
         def body(outcome: Outcome) -> None:
-            config = _config(suite, profile, cache, **settings)
+            config = model_config(profile)
             if runner.pending(config) == 0:
                 outcome.started_at = outcome.evaluating_at = time.monotonic()
-                _score(config, outcome, console)  # resumed: all answers cached, no server
+                answered = answer(config, outcome)  # resumed: all answers cached, no server
                 outcome.finished_at = time.monotonic()
+                _scored(stage.score(answered), outcome)
                 return
             ids = placement.gpus if placement else None
             served = profile
@@ -217,7 +288,7 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
                         evaluating = True
                     outcome.evaluating_at = time.monotonic()
                     outcome.gpus = len(ids or [])
-                    _score(_config(suite, profile, cache, base_url=server.base_url, **settings), outcome, console)
+                    answered = answer(model_config(profile, base_url=server.base_url), outcome)
                     outcome.finished_at = time.monotonic()
                 finally:
                     server.stop()
@@ -226,6 +297,7 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
             finally:
                 if pool is not None:
                     pool.release(ids, placement.share_gib, evaluating)
+            _scored(stage.score(answered), outcome)  # the GPUs are free for the next model meanwhile
 
         attempt(profile, body)
 
@@ -234,11 +306,12 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
         tp, pp = split_parallel(placement.tp, width) if placement else (1, 1)
 
         def body(outcome: Outcome) -> None:
-            config = _config(suite, profile, cache, **settings)
+            config = model_config(profile)
             if runner.pending(config) == 0:
                 outcome.started_at = outcome.evaluating_at = time.monotonic()
-                _score(config, outcome, console)
+                answered = answer(config, outcome)
                 outcome.finished_at = time.monotonic()
+                _scored(stage.score(answered), outcome)
                 return
             weights = (str(demo_model.ensure_demo_model(config.cache_folder, say=say)) if profile.source == "demo"
                        else profile.model)
@@ -255,13 +328,13 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
             try:
                 outcome.evaluating_at = time.monotonic()
                 outcome.gpus = tp * pp
-                _score(_config(suite, profile, cache, base_url=placed.base_url, cancel=placed.lost, **settings),
-                       outcome, console)
+                answered = answer(model_config(profile, base_url=placed.base_url, cancel=placed.lost), outcome)
                 outcome.finished_at = time.monotonic()
             finally:
                 placed.stop()
                 with _live_lock:
                     _live.pop(id(placed), None)
+            _scored(stage.score(answered), outcome)
             if placed.lost.is_set():
                 outcome.status = "failed"
                 outcome.message = placed.lost.reason
@@ -306,6 +379,11 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
         for server in running:
             server.stop()
         raise
+    finally:
+        watchdog.close()
+    if stage is not None:
+        stage.close()
+    night_cache.close()
     return [outcomes[m.name] for m in suite.models]
 
 
@@ -397,7 +475,6 @@ class SuiteProgress:
 
 def suite_folder(suite: Suite, cache: Path | None, output: Path | None) -> Path:
     from evaluator.paths import safe_name
-    from evaluator.scoring.embeddings import default_cache_dir
 
     return output or (cache or default_cache_dir()) / "suites" / safe_name(suite.name)
 
@@ -410,7 +487,6 @@ def run_suite_to_folder(suite: Suite, gpus: list[Gpu], cache: Path | None, outpu
     from evaluator.reports import html, leaderboard, results
     from evaluator.reports import suite as suite_report
     from evaluator.scoring.aggregate import write_json_atomic
-    from evaluator.scoring.embeddings import default_cache_dir
 
     folder = suite_folder(suite, cache, output)
     log = LogConsole(folder / "suite.log", suite.name, file=console.file, force_terminal=console.is_terminal,

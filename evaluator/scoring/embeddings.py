@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from evaluator.data.records import Metric
-from evaluator.cache.sqlite import open_shared
+from evaluator.cache.sqlite import SharedFile
 
 ENGLISH_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 MULTILINGUAL_MODEL = "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2"
@@ -138,6 +139,22 @@ def _load_model(source: str, backend: str = "auto", cache_dir: Path | None = Non
     return SentenceTransformer(resolved)
 
 
+_models: dict[tuple[str, str, str], object] = {}
+_models_lock = threading.Lock()
+_encode_lock = threading.Lock()  # one encode at a time per process: the models are not made for threads
+
+
+def shared_model(source: str, backend: str = "auto", cache_dir: Path | None = None):
+    """Each embedding model once per process, loaded under a lock: concurrent first loads break inside
+    transformers and the ONNX exporter (`cannot import name 'AutoTokenizer'`, `in_onnx_export must be
+    False`). A load that fails is not remembered, so a later call says why again."""
+    key = (source, backend, str(cache_dir or default_cache_dir()))
+    with _models_lock:
+        if key not in _models:
+            _models[key] = _load_model(source, backend, cache_dir)
+        return _models[key]
+
+
 class ScoringStore:
     """What scoring computed once and need not compute again, in one SQLite file shared by processes: the
     vectors of each model (keyed by model and sha256 of the text), and the scores of text-overlap pairs
@@ -151,22 +168,21 @@ class ScoringStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.db = open_shared(path, self.SCHEMA)
+        self.file = SharedFile(path, self.SCHEMA)
 
     def _select(self, sql: str, first: str, keys: list[bytes]):
+        db = self.file.read()
         for start in range(0, len(keys), 500):
             chunk = keys[start:start + 500]
-            yield from self.db.execute(sql.format(marks=",".join("?" * len(chunk))), [first, *chunk])
+            yield from db.execute(sql.format(marks=",".join("?" * len(chunk))), [first, *chunk])
 
     def get(self, model: str, keys: list[bytes]) -> dict[bytes, np.ndarray]:
         return {key: np.frombuffer(blob, dtype=np.float32) for key, blob in self._select(
             "SELECT text_sha, vector FROM vectors WHERE model = ? AND text_sha IN ({marks})", model, keys)}
 
     def put(self, model: str, items: dict[bytes, np.ndarray]) -> None:
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
-                                [(model, k, v.astype(np.float32).tobytes()) for k, v in items.items()])
+        rows = [(model, k, v.astype(np.float32).tobytes()) for k, v in items.items()]
+        self.file.write(lambda db: db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)", rows))
 
     def get_pairs(self, metric: str, keys: list[bytes]) -> dict[bytes, tuple[float, str | None]]:
         return {key: (score, official) for key, score, official in self._select(
@@ -174,22 +190,26 @@ class ScoringStore:
             metric, keys)}
 
     def put_pairs(self, metric: str, items: dict[bytes, tuple[float, str | None]]) -> None:
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany("INSERT OR REPLACE INTO pair_scores VALUES (?, ?, ?, ?)",
-                                [(metric, k, score, official) for k, (score, official) in items.items()])
+        rows = [(metric, k, score, official) for k, (score, official) in items.items()]
+        self.file.write(lambda db: db.executemany("INSERT OR REPLACE INTO pair_scores VALUES (?, ?, ?, ?)", rows))
 
     def close(self) -> None:
-        self.db.close()
+        self.file.close()
+
+
+MEMO_VECTORS = 200_000  # vectors kept in memory per Embedder (~300 MB): a night's references, read once
 
 
 class Embedder:
-    """Loads each model once, on first use; vectors come from the store or one batched encode."""
+    """Vectors from memory, the store, or one batched encode of what neither has. One Embedder serves a
+    whole night (the scoring stage's), so the references every model shares are encoded once and read from
+    the store once."""
 
     def __init__(self, config: EmbeddingConfig) -> None:
         self.config = config
         self._models: dict[str, object] = {}
         self._store: ScoringStore | None = None
+        self._memo: dict[tuple[str, bytes], np.ndarray] = {}
         self.encoded = 0  # texts actually run through a model (0 on a warm cache)
 
     @property
@@ -202,7 +222,7 @@ class Embedder:
         source = self.config.source(metric)
         if source not in self._models:
             try:
-                self._models[source] = _load_model(source, self.config.backend, self.config.cache_dir)
+                self._models[source] = shared_model(source, self.config.backend, self.config.cache_dir)
             except Exception as exc:  # offline hub, missing folder, bad weights: all mean "not available"
                 reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
                 raise EmbeddingUnavailable(
@@ -214,16 +234,24 @@ class Embedder:
         """Unit-norm vectors for the distinct `texts` under the metric's model."""
         source = self.config.source(metric)
         keys = {t: hashlib.sha256(t.encode("utf-8")).digest() for t in texts}
-        cached = self.store.get(source, list(keys.values()))
+        cached = {k: self._memo[(source, k)] for k in keys.values() if (source, k) in self._memo}
+        stored = self.store.get(source, [k for k in keys.values() if k not in cached])
+        cached.update(stored)
         missing = [t for t, k in keys.items() if k not in cached]
+        fresh = {}
         if missing:
             model = self._model(metric)
-            encoded = model.encode(missing, batch_size=self.config.batch_size, convert_to_numpy=True,
-                                   show_progress_bar=len(missing) > 5000)
+            with _encode_lock:
+                encoded = model.encode(missing, batch_size=self.config.batch_size, convert_to_numpy=True,
+                                       show_progress_bar=False)
             self.encoded += len(missing)
             fresh = {keys[t]: v for t, v in zip(missing, encoded)}
             self.store.put(source, fresh)
             cached.update(fresh)
+        for key, vector in (*stored.items(), *fresh.items()):
+            if len(self._memo) >= MEMO_VECTORS:
+                break
+            self._memo[(source, key)] = np.asarray(vector, dtype=np.float32)
         out = {}
         for text, key in keys.items():
             v = cached[key].astype(np.float64)
