@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from benchmarks.stubs.openai_stub import Stub
-from builders import run_cli
+from builders import run_cli, write_jsonl
 from evaluator.cache.responses import ResponseCache, run_key
 from evaluator.cli import sample_dir
 from evaluator.reports import leaderboard
@@ -184,8 +184,10 @@ def test_the_html_report_is_one_self_contained_file(tmp_path, capsys, monkeypatc
     assert "http://" not in text and "https://" not in text  # no CDN: it works offline
     data = json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', text, re.S)
                       .group(1).replace("<\\/", "</"))
-    assert len(data["board"]) == 29 and set(data["models"]) == {"stub-a", "stub-b"}
-    assert data["models"]["stub-a"]["questions_total"] == 26
+    by_run = {r["run"]: r["model"] for r in data["board"]}
+    assert len(data["board"]) == 29 and {by_run[k] for k in data["runs"]} == {"stub-a", "stub-b"}
+    run_a = next(k for k in data["runs"] if by_run[k] == "stub-a")
+    assert data["runs"][run_a]["questions_total"] == 26
     notes = " ".join(data["notes"])
     assert "llama2-7b" in notes and "no per-question view" in notes  # saved runs whose data is gone say so
 
@@ -202,6 +204,39 @@ def test_the_html_report_in_a_real_browser(tmp_path, capsys, monkeypatch):
     keep = Path(__file__).resolve().parents[1] / "benchmarks" / "out"
     keep.mkdir(exist_ok=True)
     (keep / "report-1280x800.png").write_bytes(shot.read_bytes())  # for a person to look at
+
+
+@pytest.mark.skipif(chromium() is None, reason="no Chromium here (Debian: apt-get install chromium); "
+                                                "the HTML report is checked in a real browser where it is")
+def test_the_drill_down_shows_the_clicked_runs_own_questions_with_two_data_sets(tmp_path, capsys, monkeypatch):
+    """One model on two data sets (two rankings): each leaderboard row drills into its own data's questions."""
+    cache = tmp_path / "c"
+    first = write_jsonl(tmp_path / "first.json", [
+        {"input_field": f"FIRST-SET question {i}?", "output_field": 1, "task_name": "alpha",
+         "task_type": "multiple-choice", "metric": "accuracy"} for i in range(5)])
+    second = write_jsonl(tmp_path / "second.json", [
+        {"input_field": f"SECOND-SET question {i}?", "output_field": 1, "task_name": "beta",
+         "task_type": "multiple-choice", "metric": "accuracy"} for i in range(7)])
+    with Stub() as stub:
+        for data in (first, second):
+            code, out, err = run_cli(["run", "--model", "one", "--base-url", stub.base_url, "--data", data,
+                                      "--cache", cache], capsys, monkeypatch)
+            assert code == 0, out + err
+    page = tmp_path / "report.html"
+    code, _, err = run_cli(["report", "--cache", cache, "--html", page], capsys, monkeypatch)
+    assert code == 0, err
+    for marker, other in (("FIRST-SET", "SECOND-SET"), ("SECOND-SET", "FIRST-SET")):
+        data_path = first if marker == "FIRST-SET" else second
+        text = page.read_text()
+        board = json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', text, re.S)
+                           .group(1).replace("<\\/", "</"))["board"]
+        run = next(r["run"] for r in board if r["data"] == str(data_path.resolve()))
+        clicked = tmp_path / f"click-{marker}.html"  # the page, told to click this run's leaderboard row
+        clicked.write_text(text.replace("</body>", f"<script>pick({json.dumps(run)});</script></body>"))
+        dom = rendered_dom(clicked)
+        start = dom.index('id="questions"')
+        questions = dom[start:dom.index("</table>", start)]
+        assert marker in questions and other not in questions
 
 
 # ---------------------------------------------------------------- CLI manners

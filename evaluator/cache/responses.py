@@ -419,5 +419,5 @@ class ResponseCache:
 
     def task_scores(self) -> pl.DataFrame:
         with self._guard():
-            rows = self.db.execute(f"SELECT run, {', '.join(TASK_COLUMNS)} FROM task_scores").fetchall()
+            rows = self.db.execute(f"SELECT run, {', '.join(TASK_COLUMNS)} FROM task_scores ORDER BY rowid").fetchall()
         return pl.DataFrame(rows, schema=TASK_SCHEMA, orient="row")

@@ -100,7 +100,13 @@ class _Writer:
             job = self.jobs.get()
             if job is None:
                 self.db.close()
-                return
+                while True:  # a write that came after the close hears so instead of waiting forever
+                    try:
+                        late = self.jobs.get_nowait()
+                    except queue.Empty:
+                        return
+                    if late is not None:
+                        late[1].set_exception(sqlite3.ProgrammingError("the file was closed"))
             group = [job]
             while len(group) < GROUP_MAX:
                 try:

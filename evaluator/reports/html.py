@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from evaluator.runs.runner import RunResult
 
 ROWS_PER_MODEL = 3000
+EXACT = 1e-6  # a cosine of 0.9999999999 is an exact match, not a wrong answer
 CLIP = 400
 
 
@@ -39,7 +40,7 @@ def model_payload(result: "RunResult", limit: int = ROWS_PER_MODEL) -> dict:
                                 "official")} for t in result.tasks]
     questions = []
     for question, row in zip(result.questions, result.rows.iter_rows(named=True)):
-        wrong = row["score"] is not None and row["score"] < 1
+        wrong = row["score"] is not None and row["score"] < 1 - EXACT
         if row["tp"] is not None:
             wrong = bool(row["fp"] or row["fn"])
         rank = 0 if row["error"] else (1 if wrong else 2)
@@ -58,6 +59,8 @@ def model_payload(result: "RunResult", limit: int = ROWS_PER_MODEL) -> dict:
 
 def write_from(board: "pl.DataFrame", results: dict[str, "RunResult"], path: Path, title: str,
                notes: list[str] | None = None) -> Path:
+    """`results` are keyed by run (`runner.run_key_of`): a model has one run per data set and protocol, and
+    each leaderboard row drills into its own."""
     skills = skill_columns(board)
     rows = records(board)
     columns = list(dict.fromkeys(short_skill(s) for s in skills))  # one heatmap column per skill label
@@ -68,7 +71,7 @@ def write_from(board: "pl.DataFrame", results: dict[str, "RunResult"], path: Pat
     payload = finite({
         "title": title, "generated": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "skills": skills, "labels": {s: short_skill(s) for s in skills}, "columns": columns, "board": rows,
-        "models": {name: model_payload(result) for name, result in results.items()},
+        "runs": {key: model_payload(result) for key, result in results.items()},
         "rows_per_model": ROWS_PER_MODEL, "notes": notes or []})
     data = json.dumps(payload, ensure_ascii=False, allow_nan=False).replace("</", "<\\/")
     page = TEMPLATE.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
@@ -98,8 +101,8 @@ def write(cache_folder: Path, path: Path) -> Path:
         result = rescore_saved(folder, record)
         if isinstance(result, str):
             notes.append(f"{record['model']}: no per-question view ({result})")
-        elif record["model"] not in results:
-            results[record["model"]] = result
+        else:
+            results[record["key"]] = result
     return write_from(board, results, path, "Shopping MMLU report", notes)
 
 
@@ -148,7 +151,7 @@ const score = v => v === null || v === undefined ? '-' : v.toFixed(3);
 const color = v => v === null || v === undefined ? '#c8ccd2' : `hsl(${Math.round(v * 120)},55%,${38 + Math.round(v * 8)}%)`;
 let current = null, filter = 'all';
 $('title').textContent = D.title;
-$('sub').textContent = `generated ${D.generated} · ${D.board.length} run(s)` + (D.models && Object.keys(D.models).length ? '' : ' · no per-question data');
+$('sub').textContent = `generated ${D.generated} · ${D.board.length} run(s)` + (D.runs && Object.keys(D.runs).length ? '' : ' · no per-question data');
 function groups() { const g = {}; D.board.forEach(r => (g[r.group] = g[r.group] || []).push(r)); return g; }
 function drawBoards() {
   const box = $('boards'); box.innerHTML = '';
@@ -162,7 +165,7 @@ function drawBoards() {
     const draw = () => {
       const sorted = [...rows].sort((a, b) => { const x = a[key], y = b[key]; if (x === y) return 0; if (x === null) return 1; if (y === null) return -1; return (x < y ? -1 : 1) * (asc ? 1 : -1); });
       t.innerHTML = '<tr>' + cols.map(([k, l, n]) => `<th class="${n ? 'num' : ''}" data-k="${k}">${esc(l)}${k === key ? (asc ? ' ▲' : ' ▼') : ''}</th>`).join('') + '</tr>' +
-        sorted.map(r => `<tr class="click${r.model === current ? ' sel' : ''}" data-m="${esc(r.model)}">` + cols.map(([k, l, n]) => {
+        sorted.map(r => `<tr class="click${r.run === current ? ' sel' : ''}" data-m="${esc(r.run)}">` + cols.map(([k, l, n]) => {
           let v = r[k];
           if (k === 'answered') v = `${r.answered.toLocaleString()}/${r.questions.toLocaleString()}`;
           else if (k === 'overall' && v !== null) v = v.toFixed(3) + (r.partial_skills ? '~' : '') + (r.complete ? '' : '*');
@@ -182,14 +185,14 @@ function drawHeat() {
   const several = names.length > 1;
   $('heat-legend').textContent = several ? 'Rankings: ' + names.map((n, i) => `${i + 1} = ${n}`).join('; ') : '';
   $('heat').innerHTML = '<tr><th>model</th><th class="num">overall</th>' + D.columns.map(c => `<th class="num">${esc(c)}</th>`).join('') + '</tr>' +
-    rows.map(r => `<tr class="click" data-m="${esc(r.model)}"><td class="name" title="${esc(r.model)} · ${esc(r.group)}">${esc(r.model)}${r.complete ? '' : ' *'}${several ? `<sup>${names.indexOf(r.group) + 1}</sup>` : ''}</td>` +
+    rows.map(r => `<tr class="click" data-m="${esc(r.run)}"><td class="name" title="${esc(r.model)} · ${esc(r.group)}">${esc(r.model)}${r.complete ? '' : ' *'}${several ? `<sup>${names.indexOf(r.group) + 1}</sup>` : ''}</td>` +
       [r.overall, ...D.columns.map(c => r.by_label[c])].map(v => `<td class="cell" style="background:${color(v)}">${score(v)}</td>`).join('') + '</tr>').join('');
   $('heat').querySelectorAll('tr.click').forEach(tr => tr.onclick = () => pick(tr.dataset.m));
 }
-function pick(model) {
-  current = model; drawBoards();
-  const m = D.models[model];
-  $('tasks-title').textContent = `Tasks: ${model}`;
+function pick(run) {
+  current = run; drawBoards();
+  const m = D.runs[run], row = D.board.find(r => r.run === run);
+  $('tasks-title').textContent = `Tasks: ${row ? row.model : ''}` + (row && Object.keys(groups()).length > 1 ? ` (${row.group})` : '');
   if (!m) { $('tasks').innerHTML = ''; $('questions').innerHTML = ''; $('model-note').textContent = 'No per-question data for this run.'; return; }
   $('model-note').textContent = (m.reason ? `${m.status}: ${m.reason}. ` : `${m.status}. `) + `Questions shown: ${m.questions.length.toLocaleString()} of ${m.questions_total.toLocaleString()}` + (m.questions.length < m.questions_total ? ` (capped at ${D.rows_per_model.toLocaleString()} per model: errors first, then wrong answers; all of them are in the results folder's samples.jsonl)` : '') + '.';
   $('tasks').innerHTML = '<tr><th>skill</th><th>task</th><th>metric</th><th class="num">n</th><th class="num">errors</th><th class="num">unscored</th><th class="num">score</th></tr>' +
@@ -199,7 +202,7 @@ function pick(model) {
   drawQuestions();
 }
 function drawQuestions() {
-  const m = D.models[current]; if (!m) return;
+  const m = D.runs[current]; if (!m) return;
   const task = $('task-pick').value;
   const rows = m.questions.filter(q => (!task || q.task === task) && (filter === 'all' || (filter === 'errors' ? q.error : (q.wrong || q.error))));
   $('q-count').textContent = `${rows.length.toLocaleString()} question(s)`;
@@ -212,7 +215,7 @@ $('task-pick').onchange = drawQuestions;
 if (D.notes.length) { $('notes-box').hidden = false; $('notes').innerHTML = D.notes.map(n => `<li>${esc(n)}</li>`).join(''); }
 drawBoards(); drawHeat();
 const ranked = [...D.board].sort((a, b) => (b.overall ?? -1) - (a.overall ?? -1));
-const first = ranked.find(r => D.models[r.model]) || ranked[0];  // the best run we can drill into
-if (first) pick(first.model);
+const first = ranked.find(r => D.runs[r.run]) || ranked[0];  // the best run we can drill into
+if (first) pick(first.run);
 </script></body></html>
 """

@@ -36,10 +36,12 @@ def short_skill(name: str) -> str:
 def leaderboard(runs: pl.DataFrame, tasks: pl.DataFrame) -> pl.DataFrame:
     """One row per saved run: identity, ranking group and rank, status and counts, overall and per-skill
     scores with their coverage, tokens and the cost computed when it ran."""
-    skills = (tasks.group_by("run", "skill")
+    # Tasks in the order they were saved (the data's), grouped keeping that order: the same floats summed in
+    # the same order as the run's own aggregation, so every view agrees with `rescore` to the last digit.
+    skills = (tasks.group_by("run", "skill", maintain_order=True)
               .agg(score=pl.col("score").mean(), tasks_scored=pl.col("score").is_not_null().sum(),
                    tasks_total=pl.len()))
-    overall = skills.group_by("run").agg(overall=pl.col("score").mean(),
+    overall = skills.group_by("run", maintain_order=True).agg(overall=pl.col("score").mean(),
                                          skills_scored=pl.col("score").is_not_null().sum(),
                                          skills_total=pl.len(),
                                          partial_skills=(pl.col("tasks_scored") < pl.col("tasks_total")).sum())
@@ -80,7 +82,7 @@ def records(board: pl.DataFrame) -> list[dict]:
     out = []
     for row in board.iter_rows(named=True):
         out.append({
-            "group": row["group"], "rank": row["rank"], "model": row["model"], "status": row["status"],
+            "group": row["group"], "run": row["run"], "rank": row["rank"], "model": row["model"], "status": row["status"],
             "complete": row["status"] == "complete", "overall": row["overall"],
             **{f"skill:{s}": row[s] for s in skills},
             "questions": row["questions"], "answered": row["answered"], "errors": row["errors"],

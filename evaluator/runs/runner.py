@@ -297,7 +297,7 @@ def _free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-PREFLIGHT_PROBES = 3  # questions tried before a model with no answer yet is failed for question-level refusals
+PREFLIGHT_PROBES = 3  # questions pre-flight asks at most, while each is refused
 
 
 def _endpoint_answers(config: RunConfig, endpoint: Endpoint, known: Planned) -> bool:
@@ -314,10 +314,11 @@ def send(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: 
          server_factory: Callable = start_server, known: Planned | None = None) -> _Sending:
     """Answer `todo` (starting and stopping a server if the profile needs one): pre-flight, then the fan-out
     under the breaker, sending only what no other live run is already fetching. Pre-flight proves the
-    endpoint, not a question: it tries up to three questions, a refusal of one question (a 400 such as a
-    content filter or a prompt too long) being that question's error row; and where the model has answers
-    already, a failing question is checked against `known` (one answered before, asked again and not kept):
-    if that one is still answered, the model goes on and stays resumable."""
+    endpoint, not a question. It asks up to three questions until one is answered; a refusal of a question
+    (a 400 such as a content filter or a prompt too long) is that question's error row, and the fan-out goes
+    on under the breaker. Any other failure fails the model, unless the model has answers already and still
+    answers `known` (one answered before, asked again and not kept): then only these questions fail, and the
+    model stays resumable."""
     profile = config.profile
     outcome = _Sending()
     if config.uses_batch:
@@ -382,7 +383,7 @@ def send(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: 
                 if exc.reply is not None:
                     keep(probe.key, exc.reply, check=False)
                 remaining = [p for p in remaining if p is not probe]
-                if exc.question_only and number < len(probes):
+                if exc.question_only:  # the endpoint answered, and refused this question only
                     continue
                 if exc.reply is not None and known is not None and _endpoint_answers(config, endpoint, known):
                     break  # only these questions fail: the fan-out goes on, under the breaker
@@ -425,6 +426,8 @@ def send(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: 
         outcome.stopped = f"{exc}; requests in flight were lost. Free space and rerun: answers kept so far are reused"
     finally:
         renewing.set()
+        if renewer.is_alive():
+            renewer.join(10)
         try:
             cache.release_claims(owner)
         except Exception:  # noqa: BLE001: claims lapse on their own

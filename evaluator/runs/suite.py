@@ -522,7 +522,8 @@ def run_suite_to_folder(suite: Suite, gpus: list[Gpu], cache: Path | None, outpu
         "failed": [{"model": o.model, "reason": o.message} for o in outcomes if o.status == "failed"],
         "gpus": len(gpus), "gpu_busy_share": round(gpu_seconds / (wall * len(gpus)), 3) if gpus and wall else None,
         "results": written})
-    html.write_from(board, {o.model: o.result for o in outcomes if o.result is not None}, folder / "report.html",
+    html.write_from(board, {runner.run_key_of(o.result): o.result for o in outcomes if o.result is not None},
+                    folder / "report.html",
                     title=f"Shopping MMLU: suite {suite.name}")
     log.print(f"Suite folder: {folder} (suite.log, models/, leaderboard.md/.csv/.json, summary.json, report.html)")
     return outcomes

@@ -56,7 +56,9 @@ def _export(folder: Path, target: Path) -> None:
     """The Transformer module's graph, with dynamic batch and sequence axes, written atomically."""
     import torch
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in a terminal or a suite's log
     model = AutoModel.from_pretrained(str(folder)).eval()
 
     class Wrapped(torch.nn.Module):
