@@ -103,17 +103,19 @@ def _embeddings(embedding_model: Optional[str], multilingual_model: Optional[str
                            multilingual=multilingual_model or MULTILINGUAL_MODEL, cache_dir=cache)
 
 
-def _outputs(json_out: Optional[Path], output: Optional[Path], inputs: list[Optional[Path]]) -> None:
-    from evaluator.paths import check_output_file
+def _outputs(json_out: Optional[Path], output: Optional[Path], inputs: list[Optional[Path]],
+             cache: Optional[Path] | bool = False) -> None:
+    """Refuse, before any work, outputs that would overwrite an input (the data, the cache's answers) or a
+    folder of the user's; `cache` (None: the default cache) counts as an input where the command uses one."""
+    from evaluator.paths import check_output_file, check_output_folder
+    from evaluator.scoring.embeddings import default_cache_dir
 
+    if cache is not False:
+        inputs = [*inputs, (cache or default_cache_dir()) / "responses"]
     if json_out is not None:
         check_output_file(json_out, inputs, "--json")
     if output is not None:
-        if output.exists() and not output.is_dir():
-            raise InputError("is a file: --output names a folder", path=output, field="--output")
-        for source in inputs:
-            if source is not None and Path(source).resolve() in (output.resolve(), *output.resolve().parents):
-                raise InputError(f"would write inside the input {source}", path=output, field="--output")
+        check_output_folder(output, inputs)
 
 
 @app.callback(invoke_without_command=True)
@@ -215,7 +217,7 @@ def run_command(
     from evaluator.runs.runner import RunConfig
     from servers.profiles import get_profile
 
-    _outputs(json_out, output, [data])
+    _outputs(json_out, output, [data], cache)
     config = RunConfig(profile=get_profile(model, base_url), data=data, protocol=protocol, rendering=render,
                        base_url=base_url, concurrency=concurrency, limit=limit, cache_dir=cache, refresh=refresh,
                        timeout_s=timeout, device=device.value, letter_choices=letter_choices,
@@ -261,7 +263,7 @@ def rescore_command(
     from evaluator.runs import runner
     from evaluator.runs.runner import RunConfig
 
-    _outputs(json_out, output, [data])
+    _outputs(json_out, output, [data], cache)
     config = RunConfig(profile=_recorded_profile(model, cache), data=data, protocol=protocol, rendering=render,
                        limit=limit, cache_dir=cache, letter_choices=letter_choices,
                        task_specific_prompt=task_specific_prompt,
@@ -415,6 +417,10 @@ def suite_command(
     if dry_run:
         suite_report.print_dry_run(suite, inventory, console)
         return
+    from evaluator.paths import check_suite_folder
+
+    check_suite_folder(suite_runner.suite_folder(suite, cache, output),
+                       [suite.data, (cache or default_cache_dir()) / "responses"])
     ray_servers = None
     if ray is not None:
         from servers.ray_cluster import RayServers, cluster_inventory
@@ -505,7 +511,7 @@ def demo_command(
     from evaluator.runs.runner import RunConfig
     from servers.profiles import get_profile
 
-    _outputs(json_out, output, [sample_dir()])
+    _outputs(json_out, output, [sample_dir()], cache)
     config = RunConfig(profile=get_profile("demo"), data=sample_dir(), cache_dir=cache, refresh=refresh,
                        embeddings=_embeddings(None, multilingual_model))
     console.print(f"Demo: model 'demo' (SmolLM2-135M-Instruct) on the sample set in {escape(str(config.data))}")

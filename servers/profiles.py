@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evaluator.errors import InputError
-from evaluator.redact import strip_url_credentials
+from evaluator.redact import register, strip_url_credentials
 
 Provider = Literal["vllm", "openai", "anthropic", "openai-compatible"]
 PROFILES_ENV = "SHOPPING_MMLU_PROFILES"  # an extra TOML file whose entries add to or override the built-in ones
@@ -86,7 +86,10 @@ class ModelProfile(BaseModel):
         return identity
 
     def api_key(self) -> str | None:
-        return os.environ.get(self.api_key_env) if self.api_key_env else None
+        """The key we send, registered as a secret whatever its variable is called (`GEMINI_API_KEY2`)."""
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        register(key)
+        return key
 
     def public(self) -> dict:
         """The profile as it may be stored and shown: key variable names only, no credentials in URLs."""

@@ -16,6 +16,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -125,6 +126,7 @@ def official_outputs(result: "RunResult", folder: Path) -> dict:
     """`official/{data file stem}.json` for each data file whose every question has an answer."""
     answers = {row["row"]: row["output"] for row in result.rows.iter_rows(named=True)}
     written, skipped, start = [], {}, 0
+    stems = Counter(f.path.stem for f in result.dataset.files)
     for data_file in result.dataset.files:
         rows = range(start, start + len(data_file.questions))
         start += len(data_file.questions)
@@ -132,6 +134,10 @@ def official_outputs(result: "RunResult", folder: Path) -> dict:
         if rows.stop > len(result.questions) or missing:
             skipped[data_file.path.name] = (f"{missing} of {len(rows)} questions have no answer" if missing
                                             else "outside this run's --limit")
+            continue
+        if stems[data_file.path.stem] > 1:
+            skipped[data_file.path.name] = (f"another data file has the stem '{data_file.path.stem}': its official "
+                                            "output file would replace this one's")
             continue
         target = folder / f"{data_file.path.stem}.json"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -145,11 +151,20 @@ def official_outputs(result: "RunResult", folder: Path) -> dict:
                        + (" --letter-choices" if result.config.letter_choices else "")}
 
 
-def write_folder(result: "RunResult", output: Path) -> Path:
-    """results.json, samples.jsonl and official/ in `output`, replaced as a whole."""
-    output = Path(output)
+def write_folder(result: "RunResult", output: Path, inputs: list[Path | None] | None = None) -> Path:
+    """results.json, samples.jsonl and official/ in `output`, replaced as a whole; only a new or empty folder,
+    or one we wrote (`paths.check_output_folder`). A link is followed. The folder gets the user's umask."""
+    import os
+
+    from evaluator.paths import check_output_folder
+
+    output = check_output_folder(output, [*(inputs or []), result.config.data,
+                                          result.config.cache_folder / "responses"])
     output.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    scratch.chmod(0o777 & ~umask)  # mkdtemp makes it 0700: a results folder is for colleagues too
     try:
         with (scratch / "samples.jsonl").open("w", encoding="utf-8") as handle:
             for record in samples(result):

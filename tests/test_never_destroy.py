@@ -1,0 +1,153 @@
+"""Outputs never destroy what we did not write: a results folder replaces only a folder of ours, never an
+input or the cache, follows a link to its target, and is readable with the user's umask. No key we send
+is ever stored or printed, whatever its variable is called."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from benchmarks.stubs.openai_stub import Stub
+from builders import run_cli, write_jsonl
+
+
+def data_file(path: Path, n: int = 6) -> Path:
+    return write_jsonl(path, [{"input_field": f"Q{i}?", "output_field": i % 4, "task_name": "t",
+                               "task_type": "multiple-choice", "metric": "accuracy"} for i in range(n)])
+
+
+@pytest.fixture
+def stub():
+    with Stub() as server:
+        yield server
+
+
+def run(args: list, capsys, monkeypatch, stub, tmp_path: Path, data: Path | None = None):
+    data = data or data_file(tmp_path / "in" / "d.json")
+    return run_cli(["run", "--model", "m", "--base-url", stub.base_url, "--data", data, "--cache", tmp_path / "c",
+                    *args], capsys, monkeypatch)
+
+
+def test_a_folder_of_the_users_is_never_replaced(tmp_path, capsys, monkeypatch, stub):
+    papers = tmp_path / "papers"
+    papers.mkdir()
+    (papers / "thesis.tex").write_text("years of work")
+    code, _, err = run(["--output", papers], capsys, monkeypatch, stub, tmp_path)
+    assert code == 2 and "did not write" in err
+    assert (papers / "thesis.tex").read_text() == "years of work" and sorted(os.listdir(papers)) == ["thesis.tex"]
+
+
+def test_dot_as_output_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch, stub):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    code, _, err = run(["--output", "."], capsys, monkeypatch, stub, tmp_path)
+    assert code == 2 and "Traceback" not in err and (work / "notes.txt").read_text() == "mine"
+
+
+def test_the_cache_and_the_data_are_inputs_both_ways(tmp_path, capsys, monkeypatch, stub):
+    project = tmp_path / "proj"
+    data = data_file(project / "questions.jsonl")
+    code, _, err = run(["--output", project], capsys, monkeypatch, stub, tmp_path, data)  # holds the data
+    assert code == 2 and "input" in err and data.exists()
+    code, _, err = run(["--output", tmp_path / "c"], capsys, monkeypatch, stub, tmp_path)  # holds the answers
+    assert code == 2 and "input" in err
+    code, _, err = run(["--output", tmp_path / "c" / "responses" / "x"], capsys, monkeypatch, stub, tmp_path)
+    assert code == 2 and "input" in err
+    code, _, _ = run([], capsys, monkeypatch, stub, tmp_path)
+    assert code == 0
+    database = tmp_path / "c" / "responses" / "responses.sqlite"
+    before = database.read_bytes()
+    code, _, err = run(["--json", database], capsys, monkeypatch, stub, tmp_path)
+    assert code == 2 and "input" in err and database.read_bytes() == before
+
+
+def test_our_own_folder_is_replaced_and_a_link_writes_to_its_target(tmp_path, capsys, monkeypatch, stub):
+    results = tmp_path / "results"
+    code, _, err = run(["--output", results], capsys, monkeypatch, stub, tmp_path)
+    assert code == 0, err
+    code, _, err = run(["--output", results], capsys, monkeypatch, stub, tmp_path)  # ours: replaced
+    assert code == 0, err
+    assert (results / "results.json").is_file()
+    (results / "mine.txt").write_text("added by hand")
+    code, _, err = run(["--output", results], capsys, monkeypatch, stub, tmp_path)
+    assert code == 2 and (results / "mine.txt").read_text() == "added by hand"
+    target = tmp_path / "elsewhere"
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    code, _, err = run(["--output", link], capsys, monkeypatch, stub, tmp_path)
+    assert code == 0, err
+    assert link.is_symlink() and (target / "results.json").is_file()
+
+
+def test_a_results_folder_takes_the_users_umask(tmp_path, capsys, monkeypatch, stub):
+    old = os.umask(0o022)
+    try:
+        code, _, err = run(["--output", tmp_path / "results"], capsys, monkeypatch, stub, tmp_path)
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert stat.S_IMODE((tmp_path / "results").stat().st_mode) == 0o755
+
+
+def test_two_data_files_with_one_stem_do_not_share_an_official_output(tmp_path, capsys, monkeypatch, stub):
+    folder = tmp_path / "in"
+    data_file(folder / "x.json", 3)
+    write_jsonl(folder / "x.jsonl", [{"input_field": f"Other {i}?", "output_field": 1, "task_name": "u",
+                                      "task_type": "multiple-choice", "metric": "accuracy"} for i in range(4)])
+    code, _, err = run(["--output", tmp_path / "results"], capsys, monkeypatch, stub, tmp_path, folder)
+    assert code == 0, err
+    doc = json.loads((tmp_path / "results" / "results.json").read_text())
+    official = doc["files"]["official_outputs"]
+    assert official["written"] == [] and set(official["skipped"]) == {"x.json", "x.jsonl"}
+    assert not (tmp_path / "results" / "official" / "x.json").exists()
+
+
+def test_a_suite_folder_is_never_a_file_the_data_or_a_folder_of_the_users(tmp_path, capsys, monkeypatch, stub):
+    data = data_file(tmp_path / "in" / "d.json")
+    suite = tmp_path / "s.toml"
+    suite.write_text(f'[suite]\ndata = "{data}"\n[models]\nm = {{ provider = "openai-compatible", model = "m", '
+                     f'api_base = "{stub.base_url}" }}\n', encoding="utf-8")
+    papers = tmp_path / "papers"
+    papers.mkdir()
+    (papers / "thesis.tex").write_text("mine")
+    (tmp_path / "file").write_text("mine")
+    for output in (tmp_path / "in", papers, tmp_path / "file"):
+        code, _, err = run_cli(["suite", suite, "--cache", tmp_path / "c", "--output", output], capsys, monkeypatch)
+        assert code == 2 and "Traceback" not in err, err
+    assert (papers / "thesis.tex").read_text() == "mine" and (tmp_path / "file").read_text() == "mine"
+    night = tmp_path / "night"
+    for _ in range(2):  # its own folder again: fine (a rerun resumes into it)
+        code, out, err = run_cli(["suite", suite, "--cache", tmp_path / "c", "--output", night], capsys, monkeypatch)
+        assert code == 0, out + err
+
+
+def test_a_key_from_any_variable_is_never_stored_or_printed_even_from_a_pre_flight_401(tmp_path, capsys,
+                                                                                       monkeypatch):
+    """The profile names GEMINI_API_KEY2 (no secret-like suffix); the server echoes the key in a 401, on a
+    rerun's pre-flight too."""
+    marker = "marker-gemini-0123456789abcdef"
+    monkeypatch.setenv("GEMINI_API_KEY2", marker)
+    data = data_file(tmp_path / "in" / "d.json", 8)
+    echo = {"on": False}
+    with Stub(lambda _d, _a: "echo_key" if echo["on"] else "ok") as server:
+        profiles = tmp_path / "profiles.toml"
+        profiles.write_text(f'[models.gem]\nprovider = "openai"\nmodel = "gem"\napi_base = "{server.base_url}"\n'
+                            'api_key_env = "GEMINI_API_KEY2"\n', encoding="utf-8")
+        monkeypatch.setenv("SHOPPING_MMLU_PROFILES", str(profiles))
+        args = ["run", "--model", "gem", "--data", data, "--cache", tmp_path / "c", "--json", tmp_path / "r.json",
+                "--output", tmp_path / "results", "--limit", "4"]
+        code, out1, err1 = run_cli(args, capsys, monkeypatch)
+        assert code == 0, out1 + err1
+        echo["on"] = True
+        code, out2, err2 = run_cli([a for a in args if a != "4" and a != "--limit"], capsys, monkeypatch)
+        assert code == 1 and "pre-flight" in out2
+        assert server.authorizations[f"Bearer {marker}"] > 0  # the key was sent, and echoed back
+    written = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != "profiles.toml")
+    assert marker.encode() not in written
+    assert marker not in out1 + err1 + out2 + err2
