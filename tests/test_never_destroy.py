@@ -151,3 +151,37 @@ def test_a_key_from_any_variable_is_never_stored_or_printed_even_from_a_pre_flig
     written = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != "profiles.toml")
     assert marker.encode() not in written
     assert marker not in out1 + err1 + out2 + err2
+
+
+HOSTILE_TEXTS = ['x"><img src=x onerror="document.title=\'pwned-attr\'">', "<!--<script>",
+                 "</script><script>document.title='pwned-script'</script>", "<b onmouseover=alert(1)>bold</b>",
+                 "a'b\"c&d<e>f"]
+
+
+@pytest.mark.skipif(__import__("evaluator.reports.screenshot", fromlist=["chromium"]).chromium() is None,
+                    reason="no Chromium here (Debian: apt-get install chromium); the HTML report's escaping is "
+                           "checked in a real browser where it is")
+def test_hostile_names_and_answers_in_the_html_report_stay_text_in_a_real_browser(tmp_path, capsys, monkeypatch):
+    """A skill (track) name, a task name, a model name and answers carrying markup: every context escaped, no
+    script runs, the page is not blanked."""
+    from evaluator.reports.screenshot import rendered_dom
+
+    rows = []
+    for i, text in enumerate(HOSTILE_TEXTS):
+        rows.append({"input_field": f"question {text} {i}", "output_field": i % 4, "task_name": f"task {text}",
+                     "task_type": "multiple-choice", "metric": "accuracy", "track": f"skill {text}"})
+    data = write_jsonl(tmp_path / "d.json", rows)
+    answers = iter(HOSTILE_TEXTS * 10)
+    with Stub(answers=lambda _body: next(answers)) as server:
+        code, out, err = run_cli(["run", "--model", HOSTILE_TEXTS[0], "--base-url", server.base_url, "--data", data,
+                                  "--cache", tmp_path / "c"], capsys, monkeypatch)
+    assert code in (0, 3), out + err
+    page = tmp_path / "report.html"
+    code, _, err = run_cli(["report", "--cache", tmp_path / "c", "--html", page], capsys, monkeypatch)
+    assert code == 0, err
+    dom = rendered_dom(page)
+    title = dom[dom.index("<title>"):dom.index("</title>")]
+    assert "pwned" not in title  # no script of theirs ran
+    assert "<img" not in dom and "<b onmouseover" not in dom  # their markup stayed text
+    assert dom.count('class="click') >= 2 and "Questions shown" in dom  # the page was drawn, not blanked
+    assert "&lt;!--&lt;script&gt;" in dom or "&lt;!--&lt;script&gt;" in dom.replace("&amp;", "&")

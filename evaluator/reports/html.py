@@ -73,7 +73,9 @@ def write_from(board: "pl.DataFrame", results: dict[str, "RunResult"], path: Pat
         "skills": skills, "labels": {s: short_skill(s) for s in skills}, "columns": columns, "board": rows,
         "runs": {key: model_payload(result) for key, result in results.items()},
         "rows_per_model": ROWS_PER_MODEL, "notes": notes or []})
-    data = json.dumps(payload, ensure_ascii=False, allow_nan=False).replace("</", "<\\/")
+    # JSON inside a <script>: no '<' at all, so neither '</script>' nor '<!--' can end or blank the page.
+    data = (json.dumps(payload, ensure_ascii=False, allow_nan=False)
+            .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
     page = TEMPLATE.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +147,7 @@ select,button{font:inherit;font-size:12px}button.on{background:#1d2330;color:#ff
 <script>
 const D = JSON.parse(document.getElementById('data').textContent);
 const $ = id => document.getElementById(id);
-const esc = s => String(s ?? '-').replace(/[&<>"]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
+const esc = s => String(s ?? '-').replace(/[&<>"']/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}[c]));
 const fmt = v => v === null || v === undefined ? '-' : (typeof v === 'number' ? (Number.isInteger(v) ? v.toLocaleString() : v.toFixed(3)) : esc(v));
 const score = v => v === null || v === undefined ? '-' : v.toFixed(3);
 const color = v => v === null || v === undefined ? '#c8ccd2' : `hsl(${Math.round(v * 120)},55%,${38 + Math.round(v * 8)}%)`;
@@ -164,7 +166,7 @@ function drawBoards() {
     let key = 'rank', asc = true;
     const draw = () => {
       const sorted = [...rows].sort((a, b) => { const x = a[key], y = b[key]; if (x === y) return 0; if (x === null) return 1; if (y === null) return -1; return (x < y ? -1 : 1) * (asc ? 1 : -1); });
-      t.innerHTML = '<tr>' + cols.map(([k, l, n]) => `<th class="${n ? 'num' : ''}" data-k="${k}">${esc(l)}${k === key ? (asc ? ' ▲' : ' ▼') : ''}</th>`).join('') + '</tr>' +
+      t.innerHTML = '<tr>' + cols.map(([k, l, n]) => `<th class="${n ? 'num' : ''}" data-k="${esc(k)}">${esc(l)}${k === key ? (asc ? ' ▲' : ' ▼') : ''}</th>`).join('') + '</tr>' +
         sorted.map(r => `<tr class="click${r.run === current ? ' sel' : ''}" data-m="${esc(r.run)}">` + cols.map(([k, l, n]) => {
           let v = r[k];
           if (k === 'answered') v = `${r.answered.toLocaleString()}/${r.questions.toLocaleString()}`;
@@ -172,7 +174,7 @@ function drawBoards() {
           else if (k === 'cost') v = v === null ? '-' : v.toFixed(2);
           else if (k.startsWith('skill:')) v = score(v);
           else v = fmt(v);
-          return `<td class="${n ? 'num' : (k === 'model' ? 'model' : '')}${k === 'status' ? ' st-' + r.status : ''}">${k === 'model' ? esc(r.model) : v}</td>`; }).join('') + '</tr>').join('');
+          return `<td class="${n ? 'num' : (k === 'model' ? 'model' : '')}${k === 'status' ? ' st-' + esc(r.status) : ''}">${k === 'model' ? esc(r.model) : v}</td>`; }).join('') + '</tr>').join('');
       t.querySelectorAll('th').forEach(th => th.onclick = () => { const k = th.dataset.k; asc = key === k ? !asc : (k === 'model' || k === 'rank' || k === 'status'); key = k; draw(); });
       t.querySelectorAll('tr.click').forEach(tr => tr.onclick = () => pick(tr.dataset.m));
     };
