@@ -134,6 +134,8 @@ def parse_toml(path: Path, text: str) -> dict:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"malformed TOML: {exc}", path=path) from None
+    except RecursionError:
+        raise InputError("malformed TOML: nested too deeply", path=path) from None
 
 
 def _read(path: Path, raw: dict) -> dict[str, ModelProfile]:

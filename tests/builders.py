@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import polars as pl
@@ -78,3 +79,24 @@ def run_cli(args: list, capsys, monkeypatch) -> tuple[int, str, str]:
         main()
     out, err = capsys.readouterr()
     return exited.value.code or 0, out, err
+
+
+def old_cache(folder: Path) -> None:
+    """A version 1 cache: answers without their source, scores in one table keyed on the data path."""
+    folder.mkdir(parents=True)
+    db = sqlite3.connect(folder / "responses.sqlite")
+    db.executescript(
+        "CREATE TABLE answers (key TEXT PRIMARY KEY, model TEXT NOT NULL, qid TEXT NOT NULL, text TEXT NOT NULL, "
+        "finish_reason TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, latency_s REAL, attempts INTEGER, "
+        "created_at REAL NOT NULL, request TEXT NOT NULL);"
+        "CREATE TABLE errors (key TEXT PRIMARY KEY, model TEXT NOT NULL, qid TEXT NOT NULL, kind TEXT NOT NULL, "
+        "status INTEGER, message TEXT, attempts INTEGER, latency_s REAL, created_at REAL NOT NULL, "
+        "request TEXT NOT NULL);"
+        "CREATE TABLE scores (model TEXT, data TEXT, protocol TEXT, rendering TEXT, skill TEXT, task TEXT, "
+        "metric TEXT, n INTEGER, errors INTEGER, score REAL, prompt_tokens INTEGER, completion_tokens INTEGER, "
+        "created_at REAL);"
+        "INSERT INTO scores VALUES ('old', '/d.json', 'skill', 'completion', 's', 't', 'accuracy', 5, 0, 0.4, "
+        "10, 5, 1.0);"
+        "PRAGMA user_version = 1;")
+    db.commit()
+    db.close()

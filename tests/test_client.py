@@ -118,3 +118,18 @@ def test_a_replica_that_stops_answering_is_left_alone():
         assert all(r.ok for r in replies.values()) and sum(live.seen.values()) == 300
     retried = sum(r.attempts - 1 for r in replies.values())
     assert retried <= 16  # only the first requests in flight met the dead replica
+
+
+@pytest.mark.parametrize("payload, chat", [
+    (b'{"choices": [{"index": 0, "text": "", "finish_reason": "stop"}], "error": {"message": "upstream down"}}',
+     False),
+    (b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": ""}}], "error": "overloaded"}', True),
+])
+def test_an_error_object_beside_an_empty_choice_is_a_retryable_error_not_the_answer(payload, chat):
+    from evaluator.client.http import Fault, parse_reply
+
+    with pytest.raises(Fault) as fault:
+        parse_reply(payload, chat)
+    assert fault.value.kind == "api_error" and fault.value.retryable
+    text, *_ = parse_reply(b'{"choices": [{"text": "2"}], "error": null}', False)
+    assert text == "2"

@@ -295,7 +295,9 @@ def test_report_works_on_a_read_only_cache(tmp_path, small_disk, capsys, monkeyp
     monkeypatch.setattr(runner, "MIN_FREE_BYTES", 0)
     data = write_jsonl(tmp_path / "d.json", [{"input_field": f"Q{i}", "output_field": 0, "task_name": "t",
                                               "task_type": "multiple-choice", "metric": "accuracy"}
-                                             for i in range(10)])
+                                             for i in range(10)]
+                       + [{"input_field": "Extract", "output_field": "cotton", "task_name": "attribute_extraction",
+                           "task_type": "generation", "metric": "rougel"}])  # scoring keeps pair scores on disk
     cache = small_disk / "cache"
     with Stub() as stub:
         code, _, err = run_cli(["run", "--model", "m", "--base-url", stub.base_url, "--data", data, "--cache", cache],
@@ -306,6 +308,8 @@ def test_report_works_on_a_read_only_cache(tmp_path, small_disk, capsys, monkeyp
         pytest.skip("cannot remount read-only here")
     code, out, err = run_cli(["report", "--cache", cache, "--format", "json"], capsys, monkeypatch)
     assert code == 0 and json.loads(out)[0]["model"] == "m", err
+    code, _, err = run_cli(["report", "--cache", cache, "--html", tmp_path / "r.html"], capsys, monkeypatch)
+    assert code == 0 and (tmp_path / "r.html").is_file(), err  # its embeddings database is read-only too
     code, _, err = run_cli(["rescore", "--model", "m", "--data", data, "--cache", cache], capsys, monkeypatch)
     assert code == 2 and "Traceback" not in err and "cannot be used" in err
 

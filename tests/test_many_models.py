@@ -22,7 +22,7 @@ import pytest
 from rich.console import Console
 
 from benchmarks.stubs.openai_stub import Stub
-from builders import run_cli, write_jsonl
+from builders import old_cache, run_cli, write_jsonl
 from evaluator.cache.responses import SCHEMA_VERSION, Answer, ResponseCache, process_owner
 from evaluator.reports import compare as compare_report
 from servers.profiles import ModelProfile
@@ -167,27 +167,6 @@ OPENER = textwrap.dedent("""
     print("FAILURES", failures)
     sys.exit(1 if failures else 0)
 """)
-
-
-def old_cache(folder: Path) -> None:
-    """A version 1 cache: answers without their source, scores in one table keyed on the data path."""
-    folder.mkdir(parents=True)
-    db = sqlite3.connect(folder / "responses.sqlite")
-    db.executescript(
-        "CREATE TABLE answers (key TEXT PRIMARY KEY, model TEXT NOT NULL, qid TEXT NOT NULL, text TEXT NOT NULL, "
-        "finish_reason TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, latency_s REAL, attempts INTEGER, "
-        "created_at REAL NOT NULL, request TEXT NOT NULL);"
-        "CREATE TABLE errors (key TEXT PRIMARY KEY, model TEXT NOT NULL, qid TEXT NOT NULL, kind TEXT NOT NULL, "
-        "status INTEGER, message TEXT, attempts INTEGER, latency_s REAL, created_at REAL NOT NULL, "
-        "request TEXT NOT NULL);"
-        "CREATE TABLE scores (model TEXT, data TEXT, protocol TEXT, rendering TEXT, skill TEXT, task TEXT, "
-        "metric TEXT, n INTEGER, errors INTEGER, score REAL, prompt_tokens INTEGER, completion_tokens INTEGER, "
-        "created_at REAL);"
-        "INSERT INTO scores VALUES ('old', '/d.json', 'skill', 'completion', 's', 't', 'accuracy', 5, 0, 0.4, "
-        "10, 5, 1.0);"
-        "PRAGMA user_version = 1;")
-    db.commit()
-    db.close()
 
 
 @pytest.mark.parametrize("kind", ["fresh", "old"])

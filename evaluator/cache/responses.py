@@ -184,8 +184,9 @@ class ResponseCache:
                     raise InputError("the response cache cannot be opened read-only", path=self.path) from None
                 self._check_schema(self.db)
                 if self.db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                    raise InputError("this response cache was written by an older version: run any `run` or "
-                                     "`rescore` on it once to update it (nothing is lost)", path=self.path)
+                    self._file.close()
+                    self._update_old(folder)
+                    self._file = ReadOnlyFile(self.path)
             else:
                 self._file = SharedFile(self.path, SCHEMA, setup=_migrate, check=self._check_foreign)
         except sqlite3.OperationalError as exc:
@@ -197,6 +198,15 @@ class ResponseCache:
             raise self._unreadable(exc) from None
         except OSError as exc:  # the folder or its lock file cannot be made
             raise self._unusable(exc) from None
+
+    def _update_old(self, folder: Path) -> None:
+        """An older cache met by a reading command: updated in place once (its answers are kept), where the
+        file can be written; otherwise say how."""
+        try:
+            SharedFile(self.path, SCHEMA, setup=_migrate, check=self._check_foreign).close()
+        except (sqlite3.Error, OSError):
+            raise InputError("this response cache was written by an older version and cannot be updated here "
+                             "(read-only); run any command on a writable copy of it once", path=self.path) from None
 
     @property
     def db(self) -> sqlite3.Connection:

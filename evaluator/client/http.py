@@ -187,11 +187,12 @@ def parse_reply(payload: bytes, chat: bool) -> tuple[str, str | None, int | None
     if not isinstance(data, dict):
         raise Fault("malformed", "response is not a JSON object")
     choices = data.get("choices")
+    error = data.get("error")
+    upstream = Fault("api_error", "HTTP 200 with an error: " + str(error.get("message") if isinstance(error, dict)
+                                                                   else error)[:300], 200, retryable=True)
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        error = data.get("error")
         if error is not None:  # a 200 carrying an error object: the provider failed upstream
-            detail = error.get("message") if isinstance(error, dict) else error
-            raise Fault("api_error", f"HTTP 200 with an error: {str(detail)[:300]}", 200, retryable=True)
+            raise upstream
         raise Fault("empty", "response has no choices")
     choice = choices[0]
     if chat:
@@ -199,6 +200,8 @@ def parse_reply(payload: bytes, chat: bool) -> tuple[str, str | None, int | None
         text = message.get("content") if isinstance(message, dict) else None
     else:
         text = choice.get("text")
+    if error and not text:  # an error object beside an empty choice is the error, not the answer ""
+        raise upstream
     if text is None:
         raise Fault("empty", "the reply has no text (null)")
     if not isinstance(text, str):

@@ -54,6 +54,21 @@ def _task_values(a: dict, b: dict, idx: np.ndarray | None, ner: bool) -> tuple[n
     return a["scores"][idx].mean(axis=1), b["scores"][idx].mean(axis=1)
 
 
+BOOT_CELLS = 2_000_000  # resampled indices held at once: memory stays bounded (~50 MB) however large the task
+
+
+def _bootstrap(a: dict, b: dict, n: int, samples: int, ner: bool, rng) -> tuple[np.ndarray, np.ndarray]:
+    """The task's score of A and B under `samples` resamples, drawn a block at a time."""
+    step = max(1, BOOT_CELLS // max(n, 1))
+    parts_a, parts_b = [], []
+    for start in range(0, samples, step):
+        idx = rng.integers(0, n, size=(min(step, samples - start), n))
+        block_a, block_b = _task_values(a, b, idx, ner)
+        parts_a.append(block_a)
+        parts_b.append(block_b)
+    return np.concatenate(parts_a), np.concatenate(parts_b)
+
+
 def paired(result_a, result_b, samples: int, seed: int = 0) -> pl.DataFrame:
     """Rows: level (task / skill / overall), skill, task, metric, n, a, b, diff, low, high, p (McNemar)."""
     rows_a = result_a.rows.filter(pl.col("unscored").is_null() & pl.col("answered"))
@@ -68,8 +83,7 @@ def paired(result_a, result_b, samples: int, seed: int = 0) -> pl.DataFrame:
         b = {"scores": part["score_b"].fill_null(0).to_numpy().astype(float),
              "counts": part.select("tp_b", "fp_b", "fn_b").fill_null(0).to_numpy().astype(float)}
         n = part.height
-        idx = rng.integers(0, n, size=(samples, n))
-        boot_a, boot_b = _task_values(a, b, idx, ner)
+        boot_a, boot_b = _bootstrap(a, b, n, samples, ner, rng)
         value_a, value_b = _task_values(a, b, None, ner)
         diff = boot_a - boot_b
         p = None
@@ -112,6 +126,8 @@ def compare(cache: Path | None, a: str, b: str, protocol: str | None = None, dat
     from evaluator.data import loaders
     from evaluator.runs.runner import rescore_saved
 
+    if a == b:
+        raise InputError(f"compare needs two different models ('{a}' twice)")
     folder = cache or default_cache_dir()
     store = ResponseCache(folder / "responses", read_only=True)
     try:
@@ -142,7 +158,10 @@ def compare(cache: Path | None, a: str, b: str, protocol: str | None = None, dat
                 raise InputError(f"cannot compare the run of '{record['model']}' on {record['data']}: {result}")
         description = {"data": row["data"], "protocol": row["protocol"], "variant": row["variant"],
                        "rendering_a": row["rendering"], "rendering_b": row["rendering_b"]}
-        out.append((description, paired(result_a, result_b, samples)))
+        table = paired(result_a, result_b, samples)
+        if table.is_empty():
+            raise InputError(f"'{a}' and '{b}' have no question that both answered on {row['data']}")
+        out.append((description, table))
     return out
 
 

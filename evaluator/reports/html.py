@@ -78,10 +78,17 @@ def write_from(board: "pl.DataFrame", results: dict[str, "RunResult"], path: Pat
             .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
     page = TEMPLATE.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
     path = Path(path)
+    if path.is_dir():
+        from evaluator.errors import InputError
+
+        raise InputError("is a folder: name the HTML file to write", path=path, field="--html")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -14,6 +14,10 @@ from evaluator.runs.runner import RunConfig, execute
 def inspect(config: RunConfig, task: str) -> pl.DataFrame:
     """Every question of `task`: input, truth, cached answer (or error), per-question score; nothing saved."""
     result = execute(config, Console(quiet=True), send_missing=False, save=False)
+    if not result.rows["answered"].any() and (result.rows["error"] == "not asked yet").all():
+        raise InputError(f"model '{config.profile.name}' has no answer or error in this cache for {config.data} "
+                         "with these settings (--protocol, --render and the prompt options must be the run's)",
+                         field="--model")
     if task not in {q.task for q in result.questions}:
         raise InputError(f"no task '{task}' in {config.data} (tasks: "
                          f"{', '.join(sorted({q.task for q in result.questions})[:12])})", field="--task")

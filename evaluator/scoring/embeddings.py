@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import sqlite3
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -19,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from evaluator.data.records import Metric
-from evaluator.cache.sqlite import SharedFile
+from evaluator.cache.sqlite import ReadOnlyFile, SharedFile
 
 ENGLISH_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 MULTILINGUAL_MODEL = "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2"
@@ -168,9 +169,20 @@ class ScoringStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.file = SharedFile(path, self.SCHEMA)
+        self.file: SharedFile | ReadOnlyFile | None = None
+        try:
+            self.file = SharedFile(path, self.SCHEMA)
+        except (sqlite3.OperationalError, OSError):  # a read-only cache: read what is there, keep nothing new
+            if path.is_file():
+                try:
+                    self.file = ReadOnlyFile(path)
+                except sqlite3.Error:
+                    self.file = None
+        self.writable = isinstance(self.file, SharedFile)
 
     def _select(self, sql: str, first: str, keys: list[bytes]):
+        if self.file is None:
+            return
         db = self.file.read()
         for start in range(0, len(keys), 500):
             chunk = keys[start:start + 500]
@@ -181,6 +193,8 @@ class ScoringStore:
             "SELECT text_sha, vector FROM vectors WHERE model = ? AND text_sha IN ({marks})", model, keys)}
 
     def put(self, model: str, items: dict[bytes, np.ndarray]) -> None:
+        if not self.writable:
+            return
         rows = [(model, k, v.astype(np.float32).tobytes()) for k, v in items.items()]
         self.file.write(lambda db: db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)", rows))
 
@@ -190,11 +204,14 @@ class ScoringStore:
             metric, keys)}
 
     def put_pairs(self, metric: str, items: dict[bytes, tuple[float, str | None]]) -> None:
+        if not self.writable:
+            return
         rows = [(metric, k, score, official) for k, (score, official) in items.items()]
         self.file.write(lambda db: db.executemany("INSERT OR REPLACE INTO pair_scores VALUES (?, ?, ?, ?)", rows))
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 MEMO_VECTORS = 200_000  # vectors kept in memory per Embedder (~300 MB): a night's references, read once
