@@ -45,6 +45,7 @@ def leaderboard(runs: pl.DataFrame, tasks: pl.DataFrame) -> pl.DataFrame:
                                          skills_scored=pl.col("score").is_not_null().sum(),
                                          skills_total=pl.len(),
                                          partial_skills=(pl.col("tasks_scored") < pl.col("tasks_total")).sum())
+    skills, overall = _as_saved(runs, skills, overall)
     wide = (skills.with_columns(label=pl.col("skill")).pivot(on="label", index="run", values="score",
                                                              sort_columns=True)
             if skills.height else pl.DataFrame({"run": []}, schema={"run": pl.String}))
@@ -61,6 +62,34 @@ def leaderboard(runs: pl.DataFrame, tasks: pl.DataFrame) -> pl.DataFrame:
                    nulls_last=True)
              .with_columns(rank=pl.int_range(1, pl.len() + 1).over(GROUP)))
     return board.drop("status_order")
+
+
+def _as_saved(runs: pl.DataFrame, skills: pl.DataFrame, overall: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The skill and overall scores each run saved from its own aggregation, where it saved them (runs scored
+    before kept only task scores: theirs are recomputed above), so no view differs from `rescore` in a digit."""
+    saved_skills, saved_overall = [], []
+    for key, details in runs.select("key", "details").iter_rows():
+        try:
+            doc = json.loads(details)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("skills"), dict):
+            saved_skills += [(key, skill, float(score) if isinstance(score, (int, float)) else None)
+                             for skill, score in doc["skills"].items()]
+            score = doc.get("overall")
+            saved_overall.append((key, float(score) if isinstance(score, (int, float)) else None))
+    if saved_skills:
+        frame = pl.DataFrame(saved_skills, schema={"run": pl.String, "skill": pl.String, "saved": pl.Float64},
+                             orient="row")
+        skills = (skills.join(frame, on=["run", "skill"], how="left", maintain_order="left")
+                  .with_columns(score=pl.when(pl.col("run").is_in(frame["run"].unique().implode()))
+                                .then(pl.col("saved")).otherwise(pl.col("score"))).drop("saved"))
+    if saved_overall:
+        frame = pl.DataFrame(saved_overall, schema={"run": pl.String, "saved": pl.Float64}, orient="row")
+        overall = (overall.join(frame, on="run", how="left", maintain_order="left")
+                   .with_columns(overall=pl.when(pl.col("run").is_in(frame["run"].implode()))
+                                 .then(pl.col("saved")).otherwise(pl.col("overall"))).drop("saved"))
+    return skills, overall
 
 
 CANONICAL = ("concept", "reasoning", "behavior", "multilingual")

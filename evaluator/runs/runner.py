@@ -677,9 +677,13 @@ def run_key_of(result: RunResult) -> str:
 def _record(result: RunResult) -> dict:
     import json
 
+    from evaluator.scoring.aggregate import finite
+
     config = result.config
     key = run_key_of(result)
     scored = int(sum(t["n"] for t in result.tasks))
+    skills = result.scores.skills.filter(pl.col("model") == config.profile.name)
+    skill_scores = finite(dict(zip(skills["skill"].to_list(), skills["score"].to_list())))
     return {"key": key, "model": config.profile.name, "data": str(Path(config.data).resolve()),
             "data_sha256": result.dataset.sha256, "protocol": config.protocol.value,
             "rendering": config.render_mode.value, "variant": config.variant, "questions": len(result.questions),
@@ -687,7 +691,9 @@ def _record(result: RunResult) -> dict:
             "status": result.status, "reason": result.reason, "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens, "cost": result.cost(),
             "details": json.dumps({"groups": result.dataset.groups, "prices": config.profile.prices(),
-                                   "dtype": result.dtype, "timings": result.timings}),
+                                   "dtype": result.dtype, "timings": result.timings,
+                                   # the run's own aggregation, which every view shows as it is
+                                   "skills": skill_scores, "overall": finite(result.overall)}),
             "created_at": result.finished_at}
 
 
