@@ -254,3 +254,32 @@ def test_cli_conventions(capsys, monkeypatch):
     assert code == 0 and "gpt-4o" in out and "llama2-70b" in out
     code, out, _ = run_cli(["models", "--format", "json"], capsys, monkeypatch)
     assert {m["name"] for m in json.loads(out)} >= {"demo", "gpt-4o", "claude-sonnet"}
+
+
+def test_a_night_of_27_long_named_models_makes_a_small_page_with_names_told_apart(tmp_path, capsys, monkeypatch):
+    """27 models whose names share a long prefix, 600 questions each: per-question rows are capped for the
+    page as a whole, inputs and truths are stored once per data set, and every heatmap name differs."""
+    data = write_jsonl(tmp_path / "d.json", [
+        {"input_field": f"A question long enough to matter, number {i}, with choices\n0. a\n1. b\n2. c\n3. d",
+         "output_field": i % 4, "task_name": f"t{i % 6}", "task_type": "multiple-choice", "metric": "accuracy"}
+        for i in range(600)])
+    names = [f"organization/very-long-model-name-{i}-instruct" for i in range(27)]
+    with Stub() as stub:
+        suite = tmp_path / "s.toml"
+        suite.write_text(f'[suite]\ndata = "{data}"\nconcurrency = 64\n[models]\n' + "".join(
+            f'"{n}" = {{ provider = "openai-compatible", model = "m{i}", api_base = "{stub.base_url}" }}\n'
+            for i, n in enumerate(names)), encoding="utf-8")
+        code, out, err = run_cli(["suite", suite, "--cache", tmp_path / "c", "--output", tmp_path / "night"],
+                                 capsys, monkeypatch)
+    assert code == 0, out[-2000:] + err
+    page = tmp_path / "night" / "report.html"
+    payload = json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', page.read_text(),
+                                   re.S).group(1))
+    assert all(len(run["questions"]) <= run["limit"] < 600 for run in payload["runs"].values())
+    assert len(payload["texts"]) == 1  # one data set: its texts once
+    assert page.stat().st_size < 4 * 2**20, page.stat().st_size
+    if chromium() is None:
+        pytest.skip("no Chromium here: the heatmap's names are checked in a real browser where it is")
+    dom = rendered_dom(page)
+    shown = [n for n in re.findall(r'<td class="name" title="[^"]*">([^<]*)', dom) if not n.startswith("${")]
+    assert len(shown) == 27 and len(set(shown)) == 27, shown

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from evaluator.runs.runner import RunResult
 
 ROWS_PER_MODEL = 3000
+PAGE_ROWS = 12_000  # per-question rows on one page, all runs together: a night of 27 models stays a few MB
 EXACT = 1e-6  # a cosine of 0.9999999999 is an exact match, not a wrong answer
 CLIP = 400
 
@@ -44,8 +45,7 @@ def model_payload(result: "RunResult", limit: int = ROWS_PER_MODEL) -> dict:
         if row["tp"] is not None:
             wrong = bool(row["fp"] or row["fn"])
         rank = 0 if row["error"] else (1 if wrong else 2)
-        questions.append((rank, {"row": row["row"], "task": question.task, "input": _clip(question.input),
-                                 "truth": _clip(question.truth), "answer": _clip(row["output"]),
+        questions.append((rank, {"row": row["row"], "task": question.task, "answer": _clip(row["output"]),
                                  "score": row["score"], "ner": (f"{row['tp']}/{row['fp']}/{row['fn']}"
                                                                 if row["tp"] is not None else None),
                                  "error": row["error"], "unscored": row["unscored"] is not None,
@@ -53,8 +53,10 @@ def model_payload(result: "RunResult", limit: int = ROWS_PER_MODEL) -> dict:
     questions.sort(key=lambda pair: pair[0])
     shown = [q for _, q in questions[:limit]]
     shown.sort(key=lambda q: q["row"])
+    texts = {q["row"]: [_clip(result.questions[q["row"]].input), _clip(result.questions[q["row"]].truth)]
+             for q in shown}  # the question's own texts: shared by every run of the same data (see write_from)
     return {"tasks": tasks, "questions": shown, "questions_total": len(questions), "status": result.status,
-            "reason": result.reason}
+            "reason": result.reason, "limit": limit, "texts": texts}
 
 
 def write_from(board: "pl.DataFrame", results: dict[str, "RunResult"], path: Path, title: str,
@@ -63,6 +65,13 @@ def write_from(board: "pl.DataFrame", results: dict[str, "RunResult"], path: Pat
     each leaderboard row drills into its own."""
     skills = skill_columns(board)
     rows = records(board)
+    limit = min(ROWS_PER_MODEL, max(200, PAGE_ROWS // max(len(results), 1)))
+    runs, texts = {}, {}
+    for key, result in results.items():  # inputs and truths once per data set, not once per model
+        payload = model_payload(result, limit)
+        payload["data"] = result.dataset.sha256
+        texts.setdefault(result.dataset.sha256, {}).update(payload.pop("texts"))
+        runs[key] = payload
     columns = list(dict.fromkeys(short_skill(s) for s in skills))  # one heatmap column per skill label
     for row in rows:
         row["by_label"] = {label: next((row[f"skill:{s}"] for s in skills
@@ -71,8 +80,8 @@ def write_from(board: "pl.DataFrame", results: dict[str, "RunResult"], path: Pat
     payload = finite({
         "title": title, "generated": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "skills": skills, "labels": {s: short_skill(s) for s in skills}, "columns": columns, "board": rows,
-        "runs": {key: model_payload(result) for key, result in results.items()},
-        "rows_per_model": ROWS_PER_MODEL, "notes": notes or []})
+        "runs": runs, "texts": texts,
+        "notes": notes or []})
     # JSON inside a <script>: no '<' at all, so neither '</script>' nor '<!--' can end or blank the page.
     data = (json.dumps(payload, ensure_ascii=False, allow_nan=False)
             .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
@@ -130,14 +139,14 @@ th{cursor:pointer;user-select:none;background:#fafbfc;position:sticky;top:0;whit
 tr.sel{background:#eef4ff}tr.click{cursor:pointer}tr.click:hover{background:#f3f6fb}
 .heat td{padding:0 4px;font-size:11px;line-height:16px;border-bottom:1px solid #fff}
 .heat td.cell{text-align:center;color:#fff;font-variant-numeric:tabular-nums;min-width:46px}
-.heat td.name{white-space:nowrap;max-width:170px;overflow:hidden;text-overflow:ellipsis}
+.heat td.name{white-space:nowrap;max-width:230px;overflow:hidden;text-overflow:ellipsis}
 .heat sup{color:#6b7280}.scroll.heatbox{max-height:calc(100vh - 150px);min-height:300px}
 .st-complete{color:#1a7f37}.st-incomplete{color:#9a6700}.st-failed{color:#cf222e;font-weight:600}
 .scroll{max-height:320px;overflow:auto}.scroll.tall{max-height:440px}
 .controls{display:flex;gap:8px;align-items:center;flex-wrap:wrap;margin-bottom:6px;font-size:12px}
 select,button{font:inherit;font-size:12px}button.on{background:#1d2330;color:#fff}
 .q td{font-size:11.5px}.err{color:#cf222e}.ok{color:#1a7f37}.note{font-size:11.5px;color:#6b7280}
-.wide{grid-column:1 / -1}
+.wide{grid-column:1 / -1}td.pre{white-space:pre-wrap}
 </style></head><body>
 <header><h1 id="title"></h1><p id="sub"></p></header>
 <main>
@@ -156,6 +165,7 @@ const D = JSON.parse(document.getElementById('data').textContent);
 const $ = id => document.getElementById(id);
 const esc = s => String(s ?? '-').replace(/[&<>"']/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}[c]));
 const fmt = v => v === null || v === undefined ? '-' : (typeof v === 'number' ? (Number.isInteger(v) ? v.toLocaleString() : v.toFixed(3)) : esc(v));
+const short = s => s.length <= 30 ? s : s.slice(0, 13) + '…' + s.slice(-16);  // the end tells long names apart
 const score = v => v === null || v === undefined ? '-' : v.toFixed(3);
 const color = v => v === null || v === undefined ? '#c8ccd2' : `hsl(${Math.round(v * 120)},55%,${38 + Math.round(v * 8)}%)`;
 let current = null, filter = 'all';
@@ -194,7 +204,7 @@ function drawHeat() {
   const several = names.length > 1;
   $('heat-legend').textContent = several ? 'Rankings: ' + names.map((n, i) => `${i + 1} = ${n}`).join('; ') : '';
   $('heat').innerHTML = '<tr><th>model</th><th class="num">overall</th>' + D.columns.map(c => `<th class="num">${esc(c)}</th>`).join('') + '</tr>' +
-    rows.map(r => `<tr class="click" data-m="${esc(r.run)}"><td class="name" title="${esc(r.model)} · ${esc(r.group)}">${esc(r.model)}${r.complete ? '' : ' *'}${several ? `<sup>${names.indexOf(r.group) + 1}</sup>` : ''}</td>` +
+    rows.map(r => `<tr class="click" data-m="${esc(r.run)}"><td class="name" title="${esc(r.model)} · ${esc(r.group)}">${esc(short(r.model))}${r.complete ? '' : ' *'}${several ? `<sup>${names.indexOf(r.group) + 1}</sup>` : ''}</td>` +
       [r.overall, ...D.columns.map(c => r.by_label[c])].map(v => `<td class="cell" style="background:${color(v)}">${score(v)}</td>`).join('') + '</tr>').join('');
   $('heat').querySelectorAll('tr.click').forEach(tr => tr.onclick = () => pick(tr.dataset.m));
 }
@@ -203,7 +213,7 @@ function pick(run) {
   const m = D.runs[run], row = D.board.find(r => r.run === run);
   $('tasks-title').textContent = `Tasks: ${row ? row.model : ''}` + (row && Object.keys(groups()).length > 1 ? ` (${row.group})` : '');
   if (!m) { $('tasks').innerHTML = ''; $('questions').innerHTML = ''; $('model-note').textContent = 'No per-question data for this run.'; return; }
-  $('model-note').textContent = (m.reason ? `${m.status}: ${m.reason}. ` : `${m.status}. `) + `Questions shown: ${m.questions.length.toLocaleString()} of ${m.questions_total.toLocaleString()}` + (m.questions.length < m.questions_total ? ` (capped at ${D.rows_per_model.toLocaleString()} per model: errors first, then wrong answers; all of them are in the results folder's samples.jsonl)` : '') + '.';
+  $('model-note').textContent = (m.reason ? `${m.status}: ${m.reason}. ` : `${m.status}. `) + `Questions shown: ${m.questions.length.toLocaleString()} of ${m.questions_total.toLocaleString()}` + (m.questions.length < m.questions_total ? ` (capped at ${m.limit.toLocaleString()} per model: errors first, then wrong answers; all of them are in the results folder's samples.jsonl)` : '') + '.';
   $('tasks').innerHTML = '<tr><th>skill</th><th>task</th><th>metric</th><th class="num">n</th><th class="num">errors</th><th class="num">unscored</th><th class="num">score</th></tr>' +
     m.tasks.map(t => `<tr class="click" data-t="${esc(t.task)}"><td>${esc(D.labels[t.skill] || t.skill)}</td><td>${esc(t.task)}${t.official ? ' †' : ''}</td><td>${esc(t.metric)}</td><td class="num">${fmt(t.n)}/${fmt(t.questions)}</td><td class="num ${t.errors ? 'err' : ''}">${fmt(t.errors)}</td><td class="num">${fmt(t.unscored)}</td><td class="num" title="${esc(t.official || '')}">${score(t.score)}</td></tr>`).join('');
   $('tasks').querySelectorAll('tr.click').forEach(tr => tr.onclick = () => { $('task-pick').value = tr.dataset.t; drawQuestions(); });
@@ -216,8 +226,8 @@ function drawQuestions() {
   const rows = m.questions.filter(q => (!task || q.task === task) && (filter === 'all' || (filter === 'errors' ? q.error : (q.wrong || q.error))));
   $('q-count').textContent = `${rows.length.toLocaleString()} question(s)`;
   $('questions').innerHTML = '<tr><th class="num">row</th><th>task</th><th>input</th><th>truth</th><th>answer</th><th class="num">score</th></tr>' +
-    rows.slice(0, 2000).map(q => `<tr><td class="num">${q.row}</td><td>${esc(q.task)}</td><td>${esc(q.input)}</td><td>${esc(q.truth)}</td><td>${q.answer === null ? '<span class="err">—</span>' : esc(q.answer)}</td>` +
-      `<td class="num ${q.error ? 'err' : (q.wrong ? '' : 'ok')}">${q.error ? esc(q.error) : (q.unscored ? 'not scored' : (q.ner ? 'tp/fp/fn ' + esc(q.ner) : score(q.score)))}${q.official ? ' †' : ''}</td></tr>`).join('');
+    rows.slice(0, 2000).map(q => { const t = (D.texts[m.data] || {})[q.row] || [null, null]; return `<tr><td class="num">${q.row}</td><td>${esc(q.task)}</td><td class="pre">${esc(t[0])}</td><td>${esc(t[1])}</td><td>${q.answer === null ? '<span class="err">—</span>' : esc(q.answer)}</td>` +
+      `<td class="num ${q.error ? 'err' : (q.wrong ? '' : 'ok')}">${q.error ? esc(q.error) : (q.unscored ? 'not scored' : (q.ner ? 'tp/fp/fn ' + esc(q.ner) : score(q.score)))}${q.official ? ' †' : ''}</td></tr>`; }).join('');
 }
 document.querySelectorAll('button[data-f]').forEach(b => b.onclick = () => { filter = b.dataset.f; document.querySelectorAll('button[data-f]').forEach(x => x.classList.toggle('on', x === b)); drawQuestions(); });
 $('task-pick').onchange = drawQuestions;
