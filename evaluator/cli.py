@@ -482,9 +482,10 @@ def serve_command(
     if not profile.is_local:
         raise InputError(f"'{model}' is an API model ({profile.provider}); nothing to serve")
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # while it starts, SIGTERM is an interrupt (as everywhere): the start is abandoned and the server stopped
     server = runner.start_server(profile, cache or default_cache_dir(), err_console, port=port,
                                  device=device.value, host=host)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(server.base_url, flush=True)
     try:
         while not stop.is_set() and server.process is not None and server.process.poll() is None:

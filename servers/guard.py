@@ -3,7 +3,8 @@
 vLLM does not act on SIGTERM while it starts, and its workers can survive a signal to their group. The guard
 runs the server in a session of its own, remembers every descendant it has seen, and when it is told to stop
 (SIGTERM or SIGINT), or when its parent dies (even by SIGKILL: the kernel tells it), it sends SIGTERM to the
-server's group, then SIGKILL to every process it has seen once a short grace period has passed. It exits with
+server's group, then SIGKILL to every process it has seen once a short grace period has passed. If the guard
+itself is killed, the server's processes die anyway: each watches its own parent (`servers/lifeline/`). It exits with
 the server's exit code. It imports nothing heavy and nothing from vLLM:
 
     python servers/guard.py --parent PID --grace 10 -- python -m vllm.entrypoints.openai.api_server ...
@@ -54,12 +55,22 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def lifeline_env() -> dict[str, str]:
+    """The environment of the guarded server: every Python process in it dies with its parent (see
+    `servers/lifeline/sitecustomize.py`), so killing the guard itself leaves no engine process behind."""
+    env = dict(os.environ)
+    lifeline = str(Path(__file__).resolve().with_name("lifeline"))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (lifeline, env.get("PYTHONPATH")) if p)
+    env["SHOPPING_MMLU_LIFELINE"] = "1"
+    return env
+
+
 class Guard:
     def __init__(self, command: list[str], grace_s: float, parent: int) -> None:
         self.grace_s = grace_s
         self.parent = parent
         self.stop_requested = False
-        self.process = subprocess.Popen(command, start_new_session=True,
+        self.process = subprocess.Popen(command, start_new_session=True, env=lifeline_env(),
                                         preexec_fn=lambda: die_with_parent(signal.SIGKILL))
         self.seen = {self.process.pid}
 

@@ -107,7 +107,7 @@ class ServerActor:
         if spec.multi_node:
             profile = profile.model_copy(update={"extra_args": [*profile.extra_args,
                                                                 "--distributed-executor-backend", "ray"]})
-        server = VLLMServer(profile, spec.weights, log, device=spec.device, host="0.0.0.0", gpu_ids=gpu_ids,
+        server = VLLMServer(profile, spec.weights, log, device=spec.device, host=ip, gpu_ids=gpu_ids,
                             startup_timeout=1800.0)
         if self.command is not None:  # another OpenAI-compatible server in vLLM's place (tests, other engines)
             server.command = lambda: self.command(server)

@@ -215,3 +215,37 @@ def test_killing_the_cli_at_any_moment_leaves_no_vllm_process(model_cache, tmp_p
         cli.send_signal(sig)
     cli.wait(timeout=120)
     assert leftover(before, 30) == set(), "vLLM processes outlived the CLI by 30 s"
+
+
+def test_killing_the_guard_itself_leaves_no_vllm_process(model_cache, tmp_path):
+    """As when Ray SIGKILLs a dead actor's direct child: the guard's clean-up never runs, and still the API
+    server, the engine core and its workers are gone within 30 s (each watches its own parent)."""
+    before = vllm_processes()
+    weights = demo_model.ensure_demo_model(model_cache)
+    server = VLLMServer(get_profile("demo"), str(weights), tmp_path / "server.log", device="cpu",
+                        compile_cache=model_cache / "vllm-compile")
+    server.__enter__()
+    try:
+        assert len(vllm_processes() - before) >= 2  # the API server and its engine core
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+        assert leftover(before, 30) == set(), "vLLM processes outlived their killed guard by 30 s"
+    finally:
+        server.process = None
+        for pid in vllm_processes() - before:
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_serve_stops_within_30_s_on_sigterm_during_start_up(model_cache, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "models").symlink_to(model_cache / "models")
+    before = vllm_processes()
+    cli = start_cli(["serve", "demo"], cache)
+    time.sleep(20)  # vLLM is importing and loading
+    assert cli.poll() is None
+    cli.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    cli.wait(timeout=120)
+    assert time.monotonic() - signalled < 30 and cli.returncode == 130
+    assert leftover(before, 30) == set()

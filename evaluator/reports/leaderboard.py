@@ -136,14 +136,14 @@ def render(board: pl.DataFrame, fmt: str, console: Console) -> None:
 
 def write_csv(board: pl.DataFrame) -> str:
     rows = records(board)
-    return pl.DataFrame(rows).write_csv() if rows else "group,rank,model,status,overall\n"
+    return pl.DataFrame(rows).write_csv() if rows else "group,run,rank,model,status,overall\n"
 
 
 def markdown(board: pl.DataFrame) -> str:
     rows = records(board)
     if not rows:
         return "_No runs saved in this cache._\n"
-    columns = [c for c in rows[0] if c not in ("data_sha256",)]
+    columns = [c for c in rows[0] if c not in ("data_sha256", "run")]
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
     for row in rows:
         lines.append("| " + " | ".join(_cell(row[c]).replace("|", "\\|") for c in columns) + " |")

@@ -1,0 +1,78 @@
+"""No server process outlives its guard, even when the guard itself is killed (as Ray kills a dead actor's
+direct child): every Python process under the guard watches its own parent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TREE = textwrap.dedent("""
+    import multiprocessing, os, sys, threading, time
+
+    def sleeper(tag):
+        with open(sys.argv[1], "a") as out:
+            out.write(f"{tag} {os.getpid()}\\n")
+        time.sleep(600)
+
+    def spawned_parent():  # a spawned child that forks a grandchild of its own, like vLLM's engine core
+        if os.fork() == 0:
+            sleeper("grandchild")
+        sleeper("spawned")
+
+    if __name__ == "__main__":
+        multiprocessing.set_start_method("spawn")
+        multiprocessing.Process(target=spawned_parent).start()
+        threading.Thread(target=lambda: multiprocessing.get_context("fork").Process(
+            target=sleeper, args=("forked-from-thread",)).start()).start()
+        sleeper("server")
+""")
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_killing_the_guard_leaves_no_process_of_its_server(tmp_path):
+    script, pids = tmp_path / "tree.py", tmp_path / "pids.txt"
+    script.write_text(TREE, encoding="utf-8")
+    guard = subprocess.Popen([sys.executable, str(ROOT / "servers" / "guard.py"), "--parent", str(os.getpid()),
+                              "--", sys.executable, str(script), str(pids)], start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not pids.exists() or len(pids.read_text().splitlines()) < 4):
+        time.sleep(0.1)
+    tree = {line.split()[0]: int(line.split()[1]) for line in pids.read_text().splitlines()}
+    assert set(tree) == {"server", "spawned", "grandchild", "forked-from-thread"}
+    time.sleep(1.5)  # alive and well while the guard lives: the lifeline does not fire on its own
+    assert all(alive(pid) for pid in tree.values())
+    guard.send_signal(signal.SIGKILL)  # no clean-up can run
+    guard.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(pid) for pid in tree.values()):
+        time.sleep(0.2)
+    left = {tag: pid for tag, pid in tree.items() if alive(pid)}
+    for pid in left.values():
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"outlived the guard: {left}"
+
+
+def test_another_sitecustomize_still_runs(tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "sitecustomize.py").write_text("import os\nos.environ['OTHER_SITE_RAN'] = '1'\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "servers" / "lifeline"), str(other)]),
+           "SHOPPING_MMLU_LIFELINE": "1"}
+    done = subprocess.run([sys.executable, "-c", "import os, threading; print(os.environ.get('OTHER_SITE_RAN'), "
+                           "[t.name for t in threading.enumerate()])"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("1 ") and "shopping-mmlu-lifeline" in done.stdout
