@@ -48,11 +48,12 @@ def answer(body: dict) -> str:
     return " ".join(words[(h >> (5 * k)) % len(words)] for k in range(2 + h % 6))
 
 
-def write_suite(folder: Path, data: Path, base_url: str, models: int) -> Path:
-    lines = [f'[suite]\nname = "bench"\ndata = "{data}"\nconcurrency = 32\n[models]']
+def write_suite(folder: Path, data: Path, base_url: str, models: int, concurrency: int = 32) -> Path:
+    """A suite of `models` API models m00, m01, ... (served as served-0, served-1, ...) on one endpoint."""
+    lines = [f'[suite]\nname = "night"\ndata = "{data}"\nconcurrency = {concurrency}\n[models]']
     lines += [f'm{i:02d} = {{ provider = "openai-compatible", model = "served-{i}", api_base = "{base_url}" }}'
               for i in range(models)]
-    path = folder / "bench.toml"
+    path = folder / "night.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 

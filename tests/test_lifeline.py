@@ -11,6 +11,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from servers.guard import _alive
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TREE = textwrap.dedent("""
@@ -35,14 +37,6 @@ TREE = textwrap.dedent("""
 """)
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_killing_the_guard_leaves_no_process_of_its_server(tmp_path):
     script, pids = tmp_path / "tree.py", tmp_path / "pids.txt"
     script.write_text(TREE, encoding="utf-8")
@@ -54,13 +48,13 @@ def test_killing_the_guard_leaves_no_process_of_its_server(tmp_path):
     tree = {line.split()[0]: int(line.split()[1]) for line in pids.read_text().splitlines()}
     assert set(tree) == {"server", "spawned", "grandchild", "forked-from-thread"}
     time.sleep(1.5)  # alive and well while the guard lives: the lifeline does not fire on its own
-    assert all(alive(pid) for pid in tree.values())
+    assert all(_alive(pid) for pid in tree.values())
     guard.send_signal(signal.SIGKILL)  # no clean-up can run
     guard.wait()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(alive(pid) for pid in tree.values()):
+    while time.monotonic() < deadline and any(_alive(pid) for pid in tree.values()):
         time.sleep(0.2)
-    left = {tag: pid for tag, pid in tree.items() if alive(pid)}
+    left = {tag: pid for tag, pid in tree.items() if _alive(pid)}
     for pid in left.values():
         os.kill(pid, signal.SIGKILL)
     assert not left, f"outlived the guard: {left}"

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from benchmarks.night import write_suite
 from benchmarks.stubs.openai_stub import Stub
 from builders import old_cache, run_cli, write_jsonl
 from evaluator.cache.responses import SCHEMA_VERSION, Answer, ResponseCache, process_owner
@@ -66,15 +67,6 @@ def answer(body: dict) -> str:
     return " ".join(words[: 1 + (h >> 8) % len(words)])
 
 
-def suite_file(tmp_path: Path, data: Path, base_url: str, models: int, concurrency: int = 8) -> Path:
-    lines = [f'[suite]\nname = "many"\ndata = "{data}"\nconcurrency = {concurrency}\n[models]']
-    lines += [f'm{i:02d} = {{ provider = "openai-compatible", model = "served-{i}", api_base = "{base_url}" }}'
-              for i in range(models)]
-    path = tmp_path / "many.toml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
 @pytest.mark.parametrize("count", [16, 27, 16])
 def test_many_models_on_a_fresh_cache_are_complete_and_every_view_agrees(tmp_path, capsys, monkeypatch, count):
     """No embedding vector, no ONNX graph yet: 16 or 27 models answered at once and scored by the one stage,
@@ -83,7 +75,7 @@ def test_many_models_on_a_fresh_cache_are_complete_and_every_view_agrees(tmp_pat
     data, cache, out = night_data(tmp_path / "d.json"), tmp_path / "cache", tmp_path / "night"
     models = [f"m{i:02d}" for i in range(count)]
     with Stub(answers=answer) as stub:
-        code, stdout, stderr = run_cli(["suite", suite_file(tmp_path, data, stub.base_url, count), "--cache", cache,
+        code, stdout, stderr = run_cli(["suite", write_suite(tmp_path, data, stub.base_url, count), "--cache", cache,
                                         "--output", out], capsys, monkeypatch)
     assert code == 0, stdout[-3000:] + stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -259,7 +251,7 @@ def test_a_suite_stops_within_seconds_on_sigterm_at_random_moments_and_then_fini
     burners = burn()
     try:
         with Stub(answers=answer, latency=(0.0, 0.002)) as stub:
-            toml = suite_file(tmp_path, data, stub.base_url, 3, concurrency=32)
+            toml = write_suite(tmp_path, data, stub.base_url, 3, concurrency=32)
             command = [sys.executable, "-c", "from evaluator.cli import main; main()", "suite", str(toml),
                        "--cache", str(cache), "--output", str(tmp_path / "night")]
             for _ in range(4):

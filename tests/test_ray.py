@@ -251,3 +251,26 @@ def test_the_demo_model_on_vllm_cpu_end_to_end_on_the_cluster(cluster, tmp_path)
     assert outcome.node is not None
     results = outcome.result
     assert results.answered == 26
+
+
+@pytest.mark.skipif(not vllm_available(), reason="no vLLM: build .venv-vllm (make test does)")
+def test_a_lost_node_leaves_no_vllm_process(cluster, tmp_path):
+    """The demo model's vLLM-CPU server placed on a worker node, then the node's raylet removed: Ray SIGKILLs
+    the actor's direct child (our guard), and still no vLLM process is left 30 s later."""
+    from servers import demo_model
+    from test_vllm import leftover, vllm_processes
+
+    head, _ = cluster
+    weights = str(demo_model.ensure_demo_model(tmp_path / "cache"))
+    servers = RayServers(head.address, tmp_path / "logs")
+    before = vllm_processes()
+    placed = servers.start(get_profile("demo"), weights, 1, device="cpu")
+    try:
+        assert len(vllm_processes() - before) >= 2  # the API server and its engine core
+        node = next(n for n in head.list_all_nodes() if n.node_id == placed.node_id)
+        head.remove_node(node)
+        head.add_node(num_cpus=4, num_gpus=2)  # keep the cluster's size for the other tests
+        assert placed.lost.wait(60)  # the driver saw it
+        assert leftover(before, 30) == set(), "vLLM processes outlived their lost node by 30 s"
+    finally:
+        placed.stop()

@@ -147,37 +147,22 @@ class _Writer:
                 done.set_exception(value)
 
 
-class SharedFile:
-    """One SQLite file as a process uses it: `write(fn)` through the process's single writer, `read()` a
-    connection of the calling thread's own (opened on first use)."""
+class _PerThread:
+    """A connection for each thread that reads, opened on first use; never shared."""
 
-    _writers: dict[str, _Writer] = {}
-    _writers_lock = threading.Lock()
-
-    def __init__(self, path: Path, schema: str, setup: Callable[[sqlite3.Connection], None] | None = None,
-                 check: Callable[[sqlite3.Connection], None] | None = None) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.key = str(self.path.resolve())
-        with self._writers_lock:  # the writer is made (and the schema created) once per process
-            writer = self._writers.get(self.key)
-            if writer is None:
-                writer = _Writer(open_shared(self.path, schema, setup, check), self.path.name)
-                self._writers[self.key] = writer
-            writer.users += 1
-        self._writer: _Writer | None = writer
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
 
-    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._writer is None:
-            raise sqlite3.ProgrammingError("the file was closed")
-        return self._writer.submit(fn)
+    def _open(self) -> sqlite3.Connection:
+        return connect(self.path)
 
     def read(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = connect(self.path)
+            db = self._open()
             self._local.db = db
             with self._readers_lock:
                 self._readers.append(db)
@@ -189,6 +174,34 @@ class SharedFile:
         for db in readers:
             db.close()
         self._local = threading.local()
+
+
+class SharedFile(_PerThread):
+    """One SQLite file as a process uses it: `write(fn)` through the process's single writer, `read()` a
+    connection of the calling thread's own."""
+
+    _writers: dict[str, _Writer] = {}
+    _writers_lock = threading.Lock()
+
+    def __init__(self, path: Path, schema: str, setup: Callable[[sqlite3.Connection], None] | None = None,
+                 check: Callable[[sqlite3.Connection], None] | None = None) -> None:
+        super().__init__(path)
+        self.key = str(self.path.resolve())
+        with self._writers_lock:  # the writer is made (and the schema created) once per process
+            writer = self._writers.get(self.key)
+            if writer is None:
+                writer = _Writer(open_shared(self.path, schema, setup, check), self.path.name)
+                self._writers[self.key] = writer
+            writer.users += 1
+        self._writer: _Writer | None = writer
+
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._writer is None:
+            raise sqlite3.ProgrammingError("the file was closed")
+        return self._writer.submit(fn)
+
+    def close(self) -> None:
+        super().close()
         writer, self._writer = self._writer, None
         if writer is None:
             return
@@ -201,25 +214,13 @@ class SharedFile:
             writer.close()
 
 
-class ReadOnlyFile:
+class ReadOnlyFile(_PerThread):
     """A file opened for reading only (report, compare, inspect): never created or changed, works on a
-    read-only disk; a connection per thread, like `SharedFile`."""
+    read-only disk."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        super().__init__(path)
         self.read()  # fail now, not at the first query
-
-    def read(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = self._open()
-            self._local.db = db
-            with self._lock:
-                self._all.append(db)
-        return db
 
     def _open(self) -> sqlite3.Connection:
         for query in ("mode=ro", "immutable=1"):
@@ -233,13 +234,6 @@ class ReadOnlyFile:
 
     def write(self, fn):
         raise sqlite3.OperationalError("attempt to write a readonly database")
-
-    def close(self) -> None:
-        with self._lock:
-            found, self._all = self._all, []
-        for db in found:
-            db.close()
-        self._local = threading.local()
 
 
 def wait_locked(fn: Callable[[], T], seconds: float = BUSY_TIMEOUT_S) -> T:
