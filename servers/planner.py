@@ -11,6 +11,8 @@ node benchmark and the real runner.
 from __future__ import annotations
 
 import heapq
+import os
+import re
 import subprocess
 from dataclasses import dataclass, field
 
@@ -27,25 +29,79 @@ class Gpu:
     name: str
     memory_gib: float
     node: int = 0  # which node of a cluster (0 on one node)
+    device: str | None = None  # what CUDA_VISIBLE_DEVICES names it by (a MIG instance's UUID); None: the index
+
+    @property
+    def visible_as(self) -> int | str:
+        return self.device or self.index
 
 
-def read_inventory(smi_output: str | None = None) -> list[Gpu]:
-    """GPUs from `nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader,nounits` (MiB)."""
+QUERY = ["nvidia-smi", "--query-gpu=index,uuid,name,memory.total,mig.mode.current", "--format=csv,noheader,nounits"]
+MIG_LINE = re.compile(r"^\s*MIG\s+(\d+)g\.(\d+)gb\s+Device\s+(\d+):\s*\(UUID:\s*(MIG-[^)\s]+)\)", re.I)
+GPU_LINE = re.compile(r"^GPU\s+(\d+):")
+
+
+def _smi(args: list[str]) -> str | None:
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def read_inventory(smi_output: str | None = None, listing: str | None = None,
+                   visible: str | None = None) -> list[Gpu]:
+    """The GPUs this node may use, by nvidia-smi's (PCI bus) indices: `QUERY`'s rows (index, uuid, name,
+    memory MiB, MIG mode); a GPU in MIG mode is its MIG instances instead (from `nvidia-smi -L`, each named by
+    its UUID, with the memory of its profile, e.g. 3g.40gb); a row whose memory is not a number ([N/A]) is
+    left out. `CUDA_VISIBLE_DEVICES` (`visible`), where the user set it, keeps only the GPUs it names (by
+    index or UUID); servers get CUDA_DEVICE_ORDER=PCI_BUS_ID so that CUDA counts as nvidia-smi does."""
     if smi_output is None:
-        try:
-            done = subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.total",
-                                   "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            return []
-        if done.returncode != 0:
-            return []
-        smi_output = done.stdout
-    gpus = []
+        smi_output = _smi(QUERY) or ""
+    if visible is None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus, uuids, mig_parents = [], {}, set()
     for line in smi_output.strip().splitlines():
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) >= 3 and parts[0].isdigit():
-            gpus.append(Gpu(int(parts[0]), parts[1], float(parts[2]) / 1024))
+        if len(parts) == 3:  # index, name, memory: the older query
+            parts = [parts[0], "", parts[1], parts[2], ""]
+        if len(parts) < 4 or not parts[0].isdigit():
+            continue
+        index, uuid, name, memory = int(parts[0]), parts[1], parts[2], parts[3]
+        uuids[index] = uuid
+        if len(parts) > 4 and parts[4].lower() == "enabled":
+            mig_parents.add(index)
+            continue
+        try:
+            mib = float(memory)
+        except ValueError:  # [N/A], [Not Supported]
+            continue
+        if mib > 0:
+            gpus.append(Gpu(index, name, mib / 1024))  # named by its index: servers count in PCI bus order
+    if mig_parents:
+        gpus += _mig_instances(listing if listing is not None else (_smi(["nvidia-smi", "-L"]) or ""), mig_parents)
+    if visible is not None:
+        wanted = {v.strip() for v in visible.split(",") if v.strip()}
+        gpus = [g for g in gpus if {str(g.index), g.device, uuids.get(g.index)} & wanted]
     return gpus
+
+
+def _mig_instances(listing: str, parents: set[int]) -> list[Gpu]:
+    """MIG instances of the GPUs in MIG mode, from `nvidia-smi -L`; indices 1000 × (GPU + 1) + instance, so
+    they never meet a whole GPU's."""
+    found, current, name = [], None, ""
+    for line in listing.splitlines():
+        gpu = GPU_LINE.match(line)
+        if gpu:
+            current = int(gpu.group(1))
+            name = line.split(":", 1)[1].split("(UUID")[0].strip()
+            continue
+        mig = MIG_LINE.match(line)
+        if mig and current in parents:
+            memory_gib = int(mig.group(2)) * 1e9 / GIB  # the profile's GB
+            found.append(Gpu(1000 * (current + 1) + int(mig.group(3)), f"{name} MIG {mig.group(1)}g.{mig.group(2)}gb",
+                             memory_gib, device=mig.group(4)))
+    return found
 
 
 def synthetic_inventory(count: int, memory_gib: float, ids: list[int] | None = None, nodes: int = 1) -> list[Gpu]:

@@ -93,7 +93,7 @@ class VLLMServer:
     weights: str
     log_path: Path
     device: str = "auto"  # "gpu", "cpu" or "auto"
-    gpu_ids: list[int] | None = None
+    gpu_ids: list[int | str] | None = None  # nvidia-smi indices, or MIG instance UUIDs
     port: int | None = None
     host: str = "127.0.0.1"  # 0.0.0.0 (or an interface's address) to serve other nodes
     python: str = field(default_factory=vllm_python)
@@ -141,6 +141,7 @@ class VLLMServer:
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         if self.resolved_device() == "gpu":
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's indices are then nvidia-smi's
             if self.gpu_ids is not None:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, self.gpu_ids))
         else:

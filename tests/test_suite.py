@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -261,3 +262,33 @@ def test_the_dry_run_plans_a_cluster_with_nodes(tmp_path, capsys, monkeypatch):
     assert " all" in out  # the 300B model takes whole nodes
     code, _, err = run_cli(["suite", suite, "--nodes", "2"], capsys, monkeypatch)
     assert code == 2 and "--dry-run" in err
+
+
+def test_the_inventory_survives_na_memory_finds_mig_instances_and_honours_cuda_visible_devices():
+    query = ("0, GPU-aaaa, NVIDIA H100 80GB HBM3, 81559, Disabled\n"
+             "1, GPU-bbbb, NVIDIA A100-SXM4-80GB, [N/A], Enabled\n"
+             "2, GPU-cccc, NVIDIA H100 80GB HBM3, [N/A], [N/A]\n"
+             "3, GPU-dddd, NVIDIA H100 80GB HBM3, 81559, [N/A]\n")
+    listing = ("GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-aaaa)\n"
+               "GPU 1: NVIDIA A100-SXM4-80GB (UUID: GPU-bbbb)\n"
+               "  MIG 3g.40gb     Device  0: (UUID: MIG-1111)\n"
+               "  MIG 3g.40gb     Device  1: (UUID: MIG-2222)\n"
+               "GPU 3: NVIDIA H100 80GB HBM3 (UUID: GPU-dddd)\n")
+    gpus = read_inventory(query, listing, visible=None)
+    assert [g.visible_as for g in gpus] == [0, 3, "MIG-1111", "MIG-2222"]  # GPU 2 ([N/A] memory) left out
+    assert gpus[2].memory_gib == pytest.approx(40e9 / 2**30) and "MIG 3g.40gb" in gpus[2].name
+    assert len({g.index for g in gpus}) == 4
+    assert [g.visible_as for g in read_inventory(query, listing, visible="3,MIG-2222")] == [3, "MIG-2222"]
+    assert [g.visible_as for g in read_inventory(query, listing, visible="GPU-aaaa")] == [0]
+    assert read_inventory(query, listing, visible="") == []  # CUDA_VISIBLE_DEVICES="": no GPU at all
+    old = read_inventory("0, NVIDIA H100 80GB HBM3, 81559\n", "", visible=None)  # the three-column query
+    assert [g.index for g in old] == [0]
+
+
+def test_a_server_on_a_gpu_counts_devices_as_nvidia_smi_does():
+    from servers.vllm_server import VLLMServer
+
+    server = VLLMServer(ModelProfile(name="m", model="org/m"), "org/m", Path("/tmp/m.log"), device="gpu",
+                        gpu_ids=[3, "MIG-2222"])
+    env = server.environment()
+    assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID" and env["CUDA_VISIBLE_DEVICES"] == "3,MIG-2222"

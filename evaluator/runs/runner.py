@@ -269,7 +269,7 @@ def endpoint_for(config: RunConfig, base_url: str, started_here: bool = False) -
 
 
 def start_server(profile: ModelProfile, cache_folder: Path, console: Console, port: int | None = None,
-                 device: str = "auto", gpu_ids: list[int] | None = None, host: str = "127.0.0.1") -> VLLMServer:
+                 device: str = "auto", gpu_ids: list[int | str] | None = None, host: str = "127.0.0.1") -> VLLMServer:
     weights = (str(demo_model.ensure_demo_model(cache_folder, say=console.print)) if profile.source == "demo"
                else profile.model)
     log = cache_folder / "logs" / f"{safe_name(profile.name)}-{time.strftime('%Y%m%d-%H%M%S')}.log"

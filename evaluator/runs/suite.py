@@ -258,6 +258,8 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
 
         attempt(profile, body)
 
+    by_index = {g.index: g for g in gpus}
+
     def run_local(profile: ModelProfile, placement: Placement | None, pool: GpuPool | None) -> None:
         def body(outcome: Outcome) -> None:
             config = model_config(profile)
@@ -279,7 +281,8 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
             try:
                 outcome.started_at = time.monotonic()
                 say(f"{escape(profile.name)}: starting its server" + (f" on GPUs {ids}" if ids else ""))
-                server = start_server(served, config.cache_folder, console, device=device, gpu_ids=ids)
+                devices = [by_index[i].visible_as for i in ids] if ids else None  # a MIG instance by its UUID
+                server = start_server(served, config.cache_folder, console, device=device, gpu_ids=devices)
                 with _live_lock:
                     _live[id(server)] = server
                 try:
