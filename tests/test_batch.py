@@ -175,3 +175,13 @@ def test_a_suite_with_a_local_model_and_both_api_models_in_batch_mode(tmp_path, 
         assert batches.requests_submitted == 2 * N and sum(live.seen.values()) == N
     assert [o.status for o in outcomes] == ["complete"] * 3
     assert all(o.overall is not None and o.errors == 0 for o in outcomes)
+
+
+def test_anthropic_batch_params_are_only_those_the_sdks_api_version_accepts():
+    from evaluator.client.batch.anthropic_batch import AnthropicBatches, message_params
+
+    body = {"model": "claude-x", "max_tokens": 1, "temperature": 0.0,
+            "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]}
+    params = AnthropicBatches.params(body)
+    assert set(params) <= message_params() and params["system"] == "S" and params["messages"][0]["content"] == "Q"
+    assert ("temperature" in params) == ("temperature" in message_params())

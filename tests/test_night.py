@@ -195,3 +195,17 @@ def test_a_smaller_rescore_or_run_never_replaces_the_saved_scores(tmp_path, caps
     assert "saved scores kept" in out
     code, out, _ = run_cli(["report", "--cache", cache, "--format", "json"], capsys, monkeypatch)
     assert json.loads(out)[0]["questions"] == N  # still the whole run
+
+
+def test_a_claude_model_is_not_failed_by_anthropics_own_models_list(tmp_path, capsys, monkeypatch):
+    """Anthropic's /v1/models is its Models API (x-api-key, dated ids, 20 per page): a Bearer key may be
+    refused there, and the model may be on another page. The real request decides."""
+    monkeypatch.setenv("NIGHT_TEST_KEY", "marker-night-0123456789")
+    with Stub(models=["claude-dated-20250101"]) as stub:
+        path = tmp_path / "profiles.toml"
+        path.write_text(f'[models.claude]\nprovider = "anthropic"\nmodel = "claude-x"\napi_base = "{stub.base_url}"\n'
+                        'api_key_env = "NIGHT_TEST_KEY"\nrendering = "chat"\n', encoding="utf-8")
+        monkeypatch.setenv("SHOPPING_MMLU_PROFILES", str(path))
+        code, out, _ = run_cli(["run", "--model", "claude", "--data", data_file(tmp_path), "--cache",
+                                tmp_path / "c"], capsys, monkeypatch)
+    assert code == 0 and "pre-flight" not in out, out

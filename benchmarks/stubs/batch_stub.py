@@ -191,8 +191,14 @@ class BatchStub(ThreadedServer):
         payload = await request.json()
         batch_id = f"msgbatch_{next(self.ids)}"
         requests = []
+        version = request.headers.get("anthropic-version", "")
         for item in payload["requests"]:
             params = item["params"]
+            dropped = sorted(k for k in ("temperature", "top_p", "top_k") if k in params)
+            if version >= "2026-10-21" and dropped:  # the Messages parameters of that API version have none of these
+                return web.json_response({"type": "error", "error": {
+                    "type": "invalid_request_error",
+                    "message": f"requests.0.params.{dropped[0]}: Extra inputs are not permitted"}}, status=400)
             messages = ([{"role": "system", "content": params["system"]}] if "system" in params else []) + \
                 params["messages"]
             requests.append((item["custom_id"], {"messages": messages}))  # the live-equivalent body

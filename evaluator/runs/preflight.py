@@ -60,7 +60,10 @@ async def _get_json(session: aiohttp.ClientSession, url: str) -> tuple[int, obje
             return response.status, None
 
 
-async def _facts(session: aiohttp.ClientSession, endpoint: Endpoint, served: str) -> ServerFacts:
+async def _facts(session: aiohttp.ClientSession, endpoint: Endpoint, served: str, listed: bool = True) -> ServerFacts:
+    """What the endpoint says of itself. With `listed` False (Anthropic: its /models is its own Models API,
+    with another auth header, dated ids and 20 per page), the list neither refuses the key nor the model: the
+    real request that follows decides."""
     facts = ServerFacts()
     base = endpoint.base_url.rstrip("/")
     try:
@@ -70,6 +73,8 @@ async def _facts(session: aiohttp.ClientSession, endpoint: Endpoint, served: str
     except aiohttp.ClientError as exc:
         raise PreflightFailed(f"the endpoint {base} does not answer ({type(exc).__name__}: {str(exc)[:200]})") \
             from None
+    if not listed:
+        return facts
     if status in (401, 403):
         raise PreflightFailed(f"the endpoint {base} refused the key (HTTP {status} on /models)")
     if status == 200 and isinstance(body, dict) and isinstance(body.get("data"), list):
@@ -87,9 +92,10 @@ async def _facts(session: aiohttp.ClientSession, endpoint: Endpoint, served: str
     return facts
 
 
-async def _check(endpoint: Endpoint, served: str, body: dict, policy: RetryPolicy) -> tuple[ServerFacts, Reply]:
+async def _check(endpoint: Endpoint, served: str, body: dict, policy: RetryPolicy,
+                 listed: bool = True) -> tuple[ServerFacts, Reply]:
     async with make_session(endpoint) as session:
-        facts = await _facts(session, endpoint, served)
+        facts = await _facts(session, endpoint, served, listed)
         reply = await request(session, endpoint, body, policy, random.Random(0))
     return facts, reply
 
@@ -102,7 +108,7 @@ def preflight(profile: ModelProfile, endpoint: Endpoint, served: str, body: dict
         raise PreflightFailed(problem)
     quick = RetryPolicy(max_attempts=min(policy.max_attempts, 3), max_total_s=min(policy.max_total_s, 120.0),
                         base_delay_s=policy.base_delay_s, max_delay_s=min(policy.max_delay_s, 10.0))
-    facts, reply = asyncio.run(_check(endpoint, served, body, quick))
+    facts, reply = asyncio.run(_check(endpoint, served, body, quick, listed=profile.provider != "anthropic"))
     if not reply.ok:
         hint = ""
         if reply.status in (401, 403) and profile.api_key_env:

@@ -12,6 +12,13 @@ from evaluator.client.http import MAX_TOKENS_FIELD, Reply
 from evaluator.errors import InputError
 
 
+def message_params() -> frozenset[str]:
+    """The Messages parameters of the API version the installed SDK sends, read from its own types."""
+    from anthropic.types.message_create_params import MessageCreateParamsNonStreaming as Params
+
+    return frozenset(Params.__required_keys__ | Params.__optional_keys__)
+
+
 class AnthropicBatches:
     name = "anthropic"
     max_requests = 100_000
@@ -25,12 +32,17 @@ class AnthropicBatches:
 
     @staticmethod
     def params(body: dict) -> dict:
+        """Messages parameters, only those the installed SDK's API version accepts: `anthropic` 2.x pins
+        2026-10-21, whose Messages parameters have no `temperature` (the request then samples as the provider
+        does by default; the body, and so the cache key, still says what we asked for)."""
         messages = body.get("messages")
         if not messages:
             raise InputError("Anthropic batches take chat requests: use --render chat (the profile's default)")
         system = [m["content"] for m in messages if m["role"] == "system"]
-        params = {"model": body["model"], "max_tokens": body["max_tokens"], "temperature": body["temperature"],
+        params = {"model": body["model"], "max_tokens": body["max_tokens"],
                   "messages": [m for m in messages if m["role"] != "system"]}
+        if "temperature" in message_params():
+            params["temperature"] = body["temperature"]
         if system:
             params["system"] = "\n".join(system)
         return params
