@@ -68,6 +68,11 @@ class ModelProfile(BaseModel):
     price_input: float | None = Field(None, ge=0)  # USD per million input tokens
     price_output: float | None = Field(None, ge=0)
     batch: bool = False  # send through the provider's batch API (OpenAI, Anthropic)
+    # A reasoning model (OpenAI o-series and newer GPT): it takes `max_completion_tokens` (the protocol's budget
+    # plus `reasoning_budget` tokens to think in) and no temperature; `reasoning_effort` is sent as it is.
+    reasoning: bool = False
+    reasoning_budget: int = Field(0, ge=0, le=1_000_000)
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
     price_batch_input: float | None = Field(None, ge=0)  # USD per million tokens at the batch rate
     price_batch_output: float | None = Field(None, ge=0)
 

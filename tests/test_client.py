@@ -133,3 +133,29 @@ def test_an_error_object_beside_an_empty_choice_is_a_retryable_error_not_the_ans
     assert fault.value.kind == "api_error" and fault.value.retryable
     text, *_ = parse_reply(b'{"choices": [{"text": "2"}], "error": null}', False)
     assert text == "2"
+
+
+@pytest.mark.parametrize("payload, flagged, kind", [
+    # OpenAI: the budget went to reasoning tokens
+    (b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "length"}], '
+     b'"usage": {"prompt_tokens": 9, "completion_tokens": 1, "completion_tokens_details": {"reasoning_tokens": 1}}}',
+     False, "reasoning_budget"),
+    # vLLM's reasoning parser: the thinking beside an empty answer
+    (b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "", "reasoning_content": "Let me"}, '
+     b'"finish_reason": "length"}]}', False, "reasoning_budget"),
+    # a profile that says it reasons, and no sign in the reply
+    (b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "length"}]}',
+     True, "reasoning_budget"),
+    # an ordinary model whose one token decodes to nothing: its answer, as the official code would take it
+    (b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "length"}]}',
+     False, None),
+])
+def test_an_empty_answer_cut_by_the_budget_of_a_reasoning_model_is_an_error(payload, flagged, kind):
+    from evaluator.client.http import Fault, parse_reply
+
+    if kind is None:
+        assert parse_reply(payload, True, flagged)[0] == ""
+        return
+    with pytest.raises(Fault) as fault:
+        parse_reply(payload, True, flagged)
+    assert fault.value.kind == kind and "reasoning_budget" in str(fault.value)

@@ -89,3 +89,19 @@ def test_chat_rendering_is_the_same_text_as_a_system_user_pair():
     assert chat.messages[1]["role"] == "user"
     assert chat.messages[0]["content"] + chat.messages[1]["content"] == completion.prompt
     assert (chat.rendering, chat.protocol) == (Rendering.CHAT, Protocol.TASK)
+
+
+def test_a_reasoning_profile_asks_with_max_completion_tokens_and_no_temperature(tmp_path):
+    from evaluator.runs.runner import RunConfig, plan
+    from servers.profiles import ModelProfile
+
+    from builders import question
+
+    q = question("accuracy", 1, text="Pick one")
+    plain = ModelProfile(name="o", model="gpt-o", provider="openai", rendering="chat")
+    thinking = plain.model_copy(update={"reasoning": True, "reasoning_budget": 2048, "reasoning_effort": "low"})
+    [a] = plan([q], RunConfig(profile=plain, data=tmp_path))
+    [b] = plan([q], RunConfig(profile=thinking, data=tmp_path))
+    assert a.body["max_tokens"] == 1 and a.body["temperature"] == 0.0
+    assert b.body["max_completion_tokens"] == 1 + 2048 and b.body["reasoning_effort"] == "low"
+    assert "max_tokens" not in b.body and "temperature" not in b.body and a.key != b.key

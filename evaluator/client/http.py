@@ -41,6 +41,7 @@ class Endpoint:
     rate_period_s: float = 60.0  # the limit's window (a minute; shorter only in tests)
     replicas: tuple[str, ...] = ()  # more base URLs serving the same model (other nodes)
     max_reply_bytes: int = MAX_REPLY_BYTES
+    reasoning: bool = False  # a reasoning model: an empty answer cut by the budget is an error
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
@@ -171,6 +172,16 @@ def _has_lone_surrogate(text: str) -> bool:
     return False
 
 
+def _reasoned(usage: dict, choice: dict) -> bool:
+    """Signs that the model thought before answering: OpenAI's reasoning token count, or the reasoning text
+    that vLLM's reasoning parsers and DeepSeek-style APIs return beside the answer."""
+    details = usage.get("completion_tokens_details")
+    if isinstance(details, dict) and (_count(details.get("reasoning_tokens")) or 0) > 0:
+        return True
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    return any(isinstance(message.get(k), str) and message.get(k) for k in ("reasoning_content", "reasoning"))
+
+
 def _count(value) -> int | None:
     """A token count, or None where the field is not one (wrong type, negative, absurd)."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS_FIELD:
@@ -178,8 +189,10 @@ def _count(value) -> int | None:
     return value
 
 
-def parse_reply(payload: bytes, chat: bool) -> tuple[str, str | None, int | None, int | None]:
-    """(text, finish_reason, prompt_tokens, completion_tokens), or a Fault for anything that is not an answer."""
+def parse_reply(payload: bytes, chat: bool, reasoning: bool = False) -> tuple[str, str | None, int | None, int | None]:
+    """(text, finish_reason, prompt_tokens, completion_tokens), or a Fault for anything that is not an answer.
+    An empty text cut by the token budget is a Fault where the model reasons (the profile says so, or the
+    reply shows reasoning tokens or reasoning text): the budget went to thinking, and "" is not its answer."""
     try:
         data = json.loads(payload)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, too many digits, deep nesting
@@ -211,6 +224,9 @@ def parse_reply(payload: bytes, chat: bool) -> tuple[str, str | None, int | None
     finish = choice.get("finish_reason")
     finish = finish if isinstance(finish, str) and len(finish) <= 64 and not _has_lone_surrogate(finish) else None
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    if text == "" and finish == "length" and (reasoning or _reasoned(usage, choice)):
+        raise Fault("reasoning_budget", "the whole token budget went to reasoning, no answer came (finish_reason "
+                    "'length'): raise the profile's reasoning_budget", 200)
     return text, finish, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
 
 
@@ -247,7 +263,7 @@ async def _send_once(session: aiohttp.ClientSession, endpoint: Endpoint, url: st
         raise Fault(kind, f"HTTP {status}: {_text_of(payload, 300)}", status, True, after)
     if status != 200:
         raise Fault("http_error", f"HTTP {status}: {_text_of(payload, 500)}", status)
-    text, finish, prompt_tokens, completion_tokens = parse_reply(payload, endpoint.chat)
+    text, finish, prompt_tokens, completion_tokens = parse_reply(payload, endpoint.chat, endpoint.reasoning)
     return Reply(True, 1, 0.0, text, finish, prompt_tokens, completion_tokens)
 
 

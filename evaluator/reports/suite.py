@@ -42,7 +42,8 @@ def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console) -> None:
     total_cost = 0.0
     for model in suite.models:
         rendering = suite.render or model.rendering
-        _, tokens_in, tokens_out = estimates[(rendering, model.number_only)]
+        requests, tokens_in, tokens_out = estimates[(rendering, model.number_only)]
+        tokens_out += requests * model.reasoning_budget if model.reasoning else 0  # thinking is billed as output
         cost = "-"
         prices = model.prices(batch=model.batch)
         if prices is not None:

@@ -206,7 +206,12 @@ def speed_order(todo: list[Planned]) -> list[Planned]:
         body = item.body
         return body["prompt"] if "prompt" in body else "\0".join(m["content"] for m in body["messages"])
 
-    return sorted(todo, key=lambda item: (-item.body["max_tokens"], text(item)))
+    return sorted(todo, key=lambda item: (-budget(item.body), text(item)))
+
+
+def budget(body: dict) -> int:
+    """The request's token budget, whichever field carries it."""
+    return body.get("max_tokens") or body.get("max_completion_tokens") or 0
 
 
 def plan(questions: list[Question], config: RunConfig) -> list[Planned]:
@@ -220,7 +225,12 @@ def plan(questions: list[Question], config: RunConfig) -> list[Planned]:
     planned = []
     for row, question in enumerate(questions):
         prompt = render(question, config.protocol, rendering, options)
-        body: dict = {"model": served, "max_tokens": prompt.max_tokens, "temperature": 0.0}
+        if profile.reasoning:  # no max_tokens and no temperature: such models refuse both
+            body: dict = {"model": served, "max_completion_tokens": prompt.max_tokens + profile.reasoning_budget}
+            if profile.reasoning_effort:
+                body["reasoning_effort"] = profile.reasoning_effort
+        else:
+            body = {"model": served, "max_tokens": prompt.max_tokens, "temperature": 0.0}
         if prompt.messages is not None:
             body["messages"] = prompt.messages
         else:
@@ -265,6 +275,7 @@ def endpoint_for(config: RunConfig, base_url: str, started_here: bool = False) -
                     basic_auth=basic,
                     timeout_s=config.timeout_s, concurrency=concurrency,
                     requests_per_minute=None if profile.is_local else profile.requests_per_minute,
+                    reasoning=profile.reasoning,
                     replicas=tuple(strip_url_credentials(u)[0] for u in profile.replicas))
 
 

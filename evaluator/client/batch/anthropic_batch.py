@@ -39,7 +39,7 @@ class AnthropicBatches:
         if not messages:
             raise InputError("Anthropic batches take chat requests: use --render chat (the profile's default)")
         system = [m["content"] for m in messages if m["role"] == "system"]
-        params = {"model": body["model"], "max_tokens": body["max_tokens"],
+        params = {"model": body["model"], "max_tokens": body.get("max_tokens") or body["max_completion_tokens"],
                   "messages": [m for m in messages if m["role"] != "system"]}
         if "temperature" in message_params():
             params["temperature"] = body["temperature"]
