@@ -4,7 +4,8 @@
     name = "paper"
     data = "../../data/shopping_mmlu"      # relative to this file, or absolute
     protocol = "skill"                     # or "task"
-    render = "completion"                  # optional: overrides every model's own rendering
+    render = "completion"                  # optional: overrides the models' own rendering (not a chat-only
+                                           # API's: OpenAI and Anthropic models keep chat)
     concurrency = 64
     letter_choices = false                 # task-wise only: (A)-(D) choices
     task_specific_prompt = false           # task-wise only: the task-specific system prompt
@@ -59,6 +60,13 @@ class Suite:
     task_specific_prompt: bool = False
     embedding_model: str | None = None
     multilingual_model: str | None = None
+
+    def rendering_for(self, profile: ModelProfile) -> str:
+        """The suite's rendering where it sets one, except that OpenAI and Anthropic models stay chat: their
+        APIs have no /v1/completions for them."""
+        if self.render and not (self.render == "completion" and profile.provider in ("openai", "anthropic")):
+            return self.render
+        return profile.rendering
 
 
 def load_suite(path: str | Path) -> Suite:

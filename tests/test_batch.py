@@ -185,3 +185,50 @@ def test_anthropic_batch_params_are_only_those_the_sdks_api_version_accepts():
     params = AnthropicBatches.params(body)
     assert set(params) <= message_params() and params["system"] == "S" and params["messages"][0]["content"] == "Q"
     assert ("temperature" in params) == ("temperature" in message_params())
+
+
+def test_a_lost_reply_to_a_batch_creation_makes_no_second_batch(tmp_path, capsys, monkeypatch):
+    """The stub makes the batch and drops the connection before replying: the SDK would create again (no
+    idempotency key); we look for our own batch by its request set and take it."""
+    data = data_file(tmp_path)
+    with BatchStub(polls_to_end=2, lose_create=1) as stub:
+        profiles_file(tmp_path, monkeypatch, stub.base_url)
+        code, out, err = run_cli(run_args("openai-model", data, tmp_path / "c"), capsys, monkeypatch)
+        assert code == 0, out + err
+        assert len(stub.batches) == 1 and stub.requests_submitted == N  # one batch, billed once
+    assert len(cached(tmp_path / "c")[0]) == N
+
+
+def test_a_batch_made_by_a_run_killed_before_recording_it_is_taken_not_made_again(tmp_path, monkeypatch):
+    data, cache = data_file(tmp_path), tmp_path / "c"
+    with BatchStub(polls_to_end=2) as stub:
+        profiles_file(tmp_path, monkeypatch, stub.base_url)
+        config = RunConfig(profile=get_profile("openai-model"), data=data, cache_dir=cache, batch_poll_s=0.05,
+                           progress=False)
+
+        def killed(*_args, **_kwargs):
+            raise RuntimeError("killed between the creation and its record")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(ResponseCache, "record_batch", killed)
+            with pytest.raises(RuntimeError, match="killed"):
+                runner.execute(config, Console(quiet=True))
+        assert len(stub.batches) == 1
+        result = runner.execute(config, Console(quiet=True))
+        assert result.status == "complete" and len(stub.batches) == 1  # found by its request set, not made again
+
+
+def test_results_that_cannot_be_read_are_errors_and_the_next_run_moves_on(tmp_path, capsys, monkeypatch):
+    """An ended batch whose output file is gone (OpenAI deletes it after ~30 days): its questions become error
+    rows that say so, and later runs neither crash on it nor re-attach to it."""
+    data, cache = data_file(tmp_path), tmp_path / "c"
+    with BatchStub(polls_to_end=2, results_gone=True) as stub:
+        profiles_file(tmp_path, monkeypatch, stub.base_url)
+        code, out, err = run_cli(run_args("openai-model", data, cache), capsys, monkeypatch)
+        assert code == 1 and "Traceback" not in err, out + err  # nothing answered: failed, with the reason
+        assert set(cached(cache)[1].values()) == {"batch_unreadable"}
+        stub.results_gone = False
+        code, out, err = run_cli(run_args("openai-model", data, cache), capsys, monkeypatch)
+        assert code == 0 and "re-attaching" not in out, out + err
+        assert len(stub.batches) == 2
+    assert len(cached(cache)[0]) == N

@@ -292,3 +292,15 @@ def test_a_server_on_a_gpu_counts_devices_as_nvidia_smi_does():
                         gpu_ids=[3, "MIG-2222"])
     env = server.environment()
     assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID" and env["CUDA_VISIBLE_DEVICES"] == "3,MIG-2222"
+
+
+def test_a_completion_suite_keeps_chat_only_api_models_on_chat(tmp_path):
+    from evaluator.prompts import Rendering
+
+    gpt = ModelProfile(name="gpt", model="gpt-x", provider="openai", rendering="chat")
+    local_model = local("l", 7)
+    other = ModelProfile(name="o", model="o", provider="openai-compatible", rendering="chat")
+    suite = Suite(name="s", data=tmp_path, protocol="skill", render="completion", concurrency=8,
+                  models=[gpt, local_model, other])
+    modes = [suite_runner._config(suite, m, tmp_path).render_mode for m in suite.models]
+    assert modes == [Rendering.CHAT, Rendering.COMPLETION, Rendering.COMPLETION]

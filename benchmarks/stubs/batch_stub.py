@@ -10,6 +10,10 @@ the same question, so batch and live answers can be compared. Faults, per stub:
     error_share      this share of requests (by custom id) fail inside the results
     poll_5xx         every n-th retrieve answers 500 first (the SDK retries it)
     unknown_id       the results carry one line with a custom id nobody asked for
+    lose_create      the first n batch creations succeed but their reply is lost (the connection drops)
+    results_gone     an ended batch's output files answer 404, as after OpenAI deletes them (~30 days)
+
+GET /v1/batches lists OpenAI batches newest first (`limit`, `after`, `has_more`), as the SDK pages them.
 
 It records every key it saw (Authorization and x-api-key headers) and every batch created.
 """
@@ -34,8 +38,9 @@ def _fraction(custom_id: str) -> float:
 
 class BatchStub(ThreadedServer):
     def __init__(self, polls_to_end: int = 3, expire_half: bool = False, error_share: float = 0.0,
-                 poll_5xx: int = 0, unknown_id: bool = False) -> None:
+                 poll_5xx: int = 0, unknown_id: bool = False, lose_create: int = 0, results_gone: bool = False) -> None:
         self.polls_to_end = polls_to_end
+        self.lose_create, self.results_gone = lose_create, results_gone
         self.expire_half, self.error_share, self.poll_5xx, self.unknown_id = expire_half, error_share, poll_5xx, unknown_id
         self.keys: Counter[str] = Counter()
         self.files: dict[str, bytes] = {}
@@ -118,7 +123,24 @@ class BatchStub(ThreadedServer):
                                   "input": payload["input_file_id"], "metadata": payload.get("metadata"),
                                   "requests": [(line["custom_id"], line["body"]) for line in lines],
                                   "polls": 0, "ended": False, "created_at": int(time.time())}
+        if self.lose_create > 0:  # made, and the reply never arrives
+            self.lose_create -= 1
+            request.transport.abort()
+            return web.Response(status=500)
         return web.json_response(self._openai_batch(self.batches[batch_id]))
+
+    async def openai_list(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response({"error": {"message": "no key"}}, status=401)
+        limit = min(int(request.query.get("limit", "20")), 100)
+        ordered = [b for b in reversed(self.batches.values()) if b["provider"] == "openai"]
+        after = request.query.get("after")
+        if after:
+            ids = [b["id"] for b in ordered]
+            ordered = ordered[ids.index(after) + 1:] if after in ids else []
+        page = [self._openai_batch(b) for b in ordered[:limit]]
+        return web.json_response({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                                  "last_id": page[-1]["id"] if page else None, "has_more": len(ordered) > limit})
 
     def _retrieve(self, request: web.Request, view) -> web.Response:
         """A poll: one state further, or a 500 now and then."""
@@ -146,6 +168,9 @@ class BatchStub(ThreadedServer):
         if not self._authorised(request):
             return web.json_response({"error": {"message": "no key"}}, status=401)
         file_id = request.match_info["id"]
+        if self.results_gone:
+            return web.json_response({"error": {"message": f"No such File object: {file_id}",
+                                                "type": "invalid_request_error"}}, status=404)
         batch = self.batches[file_id.rsplit("-", 1)[0]]
         chat = batch["endpoint"].endswith("chat/completions")
         lines = []
@@ -242,6 +267,7 @@ class BatchStub(ThreadedServer):
         app = web.Application(client_max_size=512 * 2**20)
         app.add_routes([
             web.post("/v1/files", self.openai_file), web.post("/v1/batches", self.openai_create),
+            web.get("/v1/batches", self.openai_list),
             web.get("/v1/batches/{id}", self.openai_retrieve), web.post("/v1/batches/{id}/cancel", self.openai_cancel),
             web.get("/v1/files/{id}/content", self.openai_content),
             web.post("/v1/messages/batches", self.anthropic_create),

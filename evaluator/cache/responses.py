@@ -376,6 +376,12 @@ class ResponseCache:
                                    "AND state = 'submitted' ORDER BY created_at", (model, provider)).fetchall()
         return [dict(zip(columns, row)) for row in rows]
 
+    def batch_ids(self, provider: str) -> frozenset[str]:
+        """Every batch of this provider the cache has recorded, whatever its state."""
+        with self._guard():
+            rows = self.db.execute("SELECT id FROM batches WHERE provider = ?", (provider,)).fetchall()
+        return frozenset(r[0] for r in rows)
+
     def batch_items(self, batch_id: str) -> dict[str, tuple[str, dict]]:
         with self._guard():
             rows = self.db.execute("SELECT key, qid, request FROM batch_items WHERE batch = ?", (batch_id,)).fetchall()

@@ -41,7 +41,7 @@ def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console) -> None:
     table.add_column("cost≤", justify="right", no_wrap=True)
     total_cost = 0.0
     for model in suite.models:
-        rendering = suite.render or model.rendering
+        rendering = suite.rendering_for(model)
         requests, tokens_in, tokens_out = estimates[(rendering, model.number_only)]
         tokens_out += requests * model.reasoning_budget if model.reasoning else 0  # thinking is billed as output
         cost = "-"

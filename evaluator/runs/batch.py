@@ -50,30 +50,36 @@ def _ingest(batch: dict, state: BatchState, provider: BatchProvider, cache: Resp
     seen: set[str] = set()
     unknown = answers = 0
     errors: Counter[str] = Counter()
-    for key, reply in provider.results(batch["id"], chat):
-        if key not in items:
-            unknown += 1
-            continue
-        if key in seen:
-            continue
-        seen.add(key)
-        qid, body = items[key]
-        if reply.ok:
-            cache.put_answer(key, model, qid, body, Answer(reply.text, reply.finish_reason, reply.prompt_tokens,
-                                                          reply.completion_tokens, None, f"batch:{batch['id']}"),
-                             0.0, 1)
-            answers += 1
-        else:
-            cache.put_error(key, model, qid, body, reply.error_kind or "batch_error", reply.status,
-                            redact(reply.message), 1, 0.0)
-            errors[reply.error_kind or "batch_error"] += 1
-    why = state.failed_batch or f"the batch ended ({state.status}) without a result for this request"
+    why, kind, label = (state.failed_batch or f"the batch ended ({state.status}) without a result for this "
+                        "request"), "batch_missing", "ingested"
+    try:
+        for key, reply in provider.results(batch["id"], chat):
+            if key not in items:
+                unknown += 1
+                continue
+            if key in seen:
+                continue
+            seen.add(key)
+            qid, body = items[key]
+            if reply.ok:
+                cache.put_answer(key, model, qid, body, Answer(reply.text, reply.finish_reason, reply.prompt_tokens,
+                                                              reply.completion_tokens, None, f"batch:{batch['id']}"),
+                                 0.0, 1)
+                answers += 1
+            else:
+                cache.put_error(key, model, qid, body, reply.error_kind or "batch_error", reply.status,
+                                redact(reply.message), 1, 0.0)
+                errors[reply.error_kind or "batch_error"] += 1
+    except Exception as exc:  # noqa: BLE001: results gone (deleted after ~30 days) or a 5xx the SDK gave up on
+        why = redact(f"the batch's results could not be read ({type(exc).__name__}: {str(exc)[:300]})")
+        kind, label = "batch_unreadable", "unreadable"  # not re-attached again: its questions are asked anew
     for key in items.keys() - seen:
         qid, body = items[key]
-        cache.put_error(key, model, qid, body, "batch_missing", None, redact(why), 1, 0.0)
-        errors["batch_missing"] += 1
-    note = f"{unknown} result(s) with an unknown custom id ignored" if unknown else None
-    cache.update_batch(batch["id"], "ingested", state.status, state.done, state.failed, note)
+        cache.put_error(key, model, qid, body, kind, None, redact(why), 1, 0.0)
+        errors[kind] += 1
+    note = "; ".join(n for n in (f"{unknown} result(s) with an unknown custom id ignored" if unknown else "",
+                                 why if label == "unreadable" else "") if n) or None
+    cache.update_batch(batch["id"], label, state.status, state.done, state.failed, note)
     return answers, errors, unknown
 
 
@@ -99,7 +105,7 @@ def send_batch(config: "RunConfig", todo: list["Planned"], cache: ResponseCache,
     for piece in chunks(fresh, limit, provider.max_bytes):
         try:
             batch_id = provider.submit([BatchRequest(p.key, p.body) for p in piece], chat,
-                                       f"{profile.name}:{len(piece)}")
+                                       f"{profile.name}:{len(piece)}", cache.batch_ids(provider.name))
         except Exception as exc:  # noqa: BLE001: the SDK's own error after its retries
             outcome.stopped = f"batch submission failed: {redact(type(exc).__name__ + ': ' + str(exc))[:500]}"
             return

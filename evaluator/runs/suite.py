@@ -100,7 +100,7 @@ def request_estimates(suite: Suite, chars_per_token: float) -> dict[tuple[str, b
     """(rendering, number_only) -> (requests, estimated input tokens, output-token ceiling), rendered once
     per combination rather than once per model."""
     questions = loaders.load(suite.data, suite.protocol).questions
-    combos = {(suite.render or m.rendering, m.number_only) for m in suite.models}
+    combos = {(suite.rendering_for(m), m.number_only) for m in suite.models}
     out = {}
     for rendering, number_only in combos:
         options = PromptOptions(number_only=number_only, letter_choices=suite.letter_choices,
@@ -120,7 +120,7 @@ def _config(suite: Suite, profile: ModelProfile, cache: Path | None, base_url: s
     embeddings = EmbeddingConfig(english=suite.embedding_model or ENGLISH_MODEL,
                                  multilingual=suite.multilingual_model or MULTILINGUAL_MODEL)
     return RunConfig(profile=profile, data=suite.data, protocol=Protocol(suite.protocol),
-                     rendering=Rendering(suite.render) if suite.render else None, base_url=base_url,
+                     rendering=Rendering(suite.rendering_for(profile)), base_url=base_url,
                      concurrency=profile.concurrency or suite.concurrency, cache_dir=cache, progress=False,
                      letter_choices=suite.letter_choices, task_specific_prompt=suite.task_specific_prompt,
                      embeddings=embeddings, label=f"{profile.name}: ", **settings)

@@ -22,7 +22,7 @@ def message_params() -> frozenset[str]:
 class AnthropicBatches:
     name = "anthropic"
     max_requests = 100_000
-    max_bytes = 256 * 2**20
+    max_bytes = 256_000_000  # 256 MB: decimal
 
     def __init__(self, api_key: str | None, base_url: str | None) -> None:
         anthropic = sdk("anthropic")
@@ -47,8 +47,10 @@ class AnthropicBatches:
             params["system"] = "\n".join(system)
         return params
 
-    def submit(self, requests: list[BatchRequest], chat: bool, tag: str) -> str:
-        batch = self.client.messages.batches.create(
+    def submit(self, requests: list[BatchRequest], chat: bool, tag: str, known: frozenset[str] = frozenset()) -> str:
+        """Message batches carry no metadata to find a lost one by: a create is sent once (the SDK's retries
+        could make a second, billed batch)."""
+        batch = self.client.with_options(max_retries=0).messages.batches.create(
             requests=[{"custom_id": r.key, "params": self.params(r.body)} for r in requests])
         return batch.id
 

@@ -4,19 +4,28 @@ requests by custom id (the order is not kept)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from typing import Iterator
 
 from evaluator.client.batch import BatchRequest, BatchState, sdk
 from evaluator.client.http import Fault, Reply, parse_reply
 
 ENDED = {"completed", "failed", "expired", "cancelled"}
+SET_KEY = "shopping_mmlu_set"  # metadata: which requests a batch holds (keys up to 64 characters, values 512)
+LOOK_BACK = 1000  # batches searched for one of ours
+
+
+def request_set(requests: list[BatchRequest]) -> str:
+    return hashlib.sha256("\n".join(sorted(r.key for r in requests)).encode()).hexdigest()[:32]
 
 
 class OpenAIBatches:
     name = "openai"
     max_requests = 50_000  # the provider's limits per batch
-    max_bytes = 200 * 2**20
+    max_bytes = 200_000_000  # 200 MB: decimal
+    creates = 3  # tries at creating one batch, each after looking for the one a lost reply may have made
 
     def __init__(self, api_key: str | None, base_url: str | None) -> None:
         openai = sdk("openai")
@@ -28,13 +37,43 @@ class OpenAIBatches:
         return (json.dumps({"custom_id": request.key, "method": "POST", "url": url, "body": request.body},
                            ensure_ascii=False) + "\n").encode("utf-8")
 
-    def submit(self, requests: list[BatchRequest], chat: bool, tag: str) -> str:
+    def submit(self, requests: list[BatchRequest], chat: bool, tag: str, known: frozenset[str] = frozenset()) -> str:
+        """Create a batch once. The SDK would retry a create whose reply was lost, without an idempotency key:
+        a second, billed batch. So each batch carries the digest of its custom ids in its metadata; before
+        creating, and after a create that failed, we look for our own open batch with that digest (made by a
+        lost reply, or by a run killed before it could record it) and take it instead; never one in `known`
+        (the batches the cache has recorded: read already, or unreadable)."""
+        digest = request_set(requests)
+        found = self._ours(digest, known)
+        if found:
+            return found
         payload = b"".join(self.line(r, chat) for r in requests)
         upload = self.client.files.create(file=("shopping-mmlu-batch.jsonl", payload), purpose="batch")
-        batch = self.client.batches.create(input_file_id=upload.id, completion_window="24h",
+        once = self.client.with_options(max_retries=0)
+        for attempt in range(1, self.creates + 1):
+            try:
+                return once.batches.create(input_file_id=upload.id, completion_window="24h",
                                            endpoint="/v1/chat/completions" if chat else "/v1/completions",
-                                           metadata={"shopping_mmlu": tag[:512]})
-        return batch.id
+                                           metadata={"shopping_mmlu": tag[:512], SET_KEY: digest}).id
+            except Exception:  # noqa: BLE001: a lost reply, a timeout, a 5xx: was it made anyway?
+                found = self._ours(digest, known)
+                if found:
+                    return found
+                if attempt == self.creates:
+                    raise
+                time.sleep(2.0 * attempt)
+        raise AssertionError("unreachable")
+
+    def _ours(self, digest: str, known: frozenset[str]) -> str | None:
+        """Our batch for this request set that the cache does not know, among the account's newest."""
+        for number, batch in enumerate(self.client.batches.list(limit=100)):
+            if number >= LOOK_BACK:
+                break
+            metadata = batch.metadata or {}
+            if (metadata.get(SET_KEY) == digest and batch.id not in known
+                    and batch.status not in ("failed", "expired", "cancelled")):
+                return batch.id
+        return None
 
     def poll(self, batch_id: str) -> BatchState:
         batch = self.client.batches.retrieve(batch_id)
