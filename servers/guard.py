@@ -7,7 +7,7 @@ server's group, then SIGKILL to every process it has seen once a short grace per
 itself is killed, the server's processes die anyway: each watches its own parent (`servers/lifeline/`). It exits with
 the server's exit code. It imports nothing heavy and nothing from vLLM:
 
-    python servers/guard.py --parent PID --grace 10 -- python -m vllm.entrypoints.openai.api_server ...
+    python servers/guard.py --parent PID --grace 10 -- python -m vllm.entrypoints.launchers.api_server.entry ...
 """
 
 from __future__ import annotations

