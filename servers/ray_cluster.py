@@ -34,13 +34,24 @@ def _ray():
     return ray
 
 
+def shipped_modules() -> list[str]:
+    """Our packages, as Ray's `py_modules` ships them to every worker: the actors unpickle `ServerActor` and
+    start `servers/guard.py` there, on nodes where this package may not be installed."""
+    import evaluator
+    import prompts
+    import servers
+
+    return [str(Path(m.__file__).parent) for m in (evaluator, servers, prompts)]
+
+
 def connect(address: str) -> dict:
-    """Join the cluster at `address` ('auto': the one running on this machine); returns its resources."""
+    """Join the cluster at `address` ('auto': the one running on this machine), shipping our code to its
+    workers; returns its resources."""
     ray = _ray()
     if not ray.is_initialized():
         try:
-            ray.init(address=address, namespace="shopping-mmlu", log_to_driver=False,
-                     configure_logging=False)
+            ray.init(address=address, namespace="shopping-mmlu", log_to_driver=False, configure_logging=False,
+                     runtime_env={"py_modules": shipped_modules()})
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise InputError(f"cannot join the Ray cluster at {address!r}: {str(exc)[:300]}", field="--ray") from None
     return ray.cluster_resources()

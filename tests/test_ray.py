@@ -274,3 +274,23 @@ def test_a_lost_node_leaves_no_vllm_process(cluster, tmp_path):
         assert leftover(before, 30) == set(), "vLLM processes outlived their lost node by 30 s"
     finally:
         placed.stop()
+
+
+def test_the_driver_ships_our_code_to_workers_that_do_not_have_it(cluster, tmp_path):
+    """A driver joining through `connect` (as `suite --ray` does) runs its actors on code Ray shipped with it
+    (py_modules), not on an installed copy: the workers need nothing of ours installed."""
+    script = tmp_path / "driver.py"
+    script.write_text(
+        "import sys\n"
+        "from servers.ray_cluster import connect\n"
+        "connect(sys.argv[1])\n"
+        "import ray\n"
+        "where = ray.get(ray.remote(num_cpus=0.1)(lambda: (__import__('servers.ray_cluster').__file__,"
+        " __import__('evaluator.cache.sqlite').__file__)).remote())\n"
+        "print('WHERE', *where)\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, str(script), cluster[0].address], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    paths = next(line for line in done.stdout.splitlines() if line.startswith("WHERE")).split()[1:]
+    assert all("runtime_resources" in p and not p.startswith(str(ROOT)) for p in paths), paths
