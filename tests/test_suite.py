@@ -304,3 +304,34 @@ def test_a_completion_suite_keeps_chat_only_api_models_on_chat(tmp_path):
                   models=[gpt, local_model, other])
     modes = [suite_runner._config(suite, m, tmp_path).render_mode for m in suite.models]
     assert modes == [Rendering.CHAT, Rendering.COMPLETION, Rendering.COMPLETION]
+
+
+def test_no_server_stops_on_a_gpu_while_another_starts_there(tmp_path):
+    """vLLM profiles free memory while it starts: a neighbour that stops then makes it abort. With starts of
+    0.6 s and quick models, stops must wait for the start on their GPU to end."""
+    suite = simulated_suite(tmp_path, ["a1", "a2", "a3", "a4", "a5", "a6"])
+    gpus = synthetic_inventory(1, 80)  # one GPU: every start overlaps another model's evaluation
+    events: list = []
+    lock = threading.Lock()
+
+    class Timed:
+        def __init__(self, stub, ids) -> None:
+            self.base_url, self.ids = stub.base_url, ids
+            with lock:
+                events.append(("start", tuple(ids), time.monotonic()))
+            time.sleep(0.6)
+            with lock:
+                events.append(("ready", tuple(ids), time.monotonic()))
+
+        def stop(self) -> None:
+            with lock:
+                events.append(("stop", tuple(self.ids), time.monotonic()))
+
+    with Stub() as stub:
+        outcomes = suite_runner.run_suite(suite, gpus, tmp_path / "cache", Console(quiet=True),
+                                          start_server=lambda p, c, con, device="auto", gpu_ids=None: Timed(stub, gpu_ids))
+    assert [o.status for o in outcomes] == ["complete"] * 6
+    starts = [(t, next(r for k, i, r in events if k == "ready" and r >= t)) for k, _, t in events if k == "start"]
+    stops = [t for k, _, t in events if k == "stop"]
+    assert len(stops) == 6
+    assert not [s for s in stops for begin, end in starts if begin < s < end], "a server stopped during a start"

@@ -62,13 +62,27 @@ class Outcome:
 class GpuPool:
     """Memory and slots per GPU, shared by the model threads, with the planner's rules: a server may start
     on a GPU whose memory has room and where no other server is waiting to evaluate; a GPU evaluates one
-    model at a time."""
+    model at a time; and no server on a GPU stops while another starts there (vLLM measures free memory while
+    it starts, and memory freed under it then aborts the start)."""
 
     def __init__(self, gpus: list[Gpu]) -> None:
         self.free = {g.index: g.memory_gib * 0.9 for g in gpus}
         self.waiting = {g.index: 0 for g in gpus}
+        self.starting = {g.index: 0 for g in gpus}
         self.evaluating: set[int] = set()
         self.cond = threading.Condition()
+
+    def starts(self, ids: list[int], delta: int) -> None:
+        """A server begins (+1) or ends (-1) its start on these GPUs."""
+        with self.cond:
+            for i in ids:
+                self.starting[i] += delta
+            self.cond.notify_all()
+
+    def quiet(self, ids: list[int]) -> None:
+        """Wait until no server is starting on these GPUs (before stopping one there)."""
+        with self.cond:
+            self.cond.wait_for(lambda: all(self.starting[i] == 0 for i in ids))
 
     def reserve(self, ids: list[int], share: float) -> None:
         with self.cond:
@@ -282,7 +296,13 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
                 outcome.started_at = time.monotonic()
                 say(f"{escape(profile.name)}: starting its server" + (f" on GPUs {ids}" if ids else ""))
                 devices = [by_index[i].visible_as for i in ids] if ids else None  # a MIG instance by its UUID
-                server = start_server(served, config.cache_folder, console, device=device, gpu_ids=devices)
+                if pool is not None:
+                    pool.starts(ids, +1)
+                try:
+                    server = start_server(served, config.cache_folder, console, device=device, gpu_ids=devices)
+                finally:
+                    if pool is not None:
+                        pool.starts(ids, -1)
                 with _live_lock:
                     _live[id(server)] = server
                 try:
@@ -294,6 +314,8 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
                     answered = answer(model_config(profile, base_url=server.base_url), outcome)
                     outcome.finished_at = time.monotonic()
                 finally:
+                    if pool is not None:
+                        pool.quiet(ids)  # never free memory under a neighbour's start
                     server.stop()
                     with _live_lock:
                         _live.pop(id(server), None)
