@@ -289,7 +289,7 @@ def test_the_driver_ships_our_code_to_workers_that_do_not_have_it(cluster, tmp_p
         " __import__('evaluator.cache.sqlite').__file__)).remote())\n"
         "print('WHERE', *where)\n", encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, str(script), cluster[0].address], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, str(script), cluster[0].address], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     paths = next(line for line in done.stdout.splitlines() if line.startswith("WHERE")).split()[1:]
