@@ -402,6 +402,8 @@ def suite_command(
     nodes: Optional[int] = typer.Option(None, "--nodes", min=1, max=10_000, help="with --dry-run: plan a cluster "
                                         "of N nodes, each with --gpus GPUs of --gpu-mem GiB"),
     allow_incomplete: bool = ALLOW_INCOMPLETE,
+    json_out: Optional[Path] = typer.Option(None, "--json", help="with --dry-run: write the plan as data (per "
+                                            "model: GPUs, node, memory reserved, max_model_len, KV cache GiB)"),
 ) -> None:
     """Run every model of a suite: local ones packed onto the GPUs (of this node, or of a Ray cluster), API
     ones at once; resumable."""
@@ -410,12 +412,23 @@ def suite_command(
     from evaluator.scoring.embeddings import default_cache_dir
     from servers.suite import load_suite
 
-    suite = load_suite(suite_file)
+    suite = suite_runner.fit_context(load_suite(suite_file))
     if nodes is not None and not (dry_run and gpus and gpu_mem):
         raise InputError("--nodes plans a cluster: use it with --dry-run, --gpus and --gpu-mem", field="--nodes")
     inventory = _inventory(gpus, gpu_ids, gpu_mem, nodes or 1)
+    if json_out is not None and not dry_run:
+        raise InputError("--json writes the plan: use it with --dry-run", field="--json")
     if dry_run:
         suite_report.print_dry_run(suite, inventory, console)
+        if json_out is not None:
+            from evaluator.paths import check_output_file
+            from evaluator.scoring.aggregate import write_json_atomic
+
+            check_output_file(json_out, [suite_file, suite.data], "--json")
+            write_json_atomic(json_out, {"suite": suite.name, "gpus": [
+                {"index": g.index, "name": g.name, "memory_gib": round(g.memory_gib, 2), "node": g.node}
+                for g in inventory], "models": suite_report.plan_records(suite, inventory)})
+            console.print(f"plan: {escape(str(json_out))}")
         return
     from evaluator.paths import check_suite_folder
 

@@ -120,9 +120,18 @@ def per_node(gpus: list[Gpu]) -> int:
 
 
 def memory_gib(profile: ModelProfile) -> float:
-    """Estimated GPU memory for the whole model (all TP shares together)."""
-    params = profile.params_b or 7.0
-    return params * 1e9 * DTYPE_BYTES.get(profile.dtype, 2) * 1.2 / GIB + 2.0
+    """GPU memory to reserve for the whole model (all TP shares together): the weights × 1.2 (activations,
+    CUDA graphs), plus the KV cache of its context (`max_model_len`, else the model's own) and at least
+    `BATCH_ROOM` tokens, where the model's shape is known; else 2 GiB of KV headroom."""
+    from servers.model_config import BATCH_ROOM, model_shape
+
+    dtype_bytes = DTYPE_BYTES.get(profile.dtype, 2)
+    weights = (profile.params_b or 7.0) * 1e9 * dtype_bytes * 1.2 / GIB
+    shape = model_shape(profile)
+    if shape is None:
+        return weights + 2.0
+    tokens = max(BATCH_ROOM, min(profile.max_model_len or shape.context, shape.context))
+    return weights + shape.kv_bytes_per_token(dtype_bytes) * tokens / GIB
 
 
 def tensor_parallel(profile: ModelProfile, gpu_memory_gib: float, gpu_count: int, width: int | None = None) -> int | None:

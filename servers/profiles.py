@@ -71,6 +71,12 @@ class ModelProfile(BaseModel):
     # A reasoning model (OpenAI o-series and newer GPT): it takes `max_completion_tokens` (the protocol's budget
     # plus `reasoning_budget` tokens to think in) and no temperature; `reasoning_effort` is sent as it is.
     reasoning: bool = False
+    # The attention shape, where the weights' config.json is not on this machine (the planner reserves the KV
+    # cache from it): layers, KV heads, head size, and the model's own context length.
+    num_layers: int | None = Field(None, ge=1, le=10_000)
+    num_kv_heads: int | None = Field(None, ge=1, le=10_000)
+    head_dim: int | None = Field(None, ge=1, le=100_000)
+    context_len: int | None = Field(None, ge=1, le=100_000_000)
     reasoning_budget: int = Field(0, ge=0, le=1_000_000)
     reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
     price_batch_input: float | None = Field(None, ge=0)  # USD per million tokens at the batch rate

@@ -3,6 +3,7 @@ with start-up delays in front of the loopback stub)."""
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -335,3 +336,60 @@ def test_no_server_stops_on_a_gpu_while_another_starts_there(tmp_path):
     stops = [t for k, _, t in events if k == "stop"]
     assert len(stops) == 6
     assert not [s for s in stops for begin, end in starts if begin < s < end], "a server stopped during a start"
+
+
+def qwen_like(folder: Path) -> Path:
+    """A weights folder whose config.json has Qwen1.5-7B's attention: no grouped-query attention, 32k context."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["Qwen2ForCausalLM"], "num_hidden_layers": 32, "num_attention_heads": 32,
+        "num_key_value_heads": 32, "hidden_size": 4096, "max_position_embeddings": 32768}), encoding="utf-8")
+    return folder
+
+
+def test_the_plan_reserves_the_kv_cache_of_the_planned_context(tmp_path):
+    from servers.model_config import model_shape
+
+    weights = qwen_like(tmp_path / "qwen")
+    profile = ModelProfile(name="qwen", model=str(weights), params_b=7.7, dtype="bfloat16")
+    shape = model_shape(profile)
+    assert shape.kv_bytes_per_token(2) == 0.5 * 2**20 and shape.context == 32768
+    weights_gib = 7.7e9 * 2 * 1.2 / 2**30
+    assert memory_gib(profile) == pytest.approx(weights_gib + 16.0)  # its whole 32k context: 16 GiB of KV
+    fitted = profile.model_copy(update={"max_model_len": 4096})
+    assert memory_gib(fitted) == pytest.approx(weights_gib + 8.0)  # 16k tokens of batch room at least
+    stated = ModelProfile(name="s", model="org/s", params_b=8, dtype="bfloat16", num_layers=32, num_kv_heads=8,
+                          head_dim=128, context_len=8192)
+    assert memory_gib(stated) == pytest.approx(8e9 * 2 * 1.2 / 2**30 + 0.125 * 16384 / 1024)
+
+
+def test_a_suite_fits_max_model_len_to_its_data_and_the_dry_run_says_what_each_model_gets(tmp_path, capsys,
+                                                                                          monkeypatch):
+    from servers.vllm_server import VLLMServer
+
+    weights = qwen_like(tmp_path / "qwen")
+    data = write_jsonl(tmp_path / "d.json", [
+        {"input_field": "word " * 1500, "output_field": "x", "task_name": "g", "task_type": "generation",
+         "metric": "rougel"}, {"input_field": "Q?", "output_field": 1, "task_name": "m",
+                               "task_type": "multiple-choice", "metric": "accuracy"}])
+    suite_file = tmp_path / "s.toml"
+    suite_file.write_text(f'[suite]\ndata = "{data}"\n[models]\nqwen = {{ model = "{weights}", params_b = 7.7, '
+                          f'dtype = "bfloat16" }}\nmystery = {{ model = "org/mystery", params_b = 7, '
+                          f'dtype = "bfloat16" }}\n', encoding="utf-8")
+    fitted = suite_runner.fit_context(load_suite(suite_file))
+    qwen = next(m for m in fitted.models if m.name == "qwen")
+    assert qwen.max_model_len == 4096  # 7,500 characters (≤ 3,750 tokens) + 100 to generate, rounded up
+    assert next(m for m in fitted.models if m.name == "mystery").max_model_len is None  # its shape is unknown
+    command = VLLMServer(qwen, str(weights), tmp_path / "q.log", device="gpu").command()
+    assert command[command.index("--max-model-len") + 1] == "4096"
+    plan = tmp_path / "plan.json"
+    code, out, err = run_cli(["suite", suite_file, "--dry-run", "--gpus", "1", "--gpu-mem", "80", "--json", plan],
+                             capsys, monkeypatch)
+    assert code == 0, out + err
+    assert "4k" in out and "KV cache unknown for 1 local model(s) (mystery)" in out
+    records = {r["name"]: r for r in json.loads(plan.read_text())["models"]}
+    assert records["qwen"]["max_model_len"] == 4096 and records["qwen"]["kv_cache_gib"] == 8.0
+    assert records["qwen"]["memory_gib"] == pytest.approx(7.7e9 * 2 * 1.2 / 2**30 + 8.0, abs=0.01)
+    assert records["qwen"]["gpus"] == [0] and records["qwen"]["tp"] == 1 and records["mystery"]["kv_cache_gib"] is None
+    for line in out.splitlines():
+        assert len(line) <= 80, line

@@ -8,6 +8,7 @@ from rich.markup import escape
 from rich.table import Table, box
 
 from evaluator.runs.suite import Outcome, request_estimates
+from servers.model_config import model_shape
 from servers.planner import Gpu, plan_node
 from servers.suite import Suite
 
@@ -16,6 +17,41 @@ CHARS_PER_TOKEN = 4.0
 
 def _short(count: int) -> str:
     return f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count / 1e3:.0f}k" if count >= 1e4 else f"{count:,}"
+
+
+def plan_records(suite: Suite, gpus: list[Gpu]) -> list[dict]:
+    """The plan as data (`suite --dry-run --json`): per model its id, provider, size, dtype, parallel sizes,
+    GPUs and node, the memory reserved in all, the context it is started with and that context's KV cache."""
+    from servers.model_config import BATCH_ROOM, model_shape
+    from servers.planner import DTYPE_BYTES, GIB
+
+    estimates = request_estimates(suite, CHARS_PER_TOKEN)
+    requests_each = next(iter(estimates.values()))[0]
+    local = [m for m in suite.models if m.is_local]
+    plan = plan_node(local, gpus, requests_each) if gpus and local else None
+    placed = {p.profile.name: p for p in (plan.placements + plan.unplaceable if plan else [])}
+    node_of = {g.index: g.node for g in gpus}
+    out = []
+    for model in suite.models:
+        record = {"name": model.name, "model": model.model, "provider": model.provider, "params_b": model.params_b,
+                  "dtype": model.dtype, "tp": None, "pp": model.pipeline_parallel_size, "gpus": [], "node": None,
+                  "memory_gib": None, "max_model_len": model.max_model_len, "kv_cache_gib": None,
+                  "kv_shape_from": None, "planned_start_s": None, "placed": None}
+        if model.is_local:
+            shape = model_shape(model)
+            place = placed.get(model.name)
+            if shape is not None:
+                tokens = max(BATCH_ROOM, min(model.max_model_len or shape.context, shape.context))
+                record["kv_cache_gib"] = round(shape.kv_bytes_per_token(DTYPE_BYTES.get(model.dtype, 2)) * tokens
+                                               / GIB, 2)
+                record["kv_shape_from"] = shape.source
+            if place is not None:
+                record.update(tp=place.tp, gpus=place.gpus, memory_gib=round(place.memory_gib, 2),
+                              node=node_of.get(place.gpus[0]) if place.gpus else None,
+                              planned_start_s=round(place.start_s, 1) if place.gpus else None,
+                              placed=bool(place.gpus))
+        out.append(record)
+    return out
 
 
 def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console) -> None:
@@ -35,11 +71,13 @@ def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console) -> None:
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("model", overflow="fold", ratio=1, min_width=10)
     table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("ctx", justify="right", no_wrap=True)
     table.add_column("GPUs", no_wrap=True)
     table.add_column("start", justify="right", no_wrap=True)
     table.add_column("tok in/out≤", justify="right", no_wrap=True)
     table.add_column("cost≤", justify="right", no_wrap=True)
     total_cost = 0.0
+    unknown: list[str] = []
     for model in suite.models:
         rendering = suite.rendering_for(model)
         requests, tokens_in, tokens_out = estimates[(rendering, model.number_only)]
@@ -62,9 +100,18 @@ def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console) -> None:
                 row = ["-", params, "CPU", "-"]
         else:
             row = ["-", "-", model.provider + (" batch" if model.batch else ""), "now"]
-        table.add_row(row[0], escape(model.name), row[1], row[2], row[3],
+        if model.is_local:
+            unknown += [] if model_shape(model) else [model.name]
+        context = (f"{model.max_model_len / 1024:.0f}k" if model.max_model_len else "?") if model.is_local else "-"
+        row.insert(2, context)
+        table.add_row(row[0], escape(model.name), row[1], row[2], row[3], row[4],
                       f"{_short(tokens_in)}/{_short(tokens_out)}", cost)
     console.print(table)
+    if unknown:
+        console.print(f"KV cache unknown for {len(unknown)} local model(s) ({escape(', '.join(unknown[:4]))}"
+                      f"{', ...' if len(unknown) > 4 else ''}): planned with 2 GiB of KV and their own context "
+                      "(ctx ?); put their config.json in the Hugging Face cache, or state num_layers, "
+                      "num_kv_heads, head_dim and context_len in the profile.", highlight=False)
     if plan is not None:
         console.print(f"Estimated wall time {plan.wall_s / 3600:.2f} h for the local models (one after another: "
                       f"{plan.sequential_s / 3600:.2f} h); GPU busy {plan.gpu_busy_fraction:.0%}", highlight=False)

@@ -129,6 +129,45 @@ def request_estimates(suite: Suite, chars_per_token: float) -> dict[tuple[str, b
     return out
 
 
+CHARS_PER_TOKEN_AT_LEAST = 2.0  # a prompt's tokens, over-estimated: a prompt past max_model_len is refused
+
+
+def fit_context(suite: Suite) -> Suite:
+    """The suite with each local model's `max_model_len` fitted to its data (the longest prompt, counted
+    generously, plus the generation budget; never past the model's context) where the profile leaves it open
+    and the model's shape is known: the plan reserves that much KV cache, and vLLM is started with it."""
+    import dataclasses
+
+    from servers.model_config import fitted_length
+
+    local = [m for m in suite.models if m.is_local and m.max_model_len is None]
+    if not local:
+        return suite
+    questions = loaders.load(suite.data, suite.protocol).questions
+    longest: dict[tuple[str, bool], tuple[int, int]] = {}
+    for profile in local:
+        combo = (suite.rendering_for(profile), profile.number_only)
+        if combo not in longest:
+            options = PromptOptions(number_only=combo[1], letter_choices=suite.letter_choices,
+                                    task_specific_prompt=suite.task_specific_prompt)
+            chars = budget = 0
+            for q in questions:
+                prompt = render(q, Protocol(suite.protocol), Rendering(combo[0]), options)
+                size = len(prompt.prompt) if prompt.prompt is not None else sum(len(m["content"])
+                                                                                for m in prompt.messages)
+                chars, budget = max(chars, size), max(budget, prompt.max_tokens)
+            longest[combo] = (int(chars / CHARS_PER_TOKEN_AT_LEAST) + 64, budget)  # + the chat template's
+    models = []
+    for profile in suite.models:
+        if profile in local:
+            tokens, budget = longest[(suite.rendering_for(profile), profile.number_only)]
+            length = fitted_length(profile, tokens, budget)
+            if length is not None:
+                profile = profile.model_copy(update={"max_model_len": length})
+        models.append(profile)
+    return dataclasses.replace(suite, models=models)
+
+
 def _config(suite: Suite, profile: ModelProfile, cache: Path | None, base_url: str | None = None,
             **settings) -> RunConfig:
     embeddings = EmbeddingConfig(english=suite.embedding_model or ENGLISH_MODEL,
