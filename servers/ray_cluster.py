@@ -103,7 +103,8 @@ class ServerActor:
 
         spec = self.spec
         ip = ray.util.get_node_ip_address()
-        gpu_ids = [int(g) for g in ray.get_gpu_ids()] if not spec.multi_node else None
+        # Ray may give GPU ids as integers or as UUID strings: CUDA_VISIBLE_DEVICES takes either
+        gpu_ids = [str(g) for g in ray.get_gpu_ids()] if not spec.multi_node else None
         log_dir = Path(spec.log_dir)
         try:
             log_dir.mkdir(parents=True, exist_ok=True)
@@ -190,7 +191,17 @@ class RayServers:
                           multi_node=multi_node, device=device, cluster_address=self.address)
         remote = ray.remote(ServerActor)
         group = None
-        if multi_node or per_node == 0:  # vLLM places its own workers, or a CPU-only cluster
+        if multi_node:
+            # The GPUs are reserved first, in one group (each node's share packed together), and vLLM starts at
+            # its first bundle: its Ray executor then places its workers in this group (it uses the group it
+            # runs in) instead of making one of its own that competes with ours.
+            group = placement_group([{"GPU": 1, "CPU": 1}] * (tp * pp), strategy="PACK")
+            ray.get(group.ready())
+            strategy = PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=0,
+                                                        placement_group_capture_child_tasks=True)
+            actor = remote.options(num_cpus=0.5, num_gpus=0, max_restarts=0,
+                                   scheduling_strategy=strategy).remote(spec, self.command)
+        elif per_node == 0:  # a CPU-only cluster
             actor = remote.options(num_cpus=1, num_gpus=0, max_restarts=0).remote(spec, self.command)
         else:
             group = placement_group([{"GPU": tp, "CPU": 1}], strategy="STRICT_PACK")  # one node's GPUs

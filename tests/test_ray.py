@@ -212,7 +212,10 @@ def test_a_model_larger_than_a_node_runs_on_vllm_multi_node_execution(cluster, t
     outcomes = suite_runner.run_suite(suite, cluster_inventory(40.0), tmp_path / "cache", Console(quiet=True),
                                       ray_servers=servers)
     assert outcomes[0].status == "complete", outcomes[0].message
-    assert outcomes[0].gpus == 4  # placed by the suite as 2 × 2, its workers left to vLLM's own Ray executor
+    assert outcomes[0].gpus == 4  # placed by the suite as 2 × 2, the GPUs reserved by us for vLLM's executor
+    gpu_nodes = {n.node_id for n in cluster[0].list_all_nodes()
+                 if n.node_id != cluster[0].head_node.node_id}
+    assert outcomes[0].node in gpu_nodes  # vLLM started at the group's first bundle: never the GPU-less head
     assert no_stub_left()
 
 
