@@ -110,6 +110,11 @@ class GpuPool:
             self.cond.notify_all()
 
 
+def _chars(prompt) -> int:
+    """A rendered prompt's characters: the text, or the messages' contents."""
+    return len(prompt.prompt) if prompt.prompt is not None else sum(len(m["content"]) for m in prompt.messages)
+
+
 def request_estimates(suite: Suite, chars_per_token: float) -> dict[tuple[str, bool], tuple[int, int, int]]:
     """(rendering, number_only) -> (requests, estimated input tokens, output-token ceiling), rendered once
     per combination rather than once per model."""
@@ -122,8 +127,7 @@ def request_estimates(suite: Suite, chars_per_token: float) -> dict[tuple[str, b
         chars = ceiling = 0
         for q in questions:
             prompt = render(q, Protocol(suite.protocol), Rendering(rendering), options)
-            chars += len(prompt.prompt) if prompt.prompt is not None else sum(len(m["content"])
-                                                                              for m in prompt.messages)
+            chars += _chars(prompt)
             ceiling += prompt.max_tokens
         out[(rendering, number_only)] = (len(questions), round(chars / chars_per_token), ceiling)
     return out
@@ -153,9 +157,7 @@ def fit_context(suite: Suite) -> Suite:
             chars = budget = 0
             for q in questions:
                 prompt = render(q, Protocol(suite.protocol), Rendering(combo[0]), options)
-                size = len(prompt.prompt) if prompt.prompt is not None else sum(len(m["content"])
-                                                                                for m in prompt.messages)
-                chars, budget = max(chars, size), max(budget, prompt.max_tokens)
+                chars, budget = max(chars, _chars(prompt)), max(budget, prompt.max_tokens)
             longest[combo] = (int(chars / CHARS_PER_TOKEN_AT_LEAST) + 64, budget)  # + the chat template's
     models = []
     for profile in suite.models:
