@@ -232,3 +232,19 @@ def test_results_that_cannot_be_read_are_errors_and_the_next_run_moves_on(tmp_pa
         assert code == 0 and "re-attaching" not in out, out + err
         assert len(stub.batches) == 2
     assert len(cached(cache)[0]) == N
+
+
+def test_batches_refused_for_the_enqueued_token_limit_are_sent_again_paced(tmp_path, capsys, monkeypatch):
+    """OpenAI fails a batch that would pass the model's enqueued-token limit (`token_limit_exceeded`): its
+    questions go again in smaller batches, one at a time, until all are answered."""
+    data = data_file(tmp_path)
+    with BatchStub(polls_to_end=2, token_limit=300) as stub:  # about 14 of the 40 requests at once
+        profiles_file(tmp_path, monkeypatch, stub.base_url)
+        code, out, err = run_cli(run_args("openai-model", data, tmp_path / "c"), capsys, monkeypatch)
+        assert code == 0, out + err
+        refused = [b for b in stub.batches.values() if b.get("refused")]
+        answered = [b for b in stub.batches.values() if not b.get("refused")]
+    assert refused and "enqueued-token limit" in out
+    assert sum(len(b["requests"]) for b in answered) == N  # every question answered once
+    sources, errors = cached(tmp_path / "c")
+    assert len(sources) == N and not errors

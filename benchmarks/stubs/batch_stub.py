@@ -12,6 +12,9 @@ the same question, so batch and live answers can be compared. Faults, per stub:
     unknown_id       the results carry one line with a custom id nobody asked for
     lose_create      the first n batch creations succeed but their reply is lost (the connection drops)
     results_gone     an ended batch's output files answer 404, as after OpenAI deletes them (~30 days)
+    token_limit      OpenAI's enqueued-token limit per model: a batch that would pass it (with the batches still
+                     open) fails in validation, `errors.data[0].code` "token_limit_exceeded" (tokens counted as
+                     a quarter of the body's characters plus its max_tokens)
 
 GET /v1/batches lists OpenAI batches newest first (`limit`, `after`, `has_more`), as the SDK pages them.
 
@@ -38,8 +41,10 @@ def _fraction(custom_id: str) -> float:
 
 class BatchStub(ThreadedServer):
     def __init__(self, polls_to_end: int = 3, expire_half: bool = False, error_share: float = 0.0,
-                 poll_5xx: int = 0, unknown_id: bool = False, lose_create: int = 0, results_gone: bool = False) -> None:
+                 poll_5xx: int = 0, unknown_id: bool = False, lose_create: int = 0, results_gone: bool = False,
+                 token_limit: int | None = None) -> None:
         self.polls_to_end = polls_to_end
+        self.token_limit = token_limit
         self.lose_create, self.results_gone = lose_create, results_gone
         self.expire_half, self.error_share, self.poll_5xx, self.unknown_id = expire_half, error_share, poll_5xx, unknown_id
         self.keys: Counter[str] = Counter()
@@ -100,6 +105,13 @@ class BatchStub(ThreadedServer):
                                   "status": "processed"})
 
     def _openai_batch(self, batch: dict) -> dict:
+        if batch.get("refused"):
+            return {"id": batch["id"], "object": "batch", "endpoint": batch["endpoint"],
+                    "input_file_id": batch["input"], "completion_window": "24h", "status": "failed",
+                    "created_at": batch["created_at"], "output_file_id": None, "error_file_id": None,
+                    "metadata": batch["metadata"], "request_counts": {"total": 0, "completed": 0, "failed": 0},
+                    "errors": {"object": "list", "data": [{"code": "token_limit_exceeded", "line": None,
+                                                           "param": None, "message": batch["refused"]}]}}
         ended = batch["ended"]
         answered = self._answers(batch) if ended else []
         failed = sum(1 for *_, bad in answered if bad)
@@ -123,6 +135,18 @@ class BatchStub(ThreadedServer):
                                   "input": payload["input_file_id"], "metadata": payload.get("metadata"),
                                   "requests": [(line["custom_id"], line["body"]) for line in lines],
                                   "polls": 0, "ended": False, "created_at": int(time.time())}
+        batch = self.batches[batch_id]
+        if self.token_limit is not None:
+            def tokens(b: dict) -> int:
+                return sum(len(json.dumps(body)) // 4 + body.get("max_tokens", 0) for _, body in b["requests"])
+
+            enqueued = sum(tokens(b) for b in self.batches.values()
+                           if b is not batch and not b["ended"] and not b.get("refused"))
+            if enqueued + tokens(batch) > self.token_limit:
+                batch["ended"] = True
+                batch["refused"] = (f"Enqueued token limit reached for {payload.get('endpoint')} in organization "
+                                    f"org-stub. Limit: {self.token_limit:,} enqueued tokens. Please try again once "
+                                    "some in_progress batches have been completed.")
         if self.lose_create > 0:  # made, and the reply never arrives
             self.lose_create -= 1
             request.transport.abort()

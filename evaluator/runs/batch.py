@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from evaluator.runs.runner import Planned, RunConfig, _Sending
 
 POLL_ERRORS_TOLERATED = 20  # consecutive failed polls (the SDK retries each) before the run gives up
+TOKEN_LIMIT = "token_limit_exceeded"  # OpenAI: the model's enqueued-token limit would be passed
 
 
 def chunks(todo: list["Planned"], max_requests: int, max_bytes: int) -> Iterator[list["Planned"]]:
@@ -102,22 +103,51 @@ def send_batch(config: "RunConfig", todo: list["Planned"], cache: ResponseCache,
                             f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(batch['created_at']))})")
     fresh = [p for p in todo if p.key not in covered]
     limit = min(provider.max_requests, config.batch_limit or provider.max_requests)
-    for piece in chunks(fresh, limit, provider.max_bytes):
+
+    def submit(piece: list["Planned"]) -> bool:
         try:
             batch_id = provider.submit([BatchRequest(p.key, p.body) for p in piece], chat,
                                        f"{profile.name}:{len(piece)}", cache.batch_ids(provider.name))
         except Exception as exc:  # noqa: BLE001: the SDK's own error after its retries
             outcome.stopped = f"batch submission failed: {redact(type(exc).__name__ + ': ' + str(exc))[:500]}"
-            return
+            return False
         cache.record_batch(batch_id, provider.name, profile.name, [(p.key, p.qid, p.body) for p in piece])
         config.say(console, f"submitted batch {batch_id}: {len(piece)} requests to {provider.name}")
         outcome.sent += len(piece)
-    _poll(config, cache, console, provider, chat, outcome)
+        return True
+
+    for piece in chunks(fresh, limit, provider.max_bytes):
+        if not submit(piece):
+            return
+    refused = _poll(config, cache, console, provider, chat, outcome)
+    # Batches refused for the model's enqueued-token limit: their questions again, in smaller batches sent one
+    # at a time (each after the last has ended), halving again while the limit still refuses them.
+    by_key = {p.key: p for p in todo}
+    pending = [by_key[k] for k in refused if k in by_key]
+    size = max(1, len(pending) // 2)
+    if pending:
+        config.say(console, f"{len(pending)} requests were refused for the enqueued-token limit: sending them "
+                            f"again in batches of {size}, one at a time")
+    while pending and not outcome.stopped:
+        piece, pending = pending[:size], pending[size:]
+        if not submit(piece):
+            return
+        refused = _poll(config, cache, console, provider, chat, outcome)
+        if refused:
+            if size == 1:
+                outcome.stopped = ("a batch of one request still passes the model's enqueued-token limit: wait for "
+                                   "other batches of this model to finish, then rerun")
+                return
+            pending = [by_key[k] for k in refused if k in by_key] + pending
+            size = max(1, size // 2)
 
 
 def _poll(config: "RunConfig", cache: ResponseCache, console: Console, provider: BatchProvider, chat: bool,
-          outcome: "_Sending") -> None:
+          outcome: "_Sending") -> set[str]:
+    """Poll this model's open batches until each has ended, writing results as each ends; returns the keys of
+    the batches refused for the enqueued-token limit (their questions have error rows meanwhile)."""
     profile = config.profile
+    refused: set[str] = set()
     started = time.monotonic()
     open_batches = cache.open_batches(profile.name, provider.name)
     states: dict[str, BatchState] = {}
@@ -133,11 +163,13 @@ def _poll(config: "RunConfig", cache: ResponseCache, console: Console, provider:
                 if failures >= POLL_ERRORS_TOLERATED:
                     outcome.stopped = (f"polling batch {batch['id']} failed {failures} times in a row "
                                        f"({redact(str(exc))[:300]}); rerun to re-attach to it")
-                    return
+                    return refused
                 continue
             states[batch["id"]] = state
             cache.update_batch(batch["id"], "submitted", state.status, state.done, state.failed)
             if state.ended:
+                if state.code == TOKEN_LIMIT:
+                    refused |= set(cache.batch_items(batch["id"]))
                 answers, errors, unknown = _ingest(batch, state, provider, cache, profile.name, chat)
                 kinds = ", ".join(f"{n} {kind}" for kind, n in errors.most_common())
                 config.say(console, f"batch {batch['id']} {state.status}: {answers} answers, "
@@ -156,3 +188,4 @@ def _poll(config: "RunConfig", cache: ResponseCache, console: Console, provider:
         if open_batches:
             time.sleep(config.batch_poll_s)
     outcome.seconds += time.monotonic() - started
+    return refused

@@ -29,6 +29,7 @@ class BatchState:
     failed: int
     ended: bool  # no more results will come
     failed_batch: str | None = None  # the whole batch failed at the provider: why
+    code: str | None = None  # the provider's code for that failure (OpenAI: token_limit_exceeded, ...)
 
 
 class BatchProvider(Protocol):

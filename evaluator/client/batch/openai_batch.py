@@ -79,13 +79,14 @@ class OpenAIBatches:
         batch = self.client.batches.retrieve(batch_id)
         counts = batch.request_counts
         total = counts.total if counts else 0
-        failed_batch = None
+        failed_batch = code = None
         if batch.status == "failed":
             errors = getattr(batch.errors, "data", None) or []
             failed_batch = "; ".join(str(getattr(e, "message", e))[:200] for e in errors[:3]) or "failed"
+            code = next((str(e.code)[:64] for e in errors if getattr(e, "code", None)), None)
         return BatchState(status=batch.status, total=total, done=counts.completed if counts else 0,
                           failed=counts.failed if counts else 0, ended=batch.status in ENDED,
-                          failed_batch=failed_batch)
+                          failed_batch=failed_batch, code=code)
 
     def results(self, batch_id: str, chat: bool) -> Iterator[tuple[str, Reply]]:
         batch = self.client.batches.retrieve(batch_id)
