@@ -187,16 +187,36 @@ def test_anthropic_batch_params_are_only_those_the_sdks_api_version_accepts():
     assert ("temperature" in params) == ("temperature" in message_params())
 
 
-def test_a_lost_reply_to_a_batch_creation_makes_no_second_batch(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_lost_reply_to_a_batch_creation_makes_no_second_batch(tmp_path, capsys, monkeypatch, provider):
     """The stub makes the batch and drops the connection before replying: the SDK would create again (no
-    idempotency key); we look for our own batch by its request set and take it."""
+    idempotency key); we find the batch it made and take it (OpenAI: by the request set in its metadata;
+    Anthropic, which has no metadata: the one new batch of our size)."""
     data = data_file(tmp_path)
     with BatchStub(polls_to_end=2, lose_create=1) as stub:
         profiles_file(tmp_path, monkeypatch, stub.base_url)
-        code, out, err = run_cli(run_args("openai-model", data, tmp_path / "c"), capsys, monkeypatch)
+        code, out, err = run_cli(run_args(f"{provider}-model", data, tmp_path / "c"), capsys, monkeypatch)
         assert code == 0, out + err
         assert len(stub.batches) == 1 and stub.requests_submitted == N  # one batch, billed once
     assert len(cached(tmp_path / "c")[0]) == N
+
+
+def test_a_lost_anthropic_creation_is_not_guessed_between_two_candidates(tmp_path, capsys, monkeypatch):
+    """Two new batches of our size that nobody here knows (another run's, or another program's on the same
+    key): taking either could wait on a stranger's batch, creating again could bill twice; the run stops and
+    says which batches to look at."""
+    data = data_file(tmp_path)
+    with BatchStub(polls_to_end=50) as stub:
+        profiles_file(tmp_path, monkeypatch, stub.base_url)
+        import anthropic
+        other = anthropic.Anthropic(api_key="someone-else", base_url=stub.base_url[:-len("/v1")])
+        stranger = other.messages.batches.create(requests=[
+            {"custom_id": f"x{i}", "params": {"model": "m", "max_tokens": 1,
+                                              "messages": [{"role": "user", "content": "hi"}]}} for i in range(N)])
+        stub.lose_create = 1
+        code, out, err = run_cli(run_args("anthropic-model", data, tmp_path / "c"), capsys, monkeypatch)
+        assert code != 0 and "could be it" in out + err and stranger.id in out + err
+        assert len(stub.batches) == 2  # the stranger's and the lost one: no third
 
 
 def test_a_batch_made_by_a_run_killed_before_recording_it_is_taken_not_made_again(tmp_path, monkeypatch):

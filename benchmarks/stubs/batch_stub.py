@@ -16,7 +16,9 @@ the same question, so batch and live answers can be compared. Faults, per stub:
                      open) fails in validation, `errors.data[0].code` "token_limit_exceeded" (tokens counted as
                      a quarter of the body's characters plus its max_tokens)
 
-GET /v1/batches lists OpenAI batches newest first (`limit`, `after`, `has_more`), as the SDK pages them.
+GET /v1/batches lists OpenAI batches newest first (`limit` 1-100, `after`, `has_more`), and GET /v1/messages/batches
+Anthropic's (`limit` 1-1000, default 20, `after_id`/`before_id`, `first_id`/`last_id`/`has_more`), as their SDKs
+page them. `lose_create` drops the reply of either provider's create.
 
 It records every key it saw (Authorization and x-api-key headers) and every batch created.
 """
@@ -253,7 +255,35 @@ class BatchStub(ThreadedServer):
             requests.append((item["custom_id"], {"messages": messages}))  # the live-equivalent body
         self.batches[batch_id] = {"id": batch_id, "provider": "anthropic", "requests": requests, "polls": 0,
                                   "ended": False, "created_at": int(time.time())}
+        if self.lose_create > 0:  # made, and the reply never arrives
+            self.lose_create -= 1
+            request.transport.abort()
+            return web.Response(status=500)
         return web.json_response(self._anthropic_batch(self.batches[batch_id]))
+
+    async def anthropic_list(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response({"type": "error", "error": {"type": "authentication_error",
+                                                                 "message": "invalid x-api-key"}}, status=401)
+        try:
+            limit = int(request.query.get("limit", "20"))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 1000:
+            return web.json_response({"type": "error", "error": {
+                "type": "invalid_request_error", "message": "limit: Input should be between 1 and 1000"}}, status=400)
+        ordered = [b for b in reversed(self.batches.values()) if b["provider"] == "anthropic"]
+        ids = [b["id"] for b in ordered]
+        if request.query.get("after_id"):
+            after = request.query["after_id"]
+            ordered = ordered[ids.index(after) + 1:] if after in ids else []
+        elif request.query.get("before_id"):
+            before = request.query["before_id"]
+            ordered = ordered[:ids.index(before)][-limit:] if before in ids else []
+        page = [self._anthropic_batch(b) for b in ordered[:limit]]
+        return web.json_response({"data": page, "has_more": len(ordered) > limit,
+                                  "first_id": page[0]["id"] if page else None,
+                                  "last_id": page[-1]["id"] if page else None})
 
     async def anthropic_retrieve(self, request: web.Request) -> web.Response:
         return self._retrieve(request, self._anthropic_batch)
@@ -295,6 +325,7 @@ class BatchStub(ThreadedServer):
             web.get("/v1/batches/{id}", self.openai_retrieve), web.post("/v1/batches/{id}/cancel", self.openai_cancel),
             web.get("/v1/files/{id}/content", self.openai_content),
             web.post("/v1/messages/batches", self.anthropic_create),
+            web.get("/v1/messages/batches", self.anthropic_list),
             web.get("/v1/messages/batches/{id}", self.anthropic_retrieve),
             web.get("/v1/messages/batches/{id}/results", self.anthropic_results),
             web.post("/v1/messages/batches/{id}/cancel", self.anthropic_cancel)])

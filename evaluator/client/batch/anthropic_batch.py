@@ -5,6 +5,8 @@ the `system` parameter, the user message the only message."""
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
 from typing import Iterator
 
 from evaluator.client.batch import BatchRequest, BatchState, sdk
@@ -19,16 +21,23 @@ def message_params() -> frozenset[str]:
     return frozenset(Params.__required_keys__ | Params.__optional_keys__)
 
 
+LOOK_BACK = 100  # newest batches searched for the one a lost reply made
+SKEW_S = 300.0  # the provider's clock may differ from ours by this much
+
+
 class AnthropicBatches:
     name = "anthropic"
     max_requests = 100_000
     max_bytes = 256_000_000  # 256 MB: decimal
+    creates = 3
+    created: dict[str, set[str]] = {}  # per endpoint, the batches this process made: never another's lost one
 
     def __init__(self, api_key: str | None, base_url: str | None) -> None:
         anthropic = sdk("anthropic")
         root = base_url[: -len("/v1")] if base_url and base_url.rstrip("/").endswith("/v1") else base_url
         self.client = anthropic.Anthropic(api_key=api_key, base_url=root.rstrip("/") if root else None,
                                           max_retries=5, timeout=120.0)
+        self.made = self.created.setdefault(str(self.client.base_url), set())
 
     @staticmethod
     def params(body: dict) -> dict:
@@ -48,11 +57,49 @@ class AnthropicBatches:
         return params
 
     def submit(self, requests: list[BatchRequest], chat: bool, tag: str, known: frozenset[str] = frozenset()) -> str:
-        """Message batches carry no metadata to find a lost one by: a create is sent once (the SDK's retries
-        could make a second, billed batch)."""
-        batch = self.client.with_options(max_retries=0).messages.batches.create(
-            requests=[{"custom_id": r.key, "params": self.params(r.body)} for r in requests])
-        return batch.id
+        """Message batches carry no metadata, so a create is sent without the SDK's retries (which could make a
+        second, billed batch). When the reply is lost (no connection, a timeout, a 5xx) we look among the newest
+        batches for the one it may have made: created since we sent it, holding exactly our number of requests,
+        unknown to the cache and to this process. One such batch is taken (its results are matched by custom id,
+        so a stranger's batch would only answer nothing); several are not guessed between."""
+        anthropic = sdk("anthropic")
+        lost = (anthropic.APIConnectionError, anthropic.InternalServerError)
+        body = [{"custom_id": r.key, "params": self.params(r.body)} for r in requests]
+        once = self.client.with_options(max_retries=0)
+        for attempt in range(1, self.creates + 1):
+            sent = time.time()
+            try:
+                batch_id = once.messages.batches.create(requests=body).id
+                self.made.add(batch_id)
+                return batch_id
+            except lost:
+                found = self._lost(len(requests), sent - SKEW_S, known | self.made)
+                if len(found) == 1:
+                    self.made.add(found[0])
+                    return found[0]
+                if len(found) > 1:
+                    raise RuntimeError(f"a batch creation's reply was lost and {len(found)} new batches of "
+                                       f"{len(requests)} requests could be it ({', '.join(found[:5])}): not "
+                                       "creating another; cancel those not yours, then rerun") from None
+                if attempt == self.creates:
+                    raise
+                time.sleep(2.0 * attempt)
+        raise AssertionError("unreachable")
+
+    def _lost(self, count: int, since: float, known: frozenset[str] | set[str]) -> list[str]:
+        """Batches created since `since` (epoch seconds) with `count` requests that nobody here knows."""
+        found = []
+        for number, batch in enumerate(self.client.messages.batches.list(limit=LOOK_BACK)):
+            if number >= LOOK_BACK:
+                break
+            created = batch.created_at.timestamp() if isinstance(batch.created_at, datetime) else 0.0
+            counts = batch.request_counts
+            total = counts.processing + counts.succeeded + counts.errored + counts.canceled + counts.expired
+            if created < since:
+                break  # newest first: the rest are older
+            if total == count and batch.id not in known and batch.processing_status != "canceling":
+                found.append(batch.id)
+        return found
 
     def poll(self, batch_id: str) -> BatchState:
         batch = self.client.messages.batches.retrieve(batch_id)
