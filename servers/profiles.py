@@ -78,7 +78,7 @@ class ModelProfile(BaseModel):
     head_dim: int | None = Field(None, ge=1, le=100_000)
     context_len: int | None = Field(None, ge=1, le=100_000_000)
     reasoning_budget: int = Field(0, ge=0, le=1_000_000)
-    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None  # openai 3.57
     price_batch_input: float | None = Field(None, ge=0)  # USD per million tokens at the batch rate
     price_batch_output: float | None = Field(None, ge=0)
 

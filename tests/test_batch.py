@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from evaluator.runs import runner  # noqa: E402
 from evaluator.runs import suite as suite_runner  # noqa: E402
 from evaluator.runs.runner import RunConfig  # noqa: E402
 from servers.profiles import ModelProfile, get_profile  # noqa: E402
-from servers.suite import Suite  # noqa: E402
+from servers.suite import Suite, load_suite  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 40
@@ -268,3 +269,26 @@ def test_batches_refused_for_the_enqueued_token_limit_are_sent_again_paced(tmp_p
     assert sum(len(b["requests"]) for b in answered) == N  # every question answered once
     sources, errors = cached(tmp_path / "c")
     assert len(sources) == N and not errors
+
+
+def test_the_paper_suites_api_models_are_current_in_the_installed_sdks():
+    """The closed models a night asks are ones the providers' own SDKs list and have not announced for
+    shutdown (read from the SDKs' sources, not from our memory)."""
+    import typing
+
+    import anthropic
+    import openai
+    from anthropic._data import DEPRECATED_MODELS
+    from anthropic.types.model import Model
+    from openai.types.shared import chat_model
+
+    source = Path(chat_model.__file__).read_text(encoding="utf-8")
+    deprecated = set(re.findall(r'"([^"]+)"', source.split("Deprecated values:", 1)[1]))
+    listed = {"openai": set(typing.get_args(chat_model.ChatModel)),
+              "anthropic": set(typing.get_args(typing.get_args(Model)[0]))}
+    paper = load_suite(ROOT / "servers" / "suites" / "paper.toml")
+    api = [profile for profile in paper.models if profile.provider in listed]
+    assert {p.provider for p in api} == {"openai", "anthropic"}, (openai.__version__, anthropic.__version__)
+    for profile in api:
+        assert profile.model in listed[profile.provider], profile.model
+        assert profile.model not in deprecated and profile.model not in DEPRECATED_MODELS, profile.model
