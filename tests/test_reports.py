@@ -129,7 +129,7 @@ def test_a_results_folder_describes_itself_and_round_trips_through_the_official_
     results = json.loads((folder / "results.json").read_text())
     for key in ("model", "server", "data", "settings", "times", "software", "requests", "tokens", "cost", "scores"):
         assert key in results, key
-    assert results["data"]["sha256"] and results["data"]["questions"] == 96
+    assert results["data"]["dataset_sha256"] and results["data"]["questions"] == 96
     assert results["settings"]["protocol"] == "skill" and results["settings"]["temperature"] == 0.0
     assert results["software"]["python"] and results["times"]["started_at"].endswith("+00:00")
     assert results["complete"] is True and results["model"]["profile"]["name"] == "m"

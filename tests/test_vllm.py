@@ -87,7 +87,7 @@ def test_demo_runs_end_to_end_then_a_second_run_starts_no_server(model_cache, ca
     assert leftover(before) == set()  # no engine process outlived the run
     results = json.loads((folder / "results.json").read_text())
     assert results["server"]["vllm_version"] and results["model"]["dtype"] in ("bfloat16", "float32")
-    assert results["times"]["startup_s"] > 0 and results["data"]["sha256"]
+    assert results["times"]["startup_s"] > 0 and results["data"]["dataset_sha256"]
     logs = sorted((model_cache / "logs").iterdir())
 
     code, printed, err = run_cli(["run", "--model", "demo", "--data", sample_dir(), "--cache", model_cache,

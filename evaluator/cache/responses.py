@@ -124,6 +124,34 @@ class Answer:
     source: str | None = None  # None: a live request; "batch:<id>": a provider batch
 
 
+SESSIONS_KEPT = 50  # answering sessions per run record: the newest ones
+
+
+def sessions_of(details: str | None) -> list[dict]:
+    """The answering sessions in a run record's details (none where the details are old or unreadable)."""
+    try:
+        parsed = json.loads(details or "{}")
+    except (ValueError, RecursionError):
+        return []
+    sessions = parsed.get("answered_by") if isinstance(parsed, dict) else None
+    return [s for s in sessions if isinstance(s, dict)][-SESSIONS_KEPT:] if isinstance(sessions, list) else []
+
+
+def merge_sessions(before: list[dict], new: list[dict]) -> list[dict]:
+    """`before` then the sessions of `new` it lacks, the newest SESSIONS_KEPT (merging twice changes nothing)."""
+    seen = [json.dumps(s, sort_keys=True) for s in before]
+    return (before + [s for s in new if json.dumps(s, sort_keys=True) not in seen])[-SESSIONS_KEPT:]
+
+
+def _with_sessions(details: str | None, sessions: list[dict]) -> str:
+    try:
+        parsed = json.loads(details or "{}")
+    except (ValueError, RecursionError):
+        parsed = {}
+    parsed = parsed if isinstance(parsed, dict) else {}
+    return json.dumps({**parsed, "answered_by": sessions})
+
+
 class CacheFull(Exception):
     """The cache's disk is full: answers can no longer be kept, so nothing more may be bought."""
 
@@ -410,17 +438,39 @@ class ResponseCache:
             row = self.db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE key = ?", (key,)).fetchone()
         return dict(zip(RUN_COLUMNS, row)) if row else None
 
+    def answer_span(self, keys: list[str]) -> tuple[int, float | None, float | None]:
+        """How many of `keys` have an answer, and when the first and the last of them arrived."""
+        count, first, last = 0, None, None
+        with self._guard():
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                n, low, high = self.db.execute("SELECT count(*), min(created_at), max(created_at) FROM answers "
+                                               f"WHERE key IN ({','.join('?' * len(chunk))})", chunk).fetchone()
+                if n:
+                    count += n
+                    first = low if first is None else min(first, low)
+                    last = high if last is None else max(last, high)
+        return count, first, last
+
     def save_run(self, record: dict, tasks: list[dict]) -> dict | None:
         """Save a run's scores unless the saved ones cover more questions or more answers; returns the saved
-        record that was kept instead (None when this one was saved)."""
+        record that was kept instead (None when this one was saved). Either way the saved record's answering
+        sessions (`details.answered_by`: which runs sent the answers, when, to what server) are kept with
+        this one's, so a run scored from the cache still says what answered it."""
         def write(db: sqlite3.Connection) -> dict | None:
             row = db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE key = ?", (record["key"],)).fetchone()
+            details = record["details"]
             if row is not None:
                 saved = dict(zip(RUN_COLUMNS, row))
+                sessions = merge_sessions(sessions_of(saved["details"]), sessions_of(details))
                 if saved["questions"] > record["questions"] or saved["answered"] > record["answered"]:
+                    if sessions != sessions_of(saved["details"]):
+                        db.execute("UPDATE runs SET details = ? WHERE key = ?",
+                                   (_with_sessions(saved["details"], sessions), record["key"]))
                     return saved
+                details = _with_sessions(details, sessions)
             db.execute(f"INSERT OR REPLACE INTO runs VALUES ({','.join('?' * len(RUN_COLUMNS))})",
-                       tuple(record[c] for c in RUN_COLUMNS))
+                       tuple(details if c == "details" else record[c] for c in RUN_COLUMNS))
             db.execute("DELETE FROM task_scores WHERE run = ?", (record["key"],))
             db.executemany(f"INSERT INTO task_scores VALUES ({','.join('?' * (len(TASK_COLUMNS) + 1))})",
                            [(record["key"], *(t[c] for c in TASK_COLUMNS)) for t in tasks])

@@ -1,7 +1,9 @@
 """A results folder per run: files a colleague can keep, diff and open without us.
 
-    results.json     what was run and how (model, profile without secrets, server, data hash, settings,
-                     times, versions, requests, tokens, cost) and every score with its counts
+    results.json     what was run and how (model, profile without secrets, server, data digest and each data
+                     file's own sha256, settings, times, versions, requests, tokens, cost), when its answers
+                     arrived and which runs sent them (kept in the cache, so a run scored from the cache says
+                     what answered it), when it was scored, and every score with its counts
     samples.jsonl    one line per question: prompt, answer, truth, per-question score, error, tokens, latency
     official/        the official inference-output files (`{"model_output": ...}` per line, in data order), one
                      per data file, which `score` and the official scripts re-score to the same numbers
@@ -11,6 +13,7 @@ Everything is written into a temporary folder and renamed into place, so a reade
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import shutil
@@ -29,7 +32,9 @@ if TYPE_CHECKING:
     from evaluator.runs.runner import RunResult
 
 FORMAT = "shopping-mmlu results"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: data.dataset_sha256 (was data.sha256) and each file's own sha256; answered; scored
+DATASET_DIGEST = ("sha256 over each data file's name within the data folder, its size and its bytes, in load "
+                  "order: the identity runs are ranked by; not the sha256sum of any one file (see files)")
 
 
 @lru_cache(maxsize=1)
@@ -59,6 +64,38 @@ def git_commit() -> str | None:
     return done.stdout.strip() or None
 
 
+def server_kind(config) -> str:
+    """What answered: a vLLM server the run started, a closed API, or an endpoint someone else runs."""
+    profile = config.profile
+    if profile.is_local:
+        return "vllm (started by us)" if config.base_url is None else "openai-compatible endpoint"
+    return "api"
+
+
+@lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_files(result: "RunResult") -> list[dict]:
+    """Each data file with its size and its own SHA-256 (what `sha256sum` prints), read now."""
+    out = []
+    for data_file in result.dataset.files:
+        entry: dict = {"path": str(data_file.path), "questions": len(data_file.questions)}
+        try:
+            stat = data_file.path.stat()
+            entry.update(bytes=stat.st_size, sha256=_file_sha256(str(data_file.path), stat.st_size,
+                                                                 stat.st_mtime_ns))
+        except OSError as exc:
+            entry.update(bytes=None, sha256=None, unreadable=exc.strerror or type(exc).__name__)
+        out.append(entry)
+    return out
+
+
 def document(result: "RunResult", files: dict | None = None) -> dict:
     """The self-describing results.json."""
     from evaluator.runs.runner import iso
@@ -67,19 +104,25 @@ def document(result: "RunResult", files: dict | None = None) -> dict:
     profile = config.profile
     server = result.server
     prices = profile.prices()
+    answering = result.answering or {}
     return finite({
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "model": {"name": profile.name, "profile": profile.public(),
                   "served_as": profile.name if profile.is_local else profile.model, "revision": profile.revision,
                   "dtype": result.dtype or profile.dtype},
-        "server": {"kind": "vllm (started by us)" if profile.is_local and config.base_url is None else
-                   ("api" if not profile.is_local else "openai-compatible endpoint"),
+        "server": {"kind": server_kind(config),
                    "endpoint": "chat" if config.render_mode.value == "chat" else "completions",
                    "vllm_version": server.version if server else None, "served_models": server.models if server
-                   else None, "startup_s": result.timings["startup_s"]},
-        "data": {"path": str(Path(config.data).resolve()), "sha256": result.dataset.sha256,
+                   else None, "startup_s": result.timings["startup_s"], "sent_this_run": result.sent,
+                   "note": None if result.sent else "this run sent nothing (its answers came from the cache): "
+                                                    "what answered them is under answered.by"},
+        "answered": {"answers": answering.get("answers"), "first_at": answering.get("first_at"),
+                     "last_at": answering.get("last_at"), "by": answering.get("by", [])},
+        "scored": {"at": iso(result.finished_at), "scoring_s": result.timings.get("scoring_s")},
+        "data": {"path": str(Path(config.data).resolve()), "dataset_sha256": result.dataset.sha256,
+                 "dataset_sha256_of": DATASET_DIGEST,
                  "questions": len(result.questions), "questions_in_data": len(result.dataset.questions),
-                 "files": [str(f.path) for f in result.dataset.files], "groups": result.dataset.groups},
+                 "files": data_files(result), "groups": result.dataset.groups},
         "settings": {"protocol": config.protocol.value, "rendering": config.render_mode.value,
                      "variant": config.variant, "letter_choices": config.letter_choices,
                      "task_specific_prompt": config.task_specific_prompt, "number_only": profile.number_only,

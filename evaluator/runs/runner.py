@@ -151,6 +151,7 @@ class RunResult:
     server: ServerFacts | None
     dtype: str | None
     kept: dict | None = None  # the saved run that was kept instead of this one (it covered more)
+    answering: dict = field(default_factory=dict)  # when its answers arrived and the sessions that sent them
 
     @property
     def overall(self) -> float | None:
@@ -561,6 +562,7 @@ class Answered:
     sending: _Sending
     started_at: float
     clock: float
+    answered_at: float = 0.0  # when its sending ended
 
 
 def answer(config: RunConfig, console: Console, send_missing: bool = True,
@@ -594,7 +596,8 @@ def answer(config: RunConfig, console: Console, send_missing: bool = True,
             config.say(console, f"All {len(planned)} answers are cached: nothing to send")
     finally:
         cache.close()
-    return Answered(config, dataset, questions, planned, len(planned) - len(todo), sending, started_at, clock)
+    return Answered(config, dataset, questions, planned, len(planned) - len(todo), sending, started_at, clock,
+                    time.time())
 
 
 def finish(runs: list[Answered], save: bool = True, embedder: Embedder | None = None) -> list[RunResult]:
@@ -626,7 +629,8 @@ def _result(run: Answered, scores: Scores, rows: pl.DataFrame, tasks: list[dict]
     errors = int(sum(t["errors"] for t in tasks))
     unscored = int(sum(t["unscored"] for t in tasks))
     status = _status(sending.stopped, errors, unscored, len(run.questions))
-    reason = sending.stopped or (f"no question answered ({errors} errors)" if status == "failed" else None)
+    reason = sending.stopped or (f"no question answered ({errors} errors)" if status == "failed" else
+                                 _why_incomplete(rows, scores) if status == "incomplete" else None)
     result = RunResult(
         config=config, dataset=run.dataset, questions=run.questions, planned=run.planned, scores=scores, rows=rows,
         tasks=tasks, status=status, reason=reason, sent=sending.sent, cached=run.cached, errors=errors,
@@ -634,6 +638,7 @@ def _result(run: Answered, scores: Scores, rows: pl.DataFrame, tasks: list[dict]
         timings={"startup_s": round(sending.startup_s, 3), "fan_out_s": round(sending.seconds, 3),
                  "scoring_s": round(scoring_s, 3), "total_s": round(time.monotonic() - run.clock, 3)},
         started_at=run.started_at, finished_at=time.time(), server=sending.server, dtype=config.served_dtype())
+    result.answering = _answering(run, cache)
     if save:
         try:
             result.kept = cache.save_run(_record(result), _task_records(tasks))
@@ -641,6 +646,54 @@ def _result(run: Answered, scores: Scores, rows: pl.DataFrame, tasks: list[dict]
             result.status = "failed"
             result.reason = (result.reason + "; " if result.reason else "") + f"scores not saved: {exc}"
     return result
+
+
+def _why_incomplete(rows: pl.DataFrame, scores: Scores) -> str:
+    """Why an incomplete run is: its questions without an answer by error kind, its answers not scored by
+    reason (the three most common of each)."""
+    parts = []
+    missing = rows.filter(pl.col("error").is_not_null())["error"].value_counts(sort=True)
+    if missing.height:
+        kinds = ", ".join(f"{kind} ×{n}" for kind, n in missing.head(3).iter_rows())
+        parts.append(f"{int(missing['count'].sum())} question(s) have no answer ({kinds}"
+                     + (", ..." if missing.height > 3 else "") + ")")
+    unscored = scores.unscored.group_by("reason").agg(pl.col("n").sum()).sort("n", descending=True)
+    if unscored.height:
+        why = "; ".join(f"{r[:200]} ×{n}" for r, n in unscored.select("reason", "n").head(3).iter_rows())
+        parts.append(f"{int(unscored['n'].sum())} answer(s) not scored: {why}")
+    return "; ".join(parts) or "not every question was answered and scored"
+
+
+def _session(run: Answered) -> dict | None:
+    """This run's answering session, kept with its run record: when it sent, how many, to what server, by
+    which version of ours (None where it sent nothing)."""
+    from evaluator import __version__
+    from evaluator.reports.results import git_commit, server_kind
+
+    sending, config = run.sending, run.config
+    if not sending.sent:
+        return None
+    facts = sending.server
+    return {"started_at": iso(run.started_at), "finished_at": iso(run.answered_at or time.time()),
+            "sent": sending.sent, "server": server_kind(config), "batch": config.uses_batch,
+            "vllm_version": facts.version if facts else None,
+            "served_models": facts.models[:20] if facts else None,
+            "startup_s": round(sending.startup_s, 3), "fan_out_s": round(sending.seconds, 3),
+            "dtype": config.served_dtype(), "shopping_mmlu": __version__, "git_commit": git_commit()}
+
+
+def _answering(run: Answered, cache: ResponseCache) -> dict:
+    """When this run's answers arrived (first and last, from the cache) and the sessions that sent them:
+    the saved record's, then this run's."""
+    from evaluator.cache.responses import merge_sessions, sessions_of
+
+    count, first, last = cache.answer_span(list({p.key for p in run.planned}))
+    saved = cache.saved_run(run_key(run.config.profile.name, run.dataset.sha256, run.config.protocol.value,
+                                    run.config.render_mode.value, run.config.variant))
+    session = _session(run)
+    sessions = merge_sessions(sessions_of(saved["details"]) if saved else [], [session] if session else [])
+    return {"answers": count, "first_at": iso(first) if first is not None else None,
+            "last_at": iso(last) if last is not None else None, "by": sessions}
 
 
 def execute(config: RunConfig, console: Console, send_missing: bool = True,
@@ -703,6 +756,7 @@ def _record(result: RunResult) -> dict:
             "completion_tokens": result.completion_tokens, "cost": result.cost(),
             "details": json.dumps({"groups": result.dataset.groups, "prices": config.profile.prices(),
                                    "dtype": result.dtype, "timings": result.timings,
+                                   "answered_by": result.answering.get("by", []),
                                    # the run's own aggregation, which every view shows as it is
                                    "skills": skill_scores, "overall": finite(result.overall)}),
             "created_at": result.finished_at}
