@@ -360,6 +360,39 @@ def compare_command(
     compare.print_compare(table, model_a, model_b, console)
 
 
+@app.command("analyze")
+def analyze_command(
+    cache: Optional[Path] = CACHE,
+    output: Path = typer.Option(Path("analysis"), "--output", "-o",
+                                help="folder for the tables (CSV, Parquet), PNGs, analysis.md and .json"),
+    data: Optional[Path] = typer.Option(None, "--data", help="the ranking on this data (matched by content)"),
+    protocol: Optional[Protocol] = typer.Option(None, "--protocol", help="the ranking of this protocol"),
+    variant: Optional[str] = typer.Option(None, "--variant", help="the ranking of these prompt options "
+                                          "('' for the official prompt)"),
+    external: Optional[Path] = typer.Option(None, "--external", help="a CSV with `model` and `score` columns "
+                                            "(another benchmark) to correlate with ours"),
+    samples: int = typer.Option(2000, "--bootstrap", min=100, max=100_000, help="bootstrap resamples"),
+) -> None:
+    """The paper's analyses over one ranking: a models × tasks table, skill and task correlations across
+    models, scaling within a family, base → tuned deltas with intervals, and an external benchmark's
+    correlation. Only complete runs enter a statistic; the output names those left out."""
+    from evaluator.data import loaders
+    from evaluator.paths import check_output_folder
+    from evaluator.reports import analysis
+    from evaluator.scoring.embeddings import default_cache_dir
+
+    folder = cache or default_cache_dir()
+    if not (folder / "responses" / "responses.sqlite").exists():
+        raise InputError("no response cache here: nothing has been run with this --cache", path=folder)
+    target = check_output_folder(output, [folder, data, external], "--output", ours=analysis.FILES,
+                                 marker="analysis.json", format_name=analysis.FORMAT)
+    sha = loaders.load(data, protocol.value if protocol else "skill").sha256 if data is not None else None
+    result = analysis.build(folder, sha, protocol.value if protocol else None, variant, external, samples)
+    analysis.print_summary(result, console)
+    written = analysis.write(result, target)
+    err_console.print(f"analysis: {len(written)} files in {escape(str(target))}")
+
+
 @app.command("inspect")
 def inspect_command(
     model: str = typer.Option(..., "--model", help="a model run before with this cache"),

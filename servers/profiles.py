@@ -81,6 +81,10 @@ class ModelProfile(BaseModel):
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None  # openai 3.57
     price_batch_input: float | None = Field(None, ge=0)  # USD per million tokens at the batch rate
     price_batch_output: float | None = Field(None, ge=0)
+    # Tags for `analyze`, not part of any answer's identity: the model series (scaling within a family) and
+    # the profile this model was tuned from (base -> instruction-tuned, or a domain fine-tune -> its base).
+    family: str | None = Field(None, min_length=1, max_length=100)
+    base: str | None = Field(None, min_length=1, max_length=200)
 
     @property
     def is_local(self) -> bool:

@@ -1,0 +1,508 @@
+"""The paper's analyses over one ranking (same data, protocol and prompt options), from the scores saved in the
+cache: a models × tasks table, skill and task correlations across models, score against size within a family,
+base → tuned deltas with paired bootstrap intervals, and the correlation with an external benchmark.
+
+Only complete runs enter a statistic; every output names the runs left out and why. Tags (`params_b`,
+`family`, `base`) come from the profile each model was run with, else from today's profiles.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table, box
+
+from evaluator.cache.responses import ResponseCache
+from evaluator.errors import InputError
+from evaluator.reports.leaderboard import GROUP, leaderboard, short_skill, skill_columns
+from evaluator.scoring.aggregate import finite
+
+FORMAT = "shopping-mmlu analysis"
+FILES = {"analysis.json", "analysis.md", "wide.csv", "wide.parquet", "correlation_skills.csv",
+         "correlation_tasks.csv", "correlation_skills.png", "correlation_tasks.png", "scaling.csv", "scaling.png",
+         "base_vs_tuned.csv", "external.csv"}
+MIN_N = 3  # models needed for a correlation
+EXTERNAL_MAX_BYTES = 10_000_000
+CORR_SCHEMA = {"a": pl.String, "b": pl.String, "n": pl.Int64, "spearman": pl.Float64, "pearson": pl.Float64}
+
+
+@dataclass
+class Analysis:
+    ranking: dict
+    wide: pl.DataFrame  # one row per run: label, tags, overall, skill:*, task:*
+    excluded: list[dict]  # runs left out of every statistic: label, status, why
+    skills: list[str]
+    tasks: list[str]
+    skill_corr: pl.DataFrame
+    task_corr: pl.DataFrame
+    scaling: pl.DataFrame  # family, series, label, params_b, overall
+    scaling_fit: pl.DataFrame  # family, series, n, per_decade, r
+    pairs: pl.DataFrame  # tuned, base, level, skill, n, tuned_score, base_score, diff, low, high
+    pair_notes: list[str] = field(default_factory=list)
+    external: pl.DataFrame | None = None  # measure, n, spearman, pearson
+    external_notes: list[str] = field(default_factory=list)
+
+
+def rank_average(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties sharing their average rank (as Spearman's rho needs)."""
+    return pl.Series(values).rank("average").to_numpy().astype(float)
+
+
+def correlate(x: np.ndarray, y: np.ndarray) -> tuple[int, float | None, float | None]:
+    """(n, Spearman, Pearson) over the pairs where both are known; None below MIN_N or without spread."""
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    n = int(keep.sum())
+    if n < MIN_N:
+        return n, None, None
+
+    def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
+        a, b = a - a.mean(), b - b.mean()
+        scale = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+        return float((a * b).sum()) / scale if scale > 0 else None
+
+    return n, pearson(rank_average(x), rank_average(y)), pearson(x, y)
+
+
+def matrix(wide: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """Every pair of columns (both orders, the diagonal too), as a long table a spreadsheet can pivot."""
+    data = {c: wide[c].cast(pl.Float64).fill_null(float("nan")).to_numpy() for c in columns}
+    rows = []
+    for a in columns:
+        for b in columns:
+            n, rho, r = correlate(data[a], data[b])
+            rows.append({"a": a, "b": b, "n": n, "spearman": rho, "pearson": r})
+    return pl.DataFrame(rows, schema=CORR_SCHEMA)
+
+
+def _tags(store: ResponseCache, model: str) -> dict:
+    from servers.profiles import get_profile
+
+    try:
+        profile = get_profile(model, adhoc=True, recorded=store.model(model))
+    except InputError:
+        return {"params_b": None, "family": None, "base": None}
+    tags = {"params_b": profile.params_b, "family": profile.family, "base": profile.base}
+    if tags["family"] is None and tags["base"] is None:  # run before profiles had tags: today's profile's
+        try:
+            today = get_profile(model)
+            tags.update(family=today.family, base=today.base,
+                        params_b=tags["params_b"] if tags["params_b"] is not None else today.params_b)
+        except InputError:
+            pass
+    return tags
+
+
+def choose_ranking(board: pl.DataFrame, data_sha256: str | None, protocol: str | None,
+                   variant: str | None) -> pl.DataFrame:
+    """The runs of the one ranking asked for; with several and no choice, say which exist."""
+    if data_sha256 is not None:
+        board = board.filter(pl.col("data_sha256") == data_sha256)
+    if protocol is not None:
+        board = board.filter(pl.col("protocol") == protocol)
+    if variant is not None:
+        board = board.filter(pl.col("variant") == variant)
+    if board.is_empty():
+        raise InputError("no saved run matches: run or rescore first (`report` lists what the cache holds)"
+                         if data_sha256 is None and protocol is None and variant is None else
+                         "no saved run on that data, protocol and prompt options")
+    groups = board.select(*GROUP, "group").unique(maintain_order=True)
+    if groups.height > 1:
+        listed = "; ".join(f"{g['group']} ({board.filter(pl.col('group') == g['group']).height} runs)"
+                           for g in groups.iter_rows(named=True))
+        raise InputError(f"the cache holds {groups.height} rankings: choose one with --data, --protocol or "
+                         f"--variant ({listed[:600]})")
+    return board
+
+
+def build(cache_folder: Path, data_sha256: str | None = None, protocol: str | None = None,
+          variant: str | None = None, external: Path | None = None, samples: int = 2000,
+          seed: int = 0) -> Analysis:
+    store = ResponseCache(cache_folder / "responses", read_only=True)
+    try:
+        runs, tasks = store.runs(), store.task_scores()
+        board = choose_ranking(leaderboard(runs, tasks), data_sha256, protocol, variant)
+        tags = {model: _tags(store, model) for model in board["model"].unique().to_list()}
+    finally:
+        store.close()
+    skills = [s for s in skill_columns(board) if board[s].is_not_null().any()]
+    names = board.group_by("model").agg(pl.col("rendering").n_unique().alias("renderings"))
+    several = set(names.filter(pl.col("renderings") > 1)["model"].to_list())
+    board = board.with_columns(label=pl.when(pl.col("model").is_in(list(several)))
+                               .then(pl.format("{} ({})", "model", "rendering")).otherwise(pl.col("model")))
+    task_rows = tasks.filter(pl.col("run").is_in(board["run"].implode()))
+    clash = task_rows.group_by("task").agg(pl.col("skill").n_unique().alias("k")).filter(pl.col("k") > 1)
+    task_rows = task_rows.with_columns(column=pl.when(pl.col("task").is_in(clash["task"].implode()))
+                                       .then(pl.format("{}/{}", pl.col("skill").map_elements(
+                                           short_skill, return_dtype=pl.String), "task"))
+                                       .otherwise(pl.col("task")))
+    canonical = {s: i for i, s in enumerate(("concept", "reasoning", "behavior", "multilingual"))}
+    pairs = task_rows.select("skill", "column").unique(maintain_order=True).rows()
+    task_names = [c for _, c in sorted(pairs, key=lambda p: canonical.get(short_skill(p[0]), len(canonical)))]
+    task_names = list(dict.fromkeys(task_names))  # grouped by skill (the heatmap's blocks), data order within
+    per_task = (task_rows.pivot(on="column", index="run", values="score")
+                if task_rows.height else pl.DataFrame({"run": []}, schema={"run": pl.String}))
+    per_task = per_task.rename({t: f"task:{t}" for t in task_names if t in per_task.columns})
+    wide = (board.select("run", "label", "model", "rendering", "status", "questions", "answered", "unscored",
+                         "overall", *skills)
+            .rename({s: f"skill:{short_skill(s)}" for s in skills})
+            .with_columns(complete=pl.col("status") == "complete",
+                          params_b=pl.col("model").replace_strict({m: t["params_b"] for m, t in tags.items()},
+                                                                  return_dtype=pl.Float64),
+                          family=pl.col("model").replace_strict({m: t["family"] for m, t in tags.items()},
+                                                                return_dtype=pl.String),
+                          base=pl.col("model").replace_strict({m: t["base"] for m, t in tags.items()},
+                                                              return_dtype=pl.String))
+            .join(per_task, on="run", how="left")
+            .sort("overall", descending=True, nulls_last=True))
+    front = ["label", "model", "rendering", "status", "complete", "questions", "answered", "unscored", "params_b",
+             "family", "base", "overall"]
+    wide = wide.select(*front, *(c for c in wide.columns if c not in front))
+    excluded = [{"label": r["label"], "status": r["status"],
+                 "why": f"{r['status']}: {r['answered']:,}/{r['questions']:,} answered"
+                        + (f", {r['unscored']:,} not scored" if r["unscored"] else "")}
+                for r in wide.filter(~pl.col("complete")).iter_rows(named=True)]
+    complete = wide.filter(pl.col("complete"))
+    skill_cols = ["overall", *(f"skill:{short_skill(s)}" for s in skills)]
+    task_cols = [f"task:{t}" for t in task_names if f"task:{t}" in complete.columns]
+    scaling, fits = _scaling(complete)
+    pairs, pair_notes = _pairs(cache_folder, board, complete, samples, seed)
+    result = Analysis(ranking=_ranking(board), wide=wide.drop("run"), excluded=excluded,
+                      skills=[short_skill(s) for s in skills], tasks=task_names,
+                      skill_corr=matrix(complete, skill_cols), task_corr=matrix(complete, task_cols),
+                      scaling=scaling, scaling_fit=fits, pairs=pairs, pair_notes=pair_notes)
+    if external is not None:
+        result.external, result.external_notes = _external(external, complete, skill_cols)
+    return result
+
+
+def _ranking(board: pl.DataFrame) -> dict:
+    first = board.row(0, named=True)
+    return {"group": first["group"], "data": first["data"], "data_sha256": first["data_sha256"],
+            "protocol": first["protocol"], "variant": first["variant"], "runs": board.height,
+            "complete": int((board["status"] == "complete").sum())}
+
+
+def _scaling(complete: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Overall score against log10(parameters) per family, base models and tuned ones as separate series;
+    a least-squares line per series of two sizes or more (points per decade of parameters)."""
+    points = (complete.filter(pl.col("family").is_not_null() & pl.col("params_b").is_not_null()
+                              & pl.col("overall").is_not_null())
+              .select("family", series=pl.when(pl.col("base").is_null()).then(pl.lit("base"))
+                      .otherwise(pl.lit("tuned")), label="label", params_b="params_b", overall="overall")
+              .sort("family", "series", "params_b"))
+    fits = []
+    for (family, series), part in points.group_by("family", "series", maintain_order=True):
+        x = np.log10(part["params_b"].to_numpy().astype(float))
+        y = part["overall"].to_numpy().astype(float)
+        if len(np.unique(x)) < 2:
+            continue
+        slope = float(np.polyfit(x, y, 1)[0])
+        fits.append({"family": family, "series": series, "n": part.height, "per_decade": slope,
+                     "r": correlate(x, y)[2] if part.height >= MIN_N else None})
+    schema = {"family": pl.String, "series": pl.String, "n": pl.Int64, "per_decade": pl.Float64, "r": pl.Float64}
+    return points, pl.DataFrame(fits, schema=schema)
+
+
+def _pairs(cache_folder: Path, board: pl.DataFrame, complete: pl.DataFrame, samples: int,
+           seed: int) -> tuple[pl.DataFrame, list[str]]:
+    """Each complete tuned model against its complete base (its `base` tag), same rendering where the base
+    ran in several: per-skill and overall deltas (tuned − base) with paired bootstrap intervals."""
+    from evaluator.reports.compare import paired
+    from evaluator.runs.runner import rescore_saved
+
+    schema = {"tuned": pl.String, "base": pl.String, "level": pl.String, "skill": pl.String, "n": pl.Int64,
+              "tuned_score": pl.Float64, "base_score": pl.Float64, "diff": pl.Float64, "low": pl.Float64,
+              "high": pl.Float64}
+    records = {r["run"]: r for r in board.iter_rows(named=True)}
+    done = {r["label"]: r for r in complete.iter_rows(named=True)}
+    rows, notes, rescored = [], [], {}
+
+    def scored(run: str):
+        if run not in rescored:
+            rescored[run] = rescore_saved(cache_folder, {k: records[run][k] for k in (
+                "model", "data", "data_sha256", "protocol", "rendering", "variant", "questions")})
+        return rescored[run]
+
+    for tuned in complete.filter(pl.col("base").is_not_null()).iter_rows(named=True):
+        candidates = [r for r in board.iter_rows(named=True) if r["model"] == tuned["base"]]
+        if not candidates:
+            notes.append(f"{tuned['label']}: its base '{tuned['base']}' has no run in this ranking")
+            continue
+        base = next((r for r in candidates if r["rendering"] == tuned["rendering"]), candidates[0])
+        if base["label"] not in done:
+            notes.append(f"{tuned['label']}: its base {base['label']} is {base['status']}, left out")
+            continue
+        left, right = scored(tuned["run"]), scored(base["run"])
+        if isinstance(left, str) or isinstance(right, str):
+            notes.append(f"{tuned['label']} vs {base['label']}: cannot rescore "
+                         f"({left if isinstance(left, str) else right})")
+            continue
+        table = paired(left, right, samples, seed)
+        for row in table.filter(pl.col("level") != "task").iter_rows(named=True):
+            rows.append({"tuned": tuned["label"], "base": base["label"], "level": row["level"],
+                         "skill": short_skill(row["skill"]) if row["skill"] else "overall", "n": row["n"],
+                         "tuned_score": row["a"], "base_score": row["b"], "diff": row["diff"], "low": row["low"],
+                         "high": row["high"]})
+    return pl.DataFrame(rows, schema=schema), notes
+
+
+def _external(path: Path, complete: pl.DataFrame, columns: list[str]) -> tuple[pl.DataFrame, list[str]]:
+    """Our overall and skill scores against an external benchmark's scores (a CSV with `model` and `score`
+    columns, matched to our model names or labels)."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(f"cannot read it ({exc.strerror})", path=path, field="--external") from None
+    if size > EXTERNAL_MAX_BYTES:
+        raise InputError(f"is {size:,} bytes; an external score file is at most {EXTERNAL_MAX_BYTES:,}", path=path,
+                         field="--external")
+    try:
+        frame = pl.read_csv(path, infer_schema=False, truncate_ragged_lines=True)
+    except (pl.exceptions.PolarsError, UnicodeDecodeError, OSError) as exc:
+        raise InputError(f"not a CSV file ({str(exc).splitlines()[0][:200]})", path=path,
+                         field="--external") from None
+    lowered = {c.strip().lower(): c for c in frame.columns}
+    if "model" not in lowered or "score" not in lowered:
+        raise InputError(f"needs the columns `model` and `score` (it has: {', '.join(frame.columns)[:200]})",
+                         path=path, field="--external")
+    frame = frame.select(model=pl.col(lowered["model"]).str.strip_chars(),
+                         external=pl.col(lowered["score"]).str.strip_chars().cast(pl.Float64, strict=False))
+    notes = []
+    bad = frame.filter(pl.col("external").is_null() | ~pl.col("external").is_finite())
+    if bad.height:
+        notes.append(f"{bad.height} row(s) without a finite score ignored")
+    frame = frame.filter(pl.col("external").is_finite()).unique("model", keep="first", maintain_order=True)
+    ours = complete.select("label", "model", *columns)
+    joined = ours.join(frame, left_on="label", right_on="model", how="inner", suffix="_x")
+    by_model = ours.filter(~pl.col("label").is_in(joined["label"].implode())).join(frame, on="model", how="inner")
+    joined = pl.concat([joined.select("label", *columns, "external"), by_model.select("label", *columns, "external")])
+    unmatched = sorted(set(frame["model"].to_list()) - set(ours["label"].to_list()) - set(ours["model"].to_list()))
+    if unmatched:
+        notes.append(f"{len(unmatched)} external model(s) with no complete run here: {', '.join(unmatched[:10])}"
+                     + (" ..." if len(unmatched) > 10 else ""))
+    y = joined["external"].to_numpy().astype(float)
+    rows = []
+    for column in columns:
+        n, rho, r = correlate(joined[column].cast(pl.Float64).fill_null(float("nan")).to_numpy(), y)
+        rows.append({"measure": column.removeprefix("skill:"), "n": n, "spearman": rho, "pearson": r})
+    schema = {"measure": pl.String, "n": pl.Int64, "spearman": pl.Float64, "pearson": pl.Float64}
+    return pl.DataFrame(rows, schema=schema), notes
+
+
+# ---------------------------------------------------------------- output
+
+
+def write(analysis: Analysis, folder: Path) -> list[Path]:
+    """Every table as CSV (the wide table also Parquet), two heatmaps and a scaling plot, analysis.md and
+    analysis.json; each file written whole, then renamed into place. `folder` is new or one an analysis wrote
+    (the caller checks), so files of an earlier analysis that this one does not make are removed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def put(name: str, text: str | None = None, frame: pl.DataFrame | None = None, parquet: bool = False) -> None:
+        path = folder / name
+        tmp = path.with_name(f".{name}.tmp")
+        if parquet:
+            frame.write_parquet(tmp)
+        elif frame is not None:
+            frame.write_csv(tmp)
+        else:
+            tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+        written.append(path)
+
+    put("wide.csv", frame=analysis.wide)
+    put("wide.parquet", frame=analysis.wide, parquet=True)
+    put("correlation_skills.csv", frame=analysis.skill_corr)
+    put("correlation_tasks.csv", frame=analysis.task_corr)
+    put("scaling.csv", frame=analysis.scaling.join(analysis.scaling_fit, on=["family", "series"], how="left"))
+    put("base_vs_tuned.csv", frame=analysis.pairs)
+    if analysis.external is not None:
+        put("external.csv", frame=analysis.external)
+    for name, corr, what in (("correlation_skills.png", analysis.skill_corr, "skills"),
+                             ("correlation_tasks.png", analysis.task_corr, "tasks")):
+        tmp = folder / f".{name}.tmp.png"
+        if heatmap(corr, tmp, what):
+            tmp.replace(folder / name)
+            written.append(folder / name)
+    tmp = folder / ".scaling.tmp.png"
+    if scaling_plot(analysis, tmp):
+        tmp.replace(folder / "scaling.png")
+        written.append(folder / "scaling.png")
+    put("analysis.md", text=markdown(analysis))
+    put("analysis.json", text=json.dumps(finite(document(analysis)), indent=2, ensure_ascii=False) + "\n")
+    for name in FILES - {p.name for p in written}:  # an earlier analysis's file this one has no content for
+        (folder / name).unlink(missing_ok=True)
+    return written
+
+
+def document(analysis: Analysis) -> dict:
+    return {"format": FORMAT, "version": 1, "ranking": analysis.ranking, "excluded": analysis.excluded,
+            "skills": analysis.skills, "tasks": analysis.tasks,
+            "skill_correlations": analysis.skill_corr.to_dicts(), "task_correlations": analysis.task_corr.to_dicts(),
+            "scaling": analysis.scaling.to_dicts(), "scaling_fits": analysis.scaling_fit.to_dicts(),
+            "base_vs_tuned": analysis.pairs.to_dicts(), "base_vs_tuned_notes": analysis.pair_notes,
+            "external": analysis.external.to_dicts() if analysis.external is not None else None,
+            "external_notes": analysis.external_notes}
+
+
+def heatmap(corr: pl.DataFrame, path: Path, what: str) -> bool:
+    """Spearman's rho between every two columns across the complete models, n in the title; False when
+    there is nothing to draw."""
+    names = corr["a"].unique(maintain_order=True).to_list()
+    if len(names) < 2 or corr["spearman"].is_null().all():
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lookup = {(r["a"], r["b"]): r["spearman"] for r in corr.iter_rows(named=True)}
+    values = np.array([[np.nan if lookup[(a, b)] is None else lookup[(a, b)] for b in names] for a in names])
+    labels = [n.removeprefix("skill:").removeprefix("task:") for n in names]
+    n = int(corr["n"].max())
+    size = min(12.0, max(4.5, 0.28 * len(names) + 2.5))
+    font = max(4.0, min(9.0, 260 / max(len(names), 1)))
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=font)
+    ax.set_yticks(range(len(labels)), labels, fontsize=font)
+    if len(names) <= 8:
+        for i in range(len(names)):
+            for j in range(len(names)):
+                if not np.isnan(values[i, j]):
+                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=9,
+                            color="white" if abs(values[i, j]) > 0.6 else "black")
+    ax.set_title(f"Spearman correlation of {what} across models (n ≤ {n} complete models)", fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+    return True
+
+
+def scaling_plot(analysis: Analysis, path: Path) -> bool:
+    points = analysis.scaling
+    if points.is_empty():
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.0, 5.0))
+    for (family, series), part in points.group_by("family", "series", maintain_order=True):
+        ax.plot(part["params_b"].to_list(), part["overall"].to_list(), marker="o" if series == "base" else "s",
+                linestyle="-" if series == "base" else "--", label=f"{family} ({series})")
+        for label, x, y in part.select("label", "params_b", "overall").iter_rows():
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (billions, log scale)")
+    ax.set_ylabel("overall score")
+    ax.set_title("Shopping MMLU overall score against model size, per family (complete runs)", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+    return True
+
+
+def _f(value, digits: int = 3, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def markdown(analysis: Analysis) -> str:
+    r = analysis.ranking
+    out = [f"# Shopping MMLU analysis: {r['group']}", "",
+           f"Data `{r['data']}` (digest {r['data_sha256'][:16]}), {r['protocol']}-wise"
+           + (f", {r['variant']}" if r["variant"] else "") + f". {r['complete']} of {r['runs']} runs complete; "
+           "only complete runs enter the statistics below.", ""]
+    if analysis.excluded:
+        out += ["Left out:", ""] + [f"- {e['label']} ({e['why']})" for e in analysis.excluded] + [""]
+    skills = analysis.skill_corr
+    names = skills["a"].unique(maintain_order=True).to_list()
+    if names:
+        labels = [n.removeprefix("skill:") for n in names]
+        lookup = {(x["a"], x["b"]): x for x in skills.iter_rows(named=True)}
+        out += ["## Skill correlations across models (Spearman ρ, n models)", "",
+                "| | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+        for a, label in zip(names, labels):
+            out.append(f"| {label} | " + " | ".join(f"{_f(lookup[(a, b)]['spearman'], 2)} ({lookup[(a, b)]['n']})"
+                                                    for b in names) + " |")
+        out += ["", "Pearson's r and the task × task matrix: `correlation_skills.csv`, `correlation_tasks.csv`.", ""]
+    out += ["## Scaling within a family", ""]
+    if analysis.scaling_fit.is_empty():
+        out += ["No family has complete runs of two sizes or more with `params_b` and `family` tags.", ""]
+    else:
+        out += ["| family | series | n | overall per 10× parameters | r |", "|---|---|---:|---:|---:|"]
+        out += [f"| {f['family']} | {f['series']} | {f['n']} | {_f(f['per_decade'], 3, True)} | {_f(f['r'], 2)} |"
+                for f in analysis.scaling_fit.iter_rows(named=True)] + [""]
+    out += ["## Base → tuned (tuned − base, paired bootstrap 95% interval over the questions both answered)", ""]
+    if analysis.pairs.is_empty():
+        out += ["No complete tuned model with a complete base in this ranking (`base` tags in the profiles).", ""]
+    else:
+        out += ["| tuned | base | skill | n | tuned | base | Δ | 95% CI |", "|---|---|---|---:|---:|---:|---:|---|"]
+        out += [f"| {p['tuned']} | {p['base']} | {p['skill']} | {p['n']:,} | {_f(p['tuned_score'])} | "
+                f"{_f(p['base_score'])} | {_f(p['diff'], 3, True)} | [{_f(p['low'], 3, True)}, {_f(p['high'], 3, True)}] |"
+                for p in analysis.pairs.iter_rows(named=True)] + [""]
+    out += [f"- {note}" for note in analysis.pair_notes] + ([""] if analysis.pair_notes else [])
+    if analysis.external is not None:
+        out += ["## Against the external benchmark", "", "| ours | n | Spearman ρ | Pearson r |", "|---|---:|---:|---:|"]
+        out += [f"| {e['measure']} | {e['n']} | {_f(e['spearman'], 2)} | {_f(e['pearson'], 2)} |"
+                for e in analysis.external.iter_rows(named=True)] + [""]
+        out += [f"- {note}" for note in analysis.external_notes] + ([""] if analysis.external_notes else [])
+    return "\n".join(out)
+
+
+def print_summary(analysis: Analysis, console: Console) -> None:
+    """The headline numbers at 80 columns; the files hold the rest."""
+    r = analysis.ranking
+    console.print(f"[bold]Analysis of {escape(r['group'])}[/]: {r['complete']} of {r['runs']} runs complete",
+                  highlight=False)
+    console.print("  only complete runs enter a statistic", highlight=False)
+    for e in analysis.excluded:
+        console.print(f"  left out: {escape(e['label'])} ({escape(e['why'])})", highlight=False)
+    names = analysis.skill_corr["a"].unique(maintain_order=True).to_list()
+    if names:
+        lookup = {(x["a"], x["b"]): x["spearman"] for x in analysis.skill_corr.iter_rows(named=True)}
+        table = Table(title="Spearman ρ between skills across models", box=box.SIMPLE_HEAD, pad_edge=False,
+                      title_justify="left")
+        table.add_column("")
+        for name in names:
+            table.add_column(name.removeprefix("skill:")[:12], justify="right", no_wrap=True)
+        for a in names:
+            table.add_row(a.removeprefix("skill:")[:12], *(_f(lookup[(a, b)], 2) for b in names))
+        console.print(table)
+    for f in analysis.scaling_fit.iter_rows(named=True):
+        console.print(f"  scaling {escape(f['family'])} ({f['series']}, {f['n']} sizes): "
+                      f"{_f(f['per_decade'], 3, True)} overall per 10× parameters", highlight=False)
+    overall = analysis.pairs.filter(pl.col("level") == "overall")
+    if overall.height:
+        table = Table(title="Base → tuned, overall (tuned − base, 95% CI)", box=box.SIMPLE_HEAD, pad_edge=False,
+                      title_justify="left")
+        for header in ("tuned", "base", "Δ", "95% CI"):
+            table.add_column(header, justify="left" if header in ("tuned", "base") else "right",
+                             overflow="fold", no_wrap=header not in ("tuned", "base"))
+        for p in overall.iter_rows(named=True):
+            table.add_row(escape(p["tuned"]), escape(p["base"]), _f(p["diff"], 3, True),
+                          f"[{_f(p['low'], 2, True)},{_f(p['high'], 2, True)}]")
+        console.print(table)
+    for note in analysis.pair_notes:
+        console.print(f"  {escape(note)}", highlight=False)
+    if analysis.external is not None:
+        e = analysis.external.row(0, named=True)
+        console.print(f"  external benchmark vs our overall: Spearman {_f(e['spearman'], 2)}, Pearson "
+                      f"{_f(e['pearson'], 2)} (n = {e['n']})", highlight=False)
+        for note in analysis.external_notes:
+            console.print(f"  {escape(note)}", highlight=False)

@@ -1,0 +1,165 @@
+"""`analyze`: the paper's analyses over one ranking of a night on a loopback endpoint, checked against plain
+re-computations from the exported tables, with incomplete models left out and named."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+
+import polars as pl
+
+from benchmarks.stubs.openai_stub import Stub
+from builders import run_cli, write_jsonl
+
+SKILLS = ("concept", "reasoning", "behavior", "multilingual")
+# name: (accuracy, params_b, family, base)
+MODELS = {"fam-1b": (0.30, 1.0, "fam", None), "fam-3b": (0.50, 3.0, "fam", None),
+          "fam-10b": (0.70, 10.0, "fam", None), "fam-3b-chat": (0.80, 3.0, "fam", "fam-3b"),
+          "other-7b": (0.60, 7.0, "other", None)}
+
+
+def data(path: Path, n: int = 96) -> Path:
+    return write_jsonl(path, [{"input_field": f"MC question {i}?\n0. a\n1. b\n2. c\n3. d\nAnswer: ",
+                               "output_field": i % 4, "task_name": f"{SKILLS[i % 4]}_t{i % 3}",
+                               "task_type": "multiple-choice", "metric": "accuracy", "track": SKILLS[i % 4]}
+                              for i in range(n)])
+
+
+def answer(body: dict) -> str:
+    """Right with the model's accuracy, decided per question by a hash; the accuracy grows with i % 4 for the
+    tuned model only, so skills do not move together exactly."""
+    prompt = body.get("prompt") or json.dumps(body.get("messages"))
+    i = int(re.search(r"MC question (\d+)\?", prompt).group(1))
+    name = body["model"]
+    accuracy = MODELS[name][0] + (0.05 * (i % 4) if name == "fam-3b-chat" else 0.0)
+    draw = int(hashlib.sha256(f"{name}|{i}".encode()).hexdigest()[:8], 16) / 2 ** 32
+    return str(i % 4) if draw < accuracy else str((i + 1) % 4)
+
+
+def night(tmp_path: Path, capsys, monkeypatch) -> tuple[Path, Path]:
+    cache = tmp_path / "cache"
+    with Stub(answers=answer) as stub:
+        lines = [f'[suite]\nname = "tags"\ndata = "{data(tmp_path / "d.json")}"\n[models]']
+        for name, (_, params, family, base) in MODELS.items():
+            tags = f'params_b = {params}, family = "{family}"' + (f', base = "{base}"' if base else "")
+            lines.append(f'"{name}" = {{ provider = "openai-compatible", model = "{name}", '
+                         f'api_base = "{stub.base_url}", {tags} }}')
+        # a model whose endpoint is gone: failed, kept in the table, left out of every statistic
+        lines.append('"gone-2b" = { provider = "openai-compatible", model = "gone-2b", '
+                     'api_base = "http://127.0.0.1:9/v1", params_b = 2.0, family = "fam" }')
+        suite = tmp_path / "tags.toml"
+        suite.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        code, out, err = run_cli(["suite", suite, "--cache", cache, "--output", tmp_path / "night"], capsys,
+                                 monkeypatch)
+    assert code != 0 or "gone-2b" in out + err  # the failed model makes the night incomplete
+    return cache, tmp_path / "d.json"
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Textbook: Pearson's r of the average ranks."""
+    def ranks(values: list[float]) -> list[float]:
+        order = sorted(range(len(values)), key=lambda k: values[k])
+        out = [0.0] * len(values)
+        start = 0
+        while start < len(order):
+            end = start
+            while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+                end += 1
+            for k in range(start, end + 1):
+                out[order[k]] = (start + end) / 2 + 1
+            start = end + 1
+        return out
+
+    a, b = ranks(x), ranks(y)
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    cov = sum((p - ma) * (q - mb) for p, q in zip(a, b))
+    return cov / math.sqrt(sum((p - ma) ** 2 for p in a) * sum((q - mb) ** 2 for q in b))
+
+
+def test_analyze_writes_the_four_analyses_from_a_night(tmp_path, capsys, monkeypatch):
+    cache, _ = night(tmp_path, capsys, monkeypatch)
+    external = tmp_path / "leaderboard.csv"
+    external.write_text("model,score\nfam-1b,40\nfam-3b,45\nfam-10b,60\nfam-3b-chat,58\nother-7b,52\n"
+                        "not-here,70\nfam-3b,oops\n", encoding="utf-8")
+    out = tmp_path / "analysis"
+    code, stdout, stderr = run_cli(["analyze", "--cache", cache, "--output", out, "--external", external,
+                                    "--bootstrap", "500"], capsys, monkeypatch)
+    assert code == 0, stdout + stderr
+    assert "left out: gone-2b (failed" in stdout and "5 of 6 runs complete" in stdout
+    assert max(len(line) for line in stdout.splitlines()) <= 80
+
+    wide = pl.read_csv(out / "wide.csv")
+    parquet = pl.read_parquet(out / "wide.parquet")
+    assert wide.height == 6 and wide.columns == parquet.columns and wide["label"].equals(parquet["label"])
+    assert wide["overall"].equals(parquet["overall"], null_equal=True)  # full precision in the CSV too
+    row = wide.filter(pl.col("label") == "fam-3b-chat").row(0, named=True)
+    assert (row["params_b"], row["family"], row["base"], row["complete"]) == (3.0, "fam", "fam-3b", True)
+    tasks = [c for c in wide.columns if c.startswith("task:")]
+    assert len(tasks) == 12
+    for r in wide.filter(pl.col("complete")).iter_rows(named=True):  # a skill is the mean of its tasks
+        mean = sum(r[f"task:concept_t{k}"] for k in range(3)) / 3
+        assert abs(r["skill:concept"] - mean) < 1e-12
+
+    complete = wide.filter(pl.col("complete"))
+    corr = pl.read_csv(out / "correlation_skills.csv")
+    pair = corr.filter((pl.col("a") == "overall") & (pl.col("b") == "skill:concept")).row(0, named=True)
+    assert pair["n"] == 5
+    assert abs(pair["spearman"] - spearman(complete["overall"].to_list(), complete["skill:concept"].to_list())) < 1e-6
+    diagonal = corr.filter(pl.col("a") == pl.col("b"))
+    assert (diagonal["spearman"] - 1.0).abs().max() < 1e-9
+    assert pl.read_csv(out / "correlation_tasks.csv").height == 12 * 12
+
+    scaling = pl.read_csv(out / "scaling.csv")
+    base_series = scaling.filter((pl.col("family") == "fam") & (pl.col("series") == "base"))
+    assert base_series["label"].to_list() == ["fam-1b", "fam-3b", "fam-10b"]  # the failed gone-2b is not there
+    slope = base_series["per_decade"][0]
+    xs = [math.log10(v) for v in base_series["params_b"]]
+    ys = base_series["overall"].to_list()
+    mx, my = sum(xs) / 3, sum(ys) / 3
+    assert abs(slope - sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)) < 1e-6
+    assert slope > 0
+
+    pairs = pl.read_csv(out / "base_vs_tuned.csv")
+    overall = pairs.filter(pl.col("level") == "overall").row(0, named=True)
+    by_label = {r["label"]: r["overall"] for r in wide.iter_rows(named=True)}
+    assert (overall["tuned"], overall["base"], overall["n"]) == ("fam-3b-chat", "fam-3b", 96)
+    assert abs(overall["diff"] - (by_label["fam-3b-chat"] - by_label["fam-3b"])) < 1e-9
+    assert overall["low"] <= overall["diff"] <= overall["high"] and overall["low"] > 0
+    assert set(pairs.filter(pl.col("level") == "skill")["skill"]) == set(SKILLS)
+
+    ext = pl.read_csv(out / "external.csv").row(0, named=True)
+    scores = {"fam-1b": 40, "fam-3b": 45, "fam-10b": 60, "fam-3b-chat": 58, "other-7b": 52}
+    assert ext["measure"] == "overall" and ext["n"] == 5
+    assert abs(ext["spearman"] - spearman([by_label[m] for m in scores], list(scores.values()))) < 1e-6
+    text = (out / "analysis.md").read_text(encoding="utf-8")
+    assert "gone-2b (failed" in text and "not-here" in text and "1 row(s) without a finite score" in text
+    for png in ("correlation_skills.png", "correlation_tasks.png", "scaling.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "analysis.json").read_text())["ranking"]["complete"] == 5
+
+    code, _, stderr = run_cli(["analyze", "--cache", cache, "--output", out], capsys, monkeypatch)
+    assert code == 0, stderr  # our own folder is written again, without the earlier external comparison
+    assert not (out / "external.csv").exists() and (out / "wide.csv").exists()
+
+
+def test_analyze_refuses_what_it_must_not_touch_or_cannot_choose(tmp_path, capsys, monkeypatch):
+    cache, data_file = night(tmp_path, capsys, monkeypatch)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("mine", encoding="utf-8")
+    code, _, err = run_cli(["analyze", "--cache", cache, "--output", mine], capsys, monkeypatch)
+    assert code == 2 and "did not write" in err and (mine / "thesis.tex").read_text() == "mine"
+    code, _, err = run_cli(["analyze", "--cache", cache, "--output", tmp_path / "a", "--protocol", "task"],
+                           capsys, monkeypatch)
+    assert code == 2 and "no saved run" in err
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,value\nx,1\n", encoding="utf-8")
+    code, _, err = run_cli(["analyze", "--cache", cache, "--output", tmp_path / "b", "--external", bad],
+                           capsys, monkeypatch)
+    assert code == 2 and "`model` and `score`" in err
+    code, _, err = run_cli(["analyze", "--cache", tmp_path / "nothing", "--output", tmp_path / "c"], capsys,
+                           monkeypatch)
+    assert code == 2 and "no response cache" in err
