@@ -393,3 +393,36 @@ def test_a_suite_fits_max_model_len_to_its_data_and_the_dry_run_says_what_each_m
     assert records["qwen"]["gpus"] == [0] and records["qwen"]["tp"] == 1 and records["mystery"]["kv_cache_gib"] is None
     for line in out.splitlines():
         assert len(line) <= 80, line
+
+
+def test_the_paper_suite_plans_onto_8_x_80_gib_with_each_models_kv_cache(tmp_path, capsys, monkeypatch):
+    """Every local model of the paper's suite whose attention shape its profile states (read from copies of
+    the published config.json) reserves its weights plus the KV cache of 16k tokens or its planned context,
+    whichever is more, computed here from the shape; those without a stated shape are named as unknown."""
+    from servers.model_config import BATCH_ROOM
+
+    dev = Path(__file__).resolve().parents[2] / "shared" / "data" / "kddcup24_development.jsonl"
+    if not dev.exists():
+        pytest.skip("the KDD development set is not beside the checkout (../shared/data)")
+    text = (PROFILES_DIR / "paper.toml").read_text(encoding="utf-8")
+    suite = tmp_path / "paper.toml"
+    suite.write_text(text.replace('data = "../../data/shopping_mmlu"', f'data = "{dev}"'), encoding="utf-8")
+    plan_file = tmp_path / "plan.json"
+    code, out, err = run_cli(["suite", suite, "--dry-run", "--gpus", "8", "--gpu-mem", "80", "--json", plan_file],
+                             capsys, monkeypatch)
+    assert code == 0, err
+    plan = json.loads(plan_file.read_text())["models"]
+    profiles = load_profiles()
+    local = [m for m in plan if m["provider"] == "vllm"]
+    assert len(local) == 27 and all(m["placed"] for m in local)
+    stated = [m for m in local if profiles[m["name"]].num_layers]
+    assert len(stated) >= 22
+    for m in stated:
+        p = profiles[m["name"]]
+        tokens = max(BATCH_ROOM, m["max_model_len"])
+        kv = 2 * p.num_layers * p.num_kv_heads * p.head_dim * 2 * tokens / 2 ** 30  # K and V, 2 bytes each
+        weights = p.params_b * 1e9 * 2 / 2 ** 30
+        assert m["max_model_len"] <= p.context_len and abs(m["kv_cache_gib"] - kv) < 0.01, m
+        assert m["memory_gib"] >= weights + kv, m
+    unknown = sorted(m["name"] for m in local if not profiles[m["name"]].num_layers)
+    assert "KV cache unknown for" in out and unknown[0] in out.replace("\n", " ")

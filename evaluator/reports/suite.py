@@ -78,6 +78,7 @@ def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console) -> None:
     table.add_column("cost≤", justify="right", no_wrap=True)
     total_cost = 0.0
     unknown: list[str] = []
+    unpriced = [m.name for m in suite.models if not m.is_local and m.prices() is None]
     for model in suite.models:
         rendering = suite.rendering_for(model)
         requests, tokens_in, tokens_out = estimates[(rendering, model.number_only)]
@@ -115,7 +116,9 @@ def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console) -> None:
     if plan is not None:
         console.print(f"Estimated wall time {plan.wall_s / 3600:.2f} h for the local models (one after another: "
                       f"{plan.sequential_s / 3600:.2f} h); GPU busy {plan.gpu_busy_fraction:.0%}", highlight=False)
-    console.print(f"API cost ceiling: ${total_cost:,.2f} (b: at the batch rate; input tokens estimated at "
+    missing = (f" + unknown for {len(unpriced)} API model(s) without prices in their profile "
+               f"({escape(', '.join(unpriced[:4]))}{', ...' if len(unpriced) > 4 else ''})" if unpriced else "")
+    console.print(f"API cost ceiling: ${total_cost:,.2f}{missing} (b: at the batch rate; input tokens estimated at "
                   f"{CHARS_PER_TOKEN:g} characters each; output at the token budgets). Nothing was sent.",
                   highlight=False)
 
