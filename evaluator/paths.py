@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -78,11 +79,45 @@ def check_output_folder(path: Path, inputs: list[Path | None], flag: str = "--ou
 
 SUITE_FILES = {"suite.log", "models", "leaderboard.md", "leaderboard.csv", "leaderboard.json", "summary.json",
                "report.html"}
+NIGHT = re.compile(r"\d{8}-\d{6}(-\d{1,3})?")  # a night's folder: its local start time, made unique
+LATEST_LINK, LATEST_FILE = "latest", "LATEST"  # the newest night: a symlink, or a text file where links fail
+
+
+def _visible(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if not p.name.startswith(".")}
+
+
+def _a_night(folder: Path) -> bool:
+    """A night a suite wrote: a real folder, empty (made, then stopped) or its log and only a suite's files."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    present = _visible(folder)
+    return not present or ("suite.log" in present and present <= SUITE_FILES)
+
+
+def _suite_written(folder: Path) -> bool:
+    """Only what suites write: nights, the `latest` link or file naming one, and an older version's night
+    written flat into the folder itself (its `suite.log` and a suite's files)."""
+    present = _visible(folder)
+    nights = {n for n in present if NIGHT.fullmatch(n) and _a_night(folder / n)}
+    flat = present - nights - {LATEST_LINK, LATEST_FILE}
+    if LATEST_LINK in present:
+        link = folder / LATEST_LINK
+        target = os.readlink(link) if link.is_symlink() else ""
+        if not NIGHT.fullmatch(target) or (target not in nights and os.path.lexists(folder / target)):
+            return False  # ours names a night here (one since deleted by hand is fine)
+    if LATEST_FILE in present:
+        marker = folder / LATEST_FILE
+        if marker.is_symlink() or not marker.is_file() or marker.stat().st_size > 256:
+            return False
+    if flat and ("suite.log" not in flat or not flat <= SUITE_FILES):
+        return False
+    return bool(nights) or "suite.log" in flat
 
 
 def check_suite_folder(path: Path, inputs: list[Path | None]) -> Path:
-    """A suite's folder: new, empty, or one a suite wrote (its `suite.log`, and only a suite's files, so an
-    interrupted night resumes into it); never an input, a folder holding one, or inside one."""
+    """A suite's folder: new, empty, or one suites wrote (`_suite_written`): each run adds a night to it;
+    never an input, a folder holding one, or inside one."""
     target = Path(path).resolve()
     if target.exists() and not target.is_dir():
         raise InputError("is a file: name a folder", path=path, field="--output")
@@ -90,8 +125,92 @@ def check_suite_folder(path: Path, inputs: list[Path | None]) -> Path:
         if source is not None and (_inside(target, Path(source).resolve()) or _inside(Path(source).resolve(), target)):
             raise InputError(f"would write over or inside the input {Path(source).resolve()}: name another folder",
                              path=path, field="--output")
-    if target.is_dir():
-        present = {p.name for p in target.iterdir() if not p.name.startswith(".")}
-        if present and ("suite.log" not in present or not present <= SUITE_FILES):
-            raise InputError("holds files no suite wrote: name a new or empty folder", path=path, field="--output")
+    if target.is_dir() and _visible(target) and not _suite_written(target):
+        raise InputError("holds files no suite wrote: name a new or empty folder", path=path, field="--output")
     return target
+
+
+def new_night(folder: Path) -> Path:
+    """A new night's folder inside a suite folder (checked by `check_suite_folder`), named by the local time
+    it starts, with `latest` pointing at it. An older version's night, written flat into the folder, is
+    first moved into a night folder of its own (named by its summary's or its log's time)."""
+    import time
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / "suite.log").is_file():
+        _make_night(folder, time.localtime(_flat_night_time(folder)), [n for n in SUITE_FILES
+                                                                       if (folder / n).exists()])
+    night = _make_night(folder, time.localtime(), [])
+    try:
+        scratch = folder / f".{LATEST_LINK}-{os.getpid()}"
+        scratch.unlink(missing_ok=True)
+        os.symlink(night.name, scratch)
+        os.replace(scratch, folder / LATEST_LINK)
+        linked = True
+    except OSError:  # a file system without links: the text file says it
+        linked = False
+    if not linked or (folder / LATEST_FILE).is_file():  # never leave the two disagreeing
+        scratch = folder / f".{LATEST_FILE}-{os.getpid()}"
+        scratch.write_text(night.name + "\n", encoding="utf-8")
+        os.replace(scratch, folder / LATEST_FILE)
+    return night
+
+
+def _make_night(folder: Path, when, move: list[str]) -> Path:
+    """A new night folder named by `when` (a suffix where that name is taken), holding `move` (names in
+    `folder`, moved in)."""
+    import time
+
+    stamp = time.strftime("%Y%m%d-%H%M%S", when)
+    for n in range(1, 1000):
+        night = folder / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            night.mkdir()
+        except FileExistsError:
+            continue
+        for name in move:
+            os.rename(folder / name, night / name)
+        return night
+    raise InputError("a thousand nights started in the same second here: try again", path=folder,
+                     field="--output")
+
+
+def _flat_night_time(folder: Path) -> float:
+    """When an older version's flat night started: its summary's `started_at`, else its log's time."""
+    import datetime
+    import json
+
+    try:
+        with (folder / "summary.json").open("rb") as handle:
+            started = json.loads(handle.read(1 << 20))["started_at"]
+        when = datetime.datetime.fromisoformat(started).timestamp()
+        if 0 < when < 2**33:  # a garbled year cannot name a folder
+            return when
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, OverflowError):
+        pass
+    return (folder / "suite.log").stat().st_mtime
+
+
+def night_of(path: Path) -> Path:
+    """The night a reader means: a suite folder's newest (`latest`, else `LATEST`), or the folder itself (a
+    night, an older version's flat suite folder, a results folder). Only a night inside the folder is
+    followed, whatever the link or file says."""
+    path = Path(path)
+    names = []
+    link = path / LATEST_LINK
+    if link.is_symlink():
+        try:
+            names.append(os.readlink(link))
+        except OSError:
+            pass
+    marker = path / LATEST_FILE
+    if marker.is_file() and not marker.is_symlink():
+        try:
+            with marker.open("rb") as handle:
+                names.append(handle.read(256).decode("utf-8", "replace").strip())
+        except OSError:
+            pass
+    for name in names:
+        if NIGHT.fullmatch(name) and (path / name).is_dir() and not (path / name).is_symlink():
+            return path / name
+    return path

@@ -41,7 +41,7 @@ def test_a_suite_name_with_brackets_is_kept_in_the_log(tmp_path, capsys, monkeyp
         code, out, err = run_cli(["suite", suite, "--cache", tmp_path / "c", "--output", tmp_path / "night"],
                                  capsys, monkeypatch)
     assert code == 0, out + err
-    log = (tmp_path / "night" / "suite.log").read_text()
+    log = (tmp_path / "night" / "latest" / "suite.log").read_text()
     assert "Suite 'nightly [v2] [bold]x'" in log
 
 

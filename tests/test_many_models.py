@@ -78,6 +78,7 @@ def test_many_models_on_a_fresh_cache_are_complete_and_every_view_agrees(tmp_pat
         code, stdout, stderr = run_cli(["suite", write_suite(tmp_path, data, stub.base_url, count), "--cache", cache,
                                         "--output", out], capsys, monkeypatch)
     assert code == 0, stdout[-3000:] + stderr
+    out = out / "latest"  # the night just run
     summary = json.loads((out / "summary.json").read_text())
     assert sorted(summary["complete"]) == models and not summary["incomplete"] and not summary["failed"]
     board = {r["model"]: r for r in json.loads((out / "leaderboard.json").read_text())}
@@ -281,7 +282,7 @@ def test_a_suite_stops_within_seconds_on_sigterm_at_random_moments_and_then_fini
         assert cache_db.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         cache_db.close()
-    summary = json.loads((tmp_path / "night" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "night" / "latest" / "summary.json").read_text())
     assert len(summary["complete"]) == 3
 
 

@@ -272,7 +272,7 @@ def test_a_night_of_27_long_named_models_makes_a_small_page_with_names_told_apar
         code, out, err = run_cli(["suite", suite, "--cache", tmp_path / "c", "--output", tmp_path / "night"],
                                  capsys, monkeypatch)
     assert code == 0, out[-2000:] + err
-    page = tmp_path / "night" / "report.html"
+    page = tmp_path / "night" / "latest" / "report.html"
     payload = json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', page.read_text(),
                                    re.S).group(1))
     assert all(len(run["questions"]) <= run["limit"] < 600 for run in payload["runs"].values())

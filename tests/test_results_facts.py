@@ -100,3 +100,119 @@ def test_old_and_garbled_run_records_still_work_and_gain_the_answering_session(t
         details = json.loads(db.execute("SELECT details FROM runs WHERE model = 'm'").fetchone()[0])
         db.close()
     assert len(details["answered_by"]) == 1 and "timings" in details
+
+
+# ---------------------------------------------------------------- nights: a rerun keeps the earlier ones
+
+def suite_file(tmp_path, stub) -> object:
+    path = data(tmp_path)
+    suite = tmp_path / "s.toml"
+    suite.write_text(f'[suite]\ndata = "{path}"\n[models]\nm = {{ provider = "openai-compatible", model = "m", '
+                     f'api_base = "{stub.base_url}" }}\n', encoding="utf-8")
+    return suite
+
+
+def night(tmp_path, capsys, monkeypatch, suite, output) -> tuple[int, str]:
+    code, out, err = run_cli(["suite", suite, "--cache", tmp_path / "c", "--output", output], capsys, monkeypatch)
+    return code, out + err
+
+
+def test_each_night_keeps_its_own_folder_and_latest_points_at_the_newest(tmp_path, capsys, monkeypatch):
+    from evaluator.paths import night_of
+
+    home = tmp_path / "nights"
+    with Stub() as stub:
+        suite = suite_file(tmp_path, stub)
+        code, out = night(tmp_path, capsys, monkeypatch, suite, home)
+        assert code == 0, out
+        first = night_of(home)
+        summary = (first / "summary.json").read_bytes()
+        code, out = night(tmp_path, capsys, monkeypatch, suite, home)
+        assert code == 0, out
+    nights = sorted(p for p in home.iterdir() if p.name != "latest")
+    assert len(nights) == 2 and nights[0] == first and (first / "summary.json").read_bytes() == summary
+    assert (home / "latest").is_symlink() and night_of(home) == nights[1] != first
+    assert (home / "latest" / "models" / "m" / "results.json").is_file()
+    assert json.loads((first / "models" / "m" / "results.json").read_text())["answered"]["by"]
+    assert night_of(first) == first  # a night's own folder is read as itself
+    assert str(nights[1]) in "".join(out.split())  # the terminal may fold the path
+
+
+def test_an_older_flat_suite_folder_becomes_a_night_of_its_own(tmp_path, capsys, monkeypatch):
+    """A suite folder written flat by an older version: moved, byte for byte, into a night named by its
+    summary's start time, beside the new night."""
+    home = tmp_path / "nights"
+    with Stub() as stub:
+        suite = suite_file(tmp_path, stub)
+        assert night(tmp_path, capsys, monkeypatch, suite, home)[0] == 0
+        made = (home / "latest").resolve()
+        (home / "latest").unlink()
+        for item in made.iterdir():  # as an older version left it
+            item.rename(home / item.name)
+        made.rmdir()
+        summary = json.loads((home / "summary.json").read_text())
+        summary["started_at"] = "2024-03-01T22:00:00+00:00"
+        (home / "summary.json").write_text(json.dumps(summary))
+        before = {p.relative_to(home): p.read_bytes() for p in home.rglob("*") if p.is_file()}
+        code, out = night(tmp_path, capsys, monkeypatch, suite, home)
+        assert code == 0, out
+    import datetime
+    import time
+
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(
+        datetime.datetime(2024, 3, 1, 22, tzinfo=datetime.timezone.utc).timestamp()))
+    assert {p.relative_to(home / stamp): p.read_bytes() for p in (home / stamp).rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in home.iterdir()) == sorted([stamp, (home / "latest").resolve().name, "latest"])
+
+
+def test_a_suite_folder_holding_anything_else_is_refused_untouched(tmp_path, capsys, monkeypatch):
+    home = tmp_path / "nights"
+    with Stub() as stub:
+        suite = suite_file(tmp_path, stub)
+        assert night(tmp_path, capsys, monkeypatch, suite, home)[0] == 0
+        mine = (home / "latest").resolve()
+        for make in (lambda: (home / "20240101-000000").mkdir() or (home / "20240101-000000" / "thesis.tex")
+                     .write_text("mine"),  # a folder named like a night, holding a user's file
+                     lambda: (mine / "notes.txt").write_text("mine"),  # a user's file inside a night
+                     lambda: (home / "notes.txt").write_text("mine")):
+            make()
+            before = sorted(str(p) for p in home.rglob("*"))
+            code, out = night(tmp_path, capsys, monkeypatch, suite, home)
+            assert code == 2 and "no suite wrote" in out and "Traceback" not in out, out
+            assert sorted(str(p) for p in home.rglob("*")) == before
+            for stray in (home / "20240101-000000", mine / "notes.txt", home / "notes.txt"):
+                if stray.is_dir():
+                    (stray / "thesis.tex").unlink()
+                    stray.rmdir()
+                elif stray.exists():
+                    stray.unlink()
+        (home / "latest").unlink()
+        (home / "latest").symlink_to(tmp_path)  # a link out of the folder: not ours
+        code, out = night(tmp_path, capsys, monkeypatch, suite, home)
+        assert code == 2 and "no suite wrote" in out, out
+
+
+def test_where_links_fail_a_latest_file_names_the_newest_night(tmp_path, capsys, monkeypatch):
+    import os
+
+    from evaluator.paths import night_of
+
+    def no_links(*_args, **_kwargs):
+        raise OSError(1, "Operation not permitted")
+
+    home = tmp_path / "nights"
+    with Stub() as stub:
+        suite = suite_file(tmp_path, stub)
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "symlink", no_links)
+            assert night(tmp_path, capsys, monkeypatch, suite, home)[0] == 0
+            assert not (home / "latest").exists()
+            first = home / (home / "LATEST").read_text().strip()
+            assert night_of(home) == first and (first / "summary.json").is_file()
+        assert night(tmp_path, capsys, monkeypatch, suite, home)[0] == 0  # links work again: both agree
+    newest = (home / "latest").resolve()
+    assert newest != first and (home / "LATEST").read_text().strip() == newest.name == night_of(home).name
+    for garbage in ("../../etc", "x" * 10_000, "20240101-000000\n../x", ""):  # a hand-edited LATEST
+        (home / "latest").unlink(missing_ok=True)
+        (home / "LATEST").write_text(garbage)
+        assert night_of(home) == home

