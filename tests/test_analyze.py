@@ -163,3 +163,22 @@ def test_analyze_refuses_what_it_must_not_touch_or_cannot_choose(tmp_path, capsy
     code, _, err = run_cli(["analyze", "--cache", tmp_path / "nothing", "--output", tmp_path / "c"], capsys,
                            monkeypatch)
     assert code == 2 and "no response cache" in err
+
+
+def test_the_markdown_leaderboard_pastes_into_a_paper(tmp_path, capsys, monkeypatch):
+    """Short skill names, three decimals, answered of total and a complete mark; the data path once in the
+    heading, not on every row; every row has the header's number of cells."""
+    cache, data_file = night(tmp_path, capsys, monkeypatch)
+    code, out, err = run_cli(["report", "--cache", cache, "--format", "md"], capsys, monkeypatch)
+    assert code == 0, err
+    lines = out.splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    header = table[0]
+    assert header == "| # | model | overall | concept | reasoning | behavior | multilingual | answered | complete |"
+    cells = header.count(" | ")
+    assert all(line.count(" | ") == cells or line.startswith("|---") for line in table)
+    assert str(data_file) not in out and out.count("d.json") == 1
+    row = next(line for line in table if "| fam-3b |" in line)
+    assert re.fullmatch(r"\| \d \| fam-3b( \| \d\.\d{3}){5} \| 96/96 \| ✓ \|", row), row
+    assert re.search(r"\| gone-2b \|.*\| 0/96 \| ✗ failed \|", out)
+    assert "- gone-2b (failed): 0/96 answered" in out

@@ -140,14 +140,39 @@ def write_csv(board: pl.DataFrame) -> str:
 
 
 def markdown(board: pl.DataFrame) -> str:
-    rows = records(board)
-    if not rows:
+    """Paper-ready: one table per ranking under its own heading, short skill names, three decimals, answered
+    of total and a complete mark on every row, notes below; the full detail is in the CSV and JSON."""
+    if board.is_empty():
         return "_No runs saved in this cache._\n"
-    columns = [c for c in rows[0] if c not in ("data_sha256", "run")]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row[c]).replace("|", "\\|") for c in columns) + " |")
-    return "\n".join(lines) + "\n"
+    skills = skill_columns(board)
+    out = []
+    for _, group in board.group_by(GROUP, maintain_order=True):
+        present = [s for s in skills if group[s].is_not_null().any()]
+        headers = ["#", "model", "overall", *(short_skill(s) for s in present), "answered", "complete"]
+        out += [f"## Shopping MMLU: {_md(group['group'][0])}", "",
+                "| " + " | ".join(headers) + " |",
+                "|" + "|".join("---" if h == "model" else ":---:" if h == "complete" else "---:" for h in headers) + "|"]
+        notes = []
+        for row in group.iter_rows(named=True):
+            mark = "✓" if row["status"] == "complete" else f"✗ {_done(row)}"
+            if row["status"] != "complete":
+                notes.append(_note_text(row))
+            cells = [str(row["rank"]), _md(row["model"]), _score(row["overall"], row["partial_skills"]),
+                     *(_score(row[s]) for s in present), f"{row['answered']:,}/{row['questions']:,}", mark]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+        if any(r["partial_skills"] and r["overall"] is not None for r in group.iter_rows(named=True)):
+            notes.append("~ averaged over fewer tasks or skills than the data has")
+        out += [f"- {_md(note.removeprefix('* '))}" for note in notes] + ([""] if notes else [])
+    return "\n".join(out)
+
+
+def _md(text: str) -> str:
+    """A cell's text that cannot break the table or turn into markup."""
+    text = " ".join(str(text).split())
+    for char in "\\|*_`[]<>":
+        text = text.replace(char, "\\" + char)
+    return text
 
 
 def write_files(board: pl.DataFrame, folder: Path, stem: str = "leaderboard") -> list[Path]:
@@ -191,7 +216,7 @@ def print_tables(board: pl.DataFrame, console: Console) -> None:
         console.print(table)
         for note in notes:
             console.print(note, highlight=False)
-        if any(r["partial_skills"] for r in group.iter_rows(named=True)):
+        if any(r["partial_skills"] and r["overall"] is not None for r in group.iter_rows(named=True)):
             console.print("~ averaged over fewer tasks or skills than the data has (see the notes)", highlight=False)
 
 
@@ -204,6 +229,11 @@ def _done(row: dict) -> str:
 
 
 def _note(row: dict) -> str:
+    return escape(_note_text(row))
+
+
+def _note_text(row: dict) -> str:
+    """Why a row is not complete, in one line: answered, not scored, skills, the reason."""
     parts = [f"{row['answered']:,}/{row['questions']:,} answered"]
     if row["unscored"]:
         parts.append(f"{row['unscored']:,} not scored")
@@ -212,16 +242,10 @@ def _note(row: dict) -> str:
                      f"{row['partial_skills']} skill(s) on part of their tasks")
     if row["reason"]:
         parts.append(row["reason"].splitlines()[0][:160])
-    return f"* {escape(row['model'])} ({row['status']}): " + escape("; ".join(parts))
+    return f"* {row['model']} ({row['status']}): " + "; ".join(parts)
 
 
 def _score(value, partial: int | None = None) -> str:
     if value is None:
         return "-"
     return f"{value:.3f}" + ("~" if partial else "")
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
