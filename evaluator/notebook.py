@@ -155,8 +155,10 @@ def _results_folders(path: Path) -> list[Path]:
 
 def load_results(path: str | Path) -> Results:
     """Read results into frames. `path`: a results folder; a suite's folder (its latest night) or one
-    night's folder; a folder of results folders; or a cache folder (`--cache`: every saved run's scores, no
-    samples)."""
+    night's folder (its failed models too, from summary.json); a folder of results folders; or a cache
+    folder (`--cache`: every saved run's scores, no samples)."""
+    from evaluator.paths import night_of
+
     path = Path(path).expanduser()
     if not path.exists():
         raise InputError("no such file or folder", path=path)
@@ -180,8 +182,25 @@ def load_results(path: str | Path) -> Results:
         skills += s
         tasks += t
         samples += rows
+    runs += _failed_in_night(night_of(path), {r["model"] for r in runs}, skipped)
     return Results(_frame(runs, RUNS), _frame(skills, SKILLS), _frame(tasks, TASKS), _frame(samples, SAMPLES),
                    skipped)
+
+
+def _failed_in_night(night: Path, present: set, skipped: list[str]) -> list[dict]:
+    """A night's models that left no results folder (failed before scoring), from its summary.json."""
+    summary_path = night / "summary.json"
+    if not summary_path.is_file():
+        return []
+    try:
+        summary = _read_json(summary_path)
+    except (OSError, ValueError, RecursionError) as exc:
+        skipped.append(f"{summary_path}: {exc}"[:500])
+        return []
+    failed = summary.get("failed") if isinstance(summary, dict) else None
+    return [{"model": f.get("model"), "status": "failed", "complete": False, "reason": f.get("reason"),
+             "source": str(summary_path)} for f in (failed if isinstance(failed, list) else [])
+            if isinstance(f, dict) and isinstance(f.get("model"), str) and f["model"] not in present]
 
 
 def _from_cache(folder: Path) -> Results:

@@ -112,3 +112,24 @@ def test_hostile_results_files_are_skipped_and_named_never_raised(night):
     assert load_results(models / "third").runs["dataset_sha256"][0] == good["data"]["dataset_sha256"]
     with pytest.raises(InputError):
         load_results(models.parent / "stray")
+
+
+def test_a_model_that_left_no_results_folder_is_a_failed_run_with_its_reason(night):
+    """A model whose server never started has no results folder: the night's summary names it."""
+    from evaluator import load_results
+
+    _, cache = night
+    home = cache / "suites" / "nightly"
+    summary_path = home / "latest" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["failed"] = [{"model": "ghost", "reason": "the vLLM server did not start: out of memory"},
+                         {"model": "my-model", "reason": "listed twice"}, "garbage", {"model": 7}]
+    summary_path.write_text(json.dumps(summary))
+    runs = load_results(home).runs
+    ghost = runs.filter(runs["model"] == "ghost").row(0, named=True)
+    assert ghost["status"] == "failed" and ghost["reason"].startswith("the vLLM server did not start")
+    assert runs.filter(runs["model"] == "my-model")["status"].to_list() == ["complete"]  # its folder wins
+    assert runs.height == 3  # my-model, other-model and ghost: entries without a name are left out
+    summary_path.write_text("[" * 100_000)
+    loaded = load_results(home)
+    assert loaded.runs.height == 2 and any("summary.json" in s for s in loaded.skipped)
