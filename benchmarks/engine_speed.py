@@ -46,7 +46,8 @@ from vllm import LLM, SamplingParams
 
 def main():
     spec = json.load(open(sys.argv[1]))
-    llm = LLM(model=spec["model"], dtype=spec["dtype"], max_model_len=2048, seed=0)
+    limit = {"max_num_seqs": spec["max_num_seqs"]} if spec.get("max_num_seqs") else {}
+    llm = LLM(model=spec["model"], dtype=spec["dtype"], max_model_len=2048, seed=0, **limit)
     out = {}
     for name, items in spec["sets"].items():
         prompts = [i["prompt"] for i in items]
@@ -109,11 +110,13 @@ async def timed_fan_out(base_url: str, items: list[dict], concurrency: int | Non
     return seconds
 
 
-def order(rounds: int, extra: list[str]) -> None:
+def order(rounds: int, extra: list[str], max_num_seqs: int | None = None) -> None:
     sets = {"dev": DEV_SET, "sample": SAMPLE}
     data_order = {name: [p.body for p in planned(path)] for name, path in sets.items()}
     fast_order = {name: [p.body for p in speed_order(planned(path))] for name, path in sets.items()}
     results: dict[str, dict[str, list[float]]] = {n: {"data": [], "speed": [], "offline": []} for n in sets}
+    if max_num_seqs:  # the engine's batch, smaller than the queue, as on a GPU night of 20,799 questions
+        extra = [*extra, "--max-num-seqs", str(max_num_seqs)]
     with tempfile.TemporaryDirectory() as scratch:
         server = serve(cpu_dtype(), default_cache_dir() / "vllm-compile", Path(scratch) / "server.log", extra)
         try:
@@ -132,6 +135,7 @@ def order(rounds: int, extra: list[str]) -> None:
         spec = Path(scratch) / "spec.json"
         spec.write_text(json.dumps({
             "model": str(demo_model.demo_model_dir(default_cache_dir())), "dtype": cpu_dtype(), "rounds": rounds,
+            "max_num_seqs": max_num_seqs,
             "sets": {name: [{"prompt": b["prompt"], "max_tokens": b["max_tokens"]} for b in data_order[name]]
                      for name in sets}}))
         script = Path(scratch) / "offline.py"
@@ -195,10 +199,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (order, dtype)")
     parser.add_argument("--server-args", default="", help="extra vLLM arguments for the server (order)")
+    parser.add_argument("--max-num-seqs", type=int, help="the engine's batch for the server and the offline "
+                        "engine alike (order): a queue longer than the batch")
     args = parser.parse_args()
     global CONCURRENCY
     CONCURRENCY = args.concurrency
-    {"order": lambda: order(args.rounds, args.server_args.split()), "dtype": lambda: dtype(args.rounds),
+    {"order": lambda: order(args.rounds, args.server_args.split(), args.max_num_seqs), "dtype": lambda: dtype(args.rounds),
      "startup": startup}[args.mode]()
 
 
