@@ -216,3 +216,20 @@ def test_where_links_fail_a_latest_file_names_the_newest_night(tmp_path, capsys,
         (home / "latest").unlink(missing_ok=True)
         (home / "LATEST").write_text(garbage)
         assert night_of(home) == home
+
+
+def test_an_incomplete_model_whose_answers_could_not_be_scored_says_why(tmp_path, capsys, monkeypatch):
+    """The multilingual embedding model cannot be had offline: its rows are not scored, and the reason
+    names them and why."""
+    write_jsonl(tmp_path / "in" / "d.json", [
+        {"input_field": "Traduire: towel", "output_field": "serviette", "task_name": "title_translation_multilingual",
+         "task_type": "generation", "metric": "multilingual-sent-transformer"},
+        {"input_field": "Pick\n0. a\n1. b\n2. c\n3. d", "output_field": 1, "task_name": "mc",
+         "task_type": "multiple-choice", "metric": "accuracy"}])
+    with Stub() as stub:
+        code, _, err, doc = run(tmp_path, capsys, monkeypatch, stub, tmp_path / "r", "--allow-incomplete",
+                                "--multilingual-model", tmp_path / "no-such-model")
+    assert code == 0, err
+    assert doc["status"] == "incomplete" and doc["counts"]["unscored"] == 1 and doc["counts"]["errors"] == 0
+    assert doc["reason"].startswith("1 answer(s) not scored: ") and doc["reason"].endswith("(1)"), doc["reason"]
+    assert "multilingual-sent-transformer model" in doc["reason"]
