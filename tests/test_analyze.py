@@ -97,6 +97,7 @@ def test_analyze_writes_the_four_analyses_from_a_night(tmp_path, capsys, monkeyp
     assert wide["overall"].equals(parquet["overall"], null_equal=True)  # full precision in the CSV too
     row = wide.filter(pl.col("label") == "fam-3b-chat").row(0, named=True)
     assert (row["params_b"], row["family"], row["base"], row["complete"]) == (3.0, "fam", "fam-3b", True)
+    assert 0 < row["overall_stderr"] < 0.1
     tasks = [c for c in wide.columns if c.startswith("task:")]
     assert len(tasks) == 12
     for r in wide.filter(pl.col("complete")).iter_rows(named=True):  # a skill is the mean of its tasks
@@ -174,11 +175,15 @@ def test_the_markdown_leaderboard_pastes_into_a_paper(tmp_path, capsys, monkeypa
     lines = out.splitlines()
     table = [line for line in lines if line.startswith("|")]
     header = table[0]
-    assert header == "| # | model | overall | concept | reasoning | behavior | multilingual | answered | complete |"
+    assert header == ("| # | model | overall | ± s.e. | concept | reasoning | behavior | multilingual | answered | "
+                      "complete |")
     cells = header.count(" | ")
     assert all(line.count(" | ") == cells or line.startswith("|---") for line in table)
     assert str(data_file) not in out and out.count("d.json") == 1
     row = next(line for line in table if "| fam-3b |" in line)
-    assert re.fullmatch(r"\| \d \| fam-3b( \| \d\.\d{3}){5} \| 96/96 \| ✓ \|", row), row
+    assert re.fullmatch(r"\| \d \| fam-3b( \| \d\.\d{3}){6} \| 96/96 \| ✓ \|", row), row
+    board = json.loads(run_cli(["report", "--cache", cache, "--format", "json"], capsys, monkeypatch)[1])
+    saved = next(r for r in board if r["model"] == "fam-3b")
+    assert row.split(" | ")[3] == f"{saved['overall_stderr']:.3f}" and saved["overall_stderr"] > 0
     assert re.search(r"\| gone-2b \|.*\| 0/96 \| ✗ failed \|", out)
     assert "- gone-2b (failed): 0/96 answered" in out

@@ -97,7 +97,8 @@ def test_score_json_schema_and_values(tmp_path, capsys, monkeypatch):
     assert code == 0 and "attribute_selection" in out
     doc = json.loads(out_json.read_text())
     assert set(doc) == {"tasks", "skills", "overall", "complete", "aggregation"}
-    counts = {"questions": 1, "n": 1, "errors": 0, "unscored": 0, "official": None, "complete": True}
+    counts = {"questions": 1, "n": 1, "errors": 0, "unscored": 0, "official": None, "complete": True,
+              "stderr": None}  # one question: no standard error
     assert doc["tasks"] == [
         {"skill": "skill1_concept", "task": "attribute_selection", "metric": "accuracy", "score": 1.0, **counts},
         {"skill": "skill1_concept", "task": "keyphrase_retrieval", "metric": "hit rate@3", "score": 2 / 3,

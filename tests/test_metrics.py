@@ -262,16 +262,47 @@ def test_task_skill_overall_are_means_with_counts():
     assert scores.overall["score"].to_list() == [0.375]
     doc = scores.for_model()
     common = {"errors": 0, "unscored": 0, "official": None, "complete": True}
-    assert doc["tasks"] == [
-        {"skill": "A", "task": "t1", "metric": "accuracy", "questions": 2, "n": 2, "score": 0.5, **common},
-        {"skill": "A", "task": "t2", "metric": "accuracy", "questions": 1, "n": 1, "score": 1.0, **common},
-        {"skill": "B", "task": "t3", "metric": "accuracy", "questions": 1, "n": 1, "score": 0.0, **common}]
+    assert doc["tasks"] == [  # standard error: sample sd / sqrt(n) (lm-eval's), unknown for one question
+        {"skill": "A", "task": "t1", "metric": "accuracy", "questions": 2, "n": 2, "score": 0.5, "stderr": 0.5,
+         **common},
+        {"skill": "A", "task": "t2", "metric": "accuracy", "questions": 1, "n": 1, "score": 1.0, "stderr": None,
+         **common},
+        {"skill": "B", "task": "t3", "metric": "accuracy", "questions": 1, "n": 1, "score": 0.0, "stderr": None,
+         **common}]
+    assert doc["skills"]["A"]["stderr"] is None and doc["overall"]["stderr"] is None
     assert {k: v["score"] for k, v in doc["skills"].items()} == {"A": 0.75, "B": 0.0}
     assert doc["skills"]["A"]["tasks"] == doc["skills"]["A"]["tasks_total"] == 2
     assert doc["overall"]["score"] == 0.375 and doc["complete"] is True
     assert doc["aggregation"]["skills"].startswith("official") and doc["aggregation"]["overall"].startswith("ours")
     task_doc = score(responses(["1"]), qs[:1], ScoringOptions(protocol=Protocol.TASK)).for_model()
     assert task_doc["aggregation"]["skills"].startswith("ours")
+
+
+def test_standard_errors_add_up_from_tasks_to_skills_to_the_overall():
+    """Task: sd / sqrt(n) over its questions; skill: sqrt(sum of its tasks' squared errors) / tasks; overall
+    the same over skills. NER's pooled micro F1: a bootstrap over whole questions, the same every time."""
+    import statistics
+
+    truths = [1, 1, 1, 2, 2, 2, 2, 2, 3, 3, 3, 3]
+    tasks = ["t1"] * 3 + ["t2"] * 5 + ["t3"] * 4
+    answers = ["1", "1", "0", "1", "2", "0", "2", "2", "3", "3", "0", "3"]
+    qs = [question("accuracy", truths[i], task=tasks[i], skill="A" if i < 8 else "B", row=i) for i in range(12)]
+    scores = score(responses(answers), qs)
+    per_task = {}
+    for task in ("t1", "t2", "t3"):
+        values = [1.0 if answers[i] == str(truths[i]) else 0.0 for i in range(12) if tasks[i] == task]
+        per_task[task] = scores.tasks.filter(pl.col("task") == task)["stderr"][0]
+        assert abs(per_task[task] - statistics.stdev(values) / len(values) ** 0.5) < 1e-12
+    skill_a = scores.skills.filter(pl.col("skill") == "A")["stderr"][0]
+    assert abs(skill_a - (per_task["t1"] ** 2 + per_task["t2"] ** 2) ** 0.5 / 2) < 1e-12
+    skill_b = scores.skills.filter(pl.col("skill") == "B")["stderr"][0]
+    assert abs(skill_b - per_task["t3"]) < 1e-12
+    assert abs(scores.overall["stderr"][0] - (skill_a ** 2 + skill_b ** 2) ** 0.5 / 2) < 1e-12
+    ner = [question("micro f1", ["a", "b"], row=0), question("micro f1", ["c"], row=1),
+           question("micro f1", ["d", "e"], row=2)]
+    first = score(responses(["a, b", "x", "d"]), ner).tasks["stderr"][0]
+    assert first is not None and 0 < first < 1
+    assert score(responses(["a, b", "x", "d"]), ner).tasks["stderr"][0] == first
 
 
 def test_missing_answers_and_unscorable_tasks_are_counted_not_hidden():

@@ -130,7 +130,7 @@ def test_report_lists_models_best_first(tmp_path, capsys, monkeypatch):
     assert code == 0 and [r["model"] for r in board] == ["beta", "alpha"] and [r["rank"] for r in board] == [1, 2]
     assert board[0]["overall"] == 0.75 and board[0]["questions"] == 4 and board[0]["errors"] == 0
     assert board[0]["complete"] is True
-    for fmt, marker in (("csv", "group,run,rank,model"), ("md", "| group | rank | model |"), ("table", "leaderboard")):
+    for fmt, marker in (("csv", "group,run,rank,model"), ("md", "| # | model | overall | ± s.e. |"), ("table", "leaderboard")):
         code, out, _ = run_cli(["report", "--cache", cache, "--format", fmt], capsys, monkeypatch)
         assert code == 0 and marker in out
     code, _, err = run_cli(["report", "--cache", cache, "--format", "xml"], capsys, monkeypatch)

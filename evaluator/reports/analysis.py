@@ -21,7 +21,7 @@ from rich.table import Table, box
 
 from evaluator.cache.responses import ResponseCache
 from evaluator.errors import InputError
-from evaluator.reports.leaderboard import GROUP, leaderboard, short_skill, skill_columns
+from evaluator.reports.leaderboard import GROUP, leaderboard, saved_stderr, short_skill, skill_columns
 from evaluator.scoring.aggregate import finite
 
 FORMAT = "shopping-mmlu analysis"
@@ -150,8 +150,10 @@ def build(cache_folder: Path, data_sha256: str | None = None, protocol: str | No
     per_task = (task_rows.pivot(on="column", index="run", values="score")
                 if task_rows.height else pl.DataFrame({"run": []}, schema={"run": pl.String}))
     per_task = per_task.rename({t: f"task:{t}" for t in task_names if t in per_task.columns})
+    board = board.with_columns(overall_stderr=pl.col("details").map_elements(
+        lambda d: saved_stderr(d).get("overall"), return_dtype=pl.Float64))
     wide = (board.select("run", "label", "model", "rendering", "status", "questions", "answered", "unscored",
-                         "overall", *skills)
+                         "overall", "overall_stderr", *skills)
             .rename({s: f"skill:{short_skill(s)}" for s in skills})
             .with_columns(complete=pl.col("status") == "complete",
                           params_b=pl.col("model").replace_strict({m: t["params_b"] for m, t in tags.items()},
@@ -163,7 +165,7 @@ def build(cache_folder: Path, data_sha256: str | None = None, protocol: str | No
             .join(per_task, on="run", how="left")
             .sort("overall", descending=True, nulls_last=True))
     front = ["label", "model", "rendering", "status", "complete", "questions", "answered", "unscored", "params_b",
-             "family", "base", "overall"]
+             "family", "base", "overall", "overall_stderr"]
     wide = wide.select(*front, *(c for c in wide.columns if c not in front))
     excluded = [{"label": r["label"], "status": r["status"],
                  "why": f"{r['status']}: {r['answered']:,}/{r['questions']:,} answered"

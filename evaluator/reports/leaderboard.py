@@ -110,10 +110,13 @@ def records(board: pl.DataFrame) -> list[dict]:
     skills = skill_columns(board)
     out = []
     for row in board.iter_rows(named=True):
+        errors = saved_stderr(row["details"])
         out.append({
             "group": row["group"], "run": row["run"], "rank": row["rank"], "model": row["model"], "status": row["status"],
             "complete": row["status"] == "complete", "overall": row["overall"],
+            "overall_stderr": errors.get("overall"),
             **{f"skill:{s}": row[s] for s in skills},
+            **{f"stderr:{s}": errors.get("skills", {}).get(s) for s in skills},
             "questions": row["questions"], "answered": row["answered"], "errors": row["errors"],
             "unscored": row["unscored"], "skills_scored": row["skills_scored"], "skills_total": row["skills_total"],
             "partial_skills": row["partial_skills"], "reason": row["reason"], "data": row["data"],
@@ -121,6 +124,23 @@ def records(board: pl.DataFrame) -> list[dict]:
             "variant": row["variant"], "prompt_tokens": row["prompt_tokens"],
             "completion_tokens": row["completion_tokens"], "cost": row["cost"]})
     return finite(out)
+
+
+def saved_stderr(details: str | None) -> dict:
+    """The standard errors a run saved with its scores ({} for runs scored before they were kept)."""
+    try:
+        doc = json.loads(details or "")
+    except (TypeError, ValueError):
+        return {}
+    # only beside the scores saved with them (a run whose scores are recomputed has none)
+    errors = doc.get("stderr") if isinstance(doc, dict) and "overall" in doc else None
+    if not isinstance(errors, dict):
+        return {}
+    number = lambda v: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None  # noqa: E731
+    skills = errors.get("skills") if isinstance(errors.get("skills"), dict) else {}
+    tasks = errors.get("tasks") if isinstance(errors.get("tasks"), list) else []
+    return {"overall": number(errors.get("overall")), "skills": {str(k): number(v) for k, v in skills.items()},
+            "tasks": {(str(t[0]), str(t[1])): number(t[2]) for t in tasks if isinstance(t, list) and len(t) == 3}}
 
 
 def render(board: pl.DataFrame, fmt: str, console: Console) -> None:
@@ -140,15 +160,16 @@ def write_csv(board: pl.DataFrame) -> str:
 
 
 def markdown(board: pl.DataFrame) -> str:
-    """Paper-ready: one table per ranking under its own heading, short skill names, three decimals, answered
-    of total and a complete mark on every row, notes below; the full detail is in the CSV and JSON."""
+    """Paper-ready: one table per ranking under its own heading, short skill names, three decimals, the
+    overall score's standard error, answered of total and a complete mark on every row, notes below; the full
+    detail is in the CSV and JSON."""
     if board.is_empty():
         return "_No runs saved in this cache._\n"
     skills = skill_columns(board)
     out = []
     for _, group in board.group_by(GROUP, maintain_order=True):
         present = [s for s in skills if group[s].is_not_null().any()]
-        headers = ["#", "model", "overall", *(short_skill(s) for s in present), "answered", "complete"]
+        headers = ["#", "model", "overall", "± s.e.", *(short_skill(s) for s in present), "answered", "complete"]
         out += [f"## Shopping MMLU: {_md(group['group'][0])}", "",
                 "| " + " | ".join(headers) + " |",
                 "|" + "|".join("---" if h == "model" else ":---:" if h == "complete" else "---:" for h in headers) + "|"]
@@ -158,7 +179,8 @@ def markdown(board: pl.DataFrame) -> str:
             if row["status"] != "complete":
                 notes.append(_note_text(row))
             cells = [str(row["rank"]), _md(row["model"]), _score(row["overall"], row["partial_skills"]),
-                     *(_score(row[s]) for s in present), f"{row['answered']:,}/{row['questions']:,}", mark]
+                     _score(saved_stderr(row["details"]).get("overall")), *(_score(row[s]) for s in present),
+                     f"{row['answered']:,}/{row['questions']:,}", mark]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
         if any(r["partial_skills"] and r["overall"] is not None for r in group.iter_rows(named=True)):

@@ -759,8 +759,21 @@ def _record(result: RunResult) -> dict:
                                    "dtype": result.dtype, "timings": result.timings,
                                    "answered_by": result.answering.get("by", []),
                                    # the run's own aggregation, which every view shows as it is
-                                   "skills": skill_scores, "overall": finite(result.overall)}),
+                                   "skills": skill_scores, "overall": finite(result.overall),
+                                   "stderr": _stderr(result)}),
             "created_at": result.finished_at}
+
+
+def _stderr(result: RunResult) -> dict:
+    """The standard errors of the run's overall, skill and task scores (aggregate.py), kept with the scores."""
+    from evaluator.scoring.aggregate import finite
+
+    name = result.config.profile.name
+    skills = result.scores.skills.filter(pl.col("model") == name)
+    overall = result.scores.overall.filter(pl.col("model") == name)
+    return finite({"overall": overall["stderr"][0] if overall.height else None,
+                   "skills": dict(zip(skills["skill"].to_list(), skills["stderr"].to_list())),
+                   "tasks": [[t["skill"], t["task"], t.get("stderr")] for t in result.tasks]})
 
 
 def _task_records(tasks: list[dict]) -> list[dict]:

@@ -28,15 +28,16 @@ AGGREGATION = {
              "overall": "ours: the mean of those group scores"},
 }
 COUNTS = ("questions", "n", "errors", "unscored")
+STDERR_BOOTSTRAP = 1000  # resamples for the standard error of a pooled (micro F1) task, as lm-eval bootstraps
 
 
 @dataclass(frozen=True)
 class Scores:
     """Aggregated scores for one or more models, and what could not be scored."""
 
-    tasks: pl.DataFrame  # model, skill, task, metric, questions, n, errors, unscored, score, official, complete
-    skills: pl.DataFrame  # model, skill, tasks, tasks_total, questions, n, errors, unscored, score, complete
-    overall: pl.DataFrame  # model, skills, skills_total, questions, n, errors, unscored, score, complete
+    tasks: pl.DataFrame  # model, skill, task, metric, questions, n, errors, unscored, score, stderr, official, complete
+    skills: pl.DataFrame  # model, skill, tasks, tasks_total, questions, n, errors, unscored, score, stderr, complete
+    overall: pl.DataFrame  # model, skills, skills_total, questions, n, errors, unscored, score, stderr, complete
     unscored: pl.DataFrame  # model, skill, task, metric, n, reason
     protocol: str = "skill"
 
@@ -109,6 +110,49 @@ def _official_note() -> pl.Expr:
             .otherwise(pl.lit(None, dtype=pl.String)))
 
 
+def _mean_stderr() -> pl.Expr:
+    """The standard error of a mean of independent scores: sqrt(sum of their squared errors) / their count,
+    over the scores that exist (a skill over its tasks, the overall over its skills); unknown where one of
+    them has no standard error (a task of one question)."""
+    known = pl.col("score").is_not_null()
+    unknown_error = (known & pl.col("stderr").is_null()).any()  # a part of one question: no error to add up
+    return (pl.when((known.sum() == 0) | unknown_error).then(None)
+            .otherwise((pl.col("stderr").filter(known) ** 2).sum().sqrt() / known.sum()))
+
+
+def _task_stderr(scored: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """Each task's standard error over its questions, as lm-eval gives it: the sample standard deviation over
+    sqrt(n) where the task score is a mean of per-question scores; a bootstrap over questions (fixed seed)
+    where the official aggregation pools counts across the task (NER's micro F1), so a question's entities
+    stay together."""
+    import numpy as np
+
+    means = (scored.filter(pl.col("metric") != MICRO_F1).group_by(keys, maintain_order=True)
+             .agg(stderr=pl.col("score").std(ddof=1) / pl.len().sqrt()))
+    pooled = []
+    rng = np.random.default_rng(0)
+    for key, part in scored.filter(pl.col("metric") == MICRO_F1).group_by(keys, maintain_order=True):
+        counts = part.select("tp", "fp", "fn").fill_null(0).to_numpy().astype(float)
+        n = len(counts)
+        if n < 2:
+            pooled.append((*key, None))
+            continue
+        step = max(1, 2_000_000 // n)  # resampled indices held at once: bounded memory
+        values = []
+        for start in range(0, STDERR_BOOTSTRAP, step):
+            idx = rng.integers(0, n, size=(min(step, STDERR_BOOTSTRAP - start), n))
+            tp, fp, fn = (counts[idx].sum(axis=1)[:, k] for k in range(3))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                precision, recall = tp / (tp + fp), tp / (tp + fn)
+                values.append(np.nan_to_num(2 * precision * recall / (precision + recall), nan=0.0))
+        pooled.append((*key, float(np.std(np.concatenate(values), ddof=1))))
+    schema = {"model": pl.String, "skill": pl.String, "task": pl.String, "stderr": pl.Float64}
+    pooled_frame = pl.DataFrame(pooled, schema=schema, orient="row")
+    return pl.concat([means.select(pl.col("model").cast(pl.String), pl.col("skill").cast(pl.String),
+                                   pl.col("task").cast(pl.String), pl.col("stderr").cast(pl.Float64)),
+                      pooled_frame])
+
+
 def aggregate(rows: pl.DataFrame, protocol: str = "skill", totals: pl.DataFrame | None = None,
               models: list[str] | None = None) -> Scores:
     """`rows` from score_rows: model, skill, task, metric, score, tp, fp, fn, unscored, official.
@@ -148,15 +192,17 @@ def aggregate(rows: pl.DataFrame, protocol: str = "skill", totals: pl.DataFrame 
                       .otherwise(pl.col("mean")),
                       official=_official_note())
         .with_columns(complete=(pl.col("n") == pl.col("questions")))
-        .select(*keys, "metric", *COUNTS, "score", "official", "complete")
+        .join(_task_stderr(scored, keys), on=keys, how="left", maintain_order="left")
+        .with_columns(stderr=pl.when(pl.col("score").is_null()).then(None).otherwise(pl.col("stderr")))
+        .select(*keys, "metric", *COUNTS, "score", "stderr", "official", "complete")
     )
     sums = [pl.col(c).sum() for c in COUNTS]
     skills = (tasks.group_by("model", "skill", maintain_order=True)
               .agg(tasks=pl.col("score").is_not_null().sum().cast(pl.Int64), tasks_total=pl.len().cast(pl.Int64),
-                   *sums, score=pl.col("score").mean(), complete=pl.col("complete").all()))
+                   *sums, score=pl.col("score").mean(), stderr=_mean_stderr(), complete=pl.col("complete").all()))
     overall = (skills.group_by("model", maintain_order=True)
                .agg(skills=pl.col("score").is_not_null().sum().cast(pl.Int64), skills_total=pl.len().cast(pl.Int64),
-                    *sums, score=pl.col("score").mean(), complete=pl.col("complete").all()))
+                    *sums, score=pl.col("score").mean(), stderr=_mean_stderr(), complete=pl.col("complete").all()))
     unscored = (rows.filter(pl.col("unscored").is_not_null())
                 .group_by(*keys, maintain_order=True)
                 .agg(metric=pl.col("metric").first(), n=pl.len().cast(pl.Int64), reason=pl.col("unscored").first()))
