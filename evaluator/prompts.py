@@ -6,9 +6,12 @@ The text is byte-identical to the official scripts (`skill_wise_eval/hf_skill_in
 
 from __future__ import annotations
 
+import random
+from collections.abc import Iterable, Sequence
 from enum import Enum
 from functools import cache
 from importlib import resources
+from itertools import islice
 
 from pydantic import BaseModel, ConfigDict
 
@@ -114,9 +117,10 @@ def max_tokens(question: Question, protocol: Protocol, options: PromptOptions) -
 
 
 def render(question: Question, protocol: Protocol = Protocol.SKILL, rendering: Rendering = Rendering.COMPLETION,
-           options: PromptOptions = PromptOptions()) -> RenderedPrompt:
+           options: PromptOptions = PromptOptions(), shots: Sequence[Question] = ()) -> RenderedPrompt:
+    """The request's text; `shots` (solved examples) go between the system prompt and the question."""
     system = system_prompt(question, protocol, options)
-    user = user_text(question, protocol, options)
+    user = "".join(shot_text(s, protocol, options) for s in shots) + user_text(question, protocol, options)
     common = dict(qid=question.qid, protocol=protocol, rendering=rendering,
                   max_tokens=max_tokens(question, protocol, options))
     if rendering is Rendering.COMPLETION:
@@ -131,3 +135,57 @@ def answer_label(question: Question, options: PromptOptions) -> str:
     if options.letter_choices and REVIEW_RATING not in question.task and truth in NUMBER_CHOICES:
         return LETTER_CHOICES[int(truth)]
     return truth
+
+
+# Between a solved example and what follows it (the next example or the question): a blank line, as in the
+# MMLU scripts the official `format_example` / `few_shot_prompt` names come from. The official code itself is
+# zero-shot only: this separator and `gold_answer` are ours, documented in README.md.
+SHOT_SEPARATOR = "\n\n"
+
+
+def gold_answer(question: Question, options: PromptOptions) -> str:
+    """A solved example's answer, in the form its official scorer gives full marks: the choice label; the
+    indices (1-based) joined by ', '; a ranking as candidate numbers by relevance, highest first (ties in list
+    order); NER entities joined by ', '; the reference text (the first, where there are several)."""
+    truth = question.truth
+    if question.task_type is TaskType.MULTIPLE_CHOICE:
+        return answer_label(question, options)
+    if question.task_type is TaskType.RANKING and isinstance(truth, list):
+        order = sorted(range(len(truth)), key=lambda i: -truth[i])
+        return ", ".join(str(i + 1) for i in order)
+    if isinstance(truth, list):
+        return truth[0] if question.task_type is TaskType.GENERATION else ", ".join(str(v) for v in truth)
+    return str(truth)
+
+
+def shot_text(example: Question, protocol: Protocol, options: PromptOptions) -> str:
+    """One solved example: its own official rendering (ending 'Answer: ' / 'Output: ' as the data has it),
+    its gold answer, then the separator."""
+    return user_text(example, protocol, options) + gold_answer(example, options) + SHOT_SEPARATOR
+
+
+def _base_id(qid: str) -> str:
+    """The content id without the '#2' a repeated question gets: a repeat is the same question."""
+    return qid.split("#", 1)[0]
+
+
+def draw_shots(questions: Iterable[Question], pool: Iterable[Question], k: int,
+               seed: int = 0) -> dict[str, tuple[Question, ...]]:
+    """Up to `k` solved examples for each question (by qid), from the pool's questions of its task.
+
+    Each task's pool is put in one seeded order (sorted by content id first, so the pool's file order does not
+    matter) and every question takes the first `k` of it that are not itself: the questions of a task share
+    their examples, and so a prefix (vLLM's prefix cache hits), except where a question is one of them."""
+    by_task: dict[str, dict[str, Question]] = {}
+    for example in pool:
+        by_task.setdefault(example.task, {}).setdefault(_base_id(example.qid), example)
+    orders = {}
+    for task, examples in by_task.items():
+        order = [examples[key] for key in sorted(examples)]
+        random.Random(f"{seed}\0{task}").shuffle(order)
+        orders[task] = order
+    drawn = {}
+    for question in questions:
+        own = _base_id(question.qid)
+        drawn[question.qid] = tuple(islice((e for e in orders.get(question.task, ()) if _base_id(e.qid) != own), k))
+    return drawn

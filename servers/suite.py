@@ -9,6 +9,9 @@
     concurrency = 64
     letter_choices = false                 # task-wise only: (A)-(D) choices
     task_specific_prompt = false           # task-wise only: the task-specific system prompt
+    shots = 0                              # k-shot: solved examples of the same task before each question
+    shot_seed = 0                          # which examples are drawn
+    shot_pool = "../pool"                  # optional: draw them from this data (default: the suite's data)
     embedding_model = "..."                # optional: hub name or local folder for sent-transformer rows
     multilingual_model = "/models/paraphrase-multilingual-MiniLM-L12-v2"
 
@@ -17,6 +20,9 @@
     gpt-4o = { requests_per_minute = 300 }            # a profile with overrides
     my-7b = { model = "/models/my-7b", params_b = 7 } # inline: any profile field
     far-70b = { provider = "openai-compatible", model = "far-70b", api_base = "http://node2:8000/v1" }
+    far-70b-3shot = { provider = "openai-compatible", model = "far-70b", api_base = "...", shots = 3 }
+
+`shots`, `shot_seed` and `shot_pool` in a model's entry override the suite's for that model.
 
 Every key is checked like a profile's: an unknown or misspelt key, or a value of the wrong type, is one line
 naming the file and the key.
@@ -24,7 +30,7 @@ naming the file and the key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -46,6 +52,22 @@ class SuiteHead(BaseModel):
     task_specific_prompt: bool = False
     embedding_model: str | None = None
     multilingual_model: str | None = None
+    shots: int = Field(0, ge=0, le=64)
+    shot_seed: int = Field(0, ge=0, lt=2**63)
+    shot_pool: str | None = Field(None, min_length=1)
+
+
+class ModelShots(BaseModel):
+    """The k-shot keys a model's entry may set (the rest of the entry is profile fields)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    shots: int | None = Field(None, ge=0, le=64)
+    shot_seed: int | None = Field(None, ge=0, lt=2**63)
+    shot_pool: str | None = Field(None, min_length=1)
+
+
+SHOT_KEYS = tuple(ModelShots.model_fields)
 
 
 @dataclass(frozen=True)
@@ -60,6 +82,15 @@ class Suite:
     task_specific_prompt: bool = False
     embedding_model: str | None = None
     multilingual_model: str | None = None
+    shots: int = 0
+    shot_seed: int = 0
+    shot_pool: Path | None = None
+    model_shots: dict[str, dict] = field(default_factory=dict)  # a model's own k-shot keys, by name
+
+    def shot_settings(self, profile: ModelProfile) -> dict:
+        """shots, shot_seed and shot_pool (RunConfig's fields) for one model: its entry's, else the suite's."""
+        return {"shots": self.shots, "shot_seed": self.shot_seed, "shot_pool": self.shot_pool,
+                **self.model_shots.get(profile.name, {})}
 
     def rendering_for(self, profile: ModelProfile) -> str:
         """The suite's rendering where it sets one, except that OpenAI and Anthropic models stay chat: their
@@ -90,6 +121,9 @@ def load_suite(path: str | Path) -> Suite:
                          path=path, field="suite.protocol")
     data = Path(head.data)
     data = data if data.is_absolute() else (path.parent / data).resolve()
+    suite_shots = {"shots": head.shots, "shot_seed": head.shot_seed, "shot_pool": _pool(path, head.shot_pool, "suite")}
+    _check_shots(suite_shots, path, "suite")
+    model_shots: dict[str, dict] = {}
     profiles = load_profiles()
     models = []
     entries = raw.get("models", {})
@@ -99,6 +133,18 @@ def load_suite(path: str | Path) -> Suite:
         if not isinstance(entry, dict):
             raise InputError("expected a table of profile fields ({} for a profile as it is)", path=path,
                              field=f"models.{name}")
+        shot_keys = {k: entry[k] for k in SHOT_KEYS if k in entry}
+        entry = {k: v for k, v in entry.items() if k not in SHOT_KEYS}
+        if shot_keys:
+            try:
+                own = ModelShots(**shot_keys).model_dump(exclude_none=True)
+            except ValidationError as exc:
+                message, key = validation_message(exc)
+                raise InputError(message, path=path, field=f"models.{name}.{key}") from None
+            if "shot_pool" in own:
+                own["shot_pool"] = _pool(path, own["shot_pool"], f"models.{name}")
+            _check_shots({**suite_shots, **own}, path, f"models.{name}")
+            model_shots[name] = own
         try:
             if name in profiles:
                 models.append(ModelProfile(**{**profiles[name].model_dump(), **entry, "name": name}))
@@ -114,4 +160,20 @@ def load_suite(path: str | Path) -> Suite:
     return Suite(name=head.name or path.stem, data=data, protocol=head.protocol, render=head.render,
                  concurrency=head.concurrency, models=models, letter_choices=head.letter_choices,
                  task_specific_prompt=head.task_specific_prompt, embedding_model=head.embedding_model,
-                 multilingual_model=head.multilingual_model)
+                 multilingual_model=head.multilingual_model, model_shots=model_shots, **suite_shots)
+
+
+def _pool(suite_file: Path, pool: str | None, where: str) -> Path | None:
+    """A shot pool's path (relative to the suite file); it must exist, so a night does not fail at its start."""
+    if pool is None:
+        return None
+    found = Path(pool) if Path(pool).is_absolute() else (suite_file.parent / pool).resolve()
+    if not found.exists():
+        raise InputError(f"no such shot pool: {found}", path=suite_file, field=f"{where}.shot_pool")
+    return found
+
+
+def _check_shots(settings: dict, suite_file: Path, where: str) -> None:
+    if not settings["shots"] and (settings["shot_seed"] or settings["shot_pool"] is not None):
+        raise InputError("shot_seed and shot_pool choose the examples of a k-shot prompt: set shots too",
+                         path=suite_file, field=f"{where}.shots")

@@ -1,9 +1,11 @@
 """Two models side by side, per task, with how sure the difference is.
 
 Only runs that can be compared are: the same data (by content), protocol and prompt options; each such
-pair is its own table. Both runs are scored again from the cache, per question, and only the questions both
-answered count (n). A task's interval is a paired bootstrap over its questions (95%, percentile); accuracy
-tasks also get McNemar's exact test. The skill and overall lines resample every task's questions together.
+pair is its own table. Prompt options may differ where they are asked for: one model's zero-shot and k-shot
+runs (`--shots 3 0`), or any two variants (`--variant-a`, `--variant-b`). Both runs are scored again from the
+cache, per question, and only the questions both answered count (n). A task's interval is a paired bootstrap
+over its questions (95%, percentile); accuracy tasks also get McNemar's exact test. The skill and overall
+lines resample every task's questions together.
 """
 
 from __future__ import annotations
@@ -120,14 +122,43 @@ def paired(result_a, result_b, samples: int, seed: int = 0) -> pl.DataFrame:
     return pl.DataFrame(out, schema=schema)
 
 
-def compare(cache: Path | None, a: str, b: str, protocol: str | None = None, data: Path | None = None,
-            samples: int = 2000) -> list[tuple[dict, pl.DataFrame]]:
-    """For each comparable pair of saved runs of `a` and `b`: its description and the paired table."""
+def shots_of(variant: str) -> tuple[int, str]:
+    """A variant's number of examples (0 for zero-shot) and its other options, the k-shot parts taken out."""
+    from evaluator.runs.runner import SHOT_PARTS
+
+    parts = variant.split("+") if variant else []
+    k = next((int(m.group(1)) for m in map(SHOT_PARTS.match, parts) if m and m.group(1)), 0)
+    return k, "+".join(p for p in parts if not SHOT_PARTS.match(p))
+
+
+def _pick(runs: pl.DataFrame, variant: str | None, shots: int | None) -> pl.DataFrame:
+    """The runs of the asked variant, or of the asked number of examples (other options kept for pairing)."""
+    if variant is not None:
+        runs = runs.filter(pl.col("variant") == variant)
+    split = [shots_of(v) for v in runs["variant"].to_list()]
+    runs = runs.with_columns(pl.Series("k", [k for k, _ in split], dtype=pl.Int64),
+                             pl.Series("rest", [r for _, r in split], dtype=pl.String))
+    return runs.filter(pl.col("k") == shots) if shots is not None else runs
+
+
+def compare(cache: Path | None, a: str, b: str | None = None, protocol: str | None = None, data: Path | None = None,
+            samples: int = 2000, variant_a: str | None = None, variant_b: str | None = None,
+            shots: tuple[int, int] | None = None) -> list[tuple[dict, pl.DataFrame]]:
+    """For each comparable pair of saved runs of `a` and `b` (default: `a` again): its description and the
+    paired table. Runs pair on the same data, protocol and variant; with `variant_a`/`variant_b` on the same data
+    and protocol; with `shots` (A's and B's numbers of examples) on the same data, protocol and other options."""
     from evaluator.data import loaders
     from evaluator.runs.runner import rescore_saved
 
-    if a == b:
-        raise InputError(f"compare needs two different models ('{a}' twice)")
+    b = a if b is None else b
+    if shots is not None and (variant_a is not None or variant_b is not None):
+        raise InputError("--shots pairs runs by their numbers of examples: leave out --variant-a/--variant-b",
+                         field="--shots")
+    chosen = shots is not None or variant_a is not None or variant_b is not None
+    if a == b and (not chosen or (shots is not None and shots[0] == shots[1])
+                   or (shots is None and variant_a == variant_b)):
+        raise InputError(f"compare needs two different models, or two variants of '{a}' (--shots KA KB, or "
+                         "--variant-a and --variant-b)")
     folder = cache or default_cache_dir()
     store = ResponseCache(folder / "responses", read_only=True)
     try:
@@ -142,11 +173,15 @@ def compare(cache: Path | None, a: str, b: str, protocol: str | None = None, dat
     if data is not None:
         sha = loaders.load(data, protocol or "skill").sha256
         runs = runs.filter(pl.col("data_sha256") == sha)
-    left = runs.filter(pl.col("model") == a)
-    right = runs.filter(pl.col("model") == b)
-    pairs = left.join(right, on=list(GROUP), suffix="_b")
+    left = _pick(runs.filter(pl.col("model") == a), variant_a, shots[0] if shots else None)
+    right = _pick(runs.filter(pl.col("model") == b), variant_b, shots[1] if shots else None)
+    on = (["data_sha256", "protocol", "rest"] if shots is not None else
+          ["data_sha256", "protocol"] if chosen else list(GROUP))
+    pairs = left.join(right, on=on, suffix="_b")
     if pairs.is_empty():
-        raise InputError(f"'{a}' and '{b}' share no saved run on the same data, protocol and prompt options"
+        asked = (f" at {shots[0]} and {shots[1]} shots" if shots else
+                 f" with variants {variant_a!r} and {variant_b!r}" if chosen else " on the same prompt options")
+        raise InputError(f"'{a}' and '{b}' share no saved run on the same data and protocol{asked}"
                          + (" (after --protocol/--data)" if protocol or data else ""))
     out = []
     for row in pairs.iter_rows(named=True):
@@ -157,6 +192,7 @@ def compare(cache: Path | None, a: str, b: str, protocol: str | None = None, dat
             if isinstance(result, str):
                 raise InputError(f"cannot compare the run of '{record['model']}' on {record['data']}: {result}")
         description = {"data": row["data"], "protocol": row["protocol"], "variant": row["variant"],
+                       "variant_b": row.get("variant_b", row["variant"]),
                        "rendering_a": row["rendering"], "rendering_b": row["rendering_b"]}
         table = paired(result_a, result_b, samples)
         if table.is_empty():
@@ -167,8 +203,12 @@ def compare(cache: Path | None, a: str, b: str, protocol: str | None = None, dat
 
 def print_compare(tables: list[tuple[dict, pl.DataFrame]], a: str, b: str, console: Console) -> None:
     for info, table in tables:
-        title = (f"{escape(a)} − {escape(b)} on {escape(Path(info['data']).name)}, {info['protocol']}-wise"
-                 + (f" · {escape(info['variant'])}" if info["variant"] else "")
+        variants = info["variant"] != info["variant_b"]
+        label_a = f"{a} [{info['variant'] or 'official prompt'}]" if variants else a
+        label_b = f"{b} [{info['variant_b'] or 'official prompt'}]" if variants else b
+        title = (f"{escape(label_a)} − {escape(label_b)} on {escape(Path(info['data']).name)}, "
+                 f"{info['protocol']}-wise"
+                 + (f" · {escape(info['variant'])}" if info["variant"] and not variants else "")
                  + f" ({info['rendering_a']} vs {info['rendering_b']}); n = questions both answered")
         view = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=0, title_justify="left")
         view.add_column("task", overflow="fold", ratio=1, min_width=10)

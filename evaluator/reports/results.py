@@ -81,6 +81,21 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
+def shot_facts(result: "RunResult") -> dict:
+    """The run's k-shot prompting: examples asked per question, the seed, the pool (the run's own data where
+    none is named) with its digest, and the tasks that had fewer examples to draw from (the fewest they got)."""
+    from evaluator.runs.runner import shot_shortfall
+
+    config = result.config
+    if not config.shots:
+        return {"k": 0}
+    named = config.shot_pool is not None
+    return {"k": config.shots, "seed": config.shot_seed,
+            "pool": str(Path(config.shot_pool).resolve()) if named else "the run's own data",
+            "pool_sha256": config.pool_data.sha256 if named else result.dataset.sha256,
+            "short_tasks": shot_shortfall(result.planned, result.questions, config.shots)}
+
+
 def data_files(result: "RunResult") -> list[dict]:
     """Each data file with its size and its own SHA-256 (what `sha256sum` prints), read now."""
     out = []
@@ -126,6 +141,7 @@ def document(result: "RunResult", files: dict | None = None) -> dict:
         "settings": {"protocol": config.protocol.value, "rendering": config.render_mode.value,
                      "variant": config.variant, "letter_choices": config.letter_choices,
                      "task_specific_prompt": config.task_specific_prompt, "number_only": profile.number_only,
+                     "shots": shot_facts(result),
                      "temperature": 0.0,
                      "max_tokens": ({t.value: n for t, n in TASK_WISE_MAX_TOKENS.items()}
                                     if config.protocol is Protocol.TASK else

@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import functools
+import os
+import re
 import shutil
 import threading
 import time
@@ -28,7 +31,7 @@ from evaluator.data import loaders
 from evaluator.data.records import Question
 from evaluator.errors import InputError
 from evaluator.paths import safe_name
-from evaluator.prompts import PromptOptions, Protocol, Rendering, render
+from evaluator.prompts import PromptOptions, Protocol, Rendering, draw_shots, render
 from evaluator.redact import redact, strip_url_credentials
 from evaluator.runs.breaker import Breaker, BreakerPolicy
 from evaluator.runs.preflight import PreflightFailed, ServerFacts, preflight
@@ -48,6 +51,11 @@ class Planned:
     qid: str
     key: str
     body: dict
+    shots: int = 0  # solved examples in its prompt (fewer than asked where its task has fewer)
+
+
+MAX_SHOTS = 64
+SHOT_PARTS = re.compile(r"^(?:(\d+)-shot|seed-(\d+)|pool-([0-9a-f]{12}))$")  # the variant's k-shot parts
 
 
 @dataclass
@@ -77,8 +85,18 @@ class RunConfig:
     batch_limit: int | None = None  # fewer requests per batch than the provider allows
     cancel: threading.Event | None = None  # set from elsewhere (a lost Ray node) to stop the fan-out at once
     order: str = "speed"  # "speed": longest expected answers first, shared prefixes together; "data": as loaded
+    shots: int = 0  # solved examples before each question (k-shot prompting; 0: the official zero-shot prompt)
+    shot_seed: int = 0  # which examples are drawn
+    shot_pool: Path | None = None  # the data the examples come from (None: the run's own data, never the question)
 
     def __post_init__(self) -> None:
+        if not 0 <= self.shots <= MAX_SHOTS:
+            raise InputError(f"--shots takes 0 to {MAX_SHOTS} examples, not {self.shots}", field="--shots")
+        if not 0 <= self.shot_seed < 2**63:
+            raise InputError(f"--shot-seed takes 0 to 2^63-1, not {self.shot_seed}", field="--shot-seed")
+        if not self.shots and (self.shot_seed or self.shot_pool is not None):
+            raise InputError("--shot-seed and --shot-pool choose the examples of a k-shot prompt: give --shots K",
+                             field="--shots")
         if self.protocol is Protocol.SKILL and (self.letter_choices or self.task_specific_prompt):
             raise InputError("--letter-choices and --task-specific-prompt are options of the task-wise protocol "
                              "(--protocol task)")
@@ -105,9 +123,26 @@ class RunConfig:
 
     @property
     def variant(self) -> str:
-        """The prompt options beyond the protocol's defaults, as they name a run ('' for none)."""
-        return "+".join(n for n, on in (("letters", self.letter_choices),
-                                        ("task-prompt", self.task_specific_prompt)) if on)
+        """The prompt options beyond the protocol's defaults, as they name a run ('' for none): a k-shot run
+        adds '3-shot', 'seed-7' (a seed other than 0) and 'pool-<its data's sha256, 12 hex>' (a named pool), so
+        runs ranked together asked the same examples."""
+        parts = [n for n, on in (("letters", self.letter_choices), ("task-prompt", self.task_specific_prompt)) if on]
+        if self.shots:
+            parts.append(f"{self.shots}-shot")
+            if self.shot_seed:
+                parts.append(f"seed-{self.shot_seed}")
+            if self.shot_pool is not None:
+                parts.append(f"pool-{self.pool_data.sha256[:12]}")
+        return "+".join(parts)
+
+    @functools.cached_property
+    def pool_data(self) -> loaders.Dataset:
+        """The named shot pool, read once (bad input: one line naming the file)."""
+        assert self.shot_pool is not None
+        pool = loaders.load(self.shot_pool, self.protocol.value)
+        if not pool.questions:
+            raise InputError("the shot pool has no questions", path=self.shot_pool, field="--shot-pool")
+        return pool
 
     @property
     def scoring(self) -> ScoringOptions:
@@ -215,17 +250,21 @@ def budget(body: dict) -> int:
     return body.get("max_tokens") or body.get("max_completion_tokens") or 0
 
 
-def plan(questions: list[Question], config: RunConfig) -> list[Planned]:
-    """The request body for every question and its cache key (model identity + endpoint + body)."""
+def plan(questions: list[Question], config: RunConfig, pool: list[Question] | None = None) -> list[Planned]:
+    """The request body for every question and its cache key (model identity + endpoint + body). With
+    `config.shots`, each prompt carries solved examples of its task from `pool` (default: `questions`)."""
     profile = config.profile
     rendering = config.render_mode
     options = config.prompt_options
     served = profile.name if profile.is_local else profile.model
     identity = profile.identity(weights_of(profile), config.served_dtype())
     endpoint = "chat" if rendering is Rendering.CHAT else "completions"
+    shots = draw_shots(questions, questions if pool is None else pool, config.shots, config.shot_seed) \
+        if config.shots else {}
     planned = []
     for row, question in enumerate(questions):
-        prompt = render(question, config.protocol, rendering, options)
+        examples = shots.get(question.qid, ())
+        prompt = render(question, config.protocol, rendering, options, examples)
         if profile.reasoning:  # no max_tokens and no temperature: such models refuse both
             body: dict = {"model": served, "max_completion_tokens": prompt.max_tokens + profile.reasoning_budget}
             if profile.reasoning_effort:
@@ -236,8 +275,17 @@ def plan(questions: list[Question], config: RunConfig) -> list[Planned]:
             body["messages"] = prompt.messages
         else:
             body["prompt"] = prompt.prompt
-        planned.append(Planned(row, question.qid, request_key(identity, endpoint, body), body))
+        planned.append(Planned(row, question.qid, request_key(identity, endpoint, body), body, len(examples)))
     return planned
+
+
+def shot_shortfall(planned: list[Planned], questions: list[Question], shots: int) -> dict[str, int]:
+    """task -> the fewest examples a question of it got, for the tasks with fewer than `shots` to draw from."""
+    fewest: dict[str, int] = {}
+    for item, question in zip(planned, questions):
+        if item.shots < shots:
+            fewest[question.task] = min(fewest.get(question.task, shots), item.shots)
+    return fewest
 
 
 class _Progress:
@@ -524,7 +572,8 @@ def load_and_plan(config: RunConfig, dataset: loaders.Dataset | None = None
     requests."""
     dataset = dataset or loaders.load(config.data, config.protocol.value)
     questions = dataset.questions[: config.limit] if config.limit else dataset.questions
-    return dataset, questions, plan(questions, config)
+    pool = config.pool_data.questions if config.shot_pool is not None else dataset.questions
+    return dataset, questions, plan(questions, config, pool)
 
 
 def pending(config: RunConfig) -> int:
@@ -572,6 +621,11 @@ def answer(config: RunConfig, console: Console, send_missing: bool = True,
     started_at = time.time()
     clock = time.monotonic()
     dataset, questions, planned = load_and_plan(config, dataset)
+    for task, fewest in shot_shortfall(planned, questions, config.shots).items():
+        config.say(console, f"[yellow]warning:[/] task {task} has {fewest} example(s) to draw from, not "
+                            f"{config.shots}: its prompts carry {fewest}")
+    if config.shot_pool is not None and not read_only:
+        remember_pool(config)
     folder = config.cache_folder / "responses"
     if not send_missing and not (folder / "responses.sqlite").is_file():
         raise InputError("no response cache here: nothing has been run with this --cache", path=config.cache_folder)
@@ -704,6 +758,41 @@ def execute(config: RunConfig, console: Console, send_missing: bool = True,
     return finish([answer(config, console, send_missing, server_factory, dataset, read_only=not save)], save)[0]
 
 
+POOLS = "shot-pools"  # under the cache folder: <digest>.path holds where a named shot pool was read from
+
+
+def remember_pool(config: RunConfig) -> None:
+    """Note where this run's shot pool lies, under its digest, so a saved run's k-shot prompts can be
+    rebuilt from its variant alone (`compare`, the HTML report). One small file per pool, written whole."""
+    folder = config.cache_folder / POOLS
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{config.pool_data.sha256[:12]}.path"
+    temporary = target.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
+    temporary.write_text(str(Path(config.shot_pool).resolve()), encoding="utf-8")
+    temporary.replace(target)
+
+
+def _shot_settings(cache_folder: Path, variant: list[str]) -> dict | str:
+    """shots, shot_seed and shot_pool as a saved run's variant names them; or why its pool cannot be found."""
+    settings: dict = {}
+    for part in variant:
+        match = SHOT_PARTS.match(part)
+        if match and match.group(1):
+            settings["shots"] = int(match.group(1))
+        elif match and match.group(2):
+            settings["shot_seed"] = int(match.group(2))
+        elif match:
+            pointer = cache_folder / POOLS / f"{match.group(3)}.path"
+            try:
+                with pointer.open(encoding="utf-8") as handle:
+                    settings["shot_pool"] = Path(handle.read(4096))
+            except (OSError, UnicodeDecodeError):
+                return f"its shot pool (pool-{match.group(3)}) was never noted in this cache"
+            if not settings["shot_pool"].exists():
+                return f"its shot pool {settings['shot_pool']} is no longer there"
+    return settings
+
+
 def rescore_saved(cache_folder: Path, record: dict) -> RunResult | str:
     """A saved run scored again, per question, without saving anything; or why it cannot be (its data
     moved or changed)."""
@@ -718,10 +807,18 @@ def rescore_saved(cache_folder: Path, record: dict) -> RunResult | str:
     finally:
         store.close()
     variant = record["variant"].split("+")
+    shots = _shot_settings(cache_folder, variant)
+    if isinstance(shots, str):
+        return shots
     config = RunConfig(profile=get_profile(record["model"], adhoc=True, recorded=recorded), data=data,
                        protocol=Protocol(record["protocol"]), rendering=Rendering(record["rendering"]),
                        cache_dir=cache_folder, letter_choices="letters" in variant,
-                       task_specific_prompt="task-prompt" in variant, progress=False)
+                       task_specific_prompt="task-prompt" in variant, progress=False, **shots)
+    try:
+        if config.variant != record["variant"]:
+            return f"its shot pool {config.shot_pool} has changed since it was scored"
+    except InputError as exc:
+        return f"its shot pool cannot be read: {exc}"
     try:
         dataset = loaders.load(data, config.protocol.value)
     except InputError as exc:

@@ -178,7 +178,7 @@ def _config(suite: Suite, profile: ModelProfile, cache: Path | None, base_url: s
                      rendering=Rendering(suite.rendering_for(profile)), base_url=base_url,
                      concurrency=profile.concurrency or suite.concurrency, cache_dir=cache, progress=False,
                      letter_choices=suite.letter_choices, task_specific_prompt=suite.task_specific_prompt,
-                     embeddings=embeddings, label=f"{profile.name}: ", **settings)
+                     embeddings=embeddings, label=f"{profile.name}: ", **suite.shot_settings(profile), **settings)
 
 
 def _scored(result: runner.RunResult, outcome: Outcome) -> None:
