@@ -426,3 +426,22 @@ def test_the_paper_suite_plans_onto_8_x_80_gib_with_each_models_kv_cache(tmp_pat
         assert m["memory_gib"] >= weights + kv, m
     unknown = sorted(m["name"] for m in local if not profiles[m["name"]].num_layers)
     assert "KV cache unknown for" in out and unknown[0] in out.replace("\n", " ")
+
+
+def test_a_server_the_suite_started_is_reported_as_ours_with_its_start_up(tmp_path):
+    """A local model answered through a server the suite started says so in its results (kind, start-up
+    seconds), as a run that starts its own server does, not as someone else's endpoint."""
+    from evaluator.reports.results import server_kind
+
+    suite = simulated_suite(tmp_path, ["m1"])
+    with Stub() as stub:
+        def start(profile, cache, console, device="auto", gpu_ids=None):
+            server = FakeServer(stub, 0.0, [])
+            server.startup_s = 12.5
+            return server
+
+        [outcome] = suite_runner.run_suite(suite, synthetic_inventory(1, 80), tmp_path / "cache", Console(quiet=True),
+                                           start_server=start)
+    assert outcome.status == "complete"
+    assert outcome.result.timings["startup_s"] == 12.5
+    assert server_kind(outcome.result.config) == "vllm (started by us)"

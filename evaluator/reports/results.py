@@ -68,7 +68,8 @@ def server_kind(config) -> str:
     """What answered: a vLLM server the run started, a closed API, or an endpoint someone else runs."""
     profile = config.profile
     if profile.is_local:
-        return "vllm (started by us)" if config.base_url is None else "openai-compatible endpoint"
+        started = config.base_url is None or config.started_s is not None  # by the run, or by its suite
+        return "vllm (started by us)" if started else "openai-compatible endpoint"
     return "api"
 
 

@@ -65,6 +65,7 @@ class RunConfig:
     protocol: Protocol = Protocol.SKILL
     rendering: Rendering | None = None  # None: the profile's
     base_url: str | None = None
+    started_s: float | None = None  # `base_url` is a vLLM server a suite started for this run, in this many s
     concurrency: int | None = None  # None: 64, or 256 for a vLLM server this run starts (it queues the rest)
     limit: int | None = None
     cache_dir: Path | None = None
@@ -431,7 +432,9 @@ def send(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: 
                 return outcome
             base_url = server.base_url
             outcome.startup_s = getattr(server, "startup_s", 0.0)
-        endpoint = endpoint_for(config, base_url, started_here=server is not None)
+        if config.started_s is not None:
+            outcome.startup_s = config.started_s
+        endpoint = endpoint_for(config, base_url, started_here=server is not None or config.started_s is not None)
         served = profile.name if profile.is_local else profile.model
         remaining = list(todo)
         mine = cache.claim([p.key for p in remaining], owner, config.refresh)

@@ -352,7 +352,8 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
                         evaluating = True
                     outcome.evaluating_at = time.monotonic()
                     outcome.gpus = len(ids or [])
-                    answered = answer(model_config(profile, base_url=server.base_url), outcome)
+                    answered = answer(model_config(profile, base_url=server.base_url,
+                                                   started_s=getattr(server, "startup_s", None)), outcome)
                     outcome.finished_at = time.monotonic()
                 finally:
                     if pool is not None:
