@@ -298,3 +298,22 @@ def test_a_suite_mixing_shots_ranks_them_apart(tmp_path, capsys, monkeypatch):
     bad.write_text(f'[suite]\ndata = "{data}"\nshots = 100\n[models]\n"m" = {{ {entry} }}\n', encoding="utf-8")
     code, _, err = run_cli(["suite", bad, "--dry-run"], capsys, monkeypatch)
     assert code == 2 and "suite.shots" in err, err
+
+
+def test_a_suite_fits_a_local_models_context_to_its_k_shot_prompts(tmp_path):
+    from evaluator.runs.suite import fit_context
+    from servers.suite import load_suite
+    from test_suite import qwen_like
+
+    weights = qwen_like(tmp_path / "qwen")
+    data = write_jsonl(tmp_path / "d.json", [
+        {"input_field": f"{i} " + "word " * 1500, "output_field": "x", "task_name": "g", "task_type": "generation",
+         "metric": "rougel"} for i in range(4)])
+    suite_file = tmp_path / "s.toml"
+    entry = f'model = "{weights}", params_b = 7.7, dtype = "bfloat16"'
+    suite_file.write_text(f'[suite]\ndata = "{data}"\n[models]\nzero = {{ {entry} }}\n'
+                          f'three = {{ {entry}, shots = 3 }}\n', encoding="utf-8")
+    lengths = {m.name: m.max_model_len for m in fit_context(load_suite(suite_file)).models}
+    # 7,500 characters a question (<= 3,750 tokens): one of them zero-shot, four with 3 examples (~15,100 tokens
+    # with the system prompt and the chat template's allowance), plus 100 to generate, rounded up to 1,024
+    assert lengths == {"zero": 4096, "three": 15360}

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from evaluator.data import loaders
-from evaluator.prompts import PromptOptions, Protocol, Rendering, render
+from evaluator.prompts import PromptOptions, Protocol, Rendering, draw_shots, render
 from evaluator.redact import redact
 from evaluator.runs import runner
 from evaluator.runs.runner import RunConfig
@@ -148,21 +148,26 @@ def fit_context(suite: Suite) -> Suite:
     if not local:
         return suite
     questions = loaders.load(suite.data, suite.protocol).questions
-    longest: dict[tuple[str, bool], tuple[int, int]] = {}
+    longest: dict[tuple, tuple[int, int]] = {}
     for profile in local:
-        combo = (suite.rendering_for(profile), profile.number_only)
+        shots = suite.shot_settings(profile)  # a k-shot prompt is several questions long
+        combo = (suite.rendering_for(profile), profile.number_only, *shots.values())
         if combo not in longest:
             options = PromptOptions(number_only=combo[1], letter_choices=suite.letter_choices,
                                     task_specific_prompt=suite.task_specific_prompt)
+            pool = (questions if shots["shot_pool"] is None
+                    else loaders.load(shots["shot_pool"], suite.protocol).questions)
+            drawn = draw_shots(questions, pool, shots["shots"], shots["shot_seed"]) if shots["shots"] else {}
             chars = budget = 0
             for q in questions:
-                prompt = render(q, Protocol(suite.protocol), Rendering(combo[0]), options)
+                prompt = render(q, Protocol(suite.protocol), Rendering(combo[0]), options, drawn.get(q.qid, ()))
                 chars, budget = max(chars, _chars(prompt)), max(budget, prompt.max_tokens)
             longest[combo] = (int(chars / CHARS_PER_TOKEN_AT_LEAST) + 64, budget)  # + the chat template's
     models = []
     for profile in suite.models:
         if profile in local:
-            tokens, budget = longest[(suite.rendering_for(profile), profile.number_only)]
+            tokens, budget = longest[(suite.rendering_for(profile), profile.number_only,
+                                      *suite.shot_settings(profile).values())]
             length = fitted_length(profile, tokens, budget)
             if length is not None:
                 profile = profile.model_copy(update={"max_model_len": length})
