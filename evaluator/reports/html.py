@@ -1,6 +1,8 @@
-"""One self-contained HTML report that works offline (no CDN, no server): a sortable leaderboard per ranking,
-a models × skills heatmap, per-task scores with n and errors, and a drill-down to one model's questions
-(answer, truth, score; wrong ones and errors only, if asked).
+"""One self-contained HTML report that works offline (no CDN, no server). One table per ranking (data set,
+protocol, variant): the leaderboard whose score cells are that ranking's models × skills heatmap, sortable; a
+cell without a score says why. Beside it the chosen model's tasks, below its questions (answer, truth,
+score; wrong ones and errors only, if asked). `report.html#model=NAME` (or a run key) opens that model, and
+choosing a model puts it in the address. At 1280×800 a 27-model night shows every model and column at once.
 
 The data travels inside the page as JSON; per-question rows are capped per model (errors first, then wrong
 answers) so that a night of 27 models stays a page a browser opens at once; the cap is stated on the page.
@@ -36,27 +38,44 @@ def _clip(value) -> str | None:
 
 
 def model_payload(result: "RunResult", limit: int = ROWS_PER_MODEL) -> dict:
-    """One run's tasks and (at most `limit`) questions, errors first, then wrong answers, then the rest."""
-    tasks = [{k: t[k] for k in ("skill", "task", "metric", "questions", "n", "errors", "unscored", "score",
-                                "official")} for t in result.tasks]
+    """One run's tasks, each with why some of its questions have no score, and (at most `limit`) questions,
+    errors first, then wrong answers, then the rest. A not-scored question points into `reasons`."""
+    reasons: dict[str, int] = {}
+    first_unscored: dict[str, str] = {}
+    first_error: dict[str, str] = {}
     questions = []
     for question, row in zip(result.questions, result.rows.iter_rows(named=True)):
         wrong = row["score"] is not None and row["score"] < 1 - EXACT
         if row["tp"] is not None:
             wrong = bool(row["fp"] or row["fn"])
+        unscored = None
+        if row["unscored"] is not None:
+            unscored = reasons.setdefault(_clip(row["unscored"]), len(reasons))
+            first_unscored.setdefault(question.task, _clip(row["unscored"]))
+        if row["error"]:
+            first_error.setdefault(question.task, _clip(row["error"]))
         rank = 0 if row["error"] else (1 if wrong else 2)
         questions.append((rank, {"row": row["row"], "task": question.task, "answer": _clip(row["output"]),
                                  "score": row["score"], "ner": (f"{row['tp']}/{row['fp']}/{row['fn']}"
                                                                 if row["tp"] is not None else None),
-                                 "error": row["error"], "unscored": row["unscored"] is not None,
+                                 "error": row["error"], "unscored": unscored,
                                  "official": row["official"], "wrong": wrong}))
+    tasks = []
+    for t in result.tasks:
+        task = {k: t[k] for k in ("skill", "task", "metric", "questions", "n", "errors", "unscored", "score",
+                                  "official")}
+        task["why"] = ([f"{t['unscored']:,} not scored: {first_unscored.get(t['task'], 'no reason kept')}"]
+                       if t["unscored"] else []) + \
+                      ([f"{t['errors']:,} without an answer: {first_error.get(t['task'], 'no reply')}"]
+                       if t["errors"] else [])
+        tasks.append(task)
     questions.sort(key=lambda pair: pair[0])
     shown = [q for _, q in questions[:limit]]
     shown.sort(key=lambda q: q["row"])
     texts = {q["row"]: [_clip(result.questions[q["row"]].input), _clip(result.questions[q["row"]].truth)]
              for q in shown}  # the question's own texts: shared by every run of the same data (see write_from)
     return {"tasks": tasks, "questions": shown, "questions_total": len(questions), "status": result.status,
-            "reason": result.reason, "limit": limit, "texts": texts}
+            "reason": result.reason, "limit": limit, "texts": texts, "reasons": list(reasons)}
 
 
 def write_from(board: "pl.DataFrame", results: dict[str, "RunResult"], path: Path, title: str,
@@ -72,14 +91,9 @@ def write_from(board: "pl.DataFrame", results: dict[str, "RunResult"], path: Pat
         payload["data"] = result.dataset.sha256
         texts.setdefault(result.dataset.sha256, {}).update(payload.pop("texts"))
         runs[key] = payload
-    columns = list(dict.fromkeys(short_skill(s) for s in skills))  # one heatmap column per skill label
-    for row in rows:
-        row["by_label"] = {label: next((row[f"skill:{s}"] for s in skills
-                                        if short_skill(s) == label and row[f"skill:{s}"] is not None), None)
-                           for label in columns}
     payload = finite({
         "title": title, "generated": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "skills": skills, "labels": {s: short_skill(s) for s in skills}, "columns": columns, "board": rows,
+        "skills": skills, "labels": {s: short_skill(s) for s in skills}, "board": rows,
         "runs": runs, "texts": texts,
         "notes": notes or []})
     # JSON inside a <script>: no '<' at all, so neither '</script>' nor '<!--' can end or blank the page.
@@ -124,40 +138,49 @@ def write(cache_folder: Path, path: Path) -> Path:
     return write_from(board, results, path, "Shopping MMLU report", notes)
 
 
+
 TEMPLATE = r"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>__TITLE__</title>
 <style>
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
-header{background:#1d2330;color:#fff;padding:10px 20px}header h1{font-size:18px;margin:0}header p{margin:2px 0 0;color:#b8c0cc;font-size:12px}
-main{padding:12px 20px;display:grid;grid-template-columns:minmax(0,1.5fr) minmax(0,1fr);gap:16px}
-section{background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:10px 12px;min-width:0}
-h2{font-size:15px;margin:0 0 8px}h3{font-size:13px;margin:10px 0 4px;color:#4a5568}
-table{border-collapse:collapse;width:100%;font-size:12px}th,td{padding:2px 5px;border-bottom:1px solid #eef0f3;text-align:left;vertical-align:top}
-td.model{white-space:nowrap}
-th{cursor:pointer;user-select:none;background:#fafbfc;position:sticky;top:0;white-space:nowrap}th.num,td.num{text-align:right;font-variant-numeric:tabular-nums}
-tr.sel{background:#eef4ff}tr.click{cursor:pointer}tr.click:hover{background:#f3f6fb}
-.heat td{padding:0 4px;font-size:11px;line-height:16px;border-bottom:1px solid #fff}
-.heat td.cell{text-align:center;color:#fff;font-variant-numeric:tabular-nums;min-width:46px}
-.heat td.name{white-space:nowrap;max-width:230px;overflow:hidden;text-overflow:ellipsis}
-.heat sup{color:#6b7280}.scroll.heatbox{max-height:calc(100vh - 150px);min-height:300px}
+header{background:#1d2330;color:#fff;padding:8px 16px}header h1{font-size:17px;margin:0}header p{margin:1px 0 0;color:#b8c0cc;font-size:12px}
+main{padding:10px 16px;display:flex;flex-direction:column;gap:12px}
+#top{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
+#boards{flex:0 1 auto;min-width:0;max-width:100%;display:flex;flex-direction:column;gap:12px}
+#boards>p.note,section.ranking>h2{width:0;min-width:100%}  /* long text wraps to the tables' width, never widens them */
+#model{flex:1 1 320px;min-width:0;position:sticky;top:8px;max-height:calc(100vh - 16px);display:flex;flex-direction:column}
+section{background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:8px 10px;min-width:0;box-sizing:border-box}
+h2{font-size:14px;margin:0 0 6px;overflow-wrap:anywhere}
+table{border-collapse:collapse;width:100%;font-size:12px;line-height:1.3}
+th,td{padding:2px 5px;border-bottom:1px solid #eef0f3;text-align:left;vertical-align:top}
+th{cursor:pointer;user-select:none;background:#fafbfc;position:sticky;top:0;white-space:nowrap}
+th.num,td.num{text-align:right;font-variant-numeric:tabular-nums}
+th.skill{white-space:normal;max-width:90px;overflow-wrap:anywhere}
+table.board{width:auto}
+td.name{white-space:nowrap;max-width:230px;overflow:hidden;text-overflow:ellipsis}  /* short() keeps names to 30 characters */
+td.cell{text-align:right;color:#fff;font-variant-numeric:tabular-nums;min-width:38px;border-bottom:1px solid #fff}
+td.cell.none{color:#4a5568;background:#eceef1;text-align:center;cursor:help}
+tr.sel td{background-color:#dce8ff}tr.sel td.name{font-weight:600}tr.click{cursor:pointer}tr.click:hover td.name{text-decoration:underline}
 .st-complete{color:#1a7f37}.st-incomplete{color:#9a6700}.st-failed{color:#cf222e;font-weight:600}
-.scroll{max-height:320px;overflow:auto}.scroll.tall{max-height:440px}
+.scroll{overflow-y:auto;overflow-x:hidden;min-height:0}.scroll.tall{max-height:460px}
+#tasks td.task{overflow-wrap:anywhere}#tasks tr.skillrow td{background:#f3f5f8;font-weight:600;color:#4a5568}
+.why{font-size:11px;color:#9a6700;overflow-wrap:anywhere;white-space:pre-wrap}
 .controls{display:flex;gap:8px;align-items:center;flex-wrap:wrap;margin-bottom:6px;font-size:12px}
-select,button{font:inherit;font-size:12px}button.on{background:#1d2330;color:#fff}
-.q td{font-size:11.5px}.err{color:#cf222e}.ok{color:#1a7f37}.note{font-size:11.5px;color:#6b7280}
-.wide{grid-column:1 / -1}td.pre{white-space:pre-wrap}
+select,button{font:inherit;font-size:12px;max-width:100%}button.on{background:#1d2330;color:#fff}
+.q{table-layout:fixed}.q td{font-size:11.5px;overflow-wrap:anywhere}.q td.pre{white-space:pre-wrap}
+.q th:nth-child(1){width:44px}.q th:nth-child(2){width:120px}.q th:nth-child(3){width:38%}.q th:nth-child(6){width:80px}
+.err{color:#cf222e}.ok{color:#1a7f37}.note{font-size:11.5px;color:#6b7280;margin:4px 0 0;overflow-wrap:anywhere}
 </style></head><body>
 <header><h1 id="title"></h1><p id="sub"></p></header>
 <main>
-<section><h2>Leaderboard</h2><div id="boards"></div><p class="note">Click a column to sort, a row to see that model.
-* incomplete: not every question answered and scored; ~ averaged over fewer tasks or skills than the data has.</p></section>
-<section><h2>Models × skills</h2><div class="scroll heatbox"><table class="heat" id="heat"></table></div><div id="heat-legend" class="note"></div></section>
-<section><h2 id="tasks-title">Tasks</h2><div class="scroll tall"><table id="tasks"></table></div><div id="model-note" class="note"></div></section>
-<section class="wide"><h2>Questions</h2><div class="controls"><label>task <select id="task-pick"></select></label>
+<div id="top"><div id="boards"></div>
+<section id="model"><h2 id="model-title">Tasks</h2><p id="model-note" class="note"></p>
+<div class="scroll"><table id="tasks"></table></div></section></div>
+<section><h2>Questions</h2><div class="controls"><label>task <select id="task-pick"></select></label>
 <button data-f="all" class="on">all</button><button data-f="wrong">wrong</button><button data-f="errors">errors</button>
 <span id="q-count" class="note"></span></div><div class="scroll tall"><table class="q" id="questions"></table></div></section>
-<section class="wide" id="notes-box" hidden><h2>Notes</h2><ul id="notes"></ul></section>
+<section id="notes-box" hidden><h2>Notes</h2><ul id="notes"></ul></section>
 </main>
 <script type="application/json" id="data">__DATA__</script>
 <script>
@@ -167,55 +190,86 @@ const esc = s => String(s ?? '-').replace(/[&<>"']/g, c => ({'&':'&amp;','<':'&l
 const fmt = v => v === null || v === undefined ? '-' : (typeof v === 'number' ? (Number.isInteger(v) ? v.toLocaleString() : v.toFixed(3)) : esc(v));
 const short = s => s.length <= 30 ? s : s.slice(0, 13) + '…' + s.slice(-16);  // the end tells long names apart
 const score = v => v === null || v === undefined ? '-' : v.toFixed(3);
-const color = v => v === null || v === undefined ? '#c8ccd2' : `hsl(${Math.round(v * 120)},55%,${38 + Math.round(v * 8)}%)`;
+const color = v => `hsl(${Math.round(v * 120)},55%,${38 + Math.round(v * 8)}%)`;
 let current = null, filter = 'all';
+// A ranking is one data set (by content), protocol and variant; its label names the file, so two files of
+// the same name get their digests' start to tell them apart.
+const rankings = [];
+D.board.forEach(r => {
+  const key = [r.data_sha256, r.protocol, r.variant].join('\u0000');
+  let g = rankings.find(x => x.key === key);
+  if (!g) rankings.push(g = {key, label: r.group, rows: []});
+  g.rows.push(r);
+});
+rankings.forEach(g => { if (rankings.some(o => o !== g && o.label === g.label)) g.label += ` · data ${String(g.rows[0].data_sha256).slice(0, 8)}`; });
+const rankingOf = run => rankings.find(g => g.rows.some(r => r.run === run));
 $('title').textContent = D.title;
-$('sub').textContent = `generated ${D.generated} · ${D.board.length} run(s)` + (D.runs && Object.keys(D.runs).length ? '' : ' · no per-question data');
-function groups() { const g = {}; D.board.forEach(r => (g[r.group] = g[r.group] || []).push(r)); return g; }
+$('sub').textContent = `generated ${D.generated} · ${D.board.length} run(s) in ${rankings.length} ranking(s)` + (Object.keys(D.runs).length ? '' : ' · no per-question data');
+function why(r, skill) {  // why a run has no (or only a partial) score for a skill, or overall (skill null)
+  const m = D.runs[r.run], lines = [];
+  if (m) m.tasks.filter(t => skill === null || t.skill === skill).forEach(t => t.why.forEach(w => lines.push(`${t.task}: ${w}`)));
+  if (!m && r.reason) lines.push(r.reason);
+  return lines;
+}
+function cell(r, skill, value, label) {
+  const lines = why(r, skill);
+  const head = `${r.model} · ${label}: ` + (value === null ? (r.status === 'failed' ? 'no score, the run failed' : 'not scored') : score(value));
+  const title = [head, ...lines.slice(0, 8), ...(lines.length > 8 ? [`… and ${lines.length - 8} more`] : [])].join('\n');
+  if (value === null) return `<td class="cell none" title="${esc(title || 'no score')}">—</td>`;
+  const mark = skill === null ? (r.partial_skills ? '~' : '') + (r.complete ? '' : '*') : (lines.length ? '~' : '');
+  return `<td class="cell" style="background:${color(value)}" title="${esc(title)}">${score(value)}${mark}</td>`;
+}
 function drawBoards() {
   const box = $('boards'); box.innerHTML = '';
-  Object.entries(groups()).forEach(([name, rows]) => {
-    const h = document.createElement('h3'); h.textContent = name; box.appendChild(h);
-    const t = document.createElement('table'); box.appendChild(t);
-    const skills = D.skills.filter(s => rows.some(r => r['skill:' + s] !== null));
-    const cols = [['rank', '#', 1], ['model', 'model', 0], ['overall', 'overall', 1], ...skills.map(s => ['skill:' + s, D.labels[s], 1]),
-                  ['answered', 'answered', 1], ['status', 'status', 0], ['cost', 'cost $', 1]];
+  rankings.forEach(g => {
+    const section = document.createElement('section'); section.className = 'ranking'; box.appendChild(section);
+    const h = document.createElement('h2'); h.textContent = g.label; section.appendChild(h);
+    const t = document.createElement('table'); t.className = 'board'; section.appendChild(t);
+    const skills = D.skills.filter(s => g.rows.some(r => r['skill:' + s] !== null || (D.runs[r.run] && D.runs[r.run].tasks.some(x => x.skill === s))));
+    const costs = g.rows.some(r => r.cost !== null);
+    const cols = [['rank', '#', 'num'], ['model', 'model', ''], ['overall', 'overall', 'num'], ...skills.map(s => ['skill:' + s, D.labels[s], 'num skill']),
+                  ['answered', 'answered', 'num'], ['status', 'status', ''], ...(costs ? [['cost', 'cost $', 'num']] : [])];
     let key = 'rank', asc = true;
     const draw = () => {
-      const sorted = [...rows].sort((a, b) => { const x = a[key], y = b[key]; if (x === y) return 0; if (x === null) return 1; if (y === null) return -1; return (x < y ? -1 : 1) * (asc ? 1 : -1); });
-      t.innerHTML = '<tr>' + cols.map(([k, l, n]) => `<th class="${n ? 'num' : ''}" data-k="${esc(k)}">${esc(l)}${k === key ? (asc ? ' ▲' : ' ▼') : ''}</th>`).join('') + '</tr>' +
-        sorted.map(r => `<tr class="click${r.run === current ? ' sel' : ''}" data-m="${esc(r.run)}">` + cols.map(([k, l, n]) => {
-          let v = r[k];
-          if (k === 'answered') v = `${r.answered.toLocaleString()}/${r.questions.toLocaleString()}`;
-          else if (k === 'overall' && v !== null) v = v.toFixed(3) + (r.partial_skills ? '~' : '') + (r.complete ? '' : '*');
-          else if (k === 'cost') v = v === null ? '-' : v.toFixed(2);
-          else if (k.startsWith('skill:')) v = score(v);
-          else v = fmt(v);
-          return `<td class="${n ? 'num' : (k === 'model' ? 'model' : '')}${k === 'status' ? ' st-' + esc(r.status) : ''}">${k === 'model' ? esc(r.model) : v}</td>`; }).join('') + '</tr>').join('');
+      const sorted = [...g.rows].sort((a, b) => { const x = a[key], y = b[key]; if (x === y) return 0; if (x === null) return 1; if (y === null) return -1; return (x < y ? -1 : 1) * (asc ? 1 : -1); });
+      t.innerHTML = '<tr>' + cols.map(([k, l, c]) => `<th class="${c}" data-k="${esc(k)}">${esc(l)}${k === key ? (asc ? ' ▲' : ' ▼') : ''}</th>`).join('') + '</tr>' +
+        sorted.map(r => `<tr class="click${r.run === current ? ' sel' : ''}" data-m="${esc(r.run)}">` + cols.map(([k, l]) => {
+          if (k === 'model') return `<td class="name" title="${esc(r.model)} · ${esc(g.label)}">${esc(short(r.model))}${r.complete ? '' : ' *'}</td>`;
+          if (k === 'overall') return cell(r, null, r.overall, 'overall');
+          if (k.startsWith('skill:')) return cell(r, k.slice(6), r[k], l);
+          if (k === 'answered') return `<td class="num">${r.answered.toLocaleString()}/${r.questions.toLocaleString()}</td>`;
+          if (k === 'status') return `<td class="st-${esc(r.status)}">${esc(r.status)}</td>`;
+          if (k === 'cost') return `<td class="num">${r.cost === null ? '-' : r.cost.toFixed(2)}</td>`;
+          return `<td class="num">${fmt(r[k])}</td>`; }).join('') + '</tr>').join('');
       t.querySelectorAll('th').forEach(th => th.onclick = () => { const k = th.dataset.k; asc = key === k ? !asc : (k === 'model' || k === 'rank' || k === 'status'); key = k; draw(); });
-      t.querySelectorAll('tr.click').forEach(tr => tr.onclick = () => pick(tr.dataset.m));
+      t.querySelectorAll('tr.click').forEach(tr => tr.onclick = () => pick(tr.dataset.m, true));
     };
     draw();
   });
+  const note = document.createElement('p'); note.className = 'note'; box.appendChild(note);
+  note.textContent = 'Score cells colored red (0) to green (1); — has no score: point at it for why. Click a column to sort, a row to see that model ' +
+    '(the address then links to it: #model=NAME). * incomplete: not every question answered and scored; ~ averaged over fewer tasks or skills than the data has.';
 }
-function drawHeat() {
-  const rows = [...D.board].sort((a, b) => (b.overall ?? -1) - (a.overall ?? -1));
-  const names = Object.keys(groups());
-  const several = names.length > 1;
-  $('heat-legend').textContent = several ? 'Rankings: ' + names.map((n, i) => `${i + 1} = ${n}`).join('; ') : '';
-  $('heat').innerHTML = '<tr><th>model</th><th class="num">overall</th>' + D.columns.map(c => `<th class="num">${esc(c)}</th>`).join('') + '</tr>' +
-    rows.map(r => `<tr class="click" data-m="${esc(r.run)}"><td class="name" title="${esc(r.model)} · ${esc(r.group)}">${esc(short(r.model))}${r.complete ? '' : ' *'}${several ? `<sup>${names.indexOf(r.group) + 1}</sup>` : ''}</td>` +
-      [r.overall, ...D.columns.map(c => r.by_label[c])].map(v => `<td class="cell" style="background:${color(v)}">${score(v)}</td>`).join('') + '</tr>').join('');
-  $('heat').querySelectorAll('tr.click').forEach(tr => tr.onclick = () => pick(tr.dataset.m));
+function linkName(run) {  // the model's name where it is one run on the page, else the run's key
+  const row = D.board.find(r => r.run === run);
+  return row && D.board.filter(r => r.model === row.model).length === 1 ? row.model : run;
 }
-function pick(run) {
-  current = run; drawBoards();
-  const m = D.runs[run], row = D.board.find(r => r.run === run);
-  $('tasks-title').textContent = `Tasks: ${row ? row.model : ''}` + (row && Object.keys(groups()).length > 1 ? ` (${row.group})` : '');
-  if (!m) { $('tasks').innerHTML = ''; $('questions').innerHTML = ''; $('model-note').textContent = 'No per-question data for this run.'; return; }
+function pick(run, chosen) {
+  current = run;
+  document.querySelectorAll('tr[data-m]').forEach(tr => tr.classList.toggle('sel', tr.dataset.m === run));
+  const m = D.runs[run], row = D.board.find(r => r.run === run), g = rankingOf(run);
+  if (chosen) history.replaceState(null, '', '#model=' + encodeURIComponent(linkName(run)));
+  $('model-title').textContent = `Tasks: ${row ? row.model : run}` + (g && rankings.length > 1 ? ` (${g.label})` : '');
+  if (!m) { $('tasks').innerHTML = ''; $('questions').innerHTML = ''; $('task-pick').innerHTML = ''; $('q-count').textContent = '';
+            $('model-note').textContent = `${row ? row.status : ''}${row && row.reason ? ': ' + row.reason : ''}. No per-question data for this run.`; return; }
   $('model-note').textContent = (m.reason ? `${m.status}: ${m.reason}. ` : `${m.status}. `) + `Questions shown: ${m.questions.length.toLocaleString()} of ${m.questions_total.toLocaleString()}` + (m.questions.length < m.questions_total ? ` (capped at ${m.limit.toLocaleString()} per model: errors first, then wrong answers; all of them are in the results folder's samples.jsonl)` : '') + '.';
-  $('tasks').innerHTML = '<tr><th>skill</th><th>task</th><th>metric</th><th class="num">n</th><th class="num">errors</th><th class="num">unscored</th><th class="num">score</th></tr>' +
-    m.tasks.map(t => `<tr class="click" data-t="${esc(t.task)}"><td>${esc(D.labels[t.skill] || t.skill)}</td><td>${esc(t.task)}${t.official ? ' †' : ''}</td><td>${esc(t.metric)}</td><td class="num">${fmt(t.n)}/${fmt(t.questions)}</td><td class="num ${t.errors ? 'err' : ''}">${fmt(t.errors)}</td><td class="num">${fmt(t.unscored)}</td><td class="num" title="${esc(t.official || '')}">${score(t.score)}</td></tr>`).join('');
+  let skill = null;
+  $('tasks').innerHTML = '<tr><th>task</th><th>metric</th><th class="num">n</th><th class="num">score</th></tr>' + m.tasks.map(t => {
+    const head = t.skill === skill ? '' : `<tr class="skillrow"><td colspan="4">${esc(D.labels[t.skill] || t.skill)}</td></tr>`; skill = t.skill;
+    const counts = `${t.n} scored of ${t.questions}; ${t.errors} without an answer; ${t.unscored} not scored`;
+    return head + `<tr class="click" data-t="${esc(t.task)}"><td class="task">${esc(t.task)}${t.official ? ' †' : ''}${t.why.map(w => `<div class="why">${esc(w)}</div>`).join('')}</td><td>${esc(t.metric)}</td>` +
+      `<td class="num ${t.errors ? 'err' : ''}" title="${esc(counts)}">${fmt(t.n)}/${fmt(t.questions)}</td>` +
+      `<td class="num" title="${esc(t.score === null ? t.why.join('\n') || 'not scored' : (t.official || ''))}">${t.score === null ? 'not scored' : score(t.score)}</td></tr>`; }).join('');
   $('tasks').querySelectorAll('tr.click').forEach(tr => tr.onclick = () => { $('task-pick').value = tr.dataset.t; drawQuestions(); });
   $('task-pick').innerHTML = '<option value="">(every task)</option>' + m.tasks.map(t => `<option>${esc(t.task)}</option>`).join('');
   drawQuestions();
@@ -226,15 +280,28 @@ function drawQuestions() {
   const rows = m.questions.filter(q => (!task || q.task === task) && (filter === 'all' || (filter === 'errors' ? q.error : (q.wrong || q.error))));
   $('q-count').textContent = `${rows.length.toLocaleString()} question(s)`;
   $('questions').innerHTML = '<tr><th class="num">row</th><th>task</th><th>input</th><th>truth</th><th>answer</th><th class="num">score</th></tr>' +
-    rows.slice(0, 2000).map(q => { const t = (D.texts[m.data] || {})[q.row] || [null, null]; return `<tr><td class="num">${q.row}</td><td>${esc(q.task)}</td><td class="pre">${esc(t[0])}</td><td>${esc(t[1])}</td><td>${q.answer === null ? '<span class="err">—</span>' : esc(q.answer)}</td>` +
-      `<td class="num ${q.error ? 'err' : (q.wrong ? '' : 'ok')}">${q.error ? esc(q.error) : (q.unscored ? 'not scored' : (q.ner ? 'tp/fp/fn ' + esc(q.ner) : score(q.score)))}${q.official ? ' †' : ''}</td></tr>`; }).join('');
+    rows.slice(0, 2000).map(q => { const t = (D.texts[m.data] || {})[q.row] || [null, null];
+      const unscored = q.unscored === null ? null : m.reasons[q.unscored];
+      return `<tr><td class="num">${q.row}</td><td>${esc(q.task)}</td><td class="pre">${esc(t[0])}</td><td class="pre">${esc(t[1])}</td>` +
+        `<td class="pre">${q.answer === null ? '<span class="err">—</span>' : esc(q.answer)}${unscored === null ? '' : `<div class="why">not scored: ${esc(unscored)}</div>`}</td>` +
+        `<td class="num ${q.error ? 'err' : (q.wrong || unscored !== null ? '' : 'ok')}"${unscored === null ? '' : ` title="${esc(unscored)}"`}>${q.error ? esc(q.error) : (unscored !== null ? 'not scored' : (q.ner ? 'tp/fp/fn ' + esc(q.ner) : score(q.score)))}${q.official ? ' †' : ''}</td></tr>`; }).join('');
 }
 document.querySelectorAll('button[data-f]').forEach(b => b.onclick = () => { filter = b.dataset.f; document.querySelectorAll('button[data-f]').forEach(x => x.classList.toggle('on', x === b)); drawQuestions(); });
 $('task-pick').onchange = drawQuestions;
-if (D.notes.length) { $('notes-box').hidden = false; $('notes').innerHTML = D.notes.map(n => `<li>${esc(n)}</li>`).join(''); }
-drawBoards(); drawHeat();
 const ranked = [...D.board].sort((a, b) => (b.overall ?? -1) - (a.overall ?? -1));
-const first = ranked.find(r => D.runs[r.run]) || ranked[0];  // the best run we can drill into
-if (first) pick(first.run);
+function linked() {  // the run the address names (#model=NAME or a run's key); a name's complete run first
+  const want = new URLSearchParams(location.hash.slice(1)).get('model');
+  if (want === null) return null;
+  const row = D.board.find(r => r.run === want) || D.board.find(r => r.model === want && r.complete) || D.board.find(r => r.model === want);
+  if (!row) D.notes.unshift(`The address names a model this report does not have: ${want}`);
+  return row ? row.run : null;
+}
+function open(run) { pick(run); const tr = [...document.querySelectorAll('tr[data-m]')].find(x => x.dataset.m === run); if (tr) tr.scrollIntoView({block: 'nearest'}); }
+drawBoards();
+const asked = linked();
+if (D.notes.length) { $('notes-box').hidden = false; $('notes').innerHTML = D.notes.map(n => `<li>${esc(n)}</li>`).join(''); }
+const first = asked || (ranked.find(r => D.runs[r.run]) || ranked[0] || {}).run;  // else the best run we can drill into
+if (first) open(first);
+window.addEventListener('hashchange', () => { const run = linked(); if (run && run !== current) open(run); });
 </script></body></html>
 """

@@ -289,27 +289,75 @@ def shot_shortfall(planned: list[Planned], questions: list[Question], shots: int
     return fewest
 
 
+class Throughput:
+    """Replies per second over the last `window_s` seconds, timed from the first reply in that window to the
+    last: a server's start-up (or a pause between models) before the replies is never averaged in, so the
+    rate is the fan-out's. Counted per second, so memory stays small at any rate. `amount` counts replies
+    (1 each) or what they carry (tokens)."""
+
+    def __init__(self, window_s: float = 60.0) -> None:
+        self.window_s = window_s
+        self.seconds: list[list] = []  # [whole second, amount in it, time and amount of its first reply]
+        self.last = 0.0
+
+    def add(self, now: float | None = None, amount: int = 1) -> None:
+        now = time.monotonic() if now is None else now
+        if self.seconds and self.seconds[-1][0] == int(now):
+            self.seconds[-1][1] += amount
+        else:
+            self.seconds.append([int(now), amount, now, amount])
+        self.last = now
+        while self.seconds[0][0] < now - self.window_s:
+            self.seconds.pop(0)
+
+    def rate(self) -> float | None:
+        """Per second after the window's first reply; None until replies are a moment apart."""
+        if not self.seconds or self.last - self.seconds[0][2] < 0.05:
+            return None
+        return (sum(s[1] for s in self.seconds) - self.seconds[0][3]) / (self.last - self.seconds[0][2])
+
+
+def time_left(left: int, rate: float | None) -> str:
+    """How long `left` replies take at `rate`: '~40 s left', '~12 min left', '~2 h 05 min left'; 'all done';
+    'time left unknown yet' before the replies give a rate."""
+    if left <= 0:
+        return "all done"
+    if not rate:
+        return "time left unknown yet"
+    seconds = left / rate
+    if seconds < 90:
+        return f"~{max(seconds, 1):.0f} s left"
+    if seconds < 5400:
+        return f"~{seconds / 60:.0f} min left"
+    return f"~{seconds // 3600:.0f} h {seconds % 3600 / 60:02.0f} min left"
+
+
 class _Progress:
-    """done/total, req/s, output tok/s, errors and ETA, on one rich bar."""
+    """done/total, the fan-out's req/s and output tok/s, errors, and the sending time left, on one rich bar."""
 
     def __init__(self, total: int, console: Console, enabled: bool = True, label: str = "requests") -> None:
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]:.1f} req/s"), TextColumn("{task.fields[tps]:.0f} tok/s"),
-                            TextColumn("{task.fields[errors]} errors"), TimeRemainingColumn(), console=console,
-                            transient=False, disable=not enabled)
-        self.task = self.bar.add_task(label, total=total, rate=0.0, tps=0.0, errors=0)
-        self.started = time.monotonic()
-        self.tokens = 0
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]} req/s"), TextColumn("{task.fields[tps]} tok/s"),
+                            TextColumn("{task.fields[errors]} errors"), TextColumn("sending: {task.fields[left]}"),
+                            console=console, transient=False, disable=not enabled)
+        self.task = self.bar.add_task(label, total=total, rate="-", tps="-", errors=0,
+                                      left="time left unknown yet")
+        self.total = total
+        self.throughput = Throughput()
+        self.tokens = Throughput()
         self.errors = 0
         self.done = 0
 
     def update(self, reply: Reply) -> None:
+        now = time.monotonic()
         self.done += 1
-        self.tokens += reply.completion_tokens or 0
+        self.throughput.add(now)
+        self.tokens.add(now, reply.completion_tokens or 0)
         self.errors += 0 if reply.ok else 1
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        self.bar.update(self.task, advance=1, rate=self.done / elapsed, tps=self.tokens / elapsed,
-                        errors=self.errors)
+        rate, tps = self.throughput.rate(), self.tokens.rate()
+        self.bar.update(self.task, advance=1, rate="-" if rate is None else f"{rate:.1f}",
+                        tps="-" if tps is None else f"{tps:.0f}", errors=self.errors,
+                        left=time_left(self.total - self.done, rate))
 
 
 LOCAL_CONCURRENCY = 256  # a server we started serves only us: let its scheduler see the whole queue

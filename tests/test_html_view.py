@@ -1,0 +1,216 @@
+"""The HTML report as a user sees it in a real browser at 1280×800: a 27-model night shows every model and
+column without scrolling, one heatmap per ranking, prompts keep their newlines, a cell without a score says
+why, and the address opens a model's view. Measured by headless Chromium with its scrollbars drawn."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from benchmarks.stubs.openai_stub import Stub
+from builders import write_jsonl
+from evaluator.reports.screenshot import chromium, measure, overflow, screenshot
+
+pytestmark = pytest.mark.skipif(chromium() is None, reason="no Chromium here (Debian: apt-get install chromium); "
+                                                           "the HTML report is looked at in a real browser where it is")
+
+ROOT = Path(__file__).resolve().parents[1]
+ODD = "org/Model #1 & co"  # a name the address must carry: '/', '#', '&' and spaces
+NAMES = [ODD, "Meta-Llama-3-70B-Instruct", "mixtral-8x7b-instruct-v0.1",
+         *(f"organization/very-long-model-name-{i}-instruct" for i in range(24))]
+TRACKS = ["amazon-kdd-cup-24-understanding-shopping-concepts", "amazon-kdd-cup-24-shopping-knowledge-reasoning",
+          "amazon-kdd-cup-24-user-behavior-alignment", "amazon-kdd-cup-24-multi-lingual-abilities"]
+
+
+def questions(n: int, word: str) -> list[dict]:
+    """Four skills; the multilingual one only by a metric whose model is not here offline (never scored)."""
+    rows = []
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:
+            rows.append({"input_field": f"{word} question {i}: which fits?\n0. a towel\n1. a kettle\n2. a mug\n"
+                                        "3. a lamp\nAnswer:", "output_field": i % 4, "task_name": "pick",
+                         "task_type": "multiple-choice", "metric": "accuracy", "track": TRACKS[0]})
+        elif kind == 1:
+            rows.append({"input_field": f"{word} extract the brand from item {i}\nOutput:",
+                         "output_field": "acme steel bottle", "task_name": "extract", "task_type": "generation",
+                         "metric": "rougel", "track": TRACKS[1]})
+        elif kind == 2:
+            rows.append({"input_field": f"{word} which items {i}?", "output_field": [1, 2, 3], "task_name": "find",
+                         "task_type": "retrieval", "metric": "hit rate@3", "track": TRACKS[2]})
+        else:
+            rows.append({"input_field": f"{word} explain item {i} in German", "output_field": "Ein Wasserkocher.",
+                         "task_name": "explain_de", "task_type": "generation",
+                         "metric": "multilingual-sent-transformer", "track": TRACKS[3]})
+    return rows
+
+
+def answer(body: dict) -> str:
+    prompt = body.get("prompt") or json.dumps(body.get("messages"))
+    h = sum(map(ord, f"{body.get('model')}|{prompt}"))
+    if body.get("max_tokens", 0) <= 1:
+        return str(h % 4)
+    return ",".join(str(1 + (h >> k) % 5) for k in range(3)) if "which items" in prompt else "acme bottle"
+
+
+def cli(args: list, home: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SHOPPING_MMLU_CACHE": str(home), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "evaluator", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory) -> dict:
+    """A priced 27-model night on a loopback stub, then two models on a second data set whose file has the same
+    name (another ranking), and the report of the whole cache."""
+    folder = tmp_path_factory.mktemp("night")
+    data = write_jsonl(folder / "d.json", questions(40, "FIRST"))
+    (folder / "other").mkdir()
+    other = write_jsonl(folder / "other" / "d.json", questions(8, "SECOND"))
+    cache, home = folder / "cache", folder / "home"
+    with Stub(answers=answer) as stub:
+        suite = folder / "night.toml"
+        suite.write_text(f'[suite]\nname = "night"\ndata = "{data}"\nconcurrency = 16\n[models]\n' + "".join(
+            f'{json.dumps(n)} = {{ provider = "openai-compatible", model = "served-{i}", api_base = '
+            f'"{stub.base_url}", price_input = 2.5, price_output = 10.0 }}\n' for i, n in enumerate(NAMES)),
+            encoding="utf-8")
+        done = cli(["suite", suite, "--cache", cache, "--output", folder / "out", "--allow-incomplete"], home)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        for name in (NAMES[1], NAMES[3]):
+            done = cli(["run", "--model", name, "--base-url", stub.base_url, "--data", other, "--cache", cache,
+                        "--allow-incomplete"], home)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    both = folder / "both.html"
+    done = cli(["report", "--cache", cache, "--html", both], home)
+    assert done.returncode == 0, done.stderr
+    return {"night": folder / "out" / "latest" / "report.html", "both": both}
+
+
+def payload(page: Path) -> dict:
+    return json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', page.read_text(),
+                                re.S).group(1))
+
+
+def test_a_27_model_night_shows_every_model_and_column_at_1280x800(night):
+    """Nothing scrolls sideways or spills out of its section, and every row and cell of the table is inside
+    the first screen: the cost column included, the last skill column not behind a scrollbar."""
+    page = night["night"]
+    found = overflow(page)
+    assert found["page_width"] <= found["client_width"] and not found["sideways"] and not found["spills"], found
+    seen = measure(page, """
+      const view = {w: doc.documentElement.clientWidth, h: win.innerHeight};
+      const rows = [...doc.querySelectorAll('table.board tr[data-m]')];
+      const cells = rows.flatMap(tr => [...tr.cells]).map(td => td.getBoundingClientRect());
+      const heads = [...doc.querySelectorAll('table.board th')].map(th => th.textContent.replace(/[ ▲▼]+$/, ''));
+      const cut = [...doc.querySelectorAll('td.name')].filter(td => td.scrollWidth > td.clientWidth).length;
+      return {view, rows: rows.length, heads, cut, tables: doc.querySelectorAll('table.board').length,
+              right: Math.max(...cells.map(r => r.right)), bottom: Math.max(...cells.map(r => r.bottom)),
+              heat_scroll: [...doc.querySelectorAll('section.ranking')].map(s => [s.scrollWidth, s.clientWidth])};
+    """)
+    assert seen["tables"] == 1 and seen["rows"] == 27 and seen["cut"] == 0  # names shortened in the middle only
+    assert seen["heads"] == ["#", "model", "overall", "concept", "reasoning", "behavior", "multilingual", "answered",
+                             "status", "cost $"]
+    assert seen["right"] <= seen["view"]["w"] and seen["bottom"] <= seen["view"]["h"], seen
+    assert all(scroll <= client for scroll, client in seen["heat_scroll"]), seen
+    shot = screenshot(page, page.with_name("night-1280x800.png"))  # scrollbars drawn: a person can look
+    assert shot.read_bytes()[16:24] == (1280).to_bytes(4, "big") + (800).to_bytes(4, "big")
+
+
+def test_the_measure_finds_a_table_clipped_behind_a_scrollbar(tmp_path):
+    """The check above can fail: a box too narrow for its table scrolls sideways and a wide table spills."""
+    page = tmp_path / "clipped.html"
+    page.write_text('<section style="width:300px"><div style="overflow:auto"><table><tr>' + "<td>0.123</td>" * 60 +
+                    '</tr></table></div></section><section style="width:300px"><table><tr>' +
+                    "<td>0.456</td>" * 60 + "</tr></table></section>", encoding="utf-8")
+    found = overflow(page)
+    assert [s["element"] for s in found["sideways"]] == ["div"]
+    assert [s["element"] for s in found["spills"]] == ["table", "table"]
+    assert found["page_width"] > found["client_width"]
+
+
+def test_one_heatmap_per_ranking_even_when_two_data_files_share_a_name(night):
+    """Two data sets both called d.json are two rankings: two tables, each with only its own runs."""
+    page = night["both"]
+    board = payload(page)["board"]
+    expected = {}
+    for row in board:
+        expected.setdefault((row["data_sha256"], row["protocol"], row["variant"]), set()).add(row["run"])
+    assert sorted(map(len, expected.values())) == [2, 27]
+    drawn = measure(page, """
+      return [...doc.querySelectorAll('section.ranking')].map(s => ({label: s.querySelector('h2').textContent,
+        runs: [...s.querySelectorAll('tr[data-m]')].map(tr => tr.dataset.m),
+        hsl: s.querySelectorAll('td.cell[style*="hsl("]').length}));
+    """)
+    assert sorted(frozenset(t["runs"]) for t in drawn) == sorted(frozenset(v) for v in expected.values())
+    assert all(len(t["runs"]) == len(set(t["runs"])) and t["hsl"] >= 3 * len(t["runs"]) for t in drawn)
+    labels = [t["label"] for t in drawn]
+    assert len(set(labels)) == 2 and all(label.startswith("d.json") for label in labels), labels
+
+
+def test_a_cell_without_a_score_says_why_there_and_in_the_drill_down(night):
+    """The multilingual model is not here offline: its cell is '—' and its title says so; the model's tasks
+    and its questions say so in words."""
+    seen = measure(night["night"], """
+      const row = doc.querySelector('table.board tr[data-m]');
+      const none = [...row.querySelectorAll('td.cell.none')].map(td => [td.textContent, td.title]);
+      const task = [...doc.querySelectorAll('#tasks tr')].find(tr => tr.textContent.includes('explain_de'));
+      doc.getElementById('task-pick').value = 'explain_de'; doc.getElementById('task-pick').onchange();
+      const q = doc.querySelector('#questions tr:nth-child(2)');
+      return {none, task: task.innerText, score: q.cells[5].textContent, score_title: q.cells[5].title,
+              answer: q.cells[4].innerText};
+    """)
+    [(text, title)] = seen["none"]
+    assert text == "—" and "multilingual: not scored" in title and "explain_de: 10 not scored" in title
+    assert "multilingual-sent-transformer" in title and "could not be loaded" in title
+    assert "not scored: the multilingual-sent-transformer model" in seen["task"]
+    assert seen["score"] == "not scored" and "could not be loaded" in seen["score_title"]
+    assert "not scored: the multilingual-sent-transformer model" in seen["answer"]
+
+
+def test_prompts_keep_their_newlines(night):
+    """A multiple-choice prompt shows one choice a line, as the model got it."""
+    seen = measure(night["night"], """
+      doc.getElementById('task-pick').value = 'pick'; doc.getElementById('task-pick').onchange();
+      const td = doc.querySelector('#questions tr:nth-child(2)').cells[2];
+      return {style: win.getComputedStyle(td).whiteSpace, text: td.innerText,
+              lines: Math.round(td.getBoundingClientRect().height / parseFloat(win.getComputedStyle(td).lineHeight))};
+    """)
+    assert seen["style"] == "pre-wrap" and "\n0. a towel\n1. a kettle\n" in seen["text"]
+    assert seen["lines"] >= 6, seen
+
+
+def test_the_address_opens_a_model_and_a_click_puts_it_there(night):
+    """`#model=NAME` opens that model's view; a click writes the model into the address, and that address
+    opens it again; a model on two rankings is linked by its run's key; an unknown name says so."""
+    page = night["both"]
+    board = payload(page)["board"]
+    state = """
+      const sel = [...doc.querySelectorAll('tr.sel')].map(tr => tr.dataset.m);
+      return {hash: win.location.hash, title: doc.getElementById('model-title').textContent, sel,
+              notes: doc.getElementById('notes').textContent};
+    """
+    opened = measure(page, state, fragment="model=mixtral-8x7b-instruct-v0.1")
+    run = next(r["run"] for r in board if r["model"] == "mixtral-8x7b-instruct-v0.1")
+    assert opened["sel"] == [run] and opened["title"].startswith("Tasks: mixtral-8x7b-instruct-v0.1 (d.json")
+    clicked = measure(page, """
+      const pick = name => [...doc.querySelectorAll('tr[data-m]')].find(tr => tr.querySelector('td.name').title
+                                                                          .startsWith(name + ' · '));
+      pick(%s).click(); const first = win.location.hash;
+      pick(%s).click(); return [first, win.location.hash];
+    """ % (json.dumps(ODD), json.dumps("Meta-Llama-3-70B-Instruct")))
+    assert clicked[0] == "#model=" + quote(ODD, safe="")
+    key = clicked[1].removeprefix("#model=")
+    assert key in {r["run"] for r in board if r["model"] == "Meta-Llama-3-70B-Instruct"}  # two rankings: its run
+    again = measure(page, state, fragment=f"model={ODD}")
+    assert again["sel"] == [next(r["run"] for r in board if r["model"] == ODD)] and ODD in again["title"]
+    by_key = measure(page, state, fragment=f"model={key}")
+    assert by_key["sel"] == [key]
+    unknown = measure(page, state, fragment="model=<b>nobody</b>")
+    assert "does not have: <b>nobody</b>" in unknown["notes"] and unknown["sel"]
