@@ -214,3 +214,35 @@ def test_the_address_opens_a_model_and_a_click_puts_it_there(night):
     assert by_key["sel"] == [key]
     unknown = measure(page, state, fragment="model=<b>nobody</b>")
     assert "does not have: <b>nobody</b>" in unknown["notes"] and unknown["sel"]
+
+
+def test_a_failed_run_without_questions_says_why_in_its_cells_and_its_view(tmp_path):
+    """A saved run that failed before answering (its data gone, so no per-question view): every score cell
+    is '—' with the run's reason, and its view says the reason too."""
+    from evaluator.cache.responses import ResponseCache, run_key
+    from evaluator.reports import html
+
+    store = ResponseCache(tmp_path / "c" / "responses")
+    for name, status in (("good-model", "complete"), ("broken-model", "failed")):
+        scored = 5 if status == "complete" else 0
+        tasks = [{"skill": TRACKS[t], "task": f"task{t}", "metric": "accuracy", "questions": 5, "scored": scored,
+                  "errors": 5 - scored, "unscored": 0, "score": 0.4 if scored else None, "prompt_tokens": 10,
+                  "completion_tokens": 1, "official": None} for t in range(4)]
+        store.save_run({"key": run_key(name, "sha", "skill", "completion", ""), "model": name,
+                        "data": str(tmp_path / "gone.json"), "data_sha256": "sha", "protocol": "skill",
+                        "rendering": "completion", "variant": "", "questions": 20, "answered": 4 * scored,
+                        "scored": 4 * scored, "errors": 20 - 4 * scored, "unscored": 0, "status": status,
+                        "reason": "pre-flight: the environment variable KEY is not set" if not scored else None,
+                        "prompt_tokens": 40, "completion_tokens": 4, "cost": None, "details": "{}",
+                        "created_at": 0.0}, tasks)
+    store.close()
+    page = html.write(tmp_path / "c", tmp_path / "report.html")
+    seen = measure(page, """
+      const row = [...doc.querySelectorAll('tr[data-m]')].find(tr => tr.textContent.includes('broken-model'));
+      return {cells: [...row.querySelectorAll('td.cell')].map(td => [td.textContent, td.title]),
+              note: doc.getElementById('model-note').textContent};
+    """, fragment="model=broken-model")
+    assert len(seen["cells"]) == 5 and all(text == "—" and "the environment variable KEY is not set" in title
+                                           for text, title in seen["cells"]), seen["cells"]
+    assert "no score, the run failed" in seen["cells"][0][1]
+    assert seen["note"].startswith("failed: pre-flight: the environment variable KEY is not set.")
