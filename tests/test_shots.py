@@ -218,6 +218,11 @@ def test_a_task_with_fewer_examples_uses_all_it_has_and_says_so(tmp_path, capsys
     assert "warning: task small has 1 example(s) to draw from, not 3" in " ".join(printed.split())
     doc = json.loads((tmp_path / "out" / "results.json").read_text())
     assert doc["settings"]["shots"]["short_tasks"] == {"small": 1} and doc["settings"]["variant"] == "3-shot"
+    inspect = ["inspect", "--model", "m", "--task", "small", "--data", data, "--cache", tmp_path / "c"]
+    code, out, err = run_cli([*inspect, "--shots", "3"], capsys, monkeypatch)
+    assert code == 0 and "MC question 1 of small?" in out, err
+    code, _, err = run_cli(inspect, capsys, monkeypatch)  # zero-shot: other prompts, never asked
+    assert code == 2 and "no answer" in err
 
 
 def test_a_named_pool_is_part_of_the_variant_and_rescore_and_compare_rebuild_it(tmp_path, capsys, monkeypatch):
