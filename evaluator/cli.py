@@ -14,29 +14,36 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from evaluator import __version__
 from evaluator.errors import InputError
 from evaluator.prompts import Protocol, Rendering
+from evaluator.reports.screen import Screen
 
 if TYPE_CHECKING:
     from evaluator.runs.runner import RunResult
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 ENVIRONMENT = """\b
-Exit codes: 0 every question answered and scored; 1 a model failed (pre-flight, breaker, server start, full
-disk); 2 bad input (one line names file, line and field); 3 incomplete (errors or unscored questions; pass
---allow-incomplete to accept); 130 interrupted.
+Exit codes:
+  0    every question answered and scored
+  1    a model failed (pre-flight, breaker, server start, full disk)
+  2    bad input (one line names the file, line and field)
+  3    incomplete: errors or unscored questions (--allow-incomplete: exit 0)
+  130  interrupted
 
 \b
 Environment:
   SHOPPING_MMLU_CACHE        cache folder (default ~/.cache/shopping-mmlu)
-  SHOPPING_MMLU_PROFILES     an extra profiles TOML whose models add to or override the built-in ones
-  SHOPPING_MMLU_VLLM_PYTHON  the Python that runs vLLM (default: .venv-vllm beside the checkout, else this one)
-  OPENAI_API_KEY, ANTHROPIC_API_KEY   keys for the profiles that name them (never stored or printed)
-  HF_HUB_OFFLINE=1           never ask the Hugging Face hub (embedding models from local folders only)
+  SHOPPING_MMLU_PROFILES     a profiles TOML that adds or overrides models
+  SHOPPING_MMLU_VLLM_PYTHON  the Python that runs vLLM (default: .venv-vllm
+                             beside the checkout, else this one)
+  OPENAI_API_KEY, ANTHROPIC_API_KEY
+                             keys for the profiles that name them (never
+                             stored or printed)
+  HF_HUB_OFFLINE=1           never ask the Hugging Face hub (embedding models
+                             from local folders only)
 """
 PROTOCOL_HELP = ("skill: the leaderboard's skill-wise protocol (skill files, plain prompts); task: the task-wise "
                  "scripts' protocol (one task file at a time, its own token budgets)")
@@ -47,8 +54,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   rich_markup_mode=None, help="Fast, faithful Shopping MMLU evaluation.", epilog=ENVIRONMENT)
 data_app = typer.Typer(no_args_is_help=True, help="Get and inspect Shopping MMLU data.", rich_markup_mode=None)
 app.add_typer(data_app, name="data")
-console = Console()
-err_console = Console(stderr=True)
+console = Screen()
+err_console = Screen(stderr=True)
 
 
 class Device(str, Enum):
@@ -338,10 +345,13 @@ def report_command(
 ) -> None:
     """Every run saved in the cache, per skill and overall, ranked within the same data, protocol and prompt
     options; how complete each is; tokens and the cost computed when it ran."""
-    from evaluator.reports import leaderboard
+    from evaluator.reports import leaderboard, tables
 
     board = _board(cache)
-    leaderboard.render(board, fmt.value, console)
+    if fmt is Format.TABLE:
+        tables.print_leaderboard(board, console)
+    else:
+        leaderboard.render(board, fmt.value, console)
     if chart is not None:
         from evaluator.reports import charts
 
@@ -577,7 +587,7 @@ def demo_command(
     output: Optional[Path] = OUTPUT,
 ) -> None:
     """The embedded default: SmolLM2-135M on vLLM (CPU here), the sample set, scores and the leaderboard."""
-    from evaluator.reports import leaderboard
+    from evaluator.reports.tables import print_leaderboard
     from evaluator.runs import runner
     from evaluator.runs.runner import RunConfig
     from servers.profiles import get_profile
@@ -587,7 +597,7 @@ def demo_command(
                        embeddings=_embeddings(None, multilingual_model))
     console.print(f"Demo: model 'demo' (SmolLM2-135M-Instruct) on the sample set in {escape(str(config.data))}")
     _finish(runner.execute(config, console), json_out, output, allow_incomplete,
-            after=lambda: leaderboard.render(_board(cache), "table", console))
+            after=lambda: print_leaderboard(_board(cache), console))
 
 
 @app.command("models")

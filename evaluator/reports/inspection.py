@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table, box
 
+from evaluator.data.records import TaskType
 from evaluator.errors import InputError
 from evaluator.runs.runner import RunConfig, execute
 
@@ -26,6 +29,8 @@ def inspect(config: RunConfig, task: str) -> pl.DataFrame:
         if question.task != task:
             continue
         records.append({"row": row["row"], "qid": question.qid, "input": question.input,
+                        "choices": question.choices,
+                        "multiple_choice": question.task_type is TaskType.MULTIPLE_CHOICE,
                         "truth": str(question.truth), "answer": row["output"], "score": row["score"],
                         "tp_fp_fn": f"{row['tp']}/{row['fp']}/{row['fn']}" if row["tp"] is not None else None,
                         "official": row["official"], "unscored": row["unscored"],
@@ -51,12 +56,27 @@ def print_inspect(rows: pl.DataFrame, model: str, task: str, console: Console) -
             score = "-" if r["score"] is None else f"{r['score']:.4f}"
         if r["official"]:
             score += f"\nofficial: {escape(r['official'].split(':')[0])}"
-        table.add_row(str(r["row"]), escape(_clip(r["input"])), escape(_clip(r["truth"])),
+        table.add_row(str(r["row"]), escape(_shown_input(r)), escape(_clip(r["truth"])),
                       escape(_clip(r["answer"])), score)
     console.print(table)
     notes = {r["official"] for r in rows.iter_rows(named=True) if r["official"]}
     for note in sorted(notes):
         console.print(f"official: {escape(note)}", highlight=False)
+
+
+def _shown_input(row: dict, limit: int = 160) -> str:
+    """A multiple-choice input keeps every option whole (the truth is checked against them) and clips only
+    the question before them; the task files' choices are listed as the prompt lists them. Any other input
+    is clipped."""
+    if not row["multiple_choice"]:
+        return _clip(row["input"], limit)
+    lines = row["input"].rstrip().split("\n")
+    first = next((i for i, line in enumerate(lines) if _OPTION.match(line)), len(lines))
+    options = lines[first:] + [f"{i}. {choice}" for i, choice in enumerate(row["choices"] or [])]
+    return "\n".join([_clip("\n".join(lines[:first]), limit), *options])
+
+
+_OPTION = re.compile(r"\s*\(?[0-9A-Z]\)?[.)] ")
 
 
 def _clip(text: str | None, limit: int = 160) -> str:

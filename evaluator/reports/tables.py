@@ -15,7 +15,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table, box
 
+from evaluator.reports import leaderboard
 from evaluator.reports.leaderboard import short_skill
+from evaluator.reports.screen import Name
 from evaluator.scoring.aggregate import Scores
 
 if TYPE_CHECKING:
@@ -45,7 +47,7 @@ def print_scores(scores: Scores, console: Console, model: str = "", groups: str 
     tasks = scores.tasks.filter(pl.col("model") == model)
     skills = {r["skill"]: r for r in scores.skills.filter(pl.col("model") == model).iter_rows(named=True)}
     table = _table("Shopping MMLU scores" + (f": {escape(model)}" if model else ""))
-    table.add_column("task", overflow="fold", ratio=1, min_width=10)
+    table.add_column("task", ratio=1)
     table.add_column("metric", no_wrap=True)
     table.add_column("n", justify="right", no_wrap=True)
     table.add_column("score", justify="right", no_wrap=True)
@@ -55,10 +57,10 @@ def print_scores(scores: Scores, console: Console, model: str = "", groups: str 
         label = short_skill(name)
         summary = skills.get(name)
         title = f"{groups} {label}" + (f" ({name})" if label != name else "")
-        table.add_row(f"[bold]{escape(title)}[/]", "", "", "", "")
+        table.add_row(Name(title, "bold"), "", "", "", "")
         for row in part.iter_rows(named=True):
             flag = " †" if row["official"] else ""
-            table.add_row(f"  {escape(row['task'])}{flag}", METRIC_LABELS.get(row["metric"], row["metric"]),
+            table.add_row(Name(row["task"] + flag, indent=2), METRIC_LABELS.get(row["metric"], row["metric"]),
                           f"{row['n']:,}", _num(row["score"]), _missing(row))
         if summary:
             coverage = f"mean of {summary['tasks']}/{summary['tasks_total']} tasks"
@@ -94,6 +96,12 @@ def print_run(result: "RunResult", console: Console) -> None:
     console.print(line)
     if result.reason:
         console.print(f"[{colour}]reason:[/] {escape(result.reason)}", soft_wrap=True)
+    if result.config.choice_probs:
+        view = result.choice_probabilities()
+        console.print("choice probabilities (ours, not the official score): " + (
+            f"accuracy {view['accuracy']:.3f}, mass on valid choices {view['valid_mass']:.3f}, over "
+            f"{view['n']:,}/{view['questions']:,} multiple-choice questions" if view["available"] else view["note"]),
+            highlight=False)
     console.print(f"requests: {result.sent:,} sent, {result.cached:,} cached, {result.errors:,} without an answer"
                   + (f", fan-out {result.seconds:.1f} s" if result.sent else ""))
     if result.kept is not None:
@@ -103,9 +111,46 @@ def print_run(result: "RunResult", console: Console) -> None:
                       "Rerun or rescore all of them to replace it.")
 
 
+def print_leaderboard(board: pl.DataFrame, console: Console) -> None:
+    """One table per ranking at any width from 80 columns: every score column and `done` whole (numbers never
+    wrap), model names folded at '/' or '-' when the terminal is narrow; how complete each row is in notes
+    below."""
+    if board.is_empty():
+        console.print("No runs saved in this cache yet: `run`, `suite` or `demo` save them.")
+        return
+    skills = leaderboard.skill_columns(board)
+    for _, group in board.group_by(leaderboard.GROUP, maintain_order=True):
+        present = [s for s in skills if group[s].is_not_null().any()]
+        table = _table(f"Shopping MMLU leaderboard: {escape(group['group'][0])}")
+        table.add_column("#", justify="right", no_wrap=True)
+        table.add_column("model")
+        for header in ["overall", *(short_skill(s) for s in present)]:
+            table.add_column(header, justify="right", no_wrap=True)
+        table.add_column("done", justify="right", no_wrap=True)
+        notes = []
+        for row in group.iter_rows(named=True):
+            if row["status"] != "complete":
+                notes.append(leaderboard._note(row))
+            table.add_row(str(row["rank"]), Name(row["model"]),
+                          leaderboard._score(row["overall"], row["partial_skills"]),
+                          *(leaderboard._score(row[s]) for s in present), leaderboard._done(row))
+        console.print(table)
+        for note in notes:
+            console.print(note, highlight=False)
+        if any(r["partial_skills"] for r in group.iter_rows(named=True)):
+            console.print("~ averaged over fewer tasks or skills than the data has (see the notes)", highlight=False)
+
+
 def print_profiles(profiles: dict, fmt: str, console: Console) -> None:
-    rows = [{"name": p.name, "provider": p.provider, "model": p.model, "params_b": p.params_b,
-             "rendering": p.rendering, "dtype": p.dtype, "tp": p.tensor_parallel_size,
+    """Every profile: name, where it comes from (a hub id, or the provider's model at its endpoint), size,
+    rendering and prices; names and ids fold at '/' and '-' on a narrow terminal."""
+    from evaluator.redact import strip_url_credentials
+
+    def endpoint(p) -> str | None:
+        return strip_url_credentials(p.api_base)[0] if p.api_base else None
+
+    rows = [{"name": p.name, "provider": p.provider, "model": p.model, "api_base": endpoint(p),
+             "params_b": p.params_b, "rendering": p.rendering, "dtype": p.dtype, "tp": p.tensor_parallel_size,
              "price_input": p.price_input, "price_output": p.price_output, "key_env": p.api_key_env}
             for p in profiles.values()]
     if fmt == "json":
@@ -122,14 +167,16 @@ def print_profiles(profiles: dict, fmt: str, console: Console) -> None:
         return
     table = _table(f"{len(rows)} model profiles (add your own with $SHOPPING_MMLU_PROFILES)")
     for column in ("name", "source", "size", "render", "$/M in/out"):
-        table.add_column(column, overflow="fold", no_wrap=column in ("size", "render", "$/M in/out"))
+        table.add_column(column, no_wrap=column in ("size", "render", "$/M in/out"))
     for p in profiles.values():
         source = p.model if p.is_local else f"{p.provider}: {p.model}"
+        if endpoint(p):
+            source += f"\n{endpoint(p)}"
         size = f"{p.params_b:g}B" if p.params_b else "-"
         if p.tensor_parallel_size > 1:
             size += f" tp{p.tensor_parallel_size}"
         prices = "-" if p.price_input is None else f"{p.price_input:g}/{p.price_output:g}"
-        table.add_row(escape(p.name), escape(source), size, p.rendering, prices)
+        table.add_row(Name(p.name), Name(source), size, p.rendering, prices)
     console.print(table)
 
 
@@ -145,7 +192,7 @@ def print_data_info(dataset: "Dataset", path: Path, as_json: bool, console: Cons
                          ensure_ascii=False))
         return
     table = _table(f"{escape(str(path))}: {len(dataset.questions):,} questions, {len(dataset.files)} file(s)")
-    table.add_column("task", overflow="fold", ratio=1, min_width=10)
+    table.add_column("task", ratio=1)
     table.add_column("type", no_wrap=True)
     table.add_column("metric", no_wrap=True)
     table.add_column("questions", justify="right", no_wrap=True)
@@ -153,10 +200,10 @@ def print_data_info(dataset: "Dataset", path: Path, as_json: bool, console: Cons
              "named_entity_recognition": "ner", "generation": "generation"}
     for skill in dict.fromkeys(r["skill"] for r in rows):
         label = short_skill(skill)
-        table.add_row(f"[bold]{escape(dataset.groups)} {escape(label)}" + (f" ({escape(skill)})" if label != skill
-                                                                         else "") + "[/]", "", "", "")
+        table.add_row(Name(f"{dataset.groups} {label}" + (f" ({skill})" if label != skill else ""), "bold"),
+                      "", "", "")
         for row in (r for r in rows if r["skill"] == skill):
-            table.add_row(f"  {escape(row['task'])}", types.get(row["type"], row["type"]),
+            table.add_row(Name(row["task"], indent=2), types.get(row["type"], row["type"]),
                           METRIC_LABELS.get(row["metric"], row["metric"]), f"{row['questions']:,}")
         table.add_section()
     console.print(table)

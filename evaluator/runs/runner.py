@@ -23,7 +23,7 @@ from typing import Callable
 
 import polars as pl
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from evaluator.cache.responses import Answer, CacheFull, ResponseCache, process_owner, request_key, run_key
 from evaluator.client.http import Endpoint, Halt, Reply, RetryPolicy, fan_out

@@ -20,6 +20,7 @@ from rich.markup import escape
 from evaluator.data import loaders
 from evaluator.prompts import PromptOptions, Protocol, Rendering, draw_shots, render
 from evaluator.redact import redact
+from evaluator.reports.screen import Screen
 from evaluator.runs import runner
 from evaluator.runs.runner import RunConfig
 from evaluator.scoring.embeddings import ENGLISH_MODEL, MULTILINGUAL_MODEL, EmbeddingConfig, default_cache_dir
@@ -257,6 +258,8 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
     local = [m for m in suite.models if m.is_local]
     lock = threading.Lock()
 
+    noted: dict[str, list[str]] = {}  # a note (not scored, official NaN) -> the models it is about
+
     def say(message: str) -> None:
         with lock:
             console.print(message)
@@ -301,11 +304,13 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
                 f"{escape(outcome.message.splitlines()[0][:300] if outcome.message else 'failed')}")
         overall = "-" if outcome.overall is None else f"{outcome.overall:.4f}"
         colour = {"complete": "green", "incomplete": "yellow"}.get(outcome.status, "red")
+        unscored = f", {outcome.unscored} not scored (see the notes at the end)" if outcome.unscored else ""
         say(f"[{colour}]{escape(profile.name)}[/]: {outcome.status}, overall {overall}, "
             f"{outcome.questions - outcome.errors}/{outcome.questions} answered, {outcome.sent} sent, "
-            f"{outcome.cached} cached, {outcome.errors} errors")
-        for note in outcome.notes:
-            say(f"[yellow]{escape(profile.name)}:[/] {escape(note)}")
+            f"{outcome.cached} cached, {outcome.errors} errors{unscored}")
+        with lock:
+            for note in outcome.notes:
+                noted.setdefault(note, []).append(profile.name)
         if on_done is not None:
             on_done(outcome)
 
@@ -435,6 +440,7 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
     else:  # no GPU: local models one after another (each takes the whole machine)
         def sequential() -> None:
             for profile in local:
+                threading.current_thread().name = profile.name  # the log names the model by its thread
                 run_local(profile, None, None)
         threads.append(threading.Thread(target=sequential, name="local"))
     try:
@@ -453,20 +459,26 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
         raise
     finally:
         watchdog.close()
+    for note, models in noted.items():  # once a night, naming every model it is about
+        named = ", ".join(m.name for m in suite.models if m.name in models)
+        console.print(f"[yellow]note for {len(models)} model(s)[/] ({escape(named)}): {escape(note)}")
     if stage is not None:
         stage.close()
     night_cache.close()
     return [outcomes[m.name] for m in suite.models]
 
 
-class LogConsole(Console):
+class LogConsole(Screen):
     """The terminal console that also appends every line it prints, plain and timestamped, to the suite's
-    log (tables rendered at 100 columns); a line that does not name its model gets the suite's name."""
+    log: one line per message, never wrapped (tables at 100 columns), each naming its model so that grep
+    finds it: a message that does not start with a model's name gets the model whose thread printed it (or
+    the suite's name), and a message's further lines get the name its first line has."""
 
-    def __init__(self, log_path: Path, tag: str, **kwargs) -> None:
+    def __init__(self, log_path: Path, tag: str, models: frozenset[str] = frozenset(), **kwargs) -> None:
         super().__init__(**kwargs)
         self.log_path = log_path
         self.tag = tag
+        self.models = models
         self.log_lock = threading.Lock()
         log_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -479,37 +491,45 @@ class LogConsole(Console):
         buffer = StringIO()
         plain = Console(file=buffer, width=100, color_system=None, highlight=False)
         for item in objects:
-            plain.print(Text.from_markup(item) if isinstance(item, str) else item)
+            if isinstance(item, str):
+                plain.print(Text.from_markup(item), soft_wrap=True)
+            else:
+                plain.print(item)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         lines = [line.rstrip() for line in buffer.getvalue().splitlines() if line.strip()]
+        first = lines[0].split(" ", 1)[0] if lines else ""
+        thread = threading.current_thread().name
+        prefix = ("" if first.endswith(":") and len(first) > 1 else f"{thread}: " if thread in self.models
+                  else f"[{self.tag}] ")
         with self.log_lock, self.log_path.open("a", encoding="utf-8") as log:
-            for line in lines:
-                named = ":" in line.split(" ", 1)[0]
-                log.write(f"{stamp} {line if named else f'[{self.tag}] {line}'}\n")
+            for number, line in enumerate(lines):
+                log.write(f"{stamp} {prefix or (first + ' ' if number else '')}{line}\n")
 
 
 class SuiteProgress:
-    """Models done/total, requests, req/s and an ETA: a live bar on a terminal, a plain line every minute in
-    a log or a pipe."""
+    """Questions done across the night (answered, cached, or given up with their model), models scored, the
+    answering rate (the fan-outs', start-ups left out) and the answering time left (start-ups and scoring not
+    counted, and said so): a live bar on a terminal, a plain line every minute in a log or a pipe."""
 
     def __init__(self, console: Console, models: int, questions: int, every_s: float = 60.0) -> None:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, Progress, TextColumn
 
         self.console = console
-        self.models, self.total = models, models * questions
+        self.models, self.per_model, self.total = models, questions, models * questions
         self.done_models = 0
-        self.done = 0  # questions answered or cached, all models
-        self.sent = 0
-        self.started = time.monotonic()
+        self.done = 0  # questions answered, cached or given up, all models
+        self.throughput = runner.Throughput()
         self.lock = threading.Lock()
         self.every_s = every_s
-        self.last_line = self.started
+        self.last_line = time.monotonic()
         self.live = console.is_terminal
-        self.bar = Progress(TextColumn("[bold]suite"), BarColumn(), TextColumn("{task.fields[models]}"),
+        self.bar = Progress(TextColumn("[bold]suite"), BarColumn(bar_width=10),
                             TextColumn("{task.completed:,.0f}/{task.total:,.0f} questions"),
-                            TextColumn("{task.fields[rate]:.1f} req/s"), TimeRemainingColumn(),
+                            TextColumn("{task.fields[models]}"), TextColumn("{task.fields[rate]} req/s"),
+                            TextColumn("answering: {task.fields[left]}"),
                             console=console, disable=not self.live, transient=True)
-        self.task = self.bar.add_task("suite", total=self.total, models=f"0/{models} models", rate=0.0)
+        self.task = self.bar.add_task("suite", total=self.total, models=f"0/{models} models scored", rate="-",
+                                      left="time left unknown yet")
 
     def __enter__(self) -> "SuiteProgress":
         self.bar.start()
@@ -520,28 +540,28 @@ class SuiteProgress:
 
     def reply(self, _reply) -> None:
         with self.lock:
-            self.sent += 1
             self.done += 1
+            self.throughput.add()
             self._refresh()
 
     def model_done(self, outcome: Outcome) -> None:
         with self.lock:
             self.done_models += 1
-            self.done += outcome.cached  # answers it did not have to send
+            self.done += max(self.per_model - outcome.sent, 0)  # cached, or given up when the model failed
             self._refresh(force=True)
 
     def _refresh(self, force: bool = False) -> None:
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        rate = self.sent / elapsed
-        self.bar.update(self.task, completed=min(self.done, self.total), rate=rate,
-                        models=f"{self.done_models}/{self.models} models")
+        rate = self.throughput.rate()
+        left = runner.time_left(self.total - self.done, rate)
+        shown = "-" if rate is None else f"{rate:.1f}"
+        self.bar.update(self.task, completed=min(self.done, self.total), rate=shown, left=left,
+                        models=f"{self.done_models}/{self.models} models scored")
         now = time.monotonic()
         if not self.live and (force or now - self.last_line >= self.every_s):
             self.last_line = now
-            left = max(self.total - self.done, 0)
-            eta = f"{left / rate / 60:.0f} min" if rate > 0 and left else "-"
-            self.console.print(f"progress: {self.done_models}/{self.models} models done, "
-                               f"{self.done:,}/{self.total:,} questions, {rate:.1f} req/s, ETA {eta}",
+            self.console.print(f"progress: {min(self.done, self.total):,}/{self.total:,} questions done, "
+                               f"{self.done_models}/{self.models} models scored, {shown} req/s, answering: "
+                               f"{left}" + (" (server start-ups and scoring not counted)" if "~" in left else ""),
                                highlight=False)
 
 
@@ -557,13 +577,14 @@ def run_suite_to_folder(suite: Suite, gpus: list[Gpu], cache: Path | None, outpu
     time, `latest` pointing at it; earlier nights kept): suite.log (timestamped, each line naming its model),
     models/<name>/ (each model's results folder), leaderboard.{md,csv,json}, summary.json and report.html."""
     from evaluator.paths import LATEST_LINK, new_night, safe_name
-    from evaluator.reports import html, leaderboard, results
+    from evaluator.reports import html, leaderboard, results, tables
     from evaluator.reports import suite as suite_report
     from evaluator.scoring.aggregate import write_json_atomic
 
     suite_home = suite_folder(suite, cache, output)
     folder = new_night(suite_home)
-    log = LogConsole(folder / "suite.log", suite.name, file=console.file, force_terminal=console.is_terminal,
+    log = LogConsole(folder / "suite.log", suite.name, frozenset(m.name for m in suite.models), file=console.file,
+                     force_terminal=console.is_terminal,
                      width=console.width if console.is_terminal else 80)
     started_at, clock = time.time(), time.monotonic()
     log.print(f"Suite '{escape(suite.name)}': {len(suite.models)} models on {escape(str(suite.data))} "
@@ -583,7 +604,7 @@ def run_suite_to_folder(suite: Suite, gpus: list[Gpu], cache: Path | None, outpu
     suite_report.print_outcomes(outcomes, log)
     cache_folder = cache or default_cache_dir()
     board = suite_board(suite, outcomes, cache_folder)
-    leaderboard.print_tables(board, log)
+    tables.print_leaderboard(board, log)
     leaderboard.write_files(board, folder)
     gpu_seconds = sum((o.finished_at - o.evaluating_at) * o.gpus for o in outcomes if o.gpus and o.finished_at)
     write_json_atomic(folder / "summary.json", {
