@@ -87,6 +87,9 @@ TASK_PROMPT = typer.Option(False, "--task-specific-prompt", help="task-wise: the
                            "(the official --use_task_specific_prompt)")
 SHOTS = typer.Option(0, "--shots", min=0, max=64, help="K solved examples of the same task before each question "
                      "(k-shot; 0: the official zero-shot prompt)")
+CHOICE_PROBS = typer.Option(False, "--choice-probs", help="multiple-choice requests also ask for the first "
+                            "token's top log-probabilities: a second view (most probable valid choice, mass on "
+                            "valid choices) beside the official score; other requests, so other cache keys")
 SHOT_SEED = typer.Option(0, "--shot-seed", min=0, help="which examples --shots draws (same seed, same examples)")
 SHOT_POOL = typer.Option(None, "--shot-pool", help="a data file or folder to draw --shots examples from "
                          "(default: the run's own data, never the question itself)")
@@ -219,6 +222,7 @@ def run_command(
     shots: int = SHOTS,
     shot_seed: int = SHOT_SEED,
     shot_pool: Optional[Path] = SHOT_POOL,
+    choice_probs: bool = CHOICE_PROBS,
     batch: bool = typer.Option(False, "--batch", help="send through the provider's batch API (OpenAI, "
                                "Anthropic): about half the price, answers within 24 h; a killed run re-attaches"),
     batch_poll: float = typer.Option(30.0, "--batch-poll", min=0.01, max=3600.0, help="seconds between polls "
@@ -240,7 +244,7 @@ def run_command(
                        embeddings=_embeddings(embedding_model, multilingual_model),
                        breaker=_breaker(stop_after, stop_share, stop_min), preflight=not no_preflight,
                        batch=batch, batch_poll_s=batch_poll, order=order.value, shots=shots,
-                       shot_seed=shot_seed, shot_pool=shot_pool)
+                       shot_seed=shot_seed, shot_pool=shot_pool, choice_probs=choice_probs)
     _finish(runner.execute(config, console), json_out, output, allow_incomplete)
 
 
@@ -270,6 +274,7 @@ def rescore_command(
     shots: int = SHOTS,
     shot_seed: int = SHOT_SEED,
     shot_pool: Optional[Path] = SHOT_POOL,
+    choice_probs: bool = CHOICE_PROBS,
     cache: Optional[Path] = CACHE,
     embedding_model: Optional[str] = EMBEDDING,
     multilingual_model: Optional[str] = MULTILINGUAL,
@@ -286,7 +291,8 @@ def rescore_command(
     config = RunConfig(profile=_recorded_profile(model, cache), data=data, protocol=protocol, rendering=render,
                        limit=limit, cache_dir=cache, letter_choices=letter_choices,
                        task_specific_prompt=task_specific_prompt, shots=shots, shot_seed=shot_seed,
-                       shot_pool=shot_pool, embeddings=_embeddings(embedding_model, multilingual_model))
+                       shot_pool=shot_pool, choice_probs=choice_probs,
+                       embeddings=_embeddings(embedding_model, multilingual_model))
     _finish(runner.execute(config, console, send_missing=False), json_out, output, allow_incomplete)
 
 
@@ -435,6 +441,7 @@ def inspect_command(
     shots: int = SHOTS,
     shot_seed: int = SHOT_SEED,
     shot_pool: Optional[Path] = SHOT_POOL,
+    choice_probs: bool = CHOICE_PROBS,
     cache: Optional[Path] = CACHE,
     embedding_model: Optional[str] = EMBEDDING,
     multilingual_model: Optional[str] = MULTILINGUAL,
@@ -445,7 +452,7 @@ def inspect_command(
 
     config = RunConfig(profile=_recorded_profile(model, cache), data=data, protocol=protocol, rendering=render,
                        cache_dir=cache, letter_choices=letter_choices, task_specific_prompt=task_specific_prompt,
-                       shots=shots, shot_seed=shot_seed, shot_pool=shot_pool,
+                       shots=shots, shot_seed=shot_seed, shot_pool=shot_pool, choice_probs=choice_probs,
                        embeddings=_embeddings(embedding_model, multilingual_model))
     inspection.print_inspect(inspection.inspect(config, task), model, task, console)
 

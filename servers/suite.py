@@ -12,6 +12,7 @@
     shots = 0                              # k-shot: solved examples of the same task before each question
     shot_seed = 0                          # which examples are drawn
     shot_pool = "../pool"                  # optional: draw them from this data (default: the suite's data)
+    choice_probs = false                   # multiple choice also asks for the first token's log-probabilities
     embedding_model = "..."                # optional: hub name or local folder for sent-transformer rows
     multilingual_model = "/models/paraphrase-multilingual-MiniLM-L12-v2"
 
@@ -22,7 +23,7 @@
     far-70b = { provider = "openai-compatible", model = "far-70b", api_base = "http://node2:8000/v1" }
     far-70b-3shot = { provider = "openai-compatible", model = "far-70b", api_base = "...", shots = 3 }
 
-`shots`, `shot_seed` and `shot_pool` in a model's entry override the suite's for that model.
+`shots`, `shot_seed`, `shot_pool` and `choice_probs` in a model's entry override the suite's for that model.
 
 Every key is checked like a profile's: an unknown or misspelt key, or a value of the wrong type, is one line
 naming the file and the key.
@@ -55,16 +56,18 @@ class SuiteHead(BaseModel):
     shots: int = Field(0, ge=0, le=64)
     shot_seed: int = Field(0, ge=0, lt=2**63)
     shot_pool: str | None = Field(None, min_length=1)
+    choice_probs: bool = False
 
 
 class ModelShots(BaseModel):
-    """The k-shot keys a model's entry may set (the rest of the entry is profile fields)."""
+    """The k-shot (and choice-probability) keys a model's entry may set (the rest is profile fields)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     shots: int | None = Field(None, ge=0, le=64)
     shot_seed: int | None = Field(None, ge=0, lt=2**63)
     shot_pool: str | None = Field(None, min_length=1)
+    choice_probs: bool | None = None
 
 
 SHOT_KEYS = tuple(ModelShots.model_fields)
@@ -85,12 +88,14 @@ class Suite:
     shots: int = 0
     shot_seed: int = 0
     shot_pool: Path | None = None
+    choice_probs: bool = False
     model_shots: dict[str, dict] = field(default_factory=dict)  # a model's own k-shot keys, by name
 
     def shot_settings(self, profile: ModelProfile) -> dict:
-        """shots, shot_seed and shot_pool (RunConfig's fields) for one model: its entry's, else the suite's."""
+        """shots, shot_seed, shot_pool and choice_probs (RunConfig's fields) for one model: its entry's, else
+        the suite's."""
         return {"shots": self.shots, "shot_seed": self.shot_seed, "shot_pool": self.shot_pool,
-                **self.model_shots.get(profile.name, {})}
+                "choice_probs": self.choice_probs, **self.model_shots.get(profile.name, {})}
 
     def rendering_for(self, profile: ModelProfile) -> str:
         """The suite's rendering where it sets one, except that OpenAI and Anthropic models stay chat: their
@@ -121,7 +126,8 @@ def load_suite(path: str | Path) -> Suite:
                          path=path, field="suite.protocol")
     data = Path(head.data)
     data = data if data.is_absolute() else (path.parent / data).resolve()
-    suite_shots = {"shots": head.shots, "shot_seed": head.shot_seed, "shot_pool": _pool(path, head.shot_pool, "suite")}
+    suite_shots = {"shots": head.shots, "shot_seed": head.shot_seed, "shot_pool": _pool(path, head.shot_pool, "suite"),
+                   "choice_probs": head.choice_probs}
     _check_shots(suite_shots, path, "suite")
     model_shots: dict[str, dict] = {}
     profiles = load_profiles()

@@ -11,6 +11,12 @@ token counts too large for SQLite, a body nested very deeply, a 5,000-digit inte
 type, `text: null`, a 200 carrying an error object, an endless body, a body larger than any answer, a 401
 that echoes the key, and 429s whose Retry-After is garbage, huge or zero.
 
+With `logprobs` (body -> {token: log-probability} of the first token), a request that asks for them gets them
+as OpenAI shapes them: completions `logprobs: N` (at most 5) -> `choices[0].logprobs` with `tokens`,
+`token_logprobs`, `top_logprobs` (one {token: logprob} per token) and `text_offset`; chat `logprobs: true` with
+`top_logprobs: N` (0-20; `top_logprobs` without `logprobs: true` is a 400) -> `choices[0].logprobs.content`, one
+{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]} per token. Without it, none are returned.
+
 It counts what it saw (per body, and the Authorization headers). Raw asyncio HTTP/1.1 with keep-alive, so
 one core serves thousands of requests per second. `python -m benchmarks.stubs.openai_stub --port P [--fault-share 0.1]`
 runs it on its own.
@@ -48,7 +54,9 @@ def body_hash(raw: bytes) -> str:
 class Stub(ThreadedServer):
     def __init__(self, plan: Callable[[str, int], str] | None = None, latency: tuple[float, float] = (0.0, 0.0),
                  stall_s: float = 30.0, retry_after: str = "0.05", seed: int = 0,
-                 models: list[str] | None = None, answers: Callable[[dict], str] | None = None) -> None:
+                 models: list[str] | None = None, answers: Callable[[dict], str] | None = None,
+                 logprobs: Callable[[dict], dict[str, float]] | None = None) -> None:
+        self.logprobs = logprobs  # the first token's distribution for a body (None: the server returns none)
         self.models = models or []  # what /v1/models lists (empty: any name is served)
         self.answers = answers or answer_for  # the text to answer a request body with
         self.plan = plan or (lambda _h, _a: "ok")
@@ -132,6 +140,14 @@ class Stub(ThreadedServer):
                 text = self.answers(body)
                 choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
                           if chat else {"index": 0, "text": text, "finish_reason": "stop"})
+                refused = _logprobs_refusal(body, chat)
+                if refused:
+                    await self._respond(writer, 400, json.dumps({"error": {
+                        "message": refused, "type": "invalid_request_error", "param": "logprobs",
+                        "code": None}}).encode())
+                    continue
+                if self.logprobs is not None and (body.get("logprobs") if chat else body.get("logprobs") is not None):
+                    choice["logprobs"] = _logprobs(self.logprobs(body), body, chat, text)
                 reply = {"id": "stub", "object": "chat.completion" if chat else "text_completion",
                          "model": body.get("model"), "choices": [] if action == "empty" else [choice],
                          "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}
@@ -195,6 +211,35 @@ class Stub(ThreadedServer):
         for task in asyncio.all_tasks():
             if task is not asyncio.current_task():
                 task.cancel()
+
+
+def _logprobs_refusal(body: dict, chat: bool) -> str | None:
+    """OpenAI's checks of the log-probability fields."""
+    if chat:
+        top = body.get("top_logprobs")
+        if top is not None and not body.get("logprobs"):
+            return "Invalid value for 'top_logprobs': logprobs must be set to true if this parameter is used."
+        if top is not None and not (isinstance(top, int) and 0 <= top <= 20):
+            return "Invalid 'top_logprobs': integer between 0 and 20 expected."
+        return None
+    value = body.get("logprobs")
+    if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 5):
+        return "Invalid 'logprobs': the maximum value for logprobs is 5."
+    return None
+
+
+def _logprobs(first: dict[str, float], body: dict, chat: bool, text: str) -> dict:
+    """The first token's top log-probabilities (the text's first character as its token) in OpenAI's shape."""
+    token = text[:1]
+    ranked = sorted(first.items(), key=lambda item: -item[1])
+    if chat:
+        top = ranked[: body.get("top_logprobs") or 0]
+        return {"content": [{"token": token, "logprob": first.get(token, -50.0), "bytes": list(token.encode()),
+                             "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in top]}],
+                "refusal": None}
+    top = dict(ranked[: body["logprobs"]])
+    return {"tokens": [token], "token_logprobs": [first.get(token, -50.0)], "top_logprobs": [top],
+            "text_offset": [len(body.get("prompt", ""))]}
 
 
 def share_plan(share: float, faults: tuple[str, ...] = FAULTS, seed: int = 0) -> Callable[[str, int], str]:

@@ -26,12 +26,12 @@ from evaluator.cache.sqlite import BUSY_TIMEOUT_S, ReadOnlyFile, SharedFile
 from evaluator.errors import InputError
 from evaluator.redact import redact
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
     key TEXT PRIMARY KEY, model TEXT NOT NULL, qid TEXT NOT NULL, text TEXT NOT NULL, finish_reason TEXT,
     prompt_tokens INTEGER, completion_tokens INTEGER, latency_s REAL, attempts INTEGER,
-    created_at REAL NOT NULL, request TEXT NOT NULL, source TEXT);
+    created_at REAL NOT NULL, request TEXT NOT NULL, source TEXT, logprobs TEXT);
 CREATE TABLE IF NOT EXISTS errors (
     key TEXT PRIMARY KEY, model TEXT NOT NULL, qid TEXT NOT NULL, kind TEXT NOT NULL, status INTEGER,
     message TEXT, attempts INTEGER, latency_s REAL, created_at REAL NOT NULL, request TEXT NOT NULL);
@@ -122,6 +122,7 @@ class Answer:
     completion_tokens: int | None
     latency_s: float | None = None
     source: str | None = None  # None: a live request; "batch:<id>": a provider batch
+    logprobs: str | None = None  # the first token's top log-probabilities (JSON), where the request asked
 
 
 SESSIONS_KEPT = 50  # answering sessions per run record: the newest ones
@@ -158,7 +159,8 @@ class CacheFull(Exception):
 
 def _migrate(db: sqlite3.Connection) -> None:
     """Run under the creation lock. Version 0/1 kept one `scores` row per task keyed on the data path: move
-    them under runs. Version 3 says where each answer came from (live or a batch)."""
+    them under runs. Version 3 says where each answer came from (live or a batch), version 4 keeps the
+    first token's log-probabilities where a request asked for them."""
     if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
         return
     with db:
@@ -166,6 +168,8 @@ def _migrate(db: sqlite3.Connection) -> None:
         columns = {row[1] for row in db.execute("PRAGMA table_info(answers)")}
         if "source" not in columns:
             db.execute("ALTER TABLE answers ADD COLUMN source TEXT")
+        if "logprobs" not in columns:
+            db.execute("ALTER TABLE answers ADD COLUMN logprobs TEXT")
         old = db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='scores'").fetchone()
         if old:
             rows = db.execute("SELECT model, data, protocol, rendering, skill, task, metric, n, errors, "
@@ -295,7 +299,8 @@ class ResponseCache:
             for start in range(0, len(keys), 500):
                 chunk = keys[start:start + 500]
                 rows = self.db.execute(
-                    "SELECT key, text, finish_reason, prompt_tokens, completion_tokens, latency_s, source FROM answers "
+                    "SELECT key, text, finish_reason, prompt_tokens, completion_tokens, latency_s, source, logprobs "
+                    "FROM answers "
                     f"WHERE key IN ({','.join('?' * len(chunk))})", chunk)
                 for key, *fields in rows:
                     found[key] = Answer(*fields)
@@ -318,12 +323,13 @@ class ResponseCache:
         """Committed before this returns (several callers may share the commit): a crash loses at most what
         was in flight."""
         row = (key, model, qid, answer.text, answer.finish_reason, answer.prompt_tokens, answer.completion_tokens,
-               latency_s, attempts, time.time(), json.dumps(request, ensure_ascii=False), answer.source)
+               latency_s, attempts, time.time(), json.dumps(request, ensure_ascii=False), answer.source,
+               answer.logprobs)
 
         def write(db: sqlite3.Connection) -> None:
             db.execute("INSERT OR REPLACE INTO answers (key, model, qid, text, finish_reason, prompt_tokens, "
-                       "completion_tokens, latency_s, attempts, created_at, request, source) "
-                       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row)
+                       "completion_tokens, latency_s, attempts, created_at, request, source, logprobs) "
+                       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
             db.execute("DELETE FROM errors WHERE key = ?", (key,))
             db.execute("DELETE FROM claims WHERE key = ?", (key,))
 

@@ -29,6 +29,11 @@ MAX_REPLY_BYTES = 2**20  # a 128-token answer is a few KiB; anything near this i
 MAX_TOKENS_FIELD = 2**31 - 1  # usage counts above this are not token counts
 
 
+TOP_LOGPROBS = 5  # log-probabilities asked per request (OpenAI's chat allows 0-20; vLLM's default cap is 20)
+LOGPROBS_KEPT = 20  # kept per answer at most, whatever the server sends
+MAX_TOKEN_CHARS = 64  # a kept token's length at most
+
+
 @dataclass(frozen=True)
 class Endpoint:
     base_url: str  # .../v1
@@ -130,6 +135,7 @@ class Reply:
     error_kind: str | None = None
     status: int | None = None
     message: str = ""
+    logprobs: str | None = None  # the first token's top log-probabilities (JSON), where the request asked
 
 
 class Fault(Exception):
@@ -230,6 +236,37 @@ def parse_reply(payload: bytes, chat: bool, reasoning: bool = False) -> tuple[st
     return text, finish, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
 
 
+def logprob_fields(chat: bool) -> dict:
+    """What a request adds to ask for its first token's top log-probabilities (OpenAI's and vLLM's fields)."""
+    return {"logprobs": True, "top_logprobs": TOP_LOGPROBS} if chat else {"logprobs": TOP_LOGPROBS}
+
+
+def first_token(payload: bytes, chat: bool) -> str | None:
+    """The first generated token's top log-probabilities as compact JSON (token -> log-probability, most
+    probable first), bounded; None where the reply carries none (Anthropic's API has none)."""
+    try:
+        choice = json.loads(payload)["choices"][0]
+        logprobs = choice.get("logprobs")
+        if chat:
+            raw = logprobs["content"][0]["top_logprobs"]
+            pairs = [(item.get("token"), item.get("logprob")) for item in raw if isinstance(item, dict)]
+        else:
+            raw = logprobs["top_logprobs"][0]
+            pairs = list(raw.items()) if isinstance(raw, dict) else []
+    except (ValueError, RecursionError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+    kept: dict[str, float] = {}
+    for token, value in pairs[:LOGPROBS_KEPT * 4]:
+        if (isinstance(token, str) and len(token) <= MAX_TOKEN_CHARS and not _has_lone_surrogate(token)
+                and isinstance(value, (int, float))
+                and not isinstance(value, bool) and math.isfinite(value) and value <= 1e-6):
+            kept.setdefault(token, float(value))
+    if not kept:
+        return None
+    ordered = sorted(kept.items(), key=lambda item: -item[1])[:LOGPROBS_KEPT]
+    return json.dumps(dict(ordered), ensure_ascii=False, separators=(",", ":"))
+
+
 async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
     declared = response.content_length
     if declared is not None and declared > cap:
@@ -264,7 +301,8 @@ async def _send_once(session: aiohttp.ClientSession, endpoint: Endpoint, url: st
     if status != 200:
         raise Fault("http_error", f"HTTP {status}: {_text_of(payload, 500)}", status)
     text, finish, prompt_tokens, completion_tokens = parse_reply(payload, endpoint.chat, endpoint.reasoning)
-    return Reply(True, 1, 0.0, text, finish, prompt_tokens, completion_tokens)
+    logprobs = first_token(payload, endpoint.chat) if b'"logprobs"' in body else None
+    return Reply(True, 1, 0.0, text, finish, prompt_tokens, completion_tokens, logprobs=logprobs)
 
 
 async def request(session: aiohttp.ClientSession, endpoint: Endpoint, body: dict, policy: RetryPolicy,

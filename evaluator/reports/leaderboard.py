@@ -115,6 +115,7 @@ def records(board: pl.DataFrame) -> list[dict]:
             "group": row["group"], "run": row["run"], "rank": row["rank"], "model": row["model"], "status": row["status"],
             "complete": row["status"] == "complete", "overall": row["overall"],
             "overall_stderr": errors.get("overall"),
+            **_choice_view(row["details"]),
             **{f"skill:{s}": row[s] for s in skills},
             **{f"stderr:{s}": errors.get("skills", {}).get(s) for s in skills},
             "questions": row["questions"], "answered": row["answered"], "errors": row["errors"],
@@ -141,6 +142,21 @@ def saved_stderr(details: str | None) -> dict:
     tasks = errors.get("tasks") if isinstance(errors.get("tasks"), list) else []
     return {"overall": number(errors.get("overall")), "skills": {str(k): number(v) for k, v in skills.items()},
             "tasks": {(str(t[0]), str(t[1])): number(t[2]) for t in tasks if isinstance(t, list) and len(t) == 3}}
+
+
+def _choice_view(details: str | None) -> dict:
+    """A `--choice-probs` run's view (ours, never an official column): accuracy of the most probable valid
+    choice and the mass on valid choices, as saved; None for other runs (every record has the same keys)."""
+    try:
+        view = json.loads(details or "").get("choice_probs")
+    except (TypeError, ValueError, AttributeError):
+        view = None
+    if not isinstance(view, dict):
+        view = {}
+    number = lambda v: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None  # noqa: E731
+    return {"choice_probs_accuracy": number(view.get("accuracy")),
+            "choice_probs_valid_mass": number(view.get("valid_mass")),
+            "choice_probs_n": view.get("n") if isinstance(view.get("n"), int) else None}
 
 
 def render(board: pl.DataFrame, fmt: str, console: Console) -> None:

@@ -161,6 +161,7 @@ def document(result: "RunResult", files: dict | None = None) -> dict:
         "tokens": {"prompt": result.prompt_tokens, "completion": result.completion_tokens},
         "cost": {"usd": result.cost(), "usd_per_million": list(prices) if prices else None},
         "scores": result.scores.for_model(profile.name),
+        "choice_probabilities": result.choice_probabilities() if config.choice_probs else None,
         "files": files or {},
     })
 
@@ -178,7 +179,9 @@ def samples(result: "RunResult") -> list[dict]:
             "unscored": row["unscored"], "official": row["official"],
             "error": row["error"], "error_message": row["error_message"],
             "finish_reason": row["finish_reason"], "prompt_tokens": row["prompt_tokens"],
-            "completion_tokens": row["completion_tokens"], "latency_s": row["latency_s"]})
+            "completion_tokens": row["completion_tokens"], "latency_s": row["latency_s"],
+            **({"prob_choice": row["prob_choice"], "valid_mass": row["valid_mass"]}
+               if result.config.choice_probs else {})})
     return finite(out)
 
 

@@ -64,7 +64,8 @@ def _ingest(batch: dict, state: BatchState, provider: BatchProvider, cache: Resp
             qid, body = items[key]
             if reply.ok:
                 cache.put_answer(key, model, qid, body, Answer(reply.text, reply.finish_reason, reply.prompt_tokens,
-                                                              reply.completion_tokens, None, f"batch:{batch['id']}"),
+                                                              reply.completion_tokens, None, f"batch:{batch['id']}",
+                                                              reply.logprobs),
                                  0.0, 1)
                 answers += 1
             else:

@@ -26,9 +26,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from evaluator.cache.responses import Answer, CacheFull, ResponseCache, process_owner, request_key, run_key
-from evaluator.client.http import Endpoint, Halt, Reply, RetryPolicy, fan_out
+from evaluator.client.http import Endpoint, Halt, Reply, RetryPolicy, fan_out, logprob_fields
 from evaluator.data import loaders
-from evaluator.data.records import Question
+from evaluator.data.records import Question, TaskType
 from evaluator.errors import InputError
 from evaluator.paths import safe_name
 from evaluator.prompts import PromptOptions, Protocol, Rendering, draw_shots, render
@@ -89,6 +89,7 @@ class RunConfig:
     shots: int = 0  # solved examples before each question (k-shot prompting; 0: the official zero-shot prompt)
     shot_seed: int = 0  # which examples are drawn
     shot_pool: Path | None = None  # the data the examples come from (None: the run's own data, never the question)
+    choice_probs: bool = False  # multiple-choice requests also ask for the first token's top log-probabilities
 
     def __post_init__(self) -> None:
         if not 0 <= self.shots <= MAX_SHOTS:
@@ -134,6 +135,8 @@ class RunConfig:
                 parts.append(f"seed-{self.shot_seed}")
             if self.shot_pool is not None:
                 parts.append(f"pool-{self.pool_data.sha256[:12]}")
+        if self.choice_probs:  # other requests (so other answers' keys): a run of its own, rebuilt by rescore
+            parts.append("probs")
         return "+".join(parts)
 
     @functools.cached_property
@@ -223,7 +226,15 @@ class RunResult:
         doc.update(status=self.status, reason=self.reason, errors=self.errors, unscored=self.unscored,
                    requests={"sent": self.sent, "cached": self.cached, "errors": self.errors,
                              "seconds": round(self.seconds, 3)})
+        if self.config.choice_probs:
+            doc["choice_probabilities"] = self.choice_probabilities()
         return doc
+
+    def choice_probabilities(self) -> dict:
+        """The multiple-choice view from log-probabilities (`--choice-probs`), beside the official scores."""
+        from evaluator.scoring.choice_probs import view
+
+        return view(self.rows)
 
     def write_json(self, path: Path) -> None:
         from evaluator.scoring.aggregate import write_json_atomic
@@ -276,6 +287,8 @@ def plan(questions: list[Question], config: RunConfig, pool: list[Question] | No
             body["messages"] = prompt.messages
         else:
             body["prompt"] = prompt.prompt
+        if config.choice_probs and question.task_type is TaskType.MULTIPLE_CHOICE:
+            body.update(logprob_fields(prompt.messages is not None))
         planned.append(Planned(row, question.qid, request_key(identity, endpoint, body), body, len(examples)))
     return planned
 
@@ -448,8 +461,8 @@ def send(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: 
         item = by_key[key]
         if reply.ok:
             cache.put_answer(key, profile.name, item.qid, item.body,
-                             Answer(reply.text, reply.finish_reason, reply.prompt_tokens, reply.completion_tokens),
-                             reply.latency_s, reply.attempts)
+                             Answer(reply.text, reply.finish_reason, reply.prompt_tokens, reply.completion_tokens,
+                                    logprobs=reply.logprobs), reply.latency_s, reply.attempts)
         else:
             cache.put_error(key, profile.name, item.qid, item.body, reply.error_kind or "error", reply.status,
                             redact(reply.message), reply.attempts, reply.latency_s)
@@ -604,8 +617,9 @@ def _per_question(frame: pl.DataFrame, planned: list[Planned], answers: dict, er
         "error": pl.Series([error_of(p) for p in planned], dtype=pl.String),
         "error_message": pl.Series([errors[p.key][2] if p.key in errors and p.key not in answers else None
                                     for p in planned], dtype=pl.String),
+        **_choice_columns(planned, answers),
     })
-    rows = (frame.select("row", "qid", "skill", "task", "metric")
+    rows = (frame.select("row", "qid", "skill", "task", "metric", "truth_text")
             .join(meta, on="row", how="left")
             .join(scored_rows.select("row", "output", "score", "tp", "fp", "fn", "unscored", "official"),
                   on="row", how="left")
@@ -615,6 +629,22 @@ def _per_question(frame: pl.DataFrame, planned: list[Planned], answers: dict, er
     tasks = (scores.tasks.filter(pl.col("model") == model).drop("model")
              .join(tokens, on=["skill", "task"], how="left", maintain_order="left"))
     return rows, tasks.to_dicts()
+
+
+def _choice_columns(planned: list[Planned], answers: dict) -> dict[str, pl.Series]:
+    """prob_choice and valid_mass (`choice_probs.pick`) for the answers that kept log-probabilities."""
+    from evaluator.scoring.choice_probs import labels_of, pick
+
+    picks = []
+    for p in planned:
+        logprobs = answers[p.key].logprobs if p.key in answers else None
+        if logprobs is None:
+            picks.append((None, None))
+            continue
+        text = p.body["prompt"] if "prompt" in p.body else p.body["messages"][-1]["content"]
+        picks.append(pick(logprobs, labels_of(text)))
+    return {"prob_choice": pl.Series([c for c, _ in picks], dtype=pl.String),
+            "valid_mass": pl.Series([m for _, m in picks], dtype=pl.Float64)}
 
 
 def load_and_plan(config: RunConfig, dataset: loaders.Dataset | None = None
@@ -864,7 +894,8 @@ def rescore_saved(cache_folder: Path, record: dict) -> RunResult | str:
     config = RunConfig(profile=get_profile(record["model"], adhoc=True, recorded=recorded), data=data,
                        protocol=Protocol(record["protocol"]), rendering=Rendering(record["rendering"]),
                        cache_dir=cache_folder, letter_choices="letters" in variant,
-                       task_specific_prompt="task-prompt" in variant, progress=False, **shots)
+                       task_specific_prompt="task-prompt" in variant, choice_probs="probs" in variant,
+                       progress=False, **shots)
     try:
         if config.variant != record["variant"]:
             return f"its shot pool {config.shot_pool} has changed since it was scored"
@@ -908,7 +939,9 @@ def _record(result: RunResult) -> dict:
                                    "answered_by": result.answering.get("by", []),
                                    # the run's own aggregation, which every view shows as it is
                                    "skills": skill_scores, "overall": finite(result.overall),
-                                   "stderr": _stderr(result)}),
+                                   "stderr": _stderr(result),
+                                   **({"choice_probs": result.choice_probabilities()}
+                                      if result.config.choice_probs else {})}),
             "created_at": result.finished_at}
 
 

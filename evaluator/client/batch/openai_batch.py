@@ -10,7 +10,7 @@ import time
 from typing import Iterator
 
 from evaluator.client.batch import BatchRequest, BatchState, sdk
-from evaluator.client.http import Fault, Reply, parse_reply
+from evaluator.client.http import Fault, Reply, first_token, parse_reply
 
 ENDED = {"completed", "failed", "expired", "cancelled"}
 SET_KEY = "shopping_mmlu_set"  # metadata: which requests a batch holds (keys up to 64 characters, values 512)
@@ -110,12 +110,14 @@ def _result(raw: bytes, chat: bool) -> Iterator[tuple[str, Reply]]:
     key = line["custom_id"]
     response, error = line.get("response"), line.get("error")
     if isinstance(response, dict) and response.get("status_code") == 200 and isinstance(response.get("body"), dict):
+        body = json.dumps(response["body"]).encode()
         try:
-            text, finish, prompt_tokens, completion_tokens = parse_reply(json.dumps(response["body"]).encode(), chat)
+            text, finish, prompt_tokens, completion_tokens = parse_reply(body, chat)
         except Fault as fault:
             yield key, Reply(False, 1, 0.0, error_kind=fault.kind, status=fault.status, message=str(fault))
             return
-        yield key, Reply(True, 1, 0.0, text, finish, prompt_tokens, completion_tokens)
+        yield key, Reply(True, 1, 0.0, text, finish, prompt_tokens, completion_tokens,
+                         logprobs=first_token(body, chat))
         return
     status = response.get("status_code") if isinstance(response, dict) else None
     detail = error if error else (response.get("body") if isinstance(response, dict) else None)

@@ -1,0 +1,125 @@
+"""`--choice-probs`: the first token's log-probabilities kept with each multiple-choice answer, and the view
+scored from them (most probable valid choice, mass on valid choices) beside the official score, on loopback
+servers that return them in OpenAI's shapes and ones that do not."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+
+from benchmarks.stubs.openai_stub import Stub
+from builders import run_cli, write_jsonl
+from evaluator.cache.responses import ResponseCache
+from evaluator.client.http import LOGPROBS_KEPT, first_token
+from evaluator.scoring.choice_probs import labels_of, pick
+
+N = 12
+
+
+def data(tmp_path):
+    rows = [{"input_field": f"MC question {i}?\n0. red\n1. green\n2. blue\n3. grey\nAnswer: ", "output_field": i % 4,
+             "task_name": "pick", "task_type": "multiple-choice", "metric": "accuracy"} for i in range(N)]
+    rows.append({"input_field": "Describe a towel.", "output_field": "a soft towel", "task_name": "describe",
+                 "task_type": "generation", "metric": "rougel"})
+    return write_jsonl(tmp_path / "d.json", rows)
+
+
+def truth(body: dict) -> int:
+    text = body.get("prompt") or body["messages"][-1]["content"]
+    return int(re.search(r"MC question (\d+)\?", text).group(1)) % 4 if "MC question" in text else -1
+
+
+def wordy(body: dict) -> str:
+    """A chat model's habit: it writes a word first, so the official first-character score is 0."""
+    return "The answer is " + str(truth(body)) if truth(body) >= 0 else "a soft towel"
+
+
+def ranks_right(body: dict) -> dict[str, float]:
+    """The right choice most probable (as " 2" and "2"), then a wrong one and a word."""
+    right = truth(body)
+    return {" " + str(right): math.log(0.5), str(right): math.log(0.2), str((right + 1) % 4): math.log(0.1),
+            "The": math.log(0.15)}
+
+
+@pytest.mark.parametrize("render", ["completion", "chat"])
+def test_the_view_beside_the_official_score(tmp_path, capsys, monkeypatch, render):
+    folder, cache = tmp_path / "out", tmp_path / "c"
+    with Stub(answers=wordy, logprobs=ranks_right) as stub:
+        code, out, err = run_cli(["run", "--model", "wordy", "--base-url", stub.base_url, "--data", data(tmp_path),
+                                  "--cache", cache, "--render", render, "--choice-probs", "--output", folder],
+                                 capsys, monkeypatch)
+    assert code == 0, out + err
+    results = json.loads((folder / "results.json").read_text())
+    task = next(t for t in results["scores"]["tasks"] if t["task"] == "pick")
+    assert task["score"] == 0.0  # the official score reads "T"
+    view = results["choice_probabilities"]
+    assert view["available"] and view["n"] == view["questions"] == N
+    assert view["accuracy"] == 1.0 and view["valid_mass"] == pytest.approx(0.8)
+    assert "accuracy 1.000, mass on valid choices 0.800" in out.replace("\n", " ")
+    samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+    mc = [s for s in samples if s["task"] == "pick"]
+    assert all(s["prob_choice"] == str(s["truth"]) and s["valid_mass"] == pytest.approx(0.8) for s in mc)
+    assert [s["prob_choice"] for s in samples if s["task"] == "describe"] == [None]
+    store = ResponseCache(cache / "responses")
+    kept = store.db.execute("SELECT request, logprobs FROM answers").fetchall()
+    store.close()
+    asked = [json.loads(r) for r, lp in kept if lp is not None]
+    assert len(asked) == N and all(("top_logprobs" in b) == (render == "chat") for b in asked)
+    assert all("logprobs" not in json.loads(r) for r, lp in kept if lp is None)  # generation: not asked
+
+    code, out, err = run_cli(["rescore", "--model", "wordy", "--data", data(tmp_path), "--cache", cache,
+                              "--render", render, "--choice-probs", "--json", tmp_path / "r.json"], capsys, monkeypatch)
+    assert code == 0, err
+    assert "accuracy 1.000" in out.replace("\n", " ")
+    code, board, _ = run_cli(["report", "--cache", cache, "--format", "json"], capsys, monkeypatch)
+    [row] = json.loads(board)
+    assert (row["choice_probs_accuracy"], row["choice_probs_n"], row["overall"]) == (1.0, N, results["scores"]["overall"]["score"])
+    assert json.loads((tmp_path / "r.json").read_text())["choice_probabilities"]["accuracy"] == 1.0
+
+
+def test_without_the_option_nothing_changes_and_a_server_without_logprobs_says_so(tmp_path, capsys, monkeypatch):
+    cache = tmp_path / "c"
+    with Stub(answers=wordy) as stub:  # returns no log-probabilities, as Anthropic's API
+        code, out, err = run_cli(["run", "--model", "wordy", "--base-url", stub.base_url, "--data", data(tmp_path),
+                                  "--cache", cache, "--output", tmp_path / "plain"], capsys, monkeypatch)
+        assert code == 0, err
+        plain = json.loads((tmp_path / "plain" / "results.json").read_text())
+        assert plain["choice_probabilities"] is None and plain["settings"]["variant"] == ""
+        code, out, err = run_cli(["run", "--model", "wordy", "--base-url", stub.base_url, "--data", data(tmp_path),
+                                  "--cache", cache, "--choice-probs", "--output", tmp_path / "probs"], capsys,
+                                 monkeypatch)
+    assert code == 0, err
+    probs = json.loads((tmp_path / "probs" / "results.json").read_text())
+    assert probs["settings"]["variant"] == "probs" and probs["requests"]["sent"] == N  # only the MC requests
+    assert probs["choice_probabilities"]["available"] is False
+    assert "no log-probabilities" in probs["choice_probabilities"]["note"]
+    assert probs["scores"]["overall"]["score"] == plain["scores"]["overall"]["score"]
+    code, board, _ = run_cli(["report", "--cache", cache, "--format", "json"], capsys, monkeypatch)
+    assert sorted(r["variant"] for r in json.loads(board)) == ["", "probs"]  # two rankings, never mixed
+
+
+def test_hostile_log_probabilities_are_bounded_or_dropped():
+    many = {"choices": [{"text": "1", "logprobs": {"top_logprobs": [{f"t{i}": -i / 10 for i in range(500)}]}}]}
+    kept = json.loads(first_token(json.dumps(many).encode(), chat=False))
+    assert len(kept) == LOGPROBS_KEPT and list(kept)[0] == "t0"
+    bad = {"choices": [{"text": "1", "logprobs": {"top_logprobs": [{"a": "x", "b": 3.0, "c": True, "d" * 500: -1.0,
+                                                                     "\ud800": -1.0}]}}]}
+    assert first_token(json.dumps(bad).encode(), chat=False) is None
+    for payload in (b"not json", b'{"choices": []}', b'{"choices": [{"logprobs": null}]}',
+                    b'{"choices": [{"logprobs": {"content": "x"}}]}', b"[" * 100_000):
+        assert first_token(payload, chat=True) is None and first_token(payload, chat=False) is None
+    assert first_token(b'{"choices": [{"logprobs": {"top_logprobs": [{"1": 1e999}]}}]}', chat=False) is None
+
+
+def test_labels_and_picks():
+    assert labels_of("Q?\n0. a\n1. b\n2. c\nAnswer: ") == ["0", "1", "2"]
+    assert labels_of("Which?\n(A) x\n(B) y\n(C) z\n(D) w") == ["A", "B", "C", "D"]
+    assert labels_of("Rate it on a scale of 1 to 5.\nOutput:\nAnswer: ") == ["1", "2", "3", "4", "5"]
+    assert labels_of("I bought 2 packs.\n3 of them broke") == []
+    top = json.dumps({" 1": math.log(0.3), "1": math.log(0.1), "2": math.log(0.35), "x": math.log(0.2)})
+    assert pick(top, ["0", "1", "2"]) == ("1", pytest.approx(0.75))  # " 1" and "1" add up past "2"
+    assert pick(json.dumps({"x": -0.1}), ["0", "1"]) == (None, 0.0)
+    assert pick(None, ["0"]) == (None, None)
