@@ -203,11 +203,15 @@ def test_the_address_opens_a_model_and_a_click_puts_it_there(night):
       const pick = name => [...doc.querySelectorAll('tr[data-m]')].find(tr => tr.querySelector('td.name').title
                                                                           .startsWith(name + ' · '));
       pick(%s).click(); const first = win.location.hash;
-      pick(%s).click(); return [first, win.location.hash];
+      pick(%s).click(); const second = win.location.hash;
+      win.location.hash = '#model=mixtral-8x7b-instruct-v0.1';  // typed by hand: the view follows
+      win.dispatchEvent(new win.HashChangeEvent('hashchange'));
+      return [first, second, doc.querySelector('tr.sel td.name').textContent];
     """ % (json.dumps(ODD), json.dumps("Meta-Llama-3-70B-Instruct")))
     assert clicked[0] == "#model=" + quote(ODD, safe="")
     key = clicked[1].removeprefix("#model=")
     assert key in {r["run"] for r in board if r["model"] == "Meta-Llama-3-70B-Instruct"}  # two rankings: its run
+    assert clicked[2] == "mixtral-8x7b-instruct-v0.1 *"
     again = measure(page, state, fragment=f"model={ODD}")
     assert again["sel"] == [next(r["run"] for r in board if r["model"] == ODD)] and ODD in again["title"]
     by_key = measure(page, state, fragment=f"model={key}")

@@ -289,19 +289,18 @@ function drawQuestions() {
 document.querySelectorAll('button[data-f]').forEach(b => b.onclick = () => { filter = b.dataset.f; document.querySelectorAll('button[data-f]').forEach(x => x.classList.toggle('on', x === b)); drawQuestions(); });
 $('task-pick').onchange = drawQuestions;
 const ranked = [...D.board].sort((a, b) => (b.overall ?? -1) - (a.overall ?? -1));
-function linked() {  // the run the address names (#model=NAME or a run's key); a name's complete run first
-  const want = new URLSearchParams(location.hash.slice(1)).get('model');
-  if (want === null) return null;
+const wanted = () => new URLSearchParams(location.hash.slice(1)).get('model');
+function linked(want) {  // the run the address names (#model=NAME or a run's key); a name's complete run first
   const row = D.board.find(r => r.run === want) || D.board.find(r => r.model === want && r.complete) || D.board.find(r => r.model === want);
-  if (!row) D.notes.unshift(`The address names a model this report does not have: ${want}`);
   return row ? row.run : null;
 }
-function open(run) { pick(run); const tr = [...document.querySelectorAll('tr[data-m]')].find(x => x.dataset.m === run); if (tr) tr.scrollIntoView({block: 'nearest'}); }
+function show(run) { pick(run); const tr = [...document.querySelectorAll('tr[data-m]')].find(x => x.dataset.m === run); if (tr) tr.scrollIntoView({block: 'nearest'}); }
 drawBoards();
-const asked = linked();
+const asked = wanted() === null ? null : linked(wanted());
+if (wanted() !== null && !asked) D.notes.unshift(`The address names a model this report does not have: ${wanted()}`);
 if (D.notes.length) { $('notes-box').hidden = false; $('notes').innerHTML = D.notes.map(n => `<li>${esc(n)}</li>`).join(''); }
-const first = asked || (ranked.find(r => D.runs[r.run]) || ranked[0] || {}).run;  // else the best run we can drill into
-if (first) open(first);
-window.addEventListener('hashchange', () => { const run = linked(); if (run && run !== current) open(run); });
+const best = (ranked.find(r => D.runs[r.run]) || ranked[0] || {}).run;  // the best run we can drill into
+if (asked) show(asked); else if (best) pick(best);
+window.addEventListener('hashchange', () => { const run = linked(wanted()); if (run && run !== current) show(run); });
 </script></body></html>
 """
