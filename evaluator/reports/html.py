@@ -64,10 +64,11 @@ def model_payload(result: "RunResult", limit: int = ROWS_PER_MODEL) -> dict:
     for t in result.tasks:
         task = {k: t[k] for k in ("skill", "task", "metric", "questions", "n", "errors", "unscored", "score",
                                   "official")}
-        task["why"] = ([f"{t['unscored']:,} not scored: {first_unscored.get(t['task'], 'no reason kept')}"]
-                       if t["unscored"] else []) + \
-                      ([f"{t['errors']:,} without an answer: {first_error.get(t['task'], 'no reply')}"]
-                       if t["errors"] else [])
+        task["why"] = []
+        if t["unscored"]:
+            task["why"].append(f"{t['unscored']:,} not scored: {first_unscored.get(t['task'], 'no reason kept')}")
+        if t["errors"]:
+            task["why"].append(f"{t['errors']:,} without an answer: {first_error.get(t['task'], 'no reply')}")
         tasks.append(task)
     questions.sort(key=lambda pair: pair[0])
     shown = [q for _, q in questions[:limit]]

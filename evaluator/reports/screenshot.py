@@ -113,10 +113,11 @@ def measure(page: Path, script: str, size: str = "1280x800", fragment: str = "",
         dom = _run(harness.as_uri(), ["--dump-dom", "--allow-file-access-from-files",
                                       f"--window-size={width + 40},{height + 200}",
                                       "--virtual-time-budget=5000"], timeout_s).stdout
-    start = dom.rfind(f'<pre id="{RESULT}">')
+    marker = f'<pre id="{RESULT}">'
+    start = dom.rfind(marker)
     if start < 0:
         raise InputError("Chromium measured nothing", path=page)
-    value = json.loads(html.unescape(dom[start + len(RESULT) + 11: dom.index("</pre>", start)]) or "null")
+    value = json.loads(html.unescape(dom[start + len(marker): dom.index("</pre>", start)]) or "null")
     if isinstance(value, dict) and "measure_error" in value:
         raise InputError(f"the measuring script failed: {value['measure_error']}", path=page)
     return value
