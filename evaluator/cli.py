@@ -357,7 +357,7 @@ def report_command(
     if fmt is Format.TABLE:
         tables.print_leaderboard(board, console)
     else:
-        leaderboard.render(board, fmt.value, console)
+        leaderboard.render(board, fmt.value)
     if chart is not None:
         from evaluator.reports import charts
 

@@ -249,3 +249,28 @@ def test_serve_stops_within_30_s_on_sigterm_during_start_up(model_cache, tmp_pat
     cli.wait(timeout=120)
     assert time.monotonic() - signalled < 30 and cli.returncode == 130
     assert leftover(before, 30) == set()
+
+
+def test_choice_probs_on_vllm_cpu_keep_the_same_answers(model_cache, capsys, monkeypatch, tmp_path):
+    """The demo model on the sample set with and without --choice-probs (one server for both: the second run
+    only sends the multiple-choice requests again, now asking for log-probabilities): every multiple-choice
+    answer is the same text, and vLLM's log-probabilities give the view for each of them."""
+    plain, probs = tmp_path / "plain", tmp_path / "probs"
+    with VLLMServer(get_profile("demo"), str(demo_model.demo_model_dir(model_cache)), tmp_path / "server.log",
+                    device="cpu", compile_cache=model_cache / "vllm-compile") as server:
+        for folder, extra in ((plain, []), (probs, ["--choice-probs"])):
+            code, _, err = run_cli(["run", "--model", "demo", "--base-url", server.base_url, "--data", sample_dir(),
+                                    "--cache", tmp_path / "c", "--output", folder, "--allow-incomplete", *extra],
+                                   capsys, monkeypatch)
+            assert code == 0, err
+
+    def answers(folder: Path) -> dict:
+        return {s["id"]: s for s in map(json.loads, (folder / "samples.jsonl").read_text().splitlines())}
+
+    before, after = answers(plain), answers(probs)
+    choice = [qid for qid, s in before.items() if s["metric"] == "accuracy"]
+    assert choice and all(after[q]["answer"] == before[q]["answer"] for q in choice)
+    view = json.loads((probs / "results.json").read_text())["choice_probabilities"]
+    assert view["available"] and view["n"] == view["questions"] == len(choice)
+    assert 0.0 <= view["accuracy"] <= 1.0 and 0.0 < view["valid_mass"] <= 1.0
+    assert all(after[q]["valid_mass"] is not None for q in choice)

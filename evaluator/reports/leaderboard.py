@@ -11,9 +11,7 @@ import json
 from pathlib import Path
 
 import polars as pl
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table, box
 
 from evaluator.scoring.aggregate import finite
 
@@ -159,15 +157,14 @@ def _choice_view(details: str | None) -> dict:
             "choice_probs_n": view.get("n") if isinstance(view.get("n"), int) else None}
 
 
-def render(board: pl.DataFrame, fmt: str, console: Console) -> None:
+def render(board: pl.DataFrame, fmt: str) -> None:
+    """The leaderboard as json, csv or md on stdout (the terminal table is `tables.print_leaderboard`)."""
     if fmt == "json":
         print(json.dumps(records(board), indent=2, ensure_ascii=False))
     elif fmt == "csv":
         print(write_csv(board), end="")
-    elif fmt == "md":
-        print(markdown(board), end="")
     else:
-        print_tables(board, console)
+        print(markdown(board), end="")
 
 
 def write_csv(board: pl.DataFrame) -> str:
@@ -225,37 +222,6 @@ def write_files(board: pl.DataFrame, folder: Path, stem: str = "leaderboard") ->
         tmp.replace(path)
         written.append(path)
     return written
-
-
-def print_tables(board: pl.DataFrame, console: Console) -> None:
-    """One table per ranking, readable at 80 columns: full model names, short skill labels, three-decimal
-    scores; how complete each row is in its last column and in notes below."""
-    if board.is_empty():
-        console.print("No runs saved in this cache yet: `run`, `suite` or `demo` save them.")
-        return
-    skills = skill_columns(board)
-    for _, group in board.group_by(GROUP, maintain_order=True):
-        present = [s for s in skills if group[s].is_not_null().any()]
-        table = Table(title=f"Shopping MMLU leaderboard: {escape(group['group'][0])}", box=box.SIMPLE_HEAD,
-                      pad_edge=False, padding=0, title_justify="left")
-        table.add_column("#", justify="right", no_wrap=True)
-        longest = max((len(m) for m in group["model"].to_list()), default=5)
-        table.add_column("model", overflow="fold", min_width=min(longest, 24))
-        for header in ["overall", *(short_skill(s) for s in present)]:
-            table.add_column(header, justify="right", no_wrap=True)
-        table.add_column("done", justify="right", no_wrap=True)
-        notes = []
-        for row in group.iter_rows(named=True):
-            done = _done(row)
-            if row["status"] != "complete":
-                notes.append(_note(row))
-            table.add_row(str(row["rank"]), escape(row["model"]), _score(row["overall"], row["partial_skills"]),
-                          *(_score(row[s]) for s in present), done)
-        console.print(table)
-        for note in notes:
-            console.print(note, highlight=False)
-        if any(r["partial_skills"] and r["overall"] is not None for r in group.iter_rows(named=True)):
-            console.print("~ averaged over fewer tasks or skills than the data has (see the notes)", highlight=False)
 
 
 def _done(row: dict) -> str:
