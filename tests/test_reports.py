@@ -283,3 +283,31 @@ def test_a_night_of_27_long_named_models_makes_a_small_page_with_names_told_apar
     dom = rendered_dom(page)
     shown = [n for n in re.findall(r'<td class="name" title="[^"]*">([^<]*)', dom) if not n.startswith("${")]
     assert len(shown) == 27 and len(set(shown)) == 27, shown
+
+
+def test_a_saved_run_is_rebuilt_with_the_profile_it_was_answered_with(tmp_path, capsys, monkeypatch):
+    """A model first run in a suite (inline profile: served as 'first-name'), later run ad hoc under the same
+    name on other data (served as itself): the suite's run is still rebuilt from its own profile, so its
+    per-question view finds every answer (it used to take the model's latest profile and find none)."""
+    from evaluator.runs.runner import rescore_saved
+
+    cache = tmp_path / "c"
+    first = write_jsonl(tmp_path / "a.json", [{"input_field": f"Q{i}?", "output_field": "x", "task_name": "t",
+                                               "task_type": "generation", "metric": "rougel"} for i in range(6)])
+    other = write_jsonl(tmp_path / "b.json", [{"input_field": f"R{i}?", "output_field": "y", "task_name": "t",
+                                               "task_type": "generation", "metric": "rougel"} for i in range(3)])
+    with Stub() as stub:
+        suite = tmp_path / "s.toml"
+        suite.write_text(f'[suite]\ndata = "{first}"\n[models]\nm = {{ provider = "openai-compatible", '
+                         f'model = "first-name", api_base = "{stub.base_url}" }}\n', encoding="utf-8")
+        code, _, err = run_cli(["suite", suite, "--cache", cache, "--output", tmp_path / "night"], capsys, monkeypatch)
+        assert code == 0, err
+        code, _, err = run_cli(["run", "--model", "m", "--base-url", stub.base_url, "--data", other, "--cache", cache],
+                               capsys, monkeypatch)
+        assert code == 0, err
+    store = ResponseCache(cache / "responses", read_only=True)
+    runs = store.runs()
+    store.close()
+    record = next(r for r in runs.iter_rows(named=True) if r["data"].endswith("a.json"))
+    result = rescore_saved(cache, record)
+    assert not isinstance(result, str) and result.answered == 6 and result.status == "complete"

@@ -230,7 +230,7 @@ def _pairs(cache_folder: Path, board: pl.DataFrame, complete: pl.DataFrame, samp
     def scored(run: str):
         if run not in rescored:
             rescored[run] = rescore_saved(cache_folder, {k: records[run][k] for k in (
-                "model", "data", "data_sha256", "protocol", "rendering", "variant", "questions")})
+                "model", "data", "data_sha256", "protocol", "rendering", "variant", "questions", "details")})
         return rescored[run]
 
     for tuned in complete.filter(pl.col("base").is_not_null()).iter_rows(named=True):

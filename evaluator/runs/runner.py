@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import datetime
 import functools
+import json
 import os
 import re
 import shutil
@@ -882,11 +883,13 @@ def rescore_saved(cache_folder: Path, record: dict) -> RunResult | str:
     data = Path(record["data"])
     if not data.exists():
         return f"its data {data} is no longer there"
-    store = ResponseCache(cache_folder / "responses", read_only=True)
-    try:
-        recorded = store.model(record["model"])
-    finally:
-        store.close()
+    recorded = _profile_of(record)
+    if recorded is None:  # a run saved before runs kept their profile: the model's latest
+        store = ResponseCache(cache_folder / "responses", read_only=True)
+        try:
+            recorded = store.model(record["model"])
+        finally:
+            store.close()
     variant = record["variant"].split("+")
     shots = _shot_settings(cache_folder, variant)
     if isinstance(shots, str):
@@ -912,6 +915,16 @@ def rescore_saved(cache_folder: Path, record: dict) -> RunResult | str:
     return execute(config, Console(quiet=True), send_missing=False, save=False, dataset=dataset)
 
 
+def _profile_of(record: dict) -> dict | None:
+    """The profile a saved run was answered with, as its record keeps it (the model's name may since have
+    been run with other settings)."""
+    try:
+        profile = json.loads(record.get("details") or "").get("profile")
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return profile if isinstance(profile, dict) else None
+
+
 def run_key_of(result: RunResult) -> str:
     config = result.config
     return run_key(config.profile.name, result.dataset.sha256, config.protocol.value, config.render_mode.value,
@@ -919,8 +932,6 @@ def run_key_of(result: RunResult) -> str:
 
 
 def _record(result: RunResult) -> dict:
-    import json
-
     from evaluator.scoring.aggregate import finite
 
     config = result.config
@@ -939,7 +950,7 @@ def _record(result: RunResult) -> dict:
                                    "answered_by": result.answering.get("by", []),
                                    # the run's own aggregation, which every view shows as it is
                                    "skills": skill_scores, "overall": finite(result.overall),
-                                   "stderr": _stderr(result),
+                                   "stderr": _stderr(result), "profile": config.profile.public(),
                                    **({"choice_probs": result.choice_probabilities()}
                                       if result.config.choice_probs else {})}),
             "created_at": result.finished_at}
