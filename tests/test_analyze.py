@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from benchmarks.stubs.openai_stub import Stub
 from builders import run_cli, write_jsonl
@@ -187,3 +188,25 @@ def test_the_markdown_leaderboard_pastes_into_a_paper(tmp_path, capsys, monkeypa
     assert row.split(" | ")[3] == f"{saved['overall_stderr']:.3f}" and saved["overall_stderr"] > 0
     assert re.search(r"\| gone-2b \|.*\| 0/96 \| ✗ failed \|", out)
     assert "- gone-2b (failed): 0/96 answered" in out
+
+
+def test_the_html_report_has_an_analysis_section(tmp_path, capsys, monkeypatch):
+    """The report's analyses (after the page's scripts ran, in headless Chromium): the skill correlations,
+    the scaling slope and the base → tuned delta of the same night as `analyze`, the failed model named."""
+    from evaluator.reports.screenshot import chromium, rendered_dom
+
+    if chromium() is None:
+        pytest.skip("no Chromium: apt-get install chromium (the HTML checks need a browser)")
+    cache, _ = night(tmp_path, capsys, monkeypatch)
+    page = tmp_path / "report.html"
+    code, _, err = run_cli(["report", "--cache", cache, "--html", page], capsys, monkeypatch)
+    assert code == 0, err
+    code, _, err = run_cli(["analyze", "--cache", cache, "--output", tmp_path / "a", "--bootstrap", "1000"],
+                           capsys, monkeypatch)
+    assert code == 0, err
+    pair = pl.read_csv(tmp_path / "a" / "base_vs_tuned.csv").filter(pl.col("level") == "overall").row(0, named=True)
+    section = rendered_dom(page).split('id="analyses"', 1)[1].split("</section>", 1)[0]
+    assert "5 of 6 runs complete" in section and "gone-2b (failed" in section
+    assert "Spearman ρ" in section and "multilingual" in section
+    assert "fam (base, 3 sizes)" in section
+    assert f"+{pair['diff']:.3f}" in section and "fam-3b-chat" in section

@@ -16,7 +16,7 @@ from benchmarks.stubs.openai_stub import Stub
 from builders import run_cli, write_jsonl
 from evaluator.cache.responses import ResponseCache, run_key
 from evaluator.cli import sample_dir
-from evaluator.reports import leaderboard
+from evaluator.reports import leaderboard, tables
 from evaluator.reports.screenshot import chromium, rendered_dom, screenshot
 
 PAPER_NAMES = ["llama2-7b", "llama2-13b", "llama2-70b", "llama2-7b-chat", "llama3-8b", "llama3-8b-instruct",
@@ -68,7 +68,7 @@ def test_the_leaderboard_reads_at_80_columns(tmp_path):
     board = leaderboard.leaderboard(store.runs(), store.task_scores())
     store.close()
     console = Console(width=80, record=True, file=open("/dev/null", "w"))
-    leaderboard.print_tables(board, console)
+    tables.print_leaderboard(board, console)
     text = console.export_text()
     assert_fits(text)
     for name in PAPER_NAMES:  # full names, never an ellipsis

@@ -132,6 +132,23 @@ def build(cache_folder: Path, data_sha256: str | None = None, protocol: str | No
         tags = {model: _tags(store, model) for model in board["model"].unique().to_list()}
     finally:
         store.close()
+    return analyse(board, tasks, tags, cache_folder, external, samples, seed)
+
+
+def tags_of(cache_folder: Path, models: list[str]) -> dict[str, dict]:
+    """params_b, family and base of each model, as `_tags` reads them."""
+    store = ResponseCache(cache_folder / "responses", read_only=True)
+    try:
+        return {model: _tags(store, model) for model in models}
+    finally:
+        store.close()
+
+
+def analyse(board: pl.DataFrame, tasks: pl.DataFrame, tags: dict[str, dict], cache_folder: Path,
+            external: Path | None = None, samples: int = 2000, seed: int = 0,
+            rescored: dict | None = None) -> Analysis:
+    """The analyses of one ranking's rows of the leaderboard; `rescored` (run -> RunResult) saves scoring a
+    run again where the caller has already (the HTML report)."""
     skills = [s for s in skill_columns(board) if board[s].is_not_null().any()]
     names = board.group_by("model").agg(pl.col("rendering").n_unique().alias("renderings"))
     several = set(names.filter(pl.col("renderings") > 1)["model"].to_list())
@@ -175,7 +192,7 @@ def build(cache_folder: Path, data_sha256: str | None = None, protocol: str | No
     skill_cols = ["overall", *(f"skill:{short_skill(s)}" for s in skills)]
     task_cols = [f"task:{t}" for t in task_names if f"task:{t}" in complete.columns]
     scaling, fits = _scaling(complete)
-    pairs, pair_notes = _pairs(cache_folder, board, complete, samples, seed)
+    pairs, pair_notes = _pairs(cache_folder, board, complete, samples, seed, dict(rescored or {}))
     result = Analysis(ranking=_ranking(board), wide=wide.drop("run"), excluded=excluded,
                       skills=[short_skill(s) for s in skills], tasks=task_names,
                       skill_corr=matrix(complete, skill_cols), task_corr=matrix(complete, task_cols),
@@ -214,7 +231,7 @@ def _scaling(complete: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 def _pairs(cache_folder: Path, board: pl.DataFrame, complete: pl.DataFrame, samples: int,
-           seed: int) -> tuple[pl.DataFrame, list[str]]:
+           seed: int, rescored: dict) -> tuple[pl.DataFrame, list[str]]:
     """Each complete tuned model against its complete base (its `base` tag), same rendering where the base
     ran in several: per-skill and overall deltas (tuned − base) with paired bootstrap intervals."""
     from evaluator.reports.compare import paired
@@ -225,7 +242,7 @@ def _pairs(cache_folder: Path, board: pl.DataFrame, complete: pl.DataFrame, samp
               "high": pl.Float64}
     records = {r["run"]: r for r in board.iter_rows(named=True)}
     done = {r["label"]: r for r in complete.iter_rows(named=True)}
-    rows, notes, rescored = [], [], {}
+    rows, notes = [], []
 
     def scored(run: str):
         if run not in rescored:
@@ -508,3 +525,26 @@ def print_summary(analysis: Analysis, console: Console) -> None:
                       f"{_f(e['pearson'], 2)} (n = {e['n']})", highlight=False)
         for note in analysis.external_notes:
             console.print(f"  {escape(note)}", highlight=False)
+
+
+def report_sections(board: pl.DataFrame, tasks: pl.DataFrame, results: dict, cache_folder: Path,
+                    samples: int = 1000) -> list[dict]:
+    """The HTML report's analysis section: per ranking with two complete runs or more, the skill
+    correlations, scaling slopes and base → tuned deltas, from the runs the report has already scored."""
+    tags = tags_of(cache_folder, board["model"].unique().to_list())
+    out = []
+    for _, group in board.group_by(GROUP, maintain_order=True):
+        if int((group["status"] == "complete").sum()) < 2:
+            continue
+        found = analyse(group, tasks, tags, cache_folder, samples=samples, rescored=results)
+        names = found.skill_corr["a"].unique(maintain_order=True).to_list()
+        lookup = {(r["a"], r["b"]): r for r in found.skill_corr.iter_rows(named=True)}
+        out.append(finite({
+            "group": found.ranking["group"], "data_sha256": found.ranking["data_sha256"],
+            "complete": found.ranking["complete"], "runs": found.ranking["runs"], "excluded": found.excluded,
+            "skills": [n.removeprefix("skill:") for n in names],
+            "rho": [[lookup[(a, b)]["spearman"] for b in names] for a in names],
+            "n": int(found.skill_corr["n"].max()) if found.skill_corr.height else 0,
+            "scaling": found.scaling_fit.to_dicts(),
+            "pairs": found.pairs.to_dicts(), "notes": found.pair_notes}))
+    return out

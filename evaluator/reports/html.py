@@ -80,7 +80,7 @@ def model_payload(result: "RunResult", limit: int = ROWS_PER_MODEL) -> dict:
 
 
 def write_from(board: "pl.DataFrame", results: dict[str, "RunResult"], path: Path, title: str,
-               notes: list[str] | None = None) -> Path:
+               notes: list[str] | None = None, analyses: list[dict] | None = None) -> Path:
     """`results` are keyed by run (`runner.run_key_of`): a model has one run per data set and protocol, and
     each leaderboard row drills into its own."""
     skills = skill_columns(board)
@@ -95,7 +95,7 @@ def write_from(board: "pl.DataFrame", results: dict[str, "RunResult"], path: Pat
     payload = finite({
         "title": title, "generated": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "skills": skills, "labels": {s: short_skill(s) for s in skills}, "board": rows,
-        "runs": runs, "texts": texts,
+        "runs": runs, "texts": texts, "analyses": analyses or [],
         "notes": notes or []})
     # JSON inside a <script>: no '<' at all, so neither '</script>' nor '<!--' can end or blank the page.
     data = (json.dumps(payload, ensure_ascii=False, allow_nan=False)
@@ -136,7 +136,10 @@ def write(cache_folder: Path, path: Path) -> Path:
             notes.append(f"{record['model']}: no per-question view ({result})")
         else:
             results[record["key"]] = result
-    return write_from(board, results, path, "Shopping MMLU report", notes)
+    from evaluator.reports.analysis import report_sections
+
+    return write_from(board, results, path, "Shopping MMLU report", notes,
+                      report_sections(board, tasks, results, folder))
 
 
 
@@ -181,6 +184,7 @@ select,button{font:inherit;font-size:12px;max-width:100%}button.on{background:#1
 <section><h2>Questions</h2><div class="controls"><label>task <select id="task-pick"></select></label>
 <button data-f="all" class="on">all</button><button data-f="wrong">wrong</button><button data-f="errors">errors</button>
 <span id="q-count" class="note"></span></div><div class="scroll tall"><table class="q" id="questions"></table></div></section>
+<section id="analyses" hidden><h2>Analyses (complete runs only; shopping-mmlu analyze writes them all as files)</h2><div id="analyses-body"></div></section>
 <section id="notes-box" hidden><h2>Notes</h2><ul id="notes"></ul></section>
 </main>
 <script type="application/json" id="data">__DATA__</script>
@@ -296,7 +300,25 @@ function linked(want) {  // the run the address names (#model=NAME or a run's ke
   return row ? row.run : null;
 }
 function show(run) { pick(run); const tr = [...document.querySelectorAll('tr[data-m]')].find(x => x.dataset.m === run); if (tr) tr.scrollIntoView({block: 'nearest'}); }
+function drawAnalyses() {  // per ranking: skill correlations, scaling slopes, base → tuned deltas
+  if (!D.analyses.length) return;
+  $('analyses').hidden = false;
+  const rho = v => v === null ? '<td class="cell none">—</td>' : `<td class="cell" style="background:${color((v + 1) / 2)}">${v.toFixed(2)}</td>`;
+  const signed = v => v === null ? '-' : (v >= 0 ? '+' : '') + v.toFixed(3);
+  $('analyses-body').innerHTML = D.analyses.map(a => {
+    const g = rankings.find(x => x.rows[0].data_sha256 === a.data_sha256 && x.label.startsWith(a.group)) || {label: a.group};
+    const left = a.excluded.length ? `<p class="note">Left out: ${a.excluded.map(e => esc(e.label) + ' (' + esc(e.why) + ')').join('; ')}</p>` : '';
+    const corr = a.skills.length > 1 ? `<table class="board"><tr><th>Spearman ρ, n ≤ ${a.n}</th>${a.skills.map(s => `<th class="num">${esc(s)}</th>`).join('')}</tr>` +
+      a.skills.map((s, i) => `<tr><td>${esc(s)}</td>${a.rho[i].map(rho).join('')}</tr>`).join('') + '</table>' : '';
+    const scaling = a.scaling.length ? '<p class="note">Scaling: ' + a.scaling.map(f => `${esc(f.family)} (${esc(f.series)}, ${f.n} sizes): ${signed(f.per_decade)} overall per 10× parameters`).join('; ') + '</p>' : '';
+    const pairs = a.pairs.length ? '<table class="board"><tr><th>tuned</th><th>base</th><th>skill</th><th class="num">n</th><th class="num">Δ</th><th class="num">95% CI</th></tr>' +
+      a.pairs.map(p => `<tr><td>${esc(p.tuned)}</td><td>${esc(p.base)}</td><td>${esc(p.skill)}</td><td class="num">${fmt(p.n)}</td><td class="num">${signed(p.diff)}</td><td class="num">[${signed(p.low)}, ${signed(p.high)}]</td></tr>`).join('') + '</table>' : '';
+    const notes = a.notes.map(n => `<p class="note">${esc(n)}</p>`).join('');
+    return `<h2>${esc(g.label)}: ${a.complete} of ${a.runs} runs complete</h2>${left}${corr}${scaling}${pairs}${notes}`;
+  }).join('');
+}
 drawBoards();
+drawAnalyses();
 const asked = wanted() === null ? null : linked(wanted());
 if (wanted() !== null && !asked) D.notes.unshift(`The address names a model this report does not have: ${wanted()}`);
 if (D.notes.length) { $('notes-box').hidden = false; $('notes').innerHTML = D.notes.map(n => `<li>${esc(n)}</li>`).join(''); }

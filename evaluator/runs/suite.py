@@ -617,12 +617,31 @@ def run_suite_to_folder(suite: Suite, gpus: list[Gpu], cache: Path | None, outpu
         "failed": [{"model": o.model, "reason": o.message} for o in outcomes if o.status == "failed"],
         "gpus": len(gpus), "gpu_busy_share": round(gpu_seconds / (wall * len(gpus)), 3) if gpus and wall else None,
         "results": written})
-    html.write_from(board, {runner.run_key_of(o.result): o.result for o in outcomes if o.result is not None},
-                    folder / "report.html",
-                    title=f"Shopping MMLU: suite {suite.name}")
+    scored = {runner.run_key_of(o.result): o.result for o in outcomes if o.result is not None}
+    html.write_from(board, scored, folder / "report.html", title=f"Shopping MMLU: suite {suite.name}",
+                    analyses=_analyses(board, scored, cache_folder, log))
     log.print(f"Suite folder: {escape(str(folder))} (suite.log, models/, leaderboard.md/.csv/.json, summary.json, "
               f"report.html); {escape(str(suite_home / LATEST_LINK))} points at the newest night")
     return outcomes
+
+
+def _analyses(board, scored: dict, cache_folder: Path, log: Console) -> list[dict]:
+    """The report's analysis section for this night's rankings; a failure there costs the section only."""
+    from evaluator.cache.responses import ResponseCache
+    from evaluator.reports.analysis import report_sections
+
+    try:
+        store = ResponseCache(cache_folder / "responses", read_only=True)
+        try:
+            tasks = store.task_scores()
+        finally:
+            store.close()
+        return report_sections(board, tasks.filter(tasks["run"].is_in(board["run"].implode())), scored,
+                               cache_folder)
+    except Exception as exc:  # noqa: BLE001: the night's results stand without it
+        log.print(f"the report's analysis section was left out: {escape(type(exc).__name__)}: "
+                  f"{escape(str(exc)[:300])}", highlight=False)
+        return []
 
 
 def suite_board(suite: Suite, outcomes: list[Outcome], cache_folder: Path):
