@@ -486,7 +486,8 @@ def suite_command(
     from evaluator.scoring.embeddings import default_cache_dir
     from servers.suite import load_suite
 
-    suite = suite_runner.fit_context(load_suite(suite_file))
+    suite = suite_runner.fit_context(load_suite(suite_file), say=lambda line: err_console.print(escape(line),
+                                                                                              highlight=False))
     if nodes is not None and not (dry_run and gpus and gpu_mem):
         raise InputError("--nodes plans a cluster: use it with --dry-run, --gpus and --gpu-mem", field="--nodes")
     inventory = _inventory(gpus, gpu_ids, gpu_mem, nodes or 1)

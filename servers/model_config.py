@@ -4,13 +4,15 @@ holds one sequence of `max_model_len`, so a plan that ignores it plans servers t
 KV bytes per token = 2 (K and V) × layers × KV heads × head size × dtype bytes (Llama-2-7B 0.5 MiB, Llama-3-8B
 with 8 KV heads 0.125 MiB, Qwen1.5-7B without grouped-query attention and 32k context: 16 GiB for one full
 sequence). The shape comes from the profile where it states it (`num_layers`, `num_kv_heads`, `head_dim`,
-`context_len`), else from `config.json` in the weights folder or the local Hugging Face cache; nothing is
-downloaded while planning. Unknown shapes are planned as before and the plan says so.
+`context_len`), else from `config.json` in the weights folder or the local Hugging Face cache. A suite
+fetches the `config.json` of each model it still cannot place from the hub first (`fetch_configs`: that file
+only, into the Hugging Face cache, skipped offline); unknown shapes are planned as before and the plan says so.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -93,3 +95,38 @@ def fitted_length(profile: ModelProfile, longest_prompt_tokens: int, max_new_tok
         return None
     wanted = -(-(longest_prompt_tokens + max_new_tokens) // 1024) * 1024
     return min(shape.context, wanted)
+
+
+FETCH_TIMEOUT_S = 10.0
+
+
+def fetch_configs(profiles: list[ModelProfile]) -> dict[str, str]:
+    """The hub's `config.json` of each local model whose shape is not known here, fetched at once into the
+    Hugging Face cache (where `model_shape` then finds it; a gated model needs HF_TOKEN, as its weights do).
+    Returns why not, by model name, for those it could not fetch; nothing is fetched under HF_HUB_OFFLINE or
+    when the hub does not answer a TCP connect."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from evaluator.scoring.embeddings import _hub_cache, _hub_reachable, _offline
+
+    wanted = [p for p in profiles if p.is_local and p.source == "hub" and not Path(p.model).exists()
+              and model_shape(p) is None]
+    if not wanted:
+        return {}
+    offline = "HF_HUB_OFFLINE is set" if _offline() else _hub_reachable()
+    if offline:
+        return {p.name: offline for p in wanted}
+
+    def fetch(profile: ModelProfile) -> str | None:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            hf_hub_download(profile.model, "config.json", revision=profile.revision, cache_dir=_hub_cache(),
+                            endpoint=os.environ.get("HF_ENDPOINT") or None, etag_timeout=FETCH_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001: gated, missing, a 5xx, a timeout: the plan says "KV unknown"
+            return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+        return None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        reasons = list(pool.map(fetch, wanted))
+    return {p.name: reason for p, reason in zip(wanted, reasons) if reason}

@@ -445,3 +445,46 @@ def test_a_server_the_suite_started_is_reported_as_ours_with_its_start_up(tmp_pa
     assert outcome.status == "complete"
     assert outcome.result.timings["startup_s"] == 12.5
     assert server_kind(outcome.result.config) == "vllm (started by us)"
+
+
+def test_a_suite_fetches_the_config_json_it_cannot_find_and_plans_the_kv_cache_from_it(tmp_path, capsys,
+                                                                                        monkeypatch):
+    """Online, a model whose shape is neither stated nor cached has its config.json (that file only) fetched
+    from the hub into the Hugging Face cache before planning, so its reservation covers its KV cache; a gated
+    model without a token and one the hub does not know stay 'KV unknown', and the run says why."""
+    import json as json_lib
+
+    from benchmarks.stubs.hub_stub import HubStub
+    from evaluator.scoring.embeddings import _hub_reachable
+
+    config = {"model_type": "qwen2", "num_hidden_layers": 40, "num_attention_heads": 40, "num_key_value_heads": 40,
+              "hidden_size": 5120, "max_position_embeddings": 32768}
+    data = write_jsonl(tmp_path / "d.json", [{"input_field": f"Q{i}?", "output_field": 1, "task_name": "t",
+                                             "task_type": "multiple-choice", "metric": "accuracy"} for i in range(5)])
+    suite = tmp_path / "s.toml"
+    suite.write_text(f'[suite]\ndata = "{data}"\n[models]\n'
+                     'open = { model = "org/open-14b", params_b = 14 }\n'
+                     'gated = { model = "org/gated-7b", params_b = 7 }\n'
+                     'unknown = { model = "org/nowhere-7b", params_b = 7 }\n', encoding="utf-8")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with HubStub({"org/open-14b": {"config.json": json_lib.dumps(config).encode()},
+                  "org/gated-7b": {"config.json": b"{}"}}, gated={"org/gated-7b"}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        _hub_reachable.cache_clear()
+        try:
+            code, out, err = run_cli(["suite", suite, "--dry-run", "--gpus", "1", "--gpu-mem", "80", "--json",
+                                      tmp_path / "plan.json"], capsys, monkeypatch)
+        finally:
+            _hub_reachable.cache_clear()
+    assert code == 0, err
+    assert any(path.endswith("/org/open-14b/resolve/main/config.json") for path in hub.requests)
+    assert list((tmp_path / "hf" / "hub" / "models--org--open-14b" / "snapshots").glob("*/config.json"))
+    plan = {m["name"]: m for m in json_lib.loads((tmp_path / "plan.json").read_text())["models"]}
+    assert plan["open"]["kv_cache_gib"] == pytest.approx(2 * 40 * 40 * 128 * 2 * 16384 / 2 ** 30)
+    assert plan["open"]["max_model_len"] == 1024 and plan["open"]["kv_shape_from"].endswith("config.json")
+    assert plan["gated"]["kv_cache_gib"] is None and plan["unknown"]["kv_cache_gib"] is None
+    said = " ".join((out + err).split())
+    assert "config.json not fetched for 2 model(s) (gated, unknown)" in said

@@ -137,14 +137,21 @@ def request_estimates(suite: Suite, chars_per_token: float) -> dict[tuple[str, b
 CHARS_PER_TOKEN_AT_LEAST = 2.0  # a prompt's tokens, over-estimated: a prompt past max_model_len is refused
 
 
-def fit_context(suite: Suite) -> Suite:
+def fit_context(suite: Suite, say: Callable[[str], None] | None = None) -> Suite:
     """The suite with each local model's `max_model_len` fitted to its data (the longest prompt, counted
     generously, plus the generation budget; never past the model's context) where the profile leaves it open
-    and the model's shape is known: the plan reserves that much KV cache, and vLLM is started with it."""
+    and the model's shape is known: the plan reserves that much KV cache, and vLLM is started with it. The
+    shapes not known here are fetched from the hub first (their config.json only); `say` hears why not."""
     import dataclasses
 
-    from servers.model_config import fitted_length
+    from servers.model_config import fetch_configs, fitted_length
 
+    missing = fetch_configs([m for m in suite.models if m.is_local])
+    if missing and say is not None:
+        reasons = sorted(set(missing.values()))
+        say(f"config.json not fetched for {len(missing)} model(s) ({', '.join(sorted(missing)[:4])}"
+            f"{', ...' if len(missing) > 4 else ''}): {reasons[0]}" + (f" (and {len(reasons) - 1} other reason(s))"
+                                                                      if len(reasons) > 1 else ""))
     local = [m for m in suite.models if m.is_local and m.max_model_len is None]
     if not local:
         return suite
