@@ -108,7 +108,7 @@ def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console) -> None:
         table.add_row(row[0], escape(model.name), row[1], row[2], row[3], row[4],
                       f"{_short(tokens_in)}/{_short(tokens_out)}", cost)
     console.print(table)
-    if unknown:
+    if unknown and plan is not None:  # without GPUs nothing is reserved: the KV cache plans nothing
         console.print(f"KV cache unknown for {len(unknown)} local model(s) ({escape(', '.join(unknown[:4]))}"
                       f"{', ...' if len(unknown) > 4 else ''}): planned with 2 GiB of KV and their own context "
                       "(ctx ?); put their config.json in the Hugging Face cache, or state num_layers, "
