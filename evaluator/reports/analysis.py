@@ -418,9 +418,12 @@ def scaling_plot(analysis: Analysis, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8.0, 5.0))
+    families = points["family"].unique(maintain_order=True).to_list()
+    palette = plt.get_cmap("tab10" if len(families) <= 10 else "tab20").colors  # a family keeps one colour
     for (family, series), part in points.group_by("family", "series", maintain_order=True):
         ax.plot(part["params_b"].to_list(), part["overall"].to_list(), marker="o" if series == "base" else "s",
-                linestyle="-" if series == "base" else "--", label=f"{family} ({series})")
+                linestyle="-" if series == "base" else "--", label=f"{family} ({series})",
+                color=palette[families.index(family) % len(palette)])
         for label, x, y in part.select("label", "params_b", "overall").iter_rows():
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
     ax.set_xscale("log")
