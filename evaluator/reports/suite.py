@@ -152,15 +152,16 @@ def print_outcomes(outcomes: list[Outcome], console: Console) -> None:
     table.add_column("answered", justify="right", no_wrap=True)
     table.add_column("sent", justify="right", no_wrap=True)
     table.add_column("took", justify="right", no_wrap=True)
-    notes = []
+    notes: dict[str, list[str]] = {}  # a reason, said once, with every model it concerns
     for o in outcomes:
         table.add_row(escape(o.model), o.status, "-" if o.overall is None else f"{o.overall:.3f}",
                       f"{o.questions - o.errors:,}/{o.questions:,}", f"{o.sent:,}", _duration(o.wall_s))
         if o.message:
-            notes.append(f"{escape(o.model)}: {escape(o.message.splitlines()[0][:300])}")
+            notes.setdefault(o.message.splitlines()[0][:300], []).append(o.model)
     console.print(table)
-    for note in notes:
-        console.print(note, highlight=False)
+    for message, models in notes.items():
+        who = ", ".join(models[:6]) + (f" and {len(models) - 6} more" if len(models) > 6 else "")
+        console.print(f"{escape(who)}: {escape(message)}", highlight=False)
 
 
 def _duration(seconds: float) -> str:
