@@ -466,7 +466,10 @@ def test_a_suite_fetches_the_config_json_it_cannot_find_and_plans_the_kv_cache_f
                      'open = { model = "org/open-14b", params_b = 14 }\n'
                      'gated = { model = "org/gated-7b", params_b = 7 }\n'
                      'unknown = { model = "org/nowhere-7b", params_b = 7 }\n', encoding="utf-8")
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # read once, when first imported
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
