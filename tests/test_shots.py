@@ -322,3 +322,21 @@ def test_a_suite_fits_a_local_models_context_to_its_k_shot_prompts(tmp_path):
     # 7,500 characters a question (<= 3,750 tokens): one of them zero-shot, four with 3 examples (~15,100 tokens
     # with the system prompt and the chat template's allowance), plus 100 to generate, rounded up to 1,024
     assert lengths == {"zero": 4096, "three": 15360}
+
+
+def test_the_dry_run_counts_a_k_shot_models_examples(tmp_path, capsys, monkeypatch):
+    """The plan's input-token estimate of a 3-shot model includes its examples (it counted the zero-shot
+    prompts before): four questions' text beside one system prompt, each."""
+    data = write_jsonl(tmp_path / "d.json", [{"input_field": f"Question number {i}? " + "word " * 30,
+                                             "output_field": "an answer", "task_name": "t", "task_type": "generation",
+                                             "metric": "rougel"} for i in range(12)])
+    suite = tmp_path / "s.toml"
+    suite.write_text(f'[suite]\ndata = "{data}"\n[models]\n'
+                     'zero = { provider = "openai-compatible", model = "z", api_base = "http://127.0.0.1:9/v1" }\n'
+                     'three = { provider = "openai-compatible", model = "t", api_base = "http://127.0.0.1:9/v1", '
+                     'shots = 3 }\n', encoding="utf-8")
+    code, out, err = run_cli(["suite", suite, "--dry-run"], capsys, monkeypatch)
+    assert code == 0, err
+    tokens = {line.split()[1]: int(re.search(r"([\d,]+)/", line).group(1).replace(",", ""))
+              for line in out.splitlines() if re.match(r"\s*- (zero|three) ", line)}
+    assert 2.3 < tokens["three"] / tokens["zero"] < 4.0, tokens

@@ -80,8 +80,7 @@ def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console) -> None:
     unknown: list[str] = []
     unpriced = [m.name for m in suite.models if not m.is_local and m.prices() is None]
     for model in suite.models:
-        rendering = suite.rendering_for(model)
-        requests, tokens_in, tokens_out = estimates[(rendering, model.number_only)]
+        requests, tokens_in, tokens_out = estimates[model.name]
         tokens_out += requests * model.reasoning_budget if model.reasoning else 0  # thinking is billed as output
         cost = "-"
         prices = model.prices(batch=model.batch)

@@ -116,21 +116,37 @@ def _chars(prompt) -> int:
     return len(prompt.prompt) if prompt.prompt is not None else sum(len(m["content"]) for m in prompt.messages)
 
 
-def request_estimates(suite: Suite, chars_per_token: float) -> dict[tuple[str, bool], tuple[int, int, int]]:
-    """(rendering, number_only) -> (requests, estimated input tokens, output-token ceiling), rendered once
-    per combination rather than once per model."""
-    questions = loaders.load(suite.data, suite.protocol).questions
-    combos = {(suite.rendering_for(m), m.number_only) for m in suite.models}
+def _prompt_sizes(suite: Suite, questions: list) -> Callable[[ModelProfile], list[tuple[int, int]]]:
+    """(characters, token budget) of each prompt a model of the suite sends, its k-shot examples included;
+    rendered once per combination of rendering, number_only and shot settings, not once per model."""
+    done: dict[tuple, list[tuple[int, int]]] = {}
+
+    def sizes(profile: ModelProfile) -> list[tuple[int, int]]:
+        shots = suite.shot_settings(profile)
+        combo = (suite.rendering_for(profile), profile.number_only, shots["shots"], shots["shot_seed"],
+                 shots["shot_pool"])
+        if combo not in done:
+            options = PromptOptions(number_only=profile.number_only, letter_choices=suite.letter_choices,
+                                    task_specific_prompt=suite.task_specific_prompt)
+            pool = (questions if shots["shot_pool"] is None
+                    else loaders.load(shots["shot_pool"], suite.protocol).questions)
+            drawn = draw_shots(questions, pool, shots["shots"], shots["shot_seed"]) if shots["shots"] else {}
+            rendered = (render(q, Protocol(suite.protocol), Rendering(combo[0]), options, drawn.get(q.qid, ()))
+                        for q in questions)
+            done[combo] = [(_chars(prompt), prompt.max_tokens) for prompt in rendered]
+        return done[combo]
+
+    return sizes
+
+
+def request_estimates(suite: Suite, chars_per_token: float) -> dict[str, tuple[int, int, int]]:
+    """Model name -> (requests, estimated input tokens, output-token ceiling), k-shot examples counted."""
+    sizes = _prompt_sizes(suite, loaders.load(suite.data, suite.protocol).questions)
     out = {}
-    for rendering, number_only in combos:
-        options = PromptOptions(number_only=number_only, letter_choices=suite.letter_choices,
-                                task_specific_prompt=suite.task_specific_prompt)
-        chars = ceiling = 0
-        for q in questions:
-            prompt = render(q, Protocol(suite.protocol), Rendering(rendering), options)
-            chars += _chars(prompt)
-            ceiling += prompt.max_tokens
-        out[(rendering, number_only)] = (len(questions), round(chars / chars_per_token), ceiling)
+    for model in suite.models:
+        prompts = sizes(model)
+        out[model.name] = (len(prompts), round(sum(c for c, _ in prompts) / chars_per_token),
+                           sum(b for _, b in prompts))
     return out
 
 
@@ -155,28 +171,13 @@ def fit_context(suite: Suite, say: Callable[[str], None] | None = None) -> Suite
     local = [m for m in suite.models if m.is_local and m.max_model_len is None]
     if not local:
         return suite
-    questions = loaders.load(suite.data, suite.protocol).questions
-    longest: dict[tuple, tuple[int, int]] = {}
-    for profile in local:
-        shots = suite.shot_settings(profile)  # a k-shot prompt is several questions long
-        combo = (suite.rendering_for(profile), profile.number_only, *shots.values())
-        if combo not in longest:
-            options = PromptOptions(number_only=combo[1], letter_choices=suite.letter_choices,
-                                    task_specific_prompt=suite.task_specific_prompt)
-            pool = (questions if shots["shot_pool"] is None
-                    else loaders.load(shots["shot_pool"], suite.protocol).questions)
-            drawn = draw_shots(questions, pool, shots["shots"], shots["shot_seed"]) if shots["shots"] else {}
-            chars = budget = 0
-            for q in questions:
-                prompt = render(q, Protocol(suite.protocol), Rendering(combo[0]), options, drawn.get(q.qid, ()))
-                chars, budget = max(chars, _chars(prompt)), max(budget, prompt.max_tokens)
-            longest[combo] = (int(chars / CHARS_PER_TOKEN_AT_LEAST) + 64, budget)  # + the chat template's
+    sizes = _prompt_sizes(suite, loaders.load(suite.data, suite.protocol).questions)
     models = []
     for profile in suite.models:
         if profile in local:
-            tokens, budget = longest[(suite.rendering_for(profile), profile.number_only,
-                                      *suite.shot_settings(profile).values())]
-            length = fitted_length(profile, tokens, budget)
+            prompts = sizes(profile)  # a k-shot prompt is several questions long
+            tokens = int(max(c for c, _ in prompts) / CHARS_PER_TOKEN_AT_LEAST) + 64  # + the chat template's
+            length = fitted_length(profile, tokens, max(b for _, b in prompts))
             if length is not None:
                 profile = profile.model_copy(update={"max_model_len": length})
         models.append(profile)
