@@ -311,3 +311,22 @@ def test_a_saved_run_is_rebuilt_with_the_profile_it_was_answered_with(tmp_path, 
     record = next(r for r in runs.iter_rows(named=True) if r["data"].endswith("a.json"))
     result = rescore_saved(cache, record)
     assert not isinstance(result, str) and result.answered == 6 and result.status == "complete"
+
+
+def test_a_saved_run_with_prompt_options_we_cannot_rebuild_says_so(tmp_path, capsys, monkeypatch):
+    """A run saved by another version with a variant part this one does not know is not rebuilt, and the
+    reason names its options (it used to blame a shot pool it does not have)."""
+    from evaluator.runs.runner import rescore_saved
+
+    cache = tmp_path / "c"
+    data = write_jsonl(tmp_path / "a.json", [{"input_field": "Q?", "output_field": "x", "task_name": "t",
+                                              "task_type": "generation", "metric": "rougel"}])
+    with Stub() as stub:
+        code, _, err = run_cli(["run", "--model", "m", "--base-url", stub.base_url, "--data", data, "--cache", cache],
+                               capsys, monkeypatch)
+    assert code == 0, err
+    store = ResponseCache(cache / "responses", read_only=True)
+    record = store.runs().row(0, named=True)
+    store.close()
+    reason = rescore_saved(cache, {**record, "variant": "future-option"})
+    assert isinstance(reason, str) and "'future-option'" in reason and "pool" not in reason

@@ -901,7 +901,9 @@ def rescore_saved(cache_folder: Path, record: dict) -> RunResult | str:
                        progress=False, **shots)
     try:
         if config.variant != record["variant"]:
-            return f"its shot pool {config.shot_pool} has changed since it was scored"
+            if config.shot_pool is not None and any(part.startswith("pool-") for part in variant):
+                return f"its shot pool {config.shot_pool} has changed since it was scored"
+            return f"its prompt options ('{record['variant']}') are not ones this version can rebuild"
     except InputError as exc:
         return f"its shot pool cannot be read: {exc}"
     try:
