@@ -210,3 +210,38 @@ def test_the_html_report_has_an_analysis_section(tmp_path, capsys, monkeypatch):
     assert "Spearman ρ" in section and "multilingual" in section
     assert "fam (base, 3 sizes)" in section
     assert f"+{pair['diff']:.3f}" in section and "fam-3b-chat" in section
+
+
+def test_hostile_names_and_external_files_cannot_break_the_outputs(tmp_path, capsys, monkeypatch):
+    """Model names holding table and markup characters stay inside their cells in analysis.md; an external
+    score file that is binary, too large or ragged is one line and exit 2, or its bad rows are skipped."""
+    data_file = write_jsonl(tmp_path / "d.json", [{"input_field": f"MC question {i}?", "output_field": i % 4,
+                                                   "task_name": "t", "task_type": "multiple-choice",
+                                                   "metric": "accuracy"} for i in range(8)])
+    cache = tmp_path / "c"
+    with Stub() as stub:
+        for name in ("a|b *x*", "c`d` [e](f)"):
+            code, _, err = run_cli(["run", "--model", name, "--base-url", stub.base_url, "--data", data_file,
+                                    "--cache", cache], capsys, monkeypatch)
+            assert code == 0, err
+    code, _, err = run_cli(["run", "--model", "<g>|h", "--base-url", "http://127.0.0.1:9/v1", "--data", data_file,
+                            "--cache", cache], capsys, monkeypatch)
+    assert code != 0
+    out = tmp_path / "a"
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text('model,score\n"a|b *x*",1,extra\nc`d` [e](f),nan\n,\n', encoding="utf-8")
+    code, _, err = run_cli(["analyze", "--cache", cache, "--output", out, "--external", ragged], capsys, monkeypatch)
+    assert code == 0, err
+    text = (out / "analysis.md").read_text(encoding="utf-8")
+    assert r"\<g\>\|h (failed" in text
+    for line in text.splitlines():  # every table row has its header's cells, however the names read
+        if line.startswith("| ") and "\\|" in line:
+            assert line.count(" | ") - line.count("\\|") >= 1
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"\x00\xff\xfe" * 1000)
+    big = tmp_path / "big.csv"
+    big.write_bytes(b"model,score\n" + b"m,1\n" * 3_000_000)
+    for bad in (binary, big):
+        code, _, err = run_cli(["analyze", "--cache", cache, "--output", tmp_path / "b", "--external", bad],
+                               capsys, monkeypatch)
+        assert code == 2 and "--external" in err, err

@@ -34,14 +34,14 @@ from collections import Counter
 from aiohttp import web
 
 from benchmarks.stubs.openai_stub import answer_for
-from benchmarks.stubs.threaded import ThreadedServer
+from benchmarks.stubs.threaded import AiohttpServer
 
 
 def _fraction(custom_id: str) -> float:
     return int(hashlib.sha256(custom_id.encode()).hexdigest()[:8], 16) / 2**32
 
 
-class BatchStub(ThreadedServer):
+class BatchStub(AiohttpServer):
     def __init__(self, polls_to_end: int = 3, expire_half: bool = False, error_share: float = 0.0,
                  poll_5xx: int = 0, unknown_id: bool = False, lose_create: int = 0, results_gone: bool = False,
                  token_limit: int | None = None) -> None:
@@ -55,7 +55,6 @@ class BatchStub(ThreadedServer):
         self.retrieves = 0
         self.ids = itertools.count(1)
         self.port: int | None = None
-        self._runner: web.AppRunner | None = None
 
     @property
     def base_url(self) -> str:
@@ -330,13 +329,3 @@ class BatchStub(ThreadedServer):
             web.get("/v1/messages/batches/{id}/results", self.anthropic_results),
             web.post("/v1/messages/batches/{id}/cancel", self.anthropic_cancel)])
         return app
-
-    async def _open(self, port: int) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
-
-    async def _close(self) -> None:
-        await self._runner.cleanup()

@@ -15,10 +15,10 @@ from collections import Counter
 
 from aiohttp import web
 
-from benchmarks.stubs.threaded import ThreadedServer
+from benchmarks.stubs.threaded import AiohttpServer
 
 
-class HubStub(ThreadedServer):
+class HubStub(AiohttpServer):
     def __init__(self, files: dict[str, dict[str, bytes]], gated: set[str] = frozenset()) -> None:
         self.files, self.gated = files, set(gated)
         self.requests: Counter[str] = Counter()
@@ -49,14 +49,7 @@ class HubStub(ThreadedServer):
         return web.Response(status=200, body=body, headers={k: v for k, v in headers.items()
                                                             if k != "Content-Length"})
 
-    async def _open(self, port: int) -> None:
+    def app(self) -> web.Application:
         app = web.Application()
         app.add_routes([web.route("*", "/{org}/{name}/resolve/{revision}/{filename}", self.resolve)])
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
-
-    async def _close(self) -> None:
-        await self._runner.cleanup()
+        return app

@@ -45,3 +45,24 @@ class ThreadedServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class AiohttpServer(ThreadedServer):
+    """A ThreadedServer whose subclass gives its aiohttp application (`app()`) on 127.0.0.1."""
+
+    _runner = None
+
+    def app(self):
+        raise NotImplementedError
+
+    async def _open(self, port: int) -> None:
+        from aiohttp import web
+
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+
+    async def _close(self) -> None:
+        await self._runner.cleanup()

@@ -21,7 +21,7 @@ from rich.table import Table, box
 
 from evaluator.cache.responses import ResponseCache
 from evaluator.errors import InputError
-from evaluator.reports.leaderboard import GROUP, leaderboard, saved_stderr, short_skill, skill_columns
+from evaluator.reports.leaderboard import GROUP, leaderboard, md_text, saved_stderr, short_skill, skill_columns
 from evaluator.scoring.aggregate import finite
 
 FORMAT = "shopping-mmlu analysis"
@@ -446,16 +446,16 @@ def _f(value, digits: int = 3, signed: bool = False) -> str:
 
 def markdown(analysis: Analysis) -> str:
     r = analysis.ranking
-    out = [f"# Shopping MMLU analysis: {r['group']}", "",
-           f"Data `{r['data']}` (digest {r['data_sha256'][:16]}), {r['protocol']}-wise"
+    out = [f"# Shopping MMLU analysis: {md_text(r['group'])}", "",
+           f"Data {md_text(r['data'])} (digest {r['data_sha256'][:16]}), {r['protocol']}-wise"
            + (f", {r['variant']}" if r["variant"] else "") + f". {r['complete']} of {r['runs']} runs complete; "
            "only complete runs enter the statistics below.", ""]
     if analysis.excluded:
-        out += ["Left out:", ""] + [f"- {e['label']} ({e['why']})" for e in analysis.excluded] + [""]
+        out += ["Left out:", ""] + [f"- {md_text(e['label'])} ({md_text(e['why'])})" for e in analysis.excluded] + [""]
     skills = analysis.skill_corr
     names = skills["a"].unique(maintain_order=True).to_list()
     if names:
-        labels = [n.removeprefix("skill:") for n in names]
+        labels = [md_text(n.removeprefix("skill:")) for n in names]
         lookup = {(x["a"], x["b"]): x for x in skills.iter_rows(named=True)}
         out += ["## Skill correlations across models (Spearman ρ, n models)", "",
                 "| | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
@@ -468,22 +468,22 @@ def markdown(analysis: Analysis) -> str:
         out += ["No family has complete runs of two sizes or more with `params_b` and `family` tags.", ""]
     else:
         out += ["| family | series | n | overall per 10× parameters | r |", "|---|---|---:|---:|---:|"]
-        out += [f"| {f['family']} | {f['series']} | {f['n']} | {_f(f['per_decade'], 3, True)} | {_f(f['r'], 2)} |"
+        out += [f"| {md_text(f['family'])} | {f['series']} | {f['n']} | {_f(f['per_decade'], 3, True)} | {_f(f['r'], 2)} |"
                 for f in analysis.scaling_fit.iter_rows(named=True)] + [""]
     out += ["## Base → tuned (tuned − base, paired bootstrap 95% interval over the questions both answered)", ""]
     if analysis.pairs.is_empty():
         out += ["No complete tuned model with a complete base in this ranking (`base` tags in the profiles).", ""]
     else:
         out += ["| tuned | base | skill | n | tuned | base | Δ | 95% CI |", "|---|---|---|---:|---:|---:|---:|---|"]
-        out += [f"| {p['tuned']} | {p['base']} | {p['skill']} | {p['n']:,} | {_f(p['tuned_score'])} | "
+        out += [f"| {md_text(p['tuned'])} | {md_text(p['base'])} | {md_text(p['skill'])} | {p['n']:,} | {_f(p['tuned_score'])} | "
                 f"{_f(p['base_score'])} | {_f(p['diff'], 3, True)} | [{_f(p['low'], 3, True)}, {_f(p['high'], 3, True)}] |"
                 for p in analysis.pairs.iter_rows(named=True)] + [""]
-    out += [f"- {note}" for note in analysis.pair_notes] + ([""] if analysis.pair_notes else [])
+    out += [f"- {md_text(note)}" for note in analysis.pair_notes] + ([""] if analysis.pair_notes else [])
     if analysis.external is not None:
         out += ["## Against the external benchmark", "", "| ours | n | Spearman ρ | Pearson r |", "|---|---:|---:|---:|"]
-        out += [f"| {e['measure']} | {e['n']} | {_f(e['spearman'], 2)} | {_f(e['pearson'], 2)} |"
+        out += [f"| {md_text(e['measure'])} | {e['n']} | {_f(e['spearman'], 2)} | {_f(e['pearson'], 2)} |"
                 for e in analysis.external.iter_rows(named=True)] + [""]
-        out += [f"- {note}" for note in analysis.external_notes] + ([""] if analysis.external_notes else [])
+        out += [f"- {md_text(note)}" for note in analysis.external_notes] + ([""] if analysis.external_notes else [])
     return "\n".join(out)
 
 

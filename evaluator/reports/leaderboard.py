@@ -125,6 +125,11 @@ def records(board: pl.DataFrame) -> list[dict]:
     return finite(out)
 
 
+def _number(value) -> float | None:
+    """A saved number as a float; anything else (text, a boolean, null) as None."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def saved_stderr(details: str | None) -> dict:
     """The standard errors a run saved with its scores ({} for runs scored before they were kept)."""
     try:
@@ -135,11 +140,10 @@ def saved_stderr(details: str | None) -> dict:
     errors = doc.get("stderr") if isinstance(doc, dict) and "overall" in doc else None
     if not isinstance(errors, dict):
         return {}
-    number = lambda v: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None  # noqa: E731
     skills = errors.get("skills") if isinstance(errors.get("skills"), dict) else {}
     tasks = errors.get("tasks") if isinstance(errors.get("tasks"), list) else []
-    return {"overall": number(errors.get("overall")), "skills": {str(k): number(v) for k, v in skills.items()},
-            "tasks": {(str(t[0]), str(t[1])): number(t[2]) for t in tasks if isinstance(t, list) and len(t) == 3}}
+    return {"overall": _number(errors.get("overall")), "skills": {str(k): _number(v) for k, v in skills.items()},
+            "tasks": {(str(t[0]), str(t[1])): _number(t[2]) for t in tasks if isinstance(t, list) and len(t) == 3}}
 
 
 def _choice_view(details: str | None) -> dict:
@@ -151,9 +155,8 @@ def _choice_view(details: str | None) -> dict:
         view = None
     if not isinstance(view, dict):
         view = {}
-    number = lambda v: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None  # noqa: E731
-    return {"choice_probs_accuracy": number(view.get("accuracy")),
-            "choice_probs_valid_mass": number(view.get("valid_mass")),
+    return {"choice_probs_accuracy": _number(view.get("accuracy")),
+            "choice_probs_valid_mass": _number(view.get("valid_mass")),
             "choice_probs_n": view.get("n") if isinstance(view.get("n"), int) else None}
 
 
@@ -183,7 +186,7 @@ def markdown(board: pl.DataFrame) -> str:
     for _, group in board.group_by(GROUP, maintain_order=True):
         present = [s for s in skills if group[s].is_not_null().any()]
         headers = ["#", "model", "overall", "± s.e.", *(short_skill(s) for s in present), "answered", "complete"]
-        out += [f"## Shopping MMLU: {_md(group['group'][0])}", "",
+        out += [f"## Shopping MMLU: {md_text(group['group'][0])}", "",
                 "| " + " | ".join(headers) + " |",
                 "|" + "|".join("---" if h == "model" else ":---:" if h == "complete" else "---:" for h in headers) + "|"]
         notes = []
@@ -191,18 +194,18 @@ def markdown(board: pl.DataFrame) -> str:
             mark = "✓" if row["status"] == "complete" else f"✗ {_done(row)}"
             if row["status"] != "complete":
                 notes.append(_note_text(row))
-            cells = [str(row["rank"]), _md(row["model"]), _score(row["overall"], row["partial_skills"]),
+            cells = [str(row["rank"]), md_text(row["model"]), _score(row["overall"], row["partial_skills"]),
                      _score(saved_stderr(row["details"]).get("overall")), *(_score(row[s]) for s in present),
                      f"{row['answered']:,}/{row['questions']:,}", mark]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
         if any(r["partial_skills"] and r["overall"] is not None for r in group.iter_rows(named=True)):
             notes.append("~ averaged over fewer tasks or skills than the data has")
-        out += [f"- {_md(note.removeprefix('* '))}" for note in notes] + ([""] if notes else [])
+        out += [f"- {md_text(note.removeprefix('* '))}" for note in notes] + ([""] if notes else [])
     return "\n".join(out)
 
 
-def _md(text: str) -> str:
+def md_text(text: str) -> str:
     """A cell's text that cannot break the table or turn into markup."""
     text = " ".join(str(text).split())
     for char in "\\|*_`[]<>":
