@@ -70,3 +70,20 @@ def test_another_sitecustomize_still_runs(tmp_path):
                            "[t.name for t in threading.enumerate()])"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("1 ") and "shopping-mmlu-lifeline" in done.stdout
+
+
+def test_the_sites_own_sitecustomize_keeps_its_path_changes_and_nothing_is_printed(tmp_path):
+    """A site's `sitecustomize` that extends `sys.path` (as sites do for shared package folders) keeps its
+    change under ours; with or without one, a server's stderr carries nothing of ours."""
+    site, shared = tmp_path / "site", tmp_path / "shared-packages"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(f"import sys\nsys.path.append({str(shared)!r})\n", encoding="utf-8")
+    probe = "import sys, sitecustomize; print(sys.path[-1], sitecustomize.__file__)"
+    lifeline = str(ROOT / "servers" / "lifeline")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([lifeline, str(site)]), "SHOPPING_MMLU_LIFELINE": "1"}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.split() == [str(shared), str(site / "sitecustomize.py")]
+    alone = subprocess.run([sys.executable, "-c", "print('ok')"], capture_output=True, text=True, cwd=tmp_path,
+                           env={**env, "PYTHONPATH": lifeline})
+    assert alone.returncode == 0 and alone.stdout == "ok\n" and alone.stderr == "", alone.stderr

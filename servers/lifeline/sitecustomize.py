@@ -7,7 +7,7 @@ runs: the API server dies with it (the guard arms PR_SET_PDEATHSIG), but the eng
 on, holding a GPU. Each process here watches its own parent instead, in a daemon thread (not PR_SET_PDEATHSIG:
 that fires when the parent *thread* exits, and vLLM starts processes from helper threads).
 
-Only where `SHOPPING_MMLU_LIFELINE` is set; another `sitecustomize` further on the path still runs.
+Only where `SHOPPING_MMLU_LIFELINE` is set; the site's own `sitecustomize` (further on the path) still runs.
 """
 
 import os
@@ -34,17 +34,20 @@ if os.environ.get("SHOPPING_MMLU_LIFELINE"):
 
 
 def _chain() -> None:
-    """Run the next `sitecustomize` on the path, the one ours hides."""
+    """Run the site's own `sitecustomize` (the next one on the path, which ours hides) as Python would have:
+    found on the path without ours, executed under its name, its changes to `sys.path` kept. Importing it by
+    name instead would need `sys.modules` and `sys.path` juggled, which undid those changes and, where there
+    was none, made the import system print `Error in sitecustomize ... KeyError` in every process."""
+    from importlib.machinery import PathFinder
+    from importlib.util import module_from_spec
+
     here = os.path.dirname(os.path.abspath(__file__))
-    rest = [p for p in sys.path if os.path.abspath(p or ".") != here]
-    del sys.modules["sitecustomize"]
-    saved, sys.path[:] = list(sys.path), rest
-    try:
-        import sitecustomize  # noqa: F401
-    except ImportError:
-        pass
-    finally:
-        sys.path[:] = saved
+    spec = PathFinder.find_spec(__name__, [p for p in sys.path if os.path.abspath(p or ".") != here])
+    if spec is None or spec.loader is None:
+        return
+    site = module_from_spec(spec)
+    sys.modules[__name__] = site  # what `import sitecustomize` gives from now on, as without us
+    spec.loader.exec_module(site)
 
 
 _chain()
