@@ -26,7 +26,7 @@ $(VLLM_VENV)/.installed:
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	touch $@
 
-.PHONY: install demo test
+.PHONY: install demo test test-fast
 install: $(VENV)/.installed $(VLLM_VENV)/.installed
 
 # The sample set's multilingual rows need a model that is not on PyPI: offline they stay "not scored" and
@@ -36,3 +36,8 @@ demo: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest
+
+# The edit-test loop: everything but real engines, clusters, the browser and tests over 20 s; the slowest shown.
+FAST := not vllm and not ray and not browser and not slow
+test-fast: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -m "$(FAST)" --durations=15

@@ -34,3 +34,25 @@ def kdd_dev() -> Path:
     if not KDD_DEV.is_file():
         pytest.skip("the KDD Cup 2024 development set is not beside this checkout (../shared/data)")
     return KDD_DEV
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter):
+    """One line at the very end naming what did not run and why, so a gap in coverage is never silent."""
+    yield
+    skipped = terminalreporter.stats.get("skipped", [])
+    reasons: dict[str, int] = {}
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    parts = [f"{count} × {reason}" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1])]
+    deselected = len(terminalreporter.stats.get("deselected", []))
+    markexpr = terminalreporter.config.getoption("markexpr", "")
+    if deselected:
+        parts.append(f"{deselected} deselected by -m {markexpr!r}" if markexpr else f"{deselected} deselected")
+    if parts:
+        terminalreporter.write_line(f"NOT RUN ({len(skipped) + deselected} tests): " + "; ".join(parts),
+                                    yellow=True, bold=True)
+    else:
+        terminalreporter.write_line("NOT RUN: nothing, every collected test ran", green=True)
