@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -158,14 +159,11 @@ HOSTILE_TEXTS = ['x"><img src=x onerror="document.title=\'pwned-attr\'">', "<!--
                  "a'b\"c&d<e>f"]
 
 
-@pytest.mark.skipif(__import__("evaluator.reports.screenshot", fromlist=["chromium"]).chromium() is None,
-                    reason="no Chromium here (Debian: apt-get install chromium); the HTML report's escaping is "
-                           "checked in a real browser where it is")
-def test_hostile_names_and_answers_in_the_html_report_stay_text_in_a_real_browser(tmp_path, capsys, monkeypatch):
-    """A skill (track) name, a task name, a model name and answers carrying markup: every context escaped, no
-    script runs, the page is not blanked."""
-    from evaluator.reports.screenshot import rendered_dom
+HOSTILE_MODELS = [HOSTILE_TEXTS[0], "a|b *c* _d_ `e` [f](g) \\h <i>"]
 
+
+def hostile_report(tmp_path: Path, capsys, monkeypatch) -> Path:
+    """A skill (track) name, task names, model names and answers carrying markup, run on a stub: the cache."""
     rows = []
     for i, text in enumerate(HOSTILE_TEXTS):
         rows.append({"input_field": f"question {text} {i}", "output_field": i % 4, "task_name": f"task {text}",
@@ -173,12 +171,72 @@ def test_hostile_names_and_answers_in_the_html_report_stay_text_in_a_real_browse
     data = write_jsonl(tmp_path / "d.json", rows)
     answers = iter(HOSTILE_TEXTS * 10)
     with Stub(answers=lambda _body: next(answers)) as server:
-        code, out, err = run_cli(["run", "--model", HOSTILE_TEXTS[0], "--base-url", server.base_url, "--data", data,
-                                  "--cache", tmp_path / "c"], capsys, monkeypatch)
-    assert code in (0, 3), out + err
+        for model in HOSTILE_MODELS:
+            code, out, err = run_cli(["run", "--model", model, "--base-url", server.base_url, "--data", data,
+                                      "--cache", tmp_path / "c"], capsys, monkeypatch)
+            assert code in (0, 3), out + err
     page = tmp_path / "report.html"
     code, _, err = run_cli(["report", "--cache", tmp_path / "c", "--html", page], capsys, monkeypatch)
     assert code == 0, err
+    return page
+
+
+def strings_in(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (k, *strings_in(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in strings_in(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_hostile_names_and_answers_in_the_raw_html_page_and_leaderboard_md_stay_data(tmp_path, capsys, monkeypatch):
+    """Without a browser: the page's embedded JSON holds no '<', '>' or '&' (nothing can end its <script> or
+    open a comment), parses back to every hostile text exactly, the page has only the template's own tags,
+    its `esc` escapes all five HTML specials; and leaderboard.md keeps each hostile model name in its cell."""
+    from evaluator.reports.html import TEMPLATE
+
+    text = hostile_report(tmp_path, capsys, monkeypatch).read_text(encoding="utf-8")
+    opener = '<script type="application/json" id="data">'
+    block = text[text.index(opener) + len(opener):text.index("</script>", text.index(opener))]
+    assert not {"<", ">", "&"} & set(block)
+    payload = json.loads(block)
+    strings = strings_in(payload)
+    assert {r["model"] for r in payload["board"]} == set(HOSTILE_MODELS)
+    for hostile in HOSTILE_TEXTS:
+        assert hostile in strings  # an answer, verbatim
+        assert f"task {hostile}" in strings and f"skill {hostile}" in strings
+    outside = text.replace(block, "")
+    for tag in ("<script", "</script", "<img", "<b ", "<!--", "<i>"):
+        assert outside.count(tag) == TEMPLATE.replace("__DATA__", "").count(tag), tag
+    esc = next(line for line in TEMPLATE.splitlines() if line.startswith("const esc = "))
+    for char, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&quot;"), ("'", "&#39;")):
+        assert f"'{char}':'{entity}'" in esc or f'"{char}":\'{entity}\'' in esc, (char, esc)
+
+    code, md, err = run_cli(["report", "--cache", tmp_path / "c", "--format", "md"], capsys, monkeypatch)
+    assert code == 0, err
+    lines = md.splitlines()
+    header = next(line for line in lines if line.startswith("| #"))
+    width = len(header.split(" | "))
+    rows = [line for line in lines if line.startswith("| ") and line != header]
+    assert len(rows) == len(HOSTILE_MODELS)
+    unescape = re.compile(r"\\(.)")
+    for row in rows:
+        cells = re.split(r"(?<!\\) \| ", row.strip("| "))  # a cell boundary is an unescaped pipe
+        assert len(cells) == width, row
+        assert unescape.sub(r"\1", cells[1]) in {" ".join(m.split()) for m in HOSTILE_MODELS}, cells[1]
+        raw = unescape.sub("", row)  # what is left once every escaped character is gone
+        assert not set("<>*_`[]") & set(raw), row
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(__import__("evaluator.reports.screenshot", fromlist=["chromium"]).chromium() is None,
+                    reason="no Chromium here (Debian: apt-get install chromium); the HTML report's escaping is "
+                           "checked in a real browser where it is")
+def test_hostile_names_and_answers_in_the_html_report_stay_text_in_a_real_browser(tmp_path, capsys, monkeypatch):
+    """The same page in Chromium: every context escaped, no script runs, the page is not blanked."""
+    from evaluator.reports.screenshot import rendered_dom
+
+    page = hostile_report(tmp_path, capsys, monkeypatch)
     dom = rendered_dom(page)
     title = dom[dom.index("<title>"):dom.index("</title>")]
     assert "pwned" not in title  # no script of theirs ran
