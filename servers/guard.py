@@ -33,26 +33,54 @@ def die_with_parent(sig: int) -> None:
         pass
 
 
-def _children_of(parents: set[int]) -> set[int]:
-    found = set()
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (the first is field 3, the state), or None."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _children_of(parents: set[int]) -> dict[int, int]:
+    """The children of these pids, each with its start time (field 22, clock ticks since boot)."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) in parents:
-            found.add(int(entry.name))
+        fields = _stat(int(entry.name))
+        if fields is not None and int(fields[1]) in parents:
+            found[int(entry.name)] = int(fields[19])
     return found
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, start: int | None = None) -> bool:
+    """Alive and not a zombie; with `start`, also the same process that was seen (a pid is reused once its
+    process is gone: a remembered pid alone may name a stranger)."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z" and (start is None or int(fields[19]) == start)
+
+
+def _signal(pid: int, start: int, sig: int) -> None:
+    """Signal the process seen as (pid, start) and no other: a pidfd pins the process before its start time is
+    checked, so the pid cannot be reused between the check and the signal."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError):  # no pidfd (an old kernel): the check and the kill, as close as can be
+        if _alive(pid, start):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        return
+    try:
+        if _alive(pid, start):
+            signal.pidfd_send_signal(fd, sig)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def lifeline_env() -> dict[str, str]:
@@ -72,11 +100,13 @@ class Guard:
         self.stop_requested = False
         self.process = subprocess.Popen(command, start_new_session=True, env=lifeline_env(),
                                         preexec_fn=lambda: die_with_parent(signal.SIGKILL))
-        self.seen = {self.process.pid}
+        fields = _stat(self.process.pid)
+        self.seen = {self.process.pid: int(fields[19]) if fields else -1}  # pid -> start time
 
     def track(self) -> None:
-        """Remember every descendant: a worker that moves to another group is still ours."""
-        self.seen |= _children_of(self.seen)
+        """Remember every descendant, with its start time: a worker that moves to another group is still ours;
+        the children of a pid now reused by a stranger are not."""
+        self.seen.update(_children_of({pid for pid, start in self.seen.items() if _alive(pid, start)}))
 
     def should_stop(self) -> bool:
         return self.stop_requested or os.getppid() != self.parent
@@ -98,7 +128,7 @@ class Guard:
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + self.grace_s
-        while time.monotonic() < deadline and any(_alive(p) for p in self.seen):
+        while time.monotonic() < deadline and any(_alive(p, t) for p, t in self.seen.items()):
             self.track()
             self.process.poll()
             time.sleep(POLL_S)
@@ -106,18 +136,22 @@ class Guard:
         self.process.wait()
         return self.process.returncode if self.process.returncode is not None else -signal.SIGKILL
 
+    def _group_is_ours(self) -> bool:
+        """The server's group id is still its: the server is not yet reaped, or a process we saw is still in
+        the group (Linux does not reuse a pid that is some group's id while that group has members)."""
+        return self.process.returncode is None or any(
+            _alive(pid, start) and (_stat(pid) or [None] * 3)[2] == str(self.process.pid)
+            for pid, start in self.seen.items())
+
     def _kill_all(self, sig: int) -> None:
         self.track()
-        try:
-            os.killpg(self.process.pid, sig)
-        except ProcessLookupError:
-            pass
-        for pid in self.seen:
-            if _alive(pid):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
+        if self._group_is_ours():
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                pass
+        for pid, start in self.seen.items():
+            _signal(pid, start, sig)
 
 
 def main() -> None:

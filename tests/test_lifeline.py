@@ -87,3 +87,36 @@ def test_the_sites_own_sitecustomize_keeps_its_path_changes_and_nothing_is_print
     alone = subprocess.run([sys.executable, "-c", "print('ok')"], capture_output=True, text=True, cwd=tmp_path,
                            env={**env, "PYTHONPATH": lifeline})
     assert alone.returncode == 0 and alone.stdout == "ok\n" and alone.stderr == "", alone.stderr
+
+
+def test_the_guard_signals_only_the_processes_it_saw_not_a_pid_reused_by_a_stranger(tmp_path):
+    """The guard remembers (pid, start time): a remembered pid now held by another process (pid reuse) is
+    neither killed nor has its children adopted, while the processes it did see still are killed."""
+    from servers.guard import Guard, _stat
+
+    stranger = subprocess.Popen(["sh", "-c", "sleep 120 & wait"], start_new_session=True)
+    guard = Guard(["sleep", "120"], grace_s=1.0, parent=os.getpid())
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not [p for p in Path("/proc").iterdir() if p.name.isdigit()
+                                                   and (_stat(int(p.name)) or [0, 0])[1] == str(stranger.pid)]:
+            time.sleep(0.05)
+        started = int(_stat(stranger.pid)[19])
+        guard.seen[stranger.pid] = started - 1  # as if a server process once had this pid and is gone
+        guard.track()
+        assert set(guard.seen) == {guard.process.pid, stranger.pid}  # the stranger's child is not adopted
+        guard._kill_all(signal.SIGKILL)
+        guard.process.wait(10)
+        time.sleep(0.2)
+        assert stranger.poll() is None and _alive(stranger.pid, started), "the guard killed a stranger"
+        guard.seen[stranger.pid] = started  # the process it really saw: that one it kills
+        guard._kill_all(signal.SIGKILL)
+        assert stranger.wait(10) == -signal.SIGKILL
+    finally:
+        try:
+            os.killpg(stranger.pid, signal.SIGKILL)  # its child too
+        except ProcessLookupError:
+            pass
+        stranger.wait()
+        guard.process.kill()
+        guard.process.wait()
