@@ -153,3 +153,23 @@ def test_the_rate_leaves_out_the_start_up_and_the_time_left_says_what_it_is():
     for i in range(100):
         late.add(200.0 + i)  # the old reply falls out of the window
     assert abs(late.rate() - 1.0) < 0.01
+
+
+def test_inspect_shows_a_ranking_tasks_candidates_numbered_and_its_metric(tmp_path, capsys, monkeypatch, kdd_dev):
+    """An answer `3, 1` can only be checked against the candidates: every numbered line is shown, one line
+    each, after the clipped question, and the title names the metric."""
+    monkeypatch.setenv("COLUMNS", "120")
+    cache = tmp_path / "c"
+    with Stub() as stub:
+        code, _, err = run_cli(["run", "--model", "m", "--base-url", stub.base_url, "--data", kdd_dev,
+                                "--cache", cache], capsys, monkeypatch)
+        assert code in (0, 3), err
+    for task, metric, count in (("task12", "ndcg", 5), ("task13", "hit rate@3", 15)):
+        code, out, err = run_cli(["inspect", "--model", "m", "--task", task, "--data", kdd_dev, "--cache", cache],
+                                 capsys, monkeypatch)
+        assert code == 0, err
+        assert f"m on {task} ({metric})" in out
+        questions = int(re.search(r"(\d+) questions", out).group(1))
+        starts = [int(n) for n in re.findall(r"(?:^|\s)(\d{1,2})\. \S", out)]
+        for n in range(1, count + 1):
+            assert starts.count(n) >= questions, (task, n, out)  # every candidate of every question

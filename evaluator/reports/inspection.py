@@ -31,6 +31,8 @@ def inspect(config: RunConfig, task: str) -> pl.DataFrame:
         records.append({"row": row["row"], "qid": question.qid, "input": question.input,
                         "choices": question.choices,
                         "multiple_choice": question.task_type is TaskType.MULTIPLE_CHOICE,
+                        "candidates": question.task_type in (TaskType.RANKING, TaskType.RETRIEVAL),
+                        "metric": question.metric.value,
                         "truth": str(question.truth), "answer": row["output"], "score": row["score"],
                         "tp_fp_fn": f"{row['tp']}/{row['fp']}/{row['fn']}" if row["tp"] is not None else None,
                         "official": row["official"], "unscored": row["unscored"],
@@ -39,7 +41,9 @@ def inspect(config: RunConfig, task: str) -> pl.DataFrame:
 
 
 def print_inspect(rows: pl.DataFrame, model: str, task: str, console: Console) -> None:
-    table = Table(title=f"{escape(model)} on {escape(task)}: {rows.height} questions", show_lines=True,
+    metric = rows["metric"][0] if rows.height else "-"
+    table = Table(title=f"{escape(model)} on {escape(task)} ({escape(metric)}): {rows.height} questions",
+                  show_lines=True,
                   box=box.SIMPLE_HEAD, pad_edge=False, padding=0, title_justify="left")
     table.add_column("row", justify="right", no_wrap=True)
     for column in ("input", "truth", "answer"):
@@ -66,8 +70,11 @@ def print_inspect(rows: pl.DataFrame, model: str, task: str, console: Console) -
 
 def _shown_input(row: dict, limit: int = 160) -> str:
     """A multiple-choice input keeps every option whole (the truth is checked against them) and clips only
-    the question before them; the task files' choices are listed as the prompt lists them. Any other input
-    is clipped."""
+    the question before them; the task files' choices are listed as the prompt lists them. A ranking or
+    retrieval input keeps its numbered candidates (each clipped to a line), so an answer `3, 1` can be read
+    against them. Any other input is clipped."""
+    if row["candidates"]:
+        return _numbered_list(row["input"], limit)
     if not row["multiple_choice"]:
         return _clip(row["input"], limit)
     lines = row["input"].rstrip().split("\n")
@@ -77,6 +84,22 @@ def _shown_input(row: dict, limit: int = 160) -> str:
 
 
 _OPTION = re.compile(r"\s*\(?[0-9A-Z]\)?[.)] ")
+_CANDIDATE = re.compile(r"\s*[0-9]{1,4}\. ")
+
+
+def _numbered_list(text: str, limit: int) -> str:
+    """The text before the numbered list clipped, every numbered line kept (each clipped to `limit` // 2),
+    and the instructions after the list clipped."""
+    lines = text.rstrip().split("\n")
+    numbered = [i for i, line in enumerate(lines) if _CANDIDATE.match(line)]
+    if not numbered:
+        return _clip(text, limit)
+    first, last = numbered[0], numbered[-1]
+    parts = [_clip("\n".join(lines[:first]), limit)] if first else []
+    parts += [_clip(line, limit // 2) for line in lines[first:last + 1]]
+    if last + 1 < len(lines):
+        parts.append(_clip("\n".join(lines[last + 1:]), limit // 2))
+    return "\n".join(parts)
 
 
 def _clip(text: str | None, limit: int = 160) -> str:
