@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet "$(TORCH)"
-	$(VENV)/bin/python -m pip install --quiet -e '.[test,batch,ray,onnx]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[test,batch,ray,onnx,notebook]'
 	touch $@
 
 # vLLM plus what converts the demo model's GGUF; its torchvision/torchaudio builds break `import transformers`.

@@ -25,13 +25,19 @@ RUNS = {"model": pl.String, "status": pl.String, "complete": pl.Boolean, "reason
         "unscored": pl.Int64, "protocol": pl.String, "rendering": pl.String, "variant": pl.String,
         "data": pl.String, "dataset_sha256": pl.String, "answered_first_at": pl.String,
         "answered_last_at": pl.String, "scored_at": pl.String, "prompt_tokens": pl.Int64,
-        "completion_tokens": pl.Int64, "cost_usd": pl.Float64, "source": pl.String}
-SKILLS = {"model": pl.String, "skill": pl.String, "score": pl.Float64, "tasks": pl.Int64,
-          "questions": pl.Int64, "n": pl.Int64, "errors": pl.Int64, "unscored": pl.Int64}
-TASKS = {"model": pl.String, "skill": pl.String, "task": pl.String, "metric": pl.String, "score": pl.Float64,
-         "questions": pl.Int64, "n": pl.Int64, "errors": pl.Int64, "unscored": pl.Int64, "official": pl.String}
-SAMPLES = {"model": pl.String, "row": pl.Int64, "id": pl.String, "skill": pl.String, "task": pl.String,
-           "metric": pl.String, "answer": pl.String, "truth": pl.String, "score": pl.Float64,
+        "completion_tokens": pl.Int64, "cost_usd": pl.Float64, "overall_stderr": pl.Float64,
+        "family": pl.String, "params_b": pl.Float64, "base": pl.String, "source": pl.String}
+# `skill` is the short name (concept, reasoning, behavior, multilingual), `track` the data file's own
+SKILLS = {"model": pl.String, "skill": pl.String, "track": pl.String, "score": pl.Float64, "stderr": pl.Float64,
+          "tasks": pl.Int64, "questions": pl.Int64, "n": pl.Int64, "errors": pl.Int64, "unscored": pl.Int64}
+TASKS = {"model": pl.String, "skill": pl.String, "track": pl.String, "task": pl.String, "metric": pl.String,
+         "score": pl.Float64, "stderr": pl.Float64, "questions": pl.Int64, "n": pl.Int64, "errors": pl.Int64,
+         "unscored": pl.Int64, "official": pl.String}
+# `prompt`: the completion prompt, or the chat messages as JSON; `truth` as the data file has it (an int, a
+# string, a list), in a column of Python objects
+SAMPLES = {"model": pl.String, "row": pl.Int64, "id": pl.String, "skill": pl.String, "track": pl.String,
+           "task": pl.String, "metric": pl.String, "prompt": pl.String, "answer": pl.String, "truth": pl.Object,
+           "score": pl.Float64,
            "unscored": pl.String, "error": pl.String, "finish_reason": pl.String, "prompt_tokens": pl.Int64,
            "completion_tokens": pl.Int64, "latency_s": pl.Float64}
 MAX_JSON_BYTES = 64 * 2**20  # a results.json is scores and settings: far smaller
@@ -52,6 +58,8 @@ class Results:
 
 def _typed(value, dtype):
     """`value` if it fits the column's type, else None (a hostile file cannot break a frame)."""
+    if dtype == pl.Object:
+        return value
     if dtype == pl.String:
         return value[:1_000_000] if isinstance(value, str) else None
     if dtype == pl.Boolean:
@@ -80,9 +88,30 @@ def _dig(doc, *keys):
     return doc
 
 
+def _short(row: dict) -> dict:
+    """The row with `skill` as its short name and the data file's own name as `track`."""
+    from evaluator.reports.leaderboard import short_skill
+
+    track = row.get("skill")
+    return {**row, "track": track, "skill": short_skill(track) if isinstance(track, str) else None}
+
+
+def _tags(profile) -> dict:
+    """family, params_b and base from a saved profile (a hostile one gives nulls)."""
+    profile = profile if isinstance(profile, dict) else {}
+    return {k: profile.get(k) for k in ("family", "params_b", "base")}
+
+
+def _prompt(prompt) -> str | None:
+    if isinstance(prompt, str) or prompt is None:
+        return prompt
+    return json.dumps(prompt, ensure_ascii=False)[:1_000_000]
+
+
 def _from_document(doc: dict, samples: list[dict], source: str) -> tuple[dict, list[dict], list[dict], list[dict]]:
     """One results.json (and its samples) as rows of the four frames."""
     model = _dig(doc, "model", "name")
+    model = model if isinstance(model, str) else None
     data = doc.get("data") if isinstance(doc.get("data"), dict) else {}
     scores = doc.get("scores") if isinstance(doc.get("scores"), dict) else {}
     run = {"model": model, "status": doc.get("status"), "complete": doc.get("complete"), "reason": doc.get("reason"),
@@ -96,13 +125,14 @@ def _from_document(doc: dict, samples: list[dict], source: str) -> tuple[dict, l
            "answered_first_at": _dig(doc, "answered", "first_at"), "answered_last_at": _dig(doc, "answered", "last_at"),
            "scored_at": _dig(doc, "scored", "at") or _dig(doc, "times", "finished_at"),
            "prompt_tokens": _dig(doc, "tokens", "prompt"), "completion_tokens": _dig(doc, "tokens", "completion"),
-           "cost_usd": _dig(doc, "cost", "usd"), "source": source}
+           "cost_usd": _dig(doc, "cost", "usd"), "overall_stderr": _dig(scores, "overall", "stderr"),
+           **_tags(_dig(doc, "model", "profile")), "source": source}
     skills = scores.get("skills") if isinstance(scores.get("skills"), dict) else {}
-    skill_rows = [{**(v if isinstance(v, dict) else {}), "model": model, "skill": k} for k, v in skills.items()]
+    skill_rows = [_short({**(v if isinstance(v, dict) else {}), "model": model, "skill": k})
+                  for k, v in skills.items()]
     tasks = scores.get("tasks") if isinstance(scores.get("tasks"), list) else []
-    task_rows = [{**t, "model": model} for t in tasks if isinstance(t, dict)]
-    sample_rows = [{**s, "model": model,
-                    "truth": json.dumps(s.get("truth"), ensure_ascii=False)[:1_000_000]} for s in samples]
+    task_rows = [_short({**t, "model": model}) for t in tasks if isinstance(t, dict)]
+    sample_rows = [_short({**s, "model": model, "prompt": _prompt(s.get("prompt"))}) for s in samples]
     return run, skill_rows, task_rows, sample_rows
 
 
@@ -213,7 +243,7 @@ def _from_cache(folder: Path) -> Results:
         saved, scores = store.runs(), store.task_scores()
     finally:
         store.close()
-    runs, skills, skipped = [], [], []
+    runs, skills, skipped, task_errors = [], [], [], {}
     for record in saved.iter_rows(named=True):
         try:
             details = json.loads(record["details"] or "{}")
@@ -222,13 +252,21 @@ def _from_cache(folder: Path) -> Results:
         if not isinstance(details, dict):
             skipped.append(f"run {record['key']} ({record['model']}): its details are unreadable")
             details = {}
+        stderr = details.get("stderr") if isinstance(details.get("stderr"), dict) else {}
         runs.append({**record, "complete": record["status"] == "complete", "overall": details.get("overall"),
                      "dataset_sha256": record["data_sha256"], "scored_at": iso(record["created_at"]),
-                     "cost_usd": record["cost"], "source": f"cache:{record['key']}"})
+                     "cost_usd": record["cost"], "overall_stderr": stderr.get("overall"),
+                     **_tags(details.get("profile")), "source": f"cache:{record['key']}"})
         per_skill = details.get("skills") if isinstance(details.get("skills"), dict) else {}
-        skills += [{"model": record["model"], "skill": k, "score": v} for k, v in per_skill.items()]
+        skill_errors = stderr.get("skills") if isinstance(stderr.get("skills"), dict) else {}
+        skills += [_short({"model": record["model"], "skill": k, "score": v, "stderr": skill_errors.get(k)})
+                   for k, v in per_skill.items()]
+        task_errors[record["key"]] = {(t[0], t[1]): t[2] for t in stderr.get("tasks") or []
+                                      if isinstance(t, list) and len(t) == 3 and all(isinstance(x, str) for x in t[:2])}
     model_of = dict(zip(saved["key"].to_list(), saved["model"].to_list()))
-    tasks = [{**t, "model": model_of.get(t["run"]), "n": t["scored"]} for t in scores.iter_rows(named=True)]
+    tasks = [_short({**t, "model": model_of.get(t["run"]), "n": t["scored"],
+                     "stderr": task_errors.get(t["run"], {}).get((t["skill"], t["task"]))})
+             for t in scores.iter_rows(named=True)]
     return Results(_frame(runs, RUNS), _frame(skills, SKILLS), _frame(tasks, TASKS), _frame([], SAMPLES), skipped)
 
 
@@ -245,14 +283,19 @@ def rescore(model: str, data: str | Path, cache: str | Path | None = None, proto
     from evaluator.reports.results import document, samples
     from evaluator.runs import runner
     from evaluator.scoring.embeddings import ENGLISH_MODEL, MULTILINGUAL_MODEL, EmbeddingConfig, default_cache_dir
-    from servers.profiles import get_profile
+    from evaluator.reports.selection import close_names
+    from servers.profiles import get_profile, load_profiles
 
     cache_dir = Path(cache).expanduser() if cache is not None else default_cache_dir()
     store = ResponseCache(cache_dir / "responses", read_only=True)
     try:
         recorded = store.model(model)
+        known = [] if recorded is not None else sorted(set(store.runs()["model"].to_list()))
     finally:
         store.close()
+    if recorded is None and model not in load_profiles():
+        raise InputError(f"no model '{model[:100]}' in this cache and no profile of that name "
+                         f"({close_names(model, known)})", path=cache_dir)
     config = runner.RunConfig(
         profile=get_profile(model, adhoc=True, recorded=recorded), data=Path(data).expanduser(),
         protocol=Protocol(protocol), rendering=Rendering(rendering) if rendering else None, limit=limit,

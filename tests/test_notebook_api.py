@@ -133,3 +133,38 @@ def test_a_model_that_left_no_results_folder_is_a_failed_run_with_its_reason(nig
     summary_path.write_text("[" * 100_000)
     loaded = load_results(home)
     assert loaded.runs.height == 2 and any("summary.json" in s for s in loaded.skipped)
+
+
+def test_frames_carry_tags_errors_short_skills_prompts_and_native_truths(night, tmp_path):
+    """What a notebook needs beside the scores: family/params_b/base and standard errors per run, skills by
+    their short names with the track beside, each sample's prompt, truths as the data has them, pandas."""
+    from evaluator import load_results, rescore
+
+    data, cache = night
+    night_frames = load_results(cache / "suites" / "nightly")
+    runs = night_frames.runs
+    assert {"family", "params_b", "base", "overall_stderr"} <= set(runs.columns)
+    board = json.loads((cache / "suites" / "nightly" / "latest" / "leaderboard.json").read_text())
+    for row in board:
+        assert runs.filter(runs["model"] == row["model"])["overall_stderr"][0] == row["overall_stderr"]
+    skills = night_frames.skills
+    assert set(skills["track"]) == {"s0", "s1"} and skills["stderr"].null_count() == 0
+    assert night_frames.tasks["stderr"].null_count() == 0 and "track" in night_frames.tasks.columns
+    samples = night_frames.samples
+    assert samples["prompt"].null_count() == 0 and samples["prompt"][0].startswith("You are a helpful")
+    truths = sorted({t for t in samples["truth"].to_list()})
+    assert truths == [0, 1, 2, 3]  # ints, as the data file has them, not JSON text
+    assert runs.to_pandas().shape[0] == 2 and samples.to_pandas().shape[0] == 24
+    saved = load_results(cache)
+    assert set(saved.skills["track"]) == {"s0", "s1"} and saved.runs["overall_stderr"].null_count() == 0
+    assert saved.tasks["stderr"].to_list() == night_frames.tasks.filter(
+        night_frames.tasks["model"].is_in(saved.runs["model"].implode()))["stderr"].to_list()
+    with pytest.raises(InputError, match="my-model"):
+        rescore("my-modle", data, cache=cache)
+
+
+def test_short_skill_names_for_the_official_tracks():
+    from evaluator.notebook import _short
+
+    row = _short({"skill": "amazon-kdd-cup-24-understanding-shopping-concepts", "task": "t"})
+    assert row["skill"] == "concept" and row["track"] == "amazon-kdd-cup-24-understanding-shopping-concepts"
