@@ -164,7 +164,7 @@ def test_inspect_shows_a_ranking_tasks_candidates_numbered_and_its_metric(tmp_pa
         code, _, err = run_cli(["run", "--model", "m", "--base-url", stub.base_url, "--data", kdd_dev,
                                 "--cache", cache], capsys, monkeypatch)
         assert code in (0, 3), err
-    for task, metric, count in (("task12", "ndcg", 5), ("task13", "hit rate@3", 15)):
+    for task, metric, count in (("task12", "ndcg", 5), ("task13", "hit rate@3", 10)):
         code, out, err = run_cli(["inspect", "--model", "m", "--task", task, "--data", kdd_dev, "--cache", cache],
                                  capsys, monkeypatch)
         assert code == 0, err
