@@ -114,8 +114,11 @@ def sample_dir() -> Path:
 def _embeddings(embedding_model: Optional[str], multilingual_model: Optional[str], cache: Optional[Path] = None):
     from evaluator.scoring.embeddings import ENGLISH_MODEL, MULTILINGUAL_MODEL, EmbeddingConfig
 
-    return EmbeddingConfig(english=embedding_model or ENGLISH_MODEL,
-                           multilingual=multilingual_model or MULTILINGUAL_MODEL, cache_dir=cache)
+    def typed(name: Optional[str]) -> Optional[str]:  # a folder from ~ (`--embedding-model=~/m`), else as given
+        return str(Path(name).expanduser()) if name and name.startswith("~") else name
+
+    return EmbeddingConfig(english=typed(embedding_model) or ENGLISH_MODEL,
+                           multilingual=typed(multilingual_model) or MULTILINGUAL_MODEL, cache_dir=cache)
 
 
 def _outputs(json_out: Optional[Path], output: Optional[Path], inputs: list[Optional[Path]],
@@ -317,9 +320,11 @@ def _finish(result: "RunResult", json_out: Optional[Path], output: Optional[Path
         raise typer.Exit(EXIT_INCOMPLETE)
 
 
-def _board(cache: Optional[Path]):
+def _board(cache: Optional[Path], models: Optional[list[str]] = None, exclude: Optional[list[str]] = None):
+    """The leaderboard of the cache's runs (those of the models `models` and `exclude` choose)."""
     from evaluator.cache.responses import ResponseCache
     from evaluator.reports import leaderboard
+    from evaluator.reports.selection import choose
     from evaluator.scoring.embeddings import default_cache_dir
 
     folder = cache or default_cache_dir()
@@ -329,9 +334,11 @@ def _board(cache: Optional[Path]):
         return leaderboard.leaderboard(*_empty_runs())
     store = ResponseCache(folder / "responses", read_only=True)
     try:
-        return leaderboard.leaderboard(store.runs(), store.task_scores())
+        runs = choose(store.runs(), models, exclude)
+        tasks = store.task_scores()
     finally:
         store.close()
+    return leaderboard.leaderboard(runs, tasks.filter(tasks["run"].is_in(runs["key"].implode())))
 
 
 def _empty_runs():
@@ -348,12 +355,20 @@ def report_command(
     fmt: Format = typer.Option(Format.TABLE, "--format", help="how to print the leaderboard"),
     chart: Optional[Path] = typer.Option(None, "--chart", help="also draw the models × skills scores to this PNG"),
     html: Optional[Path] = typer.Option(None, "--html", help="also write a self-contained HTML report here"),
+    models: Optional[list[str]] = typer.Option(None, "--model", help="only models matching this pattern "
+                                               "(glob, case-blind: 'qwen*'; repeatable)"),
+    exclude: Optional[list[str]] = typer.Option(None, "--exclude", help="leave out models matching this "
+                                                "pattern (repeatable)"),
 ) -> None:
     """Every run saved in the cache, per skill and overall, ranked within the same data, protocol and prompt
-    options; how complete each is; tokens and the cost computed when it ran."""
+    options; how complete each is; tokens and the cost computed when it ran. Runs taken out with `forget`
+    are not shown."""
     from evaluator.reports import leaderboard, tables
+    from evaluator.reports.selection import forgotten_note
+    from evaluator.scoring.embeddings import default_cache_dir
 
-    board = _board(cache)
+    folder = cache or default_cache_dir()
+    board = _board(cache, models, exclude)
     if fmt is Format.TABLE:
         tables.print_leaderboard(board, console)
     else:
@@ -366,9 +381,28 @@ def report_command(
         err_console.print(f"chart: {escape(str(charts.heatmap(board, chart)))}")
     if html is not None:
         from evaluator.reports import html as html_report
-        from evaluator.scoring.embeddings import default_cache_dir
 
-        err_console.print(f"report: {escape(str(html_report.write(cache or default_cache_dir(), html)))}")
+        chosen = set(board["model"].to_list()) if models or exclude else None
+        err_console.print(f"report: {escape(str(html_report.write(folder, html, chosen)))}")
+    note = forgotten_note(folder)
+    if note:
+        err_console.print(escape(note), highlight=False, soft_wrap=True)
+
+
+@app.command("forget")
+def forget_command(
+    model: Optional[str] = typer.Argument(None, help="a model saved in the cache (none: list what is forgotten)"),
+    variant: Optional[str] = typer.Option(None, "--variant", help="only its runs with these prompt options "
+                                          "(e.g. '3-shot'; '' for the official prompt)"),
+    undo: bool = typer.Option(False, "--undo", help="put the model's runs back in the rankings"),
+    cache: Optional[Path] = CACHE,
+) -> None:
+    """Take a model's runs out of every ranking and view (report, leaderboards, HTML, analyze, compare,
+    load_results) without deleting its answers; `forget --undo MODEL` puts them back."""
+    from evaluator.reports.selection import forget
+    from evaluator.scoring.embeddings import default_cache_dir
+
+    forget(cache or default_cache_dir(), model, variant, undo, console)
 
 
 @app.command("compare")
@@ -646,6 +680,29 @@ def info_command(
     from evaluator.reports.tables import print_data_info
 
     print_data_info(loaders.load(path, protocol.value), path, as_json, console)
+
+
+def _paths_as_typed(*apps: typer.Typer) -> None:
+    """Every path option and argument of every command, present and future, is read with `paths.as_typed`
+    (`~` expanded, relative to the working folder), once, where it is parsed (tests/test_as_typed.py)."""
+    import inspect
+    from typing import Union, get_args, get_origin, get_type_hints
+
+    from evaluator.paths import as_typed
+
+    for each in apps:
+        for command in each.registered_commands:
+            hints = get_type_hints(command.callback)
+            for name, parameter in inspect.signature(command.callback).parameters.items():
+                hint = hints.get(name)
+                if get_origin(hint) is Union:
+                    hint = next((h for h in get_args(hint) if h is not type(None)), None)
+                if hint is Path and isinstance(parameter.default, typer.models.ParameterInfo):
+                    parameter.default.parser = as_typed
+                    parameter.default.metavar = parameter.default.metavar or "<path>"
+
+
+_paths_as_typed(app, data_app)
 
 
 def _interrupt(*_) -> None:

@@ -4,8 +4,8 @@ Keyed on what determines the answer (model identity, endpoint kind, full request
 port. Answers and errors live in separate tables: an error is never read back as an answer, and a later
 answer for the same key replaces the error. Beside them: each model's profile as it was run (so read-only
 commands find models defined inline in a suite), each run's scores with how complete they are, and claims
-on requests in flight (so two runs of the same questions at once do not both pay for them). Several
-processes may share one cache file.
+on requests in flight (so two runs of the same questions at once do not both pay for them), and the runs
+`forget` took out of every ranking (their answers and scores kept). Several processes may share one cache file.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS batches (
     updated_at REAL NOT NULL, note TEXT);
 CREATE TABLE IF NOT EXISTS batch_items (
     batch TEXT NOT NULL, key TEXT NOT NULL, qid TEXT NOT NULL, request TEXT NOT NULL, PRIMARY KEY (batch, key));
+CREATE TABLE IF NOT EXISTS forgotten (model TEXT NOT NULL, variant TEXT, created_at REAL NOT NULL);
 """
 FILE_NAME = "responses.sqlite"
 OWN_TABLES = {"answers", "errors"}
@@ -484,12 +485,46 @@ class ResponseCache:
 
         return self._write(write)
 
-    def runs(self) -> pl.DataFrame:
+    def _kept(self, forgotten: bool) -> str:
+        """The SQL condition on `runs` that leaves out the runs `forget` took out of every view (none where
+        `forgotten` is asked for, or where the cache predates the table: older caches are read as they are)."""
+        if forgotten or not self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                                            "name = 'forgotten'").fetchone():
+            return "1"
+        return ("NOT EXISTS (SELECT 1 FROM forgotten f WHERE f.model = runs.model "
+                "AND (f.variant IS NULL OR f.variant = runs.variant))")
+
+    def runs(self, forgotten: bool = False) -> pl.DataFrame:
+        """The saved runs, without those `forget` took out of the rankings unless `forgotten`."""
         with self._guard():
-            rows = self.db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs").fetchall()
+            rows = self.db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE {self._kept(forgotten)}").fetchall()
         return pl.DataFrame(rows, schema=RUN_SCHEMA, orient="row")
 
-    def task_scores(self) -> pl.DataFrame:
+    def task_scores(self, forgotten: bool = False) -> pl.DataFrame:
         with self._guard():
-            rows = self.db.execute(f"SELECT run, {', '.join(TASK_COLUMNS)} FROM task_scores ORDER BY rowid").fetchall()
+            rows = self.db.execute(f"SELECT run, {', '.join(TASK_COLUMNS)} FROM task_scores WHERE run IN "
+                                   f"(SELECT key FROM runs WHERE {self._kept(forgotten)}) ORDER BY rowid").fetchall()
         return pl.DataFrame(rows, schema=TASK_SCHEMA, orient="row")
+
+    def forgotten(self) -> list[tuple[str, str | None]]:
+        """(model, variant) of each `forget` in force; variant None: every run of the model."""
+        with self._guard():
+            if not self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'forgotten'").fetchone():
+                return []
+            return self.db.execute("SELECT model, variant FROM forgotten ORDER BY created_at").fetchall()
+
+    def forget(self, model: str, variant: str | None, undo: bool = False) -> int:
+        """Take a model's runs (one variant's, or all) out of every ranking and view, or (`undo`) put them
+        back (without a variant: all of them); the answers and scores stay. Returns how many entries an undo
+        removed."""
+        def write(db: sqlite3.Connection) -> int:
+            if undo and variant is None:
+                return db.execute("DELETE FROM forgotten WHERE model = ?", (model,)).rowcount
+            match = "model = ? AND " + ("variant IS NULL" if variant is None else "variant = ?")
+            removed = db.execute(f"DELETE FROM forgotten WHERE {match}",
+                                 (model,) if variant is None else (model, variant)).rowcount
+            if not undo:
+                db.execute("INSERT INTO forgotten VALUES (?, ?, ?)", (model, variant, time.time()))
+            return removed
+
+        return self._write(write)

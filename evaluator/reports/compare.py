@@ -21,7 +21,7 @@ from rich.table import Table, box
 
 from evaluator.cache.responses import ResponseCache
 from evaluator.errors import InputError
-from evaluator.reports.leaderboard import short_skill
+from evaluator.reports.leaderboard import METRIC_LABELS, short_skill
 from evaluator.scoring.embeddings import default_cache_dir
 
 GROUP = ("data_sha256", "protocol", "variant")
@@ -162,11 +162,14 @@ def compare(cache: Path | None, a: str, b: str | None = None, protocol: str | No
     folder = cache or default_cache_dir()
     store = ResponseCache(folder / "responses", read_only=True)
     try:
-        runs = store.runs()
+        runs, forgotten = store.runs(), {name for name, _ in store.forgotten()}
     finally:
         store.close()
     for name in (a, b):
         if runs.filter(pl.col("model") == name).is_empty():
+            if name in forgotten:
+                raise InputError(f"'{name}' is forgotten: out of every view (shopping-mmlu forget --undo brings "
+                                 "it back)")
             raise InputError(f"no scores for model '{name}' in the cache (run or rescore it first)")
     if protocol:
         runs = runs.filter(pl.col("protocol") == protocol)
@@ -212,15 +215,16 @@ def print_compare(tables: list[tuple[dict, pl.DataFrame]], a: str, b: str, conso
                  + f" ({info['rendering_a']} vs {info['rendering_b']}); n = questions both answered")
         view = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=0, title_justify="left")
         view.add_column("task", overflow="fold", ratio=1, min_width=10)
+        view.add_column("metric", no_wrap=True)
         for column in ("n", "A", "B", "A−B", "95% CI", "p"):
             view.add_column(column, justify="right", no_wrap=True)
         tasks = table.filter(pl.col("level") == "task").sort(pl.col("diff").abs(), descending=True)
         for row in tasks.iter_rows(named=True):
-            view.add_row(escape(row["task"]), *_cells(row))
+            view.add_row(escape(row["task"]), METRIC_LABELS.get(row["metric"], escape(row["metric"])), *_cells(row))
         view.add_section()
         for row in table.filter(pl.col("level") != "task").iter_rows(named=True):
             label = "overall" if row["level"] == "overall" else short_skill(row["skill"])
-            view.add_row(f"[bold]{escape(label)}[/] ({row['task']})", *_cells(row))
+            view.add_row(f"[bold]{escape(label)}[/] ({row['task']})", row["metric"], *_cells(row))
         console.print(view)
         console.print("CI: paired bootstrap over the questions; p: McNemar's exact test (accuracy tasks).",
                       highlight=False)
@@ -228,4 +232,11 @@ def print_compare(tables: list[tuple[dict, pl.DataFrame]], a: str, b: str, conso
 
 def _cells(row: dict) -> list[str]:
     return [f"{row['n']:,}", f"{row['a']:.3f}", f"{row['b']:.3f}", f"{row['diff']:+.3f}",
-            f"[{row['low']:+.2f},{row['high']:+.2f}]", "-" if row["p"] is None else f"{row['p']:.2g}"]
+            f"[{row['low']:+.2f},{row['high']:+.2f}]", p_text(row["p"])]
+
+
+def p_text(p: float | None) -> str:
+    """A p-value as people read one: p=1.00, p=0.042, p<0.001; '-' where no test applies."""
+    if p is None:
+        return "-"
+    return "p<0.001" if p < 0.001 else f"p={p:.2f}" if p >= 0.01 else f"p={p:.3f}"

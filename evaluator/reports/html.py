@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from evaluator.reports.leaderboard import records, short_skill, skill_columns
+from evaluator.reports.leaderboard import METRIC_LABELS, records, skill_columns, skill_labels
 from evaluator.scoring.aggregate import finite
 
 if TYPE_CHECKING:
@@ -53,17 +53,18 @@ def model_payload(result: "RunResult", limit: int = ROWS_PER_MODEL) -> dict:
             unscored = reasons.setdefault(_clip(row["unscored"]), len(reasons))
             first_unscored.setdefault(question.task, _clip(row["unscored"]))
         if row["error"]:
-            first_error.setdefault(question.task, _clip(row["error"]))
+            first_error.setdefault(question.task, _error_text(row["error"], result))
         rank = 0 if row["error"] else (1 if wrong else 2)
         questions.append((rank, {"row": row["row"], "task": question.task, "answer": _clip(row["output"]),
                                  "score": row["score"], "ner": (f"{row['tp']}/{row['fp']}/{row['fn']}"
                                                                 if row["tp"] is not None else None),
-                                 "error": row["error"], "unscored": unscored,
+                                 "error": _error_text(row["error"], result) if row["error"] else None,
+                                 "unscored": unscored,
                                  "official": row["official"], "wrong": wrong}))
     tasks = []
     for t in result.tasks:
-        task = {k: t[k] for k in ("skill", "task", "metric", "questions", "n", "errors", "unscored", "score",
-                                  "official")}
+        task = {k: t.get(k) for k in ("skill", "task", "metric", "questions", "n", "errors", "unscored", "score",
+                                      "stderr", "official")}
         task["why"] = []
         if t["unscored"]:
             task["why"].append(f"{t['unscored']:,} not scored: {first_unscored.get(t['task'], 'no reason kept')}")
@@ -77,6 +78,13 @@ def model_payload(result: "RunResult", limit: int = ROWS_PER_MODEL) -> dict:
              for q in shown}  # the question's own texts: shared by every run of the same data (see write_from)
     return {"tasks": tasks, "questions": shown, "questions_total": len(questions), "status": result.status,
             "reason": result.reason, "limit": limit, "texts": texts, "reasons": list(reasons)}
+
+
+def _error_text(error: str, result: "RunResult") -> str:
+    """A question's error as its view says it: a question a failed run never asked carries the run's reason."""
+    if error == "not asked yet" and result.status == "failed" and result.reason:
+        return _clip(f"not asked: the run failed ({result.reason})")
+    return _clip(error)
 
 
 def write_from(board: "pl.DataFrame", results: dict[str, "RunResult"], path: Path, title: str,
@@ -94,8 +102,8 @@ def write_from(board: "pl.DataFrame", results: dict[str, "RunResult"], path: Pat
         runs[key] = payload
     payload = finite({
         "title": title, "generated": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "skills": skills, "labels": {s: short_skill(s) for s in skills}, "board": rows,
-        "runs": runs, "texts": texts, "analyses": analyses or [],
+        "skills": skills, "labels": skill_labels(skills), "board": rows,
+        "runs": runs, "texts": texts, "analyses": analyses or [], "metrics": METRIC_LABELS,
         "notes": notes or []})
     # JSON inside a <script>: no '<' at all, so neither '</script>' nor '<!--' can end or blank the page.
     data = (json.dumps(payload, ensure_ascii=False, allow_nan=False)
@@ -116,8 +124,9 @@ def write_from(board: "pl.DataFrame", results: dict[str, "RunResult"], path: Pat
     return path
 
 
-def write(cache_folder: Path, path: Path) -> Path:
-    """The report of every run saved in a cache; each run is scored again from the cache for its questions."""
+def write(cache_folder: Path, path: Path, models: set[str] | None = None) -> Path:
+    """The report of every run saved in a cache (of `models` only, where given); each run is scored again from
+    the cache for its questions."""
     from evaluator.cache.responses import ResponseCache
     from evaluator.reports.leaderboard import leaderboard
     from evaluator.runs.runner import rescore_saved
@@ -128,6 +137,9 @@ def write(cache_folder: Path, path: Path) -> Path:
         runs, tasks = store.runs(), store.task_scores()
     finally:
         store.close()
+    if models is not None:
+        runs = runs.filter(runs["model"].is_in(sorted(models)))
+        tasks = tasks.filter(tasks["run"].is_in(runs["key"].implode()))
     board = leaderboard(runs, tasks)
     results, notes = {}, []
     for record in runs.iter_rows(named=True):
@@ -153,7 +165,7 @@ main{padding:10px 16px;display:flex;flex-direction:column;gap:12px}
 #top{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
 #boards{flex:0 1 auto;min-width:0;max-width:100%;display:flex;flex-direction:column;gap:12px}
 #boards>p.note,section.ranking>h2{width:0;min-width:100%}  /* long text wraps to the tables' width, never widens them */
-#model{flex:1 1 320px;min-width:0;position:sticky;top:8px;max-height:calc(100vh - 16px);display:flex;flex-direction:column}
+#model{flex:1 1 320px;min-width:0}
 section{background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:8px 10px;min-width:0;box-sizing:border-box}
 h2{font-size:14px;margin:0 0 6px;overflow-wrap:anywhere}
 table{border-collapse:collapse;width:100%;font-size:12px;line-height:1.3}
@@ -162,12 +174,14 @@ th{cursor:pointer;user-select:none;background:#fafbfc;position:sticky;top:0;whit
 th.num,td.num{text-align:right;font-variant-numeric:tabular-nums}
 th.skill{white-space:normal;max-width:90px;overflow-wrap:anywhere}
 table.board{width:auto}
-td.name{white-space:nowrap;max-width:230px;overflow:hidden;text-overflow:ellipsis}  /* short() keeps names to 30 characters */
-td.cell{text-align:right;color:#fff;font-variant-numeric:tabular-nums;min-width:38px;border-bottom:1px solid #fff}
+td.name{white-space:nowrap;max-width:230px;overflow:hidden;text-overflow:ellipsis}  /* short() keeps names to ROOM characters */
+@media (min-width:1600px){td.name{max-width:460px}}  /* a wide window gives its width to the names (ROOM 64) */
+td.cell{text-align:right;color:#fff;font-variant-numeric:tabular-nums;min-width:38px;border-bottom:1px solid #fff;white-space:nowrap}
+td.cell.light{color:#1d2330}.se{font-size:10px;opacity:.85}
 td.cell.none{color:#4a5568;background:#eceef1;text-align:center;cursor:help}
 tr.sel td{background-color:#dce8ff}tr.sel td.name{font-weight:600}tr.click{cursor:pointer}tr.click:hover td.name{text-decoration:underline}
 .st-complete{color:#1a7f37}.st-incomplete{color:#9a6700}.st-failed{color:#cf222e;font-weight:600}
-.scroll{overflow-y:auto;overflow-x:hidden;min-height:0}.scroll.tall{max-height:460px}
+.scroll{min-height:0}  /* the page scrolls, never a box inside it */
 #tasks td.task{overflow-wrap:anywhere}#tasks tr.skillrow td{background:#f3f5f8;font-weight:600;color:#4a5568}
 .why{font-size:11px;color:#9a6700;overflow-wrap:anywhere;white-space:pre-wrap}
 .controls{display:flex;gap:8px;align-items:center;flex-wrap:wrap;margin-bottom:6px;font-size:12px}
