@@ -245,3 +245,62 @@ def test_hostile_names_and_external_files_cannot_break_the_outputs(tmp_path, cap
         code, _, err = run_cli(["analyze", "--cache", cache, "--output", tmp_path / "b", "--external", bad],
                                capsys, monkeypatch)
         assert code == 2 and "--external" in err, err
+
+
+# (track, task) of a data set whose names clash with the tables' own columns and with each other
+CLASHING = [("concept", "run"), ("concept", "x"), ("reasoning", "x"), ("concept", "concept/x"),
+            ("concept_understanding", "y"), ("run", "z"), ("overall", "w")]
+
+
+def clashing_answer(body: dict) -> str:
+    """Model mK is right on task T (its index in CLASHING) when (T + K) % 3 != 0: a score of 1 or 0 per task."""
+    prompt = body.get("prompt") or json.dumps(body.get("messages"))
+    i = int(re.search(r"MC question (\d+)\?", prompt).group(1))
+    right = (i % len(CLASHING) + int(body["model"][1:])) % 3 != 0
+    return str(i % 4) if right else str((i + 1) % 4)
+
+
+def test_task_and_skill_names_are_labels_never_column_names(tmp_path, capsys, monkeypatch):
+    """A task named `run`, a track named `run` or `overall`, two tracks both short-named `concept`, a task `x`
+    in two skills beside a task named `concept/x`: analyze, the HTML report and the leaderboards keep every
+    score under its own unique label."""
+    data_file = write_jsonl(tmp_path / "d.json", [
+        {"input_field": f"MC question {i}?\n0. a\n1. b\n2. c\n3. d\nAnswer: ", "output_field": i % 4,
+         "task_name": CLASHING[i % len(CLASHING)][1], "task_type": "multiple-choice", "metric": "accuracy",
+         "track": CLASHING[i % len(CLASHING)][0]} for i in range(4 * len(CLASHING))])
+    cache = tmp_path / "cache"
+    with Stub(answers=clashing_answer) as stub:
+        for k in range(3):
+            code, _, err = run_cli(["run", "--model", f"m{k}", "--base-url", stub.base_url, "--data", data_file,
+                                    "--cache", cache], capsys, monkeypatch)
+            assert code == 0, err
+    code, out, err = run_cli(["analyze", "--cache", cache, "--output", tmp_path / "a", "--bootstrap", "100"],
+                             capsys, monkeypatch)
+    assert code == 0, out + err
+    wide = pl.read_csv(tmp_path / "a" / "wide.csv")
+    labels = {("concept", "run"): "run", ("concept", "x"): "concept/x (2)", ("reasoning", "x"): "reasoning/x",
+              ("concept", "concept/x"): "concept/x", ("concept_understanding", "y"): "y", ("run", "z"): "z",
+              ("overall", "w"): "w"}
+    assert sorted(c for c in wide.columns if c.startswith("task:")) == sorted(f"task:{v}" for v in labels.values())
+    assert {c for c in wide.columns if c.startswith("skill:")} == {
+        "skill:concept", "skill:concept_understanding", "skill:reasoning", "skill:run", "skill:overall (2)"}
+    for row in wide.iter_rows(named=True):
+        k = int(row["model"][1:])
+        for t, pair in enumerate(CLASHING):
+            assert row[f"task:{labels[pair]}"] == (1.0 if (t + k) % 3 else 0.0), (row["model"], pair)
+        assert row["skill:run"] == row["task:z"] and row["skill:overall (2)"] == row["task:w"]
+    analysis_doc = json.loads((tmp_path / "a" / "analysis.json").read_text(encoding="utf-8"))
+    assert sorted(analysis_doc["tasks"]) == sorted(labels.values())
+
+    page = tmp_path / "report.html"
+    code, _, err = run_cli(["report", "--cache", cache, "--html", page], capsys, monkeypatch)
+    assert code == 0 and page.is_file(), err
+    payload = json.loads(re.search(r'id="data">(.*?)</script>', page.read_text(encoding="utf-8"), re.S).group(1))
+    assert len(set(payload["labels"].values())) == len(payload["labels"]) == 5
+    assert payload["board"][0]["skill:run"] == next(r["task:z"] for r in wide.iter_rows(named=True)
+                                                     if r["model"] == payload["board"][0]["model"])
+    code, out, err = run_cli(["report", "--cache", cache, "--format", "md"], capsys, monkeypatch)
+    assert code == 0, err
+    header = next(line for line in out.splitlines() if line.startswith("| #"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert len(cells) == len(set(cells)) and "overall (2)" in cells and "concept\\_understanding" in cells

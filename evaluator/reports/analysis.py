@@ -21,7 +21,8 @@ from rich.table import Table, box
 
 from evaluator.cache.responses import ResponseCache
 from evaluator.errors import InputError
-from evaluator.reports.leaderboard import GROUP, leaderboard, md_text, saved_stderr, short_skill, skill_columns
+from evaluator.reports.leaderboard import (GROUP, distinct, leaderboard, md_text, saved_stderr, short_skill,
+                                           skill_columns, skill_key, skill_labels)
 from evaluator.scoring.aggregate import finite
 
 FORMAT = "shopping-mmlu analysis"
@@ -149,29 +150,26 @@ def analyse(board: pl.DataFrame, tasks: pl.DataFrame, tags: dict[str, dict], cac
             rescored: dict | None = None) -> Analysis:
     """The analyses of one ranking's rows of the leaderboard; `rescored` (run -> RunResult) saves scoring a
     run again where the caller has already (the HTML report)."""
-    skills = [s for s in skill_columns(board) if board[s].is_not_null().any()]
+    skills = [s for s in skill_columns(board) if board[skill_key(s)].is_not_null().any()]
     names = board.group_by("model").agg(pl.col("rendering").n_unique().alias("renderings"))
     several = set(names.filter(pl.col("renderings") > 1)["model"].to_list())
     board = board.with_columns(label=pl.when(pl.col("model").is_in(list(several)))
                                .then(pl.format("{} ({})", "model", "rendering")).otherwise(pl.col("model")))
+    board = board.with_columns(label=pl.Series(distinct(board["label"].to_list()), dtype=pl.String))
     task_rows = tasks.filter(pl.col("run").is_in(board["run"].implode()))
-    clash = task_rows.group_by("task").agg(pl.col("skill").n_unique().alias("k")).filter(pl.col("k") > 1)
-    task_rows = task_rows.with_columns(column=pl.when(pl.col("task").is_in(clash["task"].implode()))
-                                       .then(pl.format("{}/{}", pl.col("skill").map_elements(
-                                           short_skill, return_dtype=pl.String), "task"))
-                                       .otherwise(pl.col("task")))
-    canonical = {s: i for i, s in enumerate(("concept", "reasoning", "behavior", "multilingual"))}
-    pairs = task_rows.select("skill", "column").unique(maintain_order=True).rows()
-    task_names = [c for _, c in sorted(pairs, key=lambda p: canonical.get(short_skill(p[0]), len(canonical)))]
-    task_names = list(dict.fromkeys(task_names))  # grouped by skill (the heatmap's blocks), data order within
-    per_task = (task_rows.pivot(on="column", index="run", values="score")
+    labels = skill_labels(list(dict.fromkeys([*skills, *task_rows["skill"].to_list()])))
+    task_keys = _task_keys(task_rows, labels)
+    per_task = (task_rows.join(task_keys, on=["skill", "task"]).pivot(on="key", index="run", values="score")
                 if task_rows.height else pl.DataFrame({"run": []}, schema={"run": pl.String}))
-    per_task = per_task.rename({t: f"task:{t}" for t in task_names if t in per_task.columns})
+    per_task = per_task.select("run", *(pl.col(k).alias(f"task:{label}")
+                                        for k, label in task_keys.select("key", "label").iter_rows()
+                                        if k in per_task.columns))
+    task_names = task_keys["label"].to_list()
     board = board.with_columns(overall_stderr=pl.col("details").map_elements(
         lambda d: saved_stderr(d).get("overall"), return_dtype=pl.Float64))
     wide = (board.select("run", "label", "model", "rendering", "status", "questions", "answered", "unscored",
-                         "overall", "overall_stderr", *skills)
-            .rename({s: f"skill:{short_skill(s)}" for s in skills})
+                         "overall", "overall_stderr",
+                         *(pl.col(skill_key(s)).alias(f"skill:{labels[s]}") for s in skills))
             .with_columns(complete=pl.col("status") == "complete",
                           params_b=pl.col("model").replace_strict({m: t["params_b"] for m, t in tags.items()},
                                                                   return_dtype=pl.Float64),
@@ -189,17 +187,34 @@ def analyse(board: pl.DataFrame, tasks: pl.DataFrame, tags: dict[str, dict], cac
                         + (f", {r['unscored']:,} not scored" if r["unscored"] else "")}
                 for r in wide.filter(~pl.col("complete")).iter_rows(named=True)]
     complete = wide.filter(pl.col("complete"))
-    skill_cols = ["overall", *(f"skill:{short_skill(s)}" for s in skills)]
+    skill_cols = ["overall", *(f"skill:{labels[s]}" for s in skills)]
     task_cols = [f"task:{t}" for t in task_names if f"task:{t}" in complete.columns]
     scaling, fits = _scaling(complete)
-    pairs, pair_notes = _pairs(cache_folder, board, complete, samples, seed, dict(rescored or {}))
+    pairs, pair_notes = _pairs(cache_folder, board, complete, samples, seed, dict(rescored or {}), labels)
     result = Analysis(ranking=_ranking(board), wide=wide.drop("run"), excluded=excluded,
-                      skills=[short_skill(s) for s in skills], tasks=task_names,
+                      skills=[labels[s] for s in skills], tasks=task_names,
                       skill_corr=matrix(complete, skill_cols), task_corr=matrix(complete, task_cols),
                       scaling=scaling, scaling_fit=fits, pairs=pairs, pair_notes=pair_notes)
     if external is not None:
         result.external, result.external_notes = _external(external, complete, skill_cols)
     return result
+
+
+def _task_keys(task_rows: pl.DataFrame, labels: dict[str, str]) -> pl.DataFrame:
+    """One row per (skill, task), grouped by skill in the benchmark's order, data order within: `key`, the
+    pivot's column (names from the data never become column names), and `label`, unique: the task's name,
+    with its skill's label in front where two skills have a task of that name."""
+    canonical = {s: i for i, s in enumerate(("concept", "reasoning", "behavior", "multilingual"))}
+    pairs = task_rows.select("skill", "task").unique(maintain_order=True).rows()
+    pairs.sort(key=lambda p: canonical.get(short_skill(p[0]), len(canonical)))
+    shared = {t for t in {t for _, t in pairs} if sum(1 for _, u in pairs if u == t) > 1}
+    wanted = [f"{labels[s]}/{t}" if t in shared else t for s, t in pairs]
+    order = sorted(range(len(pairs)), key=lambda i: pairs[i][1] in shared)  # a task's own name is kept first
+    names = dict(zip(order, distinct([wanted[i] for i in order])))
+    names = [names[i] for i in range(len(pairs))]
+    return pl.DataFrame({"skill": [s for s, _ in pairs], "task": [t for _, t in pairs],
+                         "key": [f"t{i}" for i in range(len(pairs))], "label": names},
+                        schema={"skill": pl.String, "task": pl.String, "key": pl.String, "label": pl.String})
 
 
 def _ranking(board: pl.DataFrame) -> dict:
@@ -231,7 +246,7 @@ def _scaling(complete: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 def _pairs(cache_folder: Path, board: pl.DataFrame, complete: pl.DataFrame, samples: int,
-           seed: int, rescored: dict) -> tuple[pl.DataFrame, list[str]]:
+           seed: int, rescored: dict, labels: dict[str, str]) -> tuple[pl.DataFrame, list[str]]:
     """Each complete tuned model against its complete base (its `base` tag), same rendering where the base
     ran in several: per-skill and overall deltas (tuned − base) with paired bootstrap intervals."""
     from evaluator.reports.compare import paired
@@ -267,7 +282,8 @@ def _pairs(cache_folder: Path, board: pl.DataFrame, complete: pl.DataFrame, samp
         table = paired(left, right, samples, seed)
         for row in table.filter(pl.col("level") != "task").iter_rows(named=True):
             rows.append({"tuned": tuned["label"], "base": base["label"], "level": row["level"],
-                         "skill": short_skill(row["skill"]) if row["skill"] else "overall", "n": row["n"],
+                         "skill": labels.get(row["skill"], row["skill"]) if row["skill"] else "overall",
+                         "n": row["n"],
                          "tuned_score": row["a"], "base_score": row["b"], "diff": row["diff"], "low": row["low"],
                          "high": row["high"]})
     return pl.DataFrame(rows, schema=schema), notes

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import polars as pl
 
-from evaluator.reports.leaderboard import short_skill, skill_columns
+from evaluator.reports.leaderboard import skill_columns, skill_key, skill_labels
 
 MAX_HEIGHT_IN = 10.0  # at 100 dpi: 1,000 pixels, one screen for 27 models and more
 
@@ -21,7 +21,7 @@ def heatmap(board: pl.DataFrame, path: Path) -> Path:
     import numpy as np
 
     skills = skill_columns(board)
-    columns = ["overall", *skills]
+    columns = ["overall", *(skill_key(s) for s in skills)]
     rows = board.sort("overall", descending=True, nulls_last=True)
     several_groups = rows.select("group").n_unique() > 1
     labels = []
@@ -34,7 +34,7 @@ def heatmap(board: pl.DataFrame, path: Path) -> Path:
     font = max(5.0, min(9.0, height * 72 / max(1, len(labels)) * 0.45))
     fig, ax = plt.subplots(figsize=(8.0, height))
     image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(len(columns)), [short_skill(c) for c in columns], fontsize=9)
+    ax.set_xticks(range(len(columns)), ["overall", *skill_labels(skills).values()], fontsize=9)
     ax.set_yticks(range(len(labels)), labels, fontsize=font)
     ax.tick_params(top=True, bottom=False, labeltop=True, labelbottom=False)
     for i in range(values.shape[0]):

@@ -31,6 +31,36 @@ def short_skill(name: str) -> str:
     return name
 
 
+SKILL = "skill:"  # a skill's column in the board: no skill name from a data file can clash with ours
+
+
+def skill_key(skill: str) -> str:
+    """The board's column holding `skill`'s scores."""
+    return SKILL + skill
+
+
+def distinct(labels: list[str]) -> list[str]:
+    """`labels` in order, a repeated one numbered (`x (2)`), never equal to another label."""
+    taken, out = set(labels), []
+    for label in labels:
+        if label in out:
+            n = 2
+            while f"{label} ({n})" in taken:
+                n += 1
+            label = f"{label} ({n})"
+            taken.add(label)
+        out.append(label)
+    return out
+
+
+def skill_labels(skills: list[str]) -> dict[str, str]:
+    """Each skill's label: its short name (`short_skill`) where no other skill here shares it, else its
+    full name; two skills never share a label, and none is labelled `overall` (the views' own column)."""
+    short = [short_skill(s) for s in skills]
+    return dict(zip(skills, distinct(["overall", *(b if short.count(b) == 1 else s
+                                                   for s, b in zip(skills, short))])[1:]))
+
+
 def leaderboard(runs: pl.DataFrame, tasks: pl.DataFrame) -> pl.DataFrame:
     """One row per saved run: identity, ranking group and rank, status and counts, overall and per-skill
     scores with their coverage, tokens and the cost computed when it ran."""
@@ -44,7 +74,7 @@ def leaderboard(runs: pl.DataFrame, tasks: pl.DataFrame) -> pl.DataFrame:
                                          skills_total=pl.len(),
                                          partial_skills=(pl.col("tasks_scored") < pl.col("tasks_total")).sum())
     skills, overall = _as_saved(runs, skills, overall)
-    wide = (skills.with_columns(label=pl.col("skill")).pivot(on="label", index="run", values="score",
+    wide = (skills.with_columns(label=SKILL + pl.col("skill")).pivot(on="label", index="run", values="score",
                                                              sort_columns=True)
             if skills.height else pl.DataFrame({"run": []}, schema={"run": pl.String}))
     board = (runs.rename({"key": "run"})
@@ -94,11 +124,9 @@ CANONICAL = ("concept", "reasoning", "behavior", "multilingual")
 
 
 def skill_columns(board: pl.DataFrame) -> list[str]:
-    """The skill columns, in the benchmark's order (concept, reasoning, behavior, multilingual) where known."""
-    fixed = {"run", "model", "data", "data_sha256", "protocol", "rendering", "variant", "questions", "answered",
-             "scored", "errors", "unscored", "status", "reason", "prompt_tokens", "completion_tokens", "cost",
-             "details", "created_at", "overall", "skills_scored", "skills_total", "partial_skills", "group", "rank"}
-    skills = [c for c in board.columns if c not in fixed]
+    """The skills (names as the data has them; `skill_key` names their columns), in the benchmark's order
+    (concept, reasoning, behavior, multilingual) where known."""
+    skills = [c.removeprefix(SKILL) for c in board.columns if c.startswith(SKILL)]
     order = {label: i for i, label in enumerate(CANONICAL)}
     return sorted(skills, key=lambda s: (order.get(short_skill(s), len(order)), s))
 
@@ -114,7 +142,7 @@ def records(board: pl.DataFrame) -> list[dict]:
             "complete": row["status"] == "complete", "overall": row["overall"],
             "overall_stderr": errors.get("overall"),
             **_choice_view(row["details"]),
-            **{f"skill:{s}": row[s] for s in skills},
+            **{f"skill:{s}": row[skill_key(s)] for s in skills},
             **{f"stderr:{s}": errors.get("skills", {}).get(s) for s in skills},
             "questions": row["questions"], "answered": row["answered"], "errors": row["errors"],
             "unscored": row["unscored"], "skills_scored": row["skills_scored"], "skills_total": row["skills_total"],
@@ -184,18 +212,20 @@ def markdown(board: pl.DataFrame) -> str:
     skills = skill_columns(board)
     out = []
     for _, group in board.group_by(GROUP, maintain_order=True):
-        present = [s for s in skills if group[s].is_not_null().any()]
-        headers = ["#", "model", "overall", "± s.e.", *(short_skill(s) for s in present), "answered", "complete"]
+        present = [s for s in skills if group[skill_key(s)].is_not_null().any()]
+        labels = skill_labels(present)
+        headers = ["#", "model", "overall", "± s.e.", *(md_text(labels[s]) for s in present), "answered", "complete"]
         out += [f"## Shopping MMLU: {md_text(group['group'][0])}", "",
                 "| " + " | ".join(headers) + " |",
-                "|" + "|".join("---" if h == "model" else ":---:" if h == "complete" else "---:" for h in headers) + "|"]
+                "|" + "|".join("---" if i == 1 else ":---:" if i == len(headers) - 1 else "---:"
+                               for i in range(len(headers))) + "|"]
         notes = []
         for row in group.iter_rows(named=True):
             mark = "✓" if row["status"] == "complete" else f"✗ {_done(row)}"
             if row["status"] != "complete":
                 notes.append(_note_text(row))
             cells = [str(row["rank"]), md_text(row["model"]), _score(row["overall"], row["partial_skills"]),
-                     _score(saved_stderr(row["details"]).get("overall")), *(_score(row[s]) for s in present),
+                     _score(saved_stderr(row["details"]).get("overall")), *(_score(row[skill_key(s)]) for s in present),
                      f"{row['answered']:,}/{row['questions']:,}", mark]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")

@@ -120,11 +120,12 @@ def print_leaderboard(board: pl.DataFrame, console: Console) -> None:
         return
     skills = leaderboard.skill_columns(board)
     for _, group in board.group_by(leaderboard.GROUP, maintain_order=True):
-        present = [s for s in skills if group[s].is_not_null().any()]
+        present = [s for s in skills if group[leaderboard.skill_key(s)].is_not_null().any()]
+        labels = leaderboard.skill_labels(present)
         table = _table(f"Shopping MMLU leaderboard: {escape(group['group'][0])}")
         table.add_column("#", justify="right", no_wrap=True)
         table.add_column("model")
-        for header in ["overall", *(short_skill(s) for s in present)]:
+        for header in ["overall", *(escape(labels[s]) for s in present)]:
             table.add_column(header, justify="right", no_wrap=True)
         table.add_column("done", justify="right", no_wrap=True)
         notes = []
@@ -133,7 +134,8 @@ def print_leaderboard(board: pl.DataFrame, console: Console) -> None:
                 notes.append(leaderboard._note(row))
             table.add_row(str(row["rank"]), Name(row["model"]),
                           leaderboard._score(row["overall"], row["partial_skills"]),
-                          *(leaderboard._score(row[s]) for s in present), leaderboard._done(row))
+                          *(leaderboard._score(row[leaderboard.skill_key(s)]) for s in present),
+                          leaderboard._done(row))
         console.print(table)
         for note in notes:
             console.print(note, highlight=False)
