@@ -123,3 +123,69 @@ def test_labels_and_picks():
     assert pick(top, ["0", "1", "2"]) == ("1", pytest.approx(0.75))  # " 1" and "1" add up past "2"
     assert pick(json.dumps({"x": -0.1}), ["0", "1"]) == (None, 0.0)
     assert pick(None, ["0"]) == (None, None)
+
+
+def hostile_logprobs(body: dict) -> object:
+    """A different malformed `logprobs` per question (by its number), in both shapes: a huge integer, a
+    5,000-digit one (past Python's int limit), a string, a bool, null, a positive number, wrong nesting."""
+    n = truth_row(body)
+    chat = "messages" in body
+    bad_values = ["9" * 350, "-" + "9" * 350, "9" * 5000, '"x"', "true", "null", "3.5", "[1]", '{"a": 1}']
+    shapes = ["not an object", 42, [], {"content": "x"}, {"top_logprobs": "x"}, {"content": [{}]},
+              {"top_logprobs": [[1, 2]]}, {"content": [{"top_logprobs": {"2": -0.1}}]}, {"top_logprobs": [None]}]
+    if n % 2 == 0:  # the right shape, one value that is no log-probability (JSON text, spliced in)
+        value = bad_values[(n // 2) % len(bad_values)]
+        if chat:
+            return ('{"content": [{"token": "2", "logprob": -0.1, "top_logprobs": [{"token": "2", "logprob": %s}, '
+                    '{"token": "1", "logprob": -2.0}]}]}' % value).encode()
+        return ('{"tokens": ["2"], "token_logprobs": [-0.1], "top_logprobs": [{"2": %s, "1": -2.0}]}'
+                % value).encode()
+    return shapes[(n // 2) % len(shapes)]
+
+
+def truth_row(body: dict) -> int:
+    text = body.get("prompt") or body["messages"][-1]["content"]
+    return int(re.search(r"MC question (\d+)\?", text).group(1))
+
+
+def right_or_wrong(body: dict) -> str:
+    """Right on every third question, so the official score is neither 0 nor 1."""
+    if truth(body) < 0:
+        return "a soft towel"
+    return str(truth(body)) if truth_row(body) % 3 == 0 else str((truth(body) + 1) % 4)
+
+
+@pytest.mark.parametrize("render", ["completion", "chat"])
+def test_unreadable_log_probabilities_never_cost_the_official_answer(tmp_path, capsys, monkeypatch, render):
+    """Issue 27.1: a huge integer made `math.isfinite` raise and the whole reply an error; any malformed
+    `logprobs` now leaves the answer as it is and only that question's view unavailable."""
+    monkeypatch.chdir(tmp_path)
+    n = 36
+    rows = [{"input_field": f"MC question {i}?\n0. red\n1. green\n2. blue\n3. grey\nAnswer: ",
+             "output_field": i % 4, "task_name": "pick", "task_type": "multiple-choice", "metric": "accuracy"}
+            for i in range(n)]
+    write_jsonl(tmp_path / "d.json", rows)
+    with Stub(answers=right_or_wrong) as stub:
+        code, _, err = run_cli(["run", "--model", "m", "--base-url", stub.base_url, "--data", "d.json", "--cache",
+                                "plain", "--render", render, "--output", "plain-out"], capsys, monkeypatch)
+    assert code == 0, err
+    with Stub(answers=right_or_wrong, raw_logprobs=hostile_logprobs) as stub:
+        code, out, err = run_cli(["run", "--model", "m", "--base-url", stub.base_url, "--data", "d.json", "--cache",
+                                  "probs", "--render", render, "--choice-probs", "--output", "probs-out"],
+                                 capsys, monkeypatch)
+    assert code == 0, out + err
+    plain = json.loads((tmp_path / "plain-out" / "results.json").read_text())
+    probs = json.loads((tmp_path / "probs-out" / "results.json").read_text())
+    assert probs["status"] == "complete" and probs["requests"]["errors"] == 0
+    assert probs["scores"]["overall"]["score"] == plain["scores"]["overall"]["score"]  # to the last digit
+    assert [t["score"] for t in probs["scores"]["tasks"]] == [t["score"] for t in plain["scores"]["tasks"]]
+    assert probs["choice_probabilities"]["available"] is False and probs["choice_probabilities"]["n"] == 0
+    store = ResponseCache(tmp_path / "probs" / "responses")
+    assert store.db.execute("SELECT count(*), count(logprobs) FROM answers").fetchone() == (n, 0)
+    store.close()
+
+
+def test_a_foreign_cache_row_of_log_probabilities_gives_no_view():
+    for kept in ("[1, 2]", '"x"', '{"1": 1e400}', '{"1": 5}', '{"1": "x"}', '{"1": -0.1, "2": null}', "[" * 10_000,
+                 '{"1": ' + "9" * 500 + "}"):
+        assert pick(kept, ["1", "2"]) == (None, None), kept

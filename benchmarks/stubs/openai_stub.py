@@ -16,6 +16,8 @@ as OpenAI shapes them: completions `logprobs: N` (at most 5) -> `choices[0].logp
 `token_logprobs`, `top_logprobs` (one {token: logprob} per token) and `text_offset`; chat `logprobs: true` with
 `top_logprobs: N` (0-20; `top_logprobs` without `logprobs: true` is a 400) -> `choices[0].logprobs.content`, one
 {token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]} per token. Without it, none are returned.
+`raw_logprobs` (body -> any JSON value, or bytes of JSON text spliced in as they are, e.g. a 5,000-digit
+integer Python will not print) sends that value as `choices[0].logprobs` instead, however malformed.
 
 It counts what it saw (per body, and the Authorization headers). Raw asyncio HTTP/1.1 with keep-alive, so
 one core serves thousands of requests per second. `python -m benchmarks.stubs.openai_stub --port P [--fault-share 0.1]`
@@ -55,8 +57,10 @@ class Stub(ThreadedServer):
     def __init__(self, plan: Callable[[str, int], str] | None = None, latency: tuple[float, float] = (0.0, 0.0),
                  stall_s: float = 30.0, retry_after: str = "0.05", seed: int = 0,
                  models: list[str] | None = None, answers: Callable[[dict], str] | None = None,
-                 logprobs: Callable[[dict], dict[str, float]] | None = None) -> None:
+                 logprobs: Callable[[dict], dict[str, float]] | None = None,
+                 raw_logprobs: Callable[[dict], object] | None = None) -> None:
         self.logprobs = logprobs  # the first token's distribution for a body (None: the server returns none)
+        self.raw_logprobs = raw_logprobs  # the whole `logprobs` value of the choice, as given (hostile shapes)
         self.models = models or []  # what /v1/models lists (empty: any name is served)
         self.answers = answers or answer_for  # the text to answer a request body with
         self.plan = plan or (lambda _h, _a: "ok")
@@ -148,10 +152,17 @@ class Stub(ThreadedServer):
                     continue
                 if self.logprobs is not None and (body.get("logprobs") if chat else body.get("logprobs") is not None):
                     choice["logprobs"] = _logprobs(self.logprobs(body), body, chat, text)
+                raw = None
+                if self.raw_logprobs is not None and body.get("logprobs") not in (None, False):
+                    raw = self.raw_logprobs(body)
+                    choice["logprobs"] = "\0raw\0" if isinstance(raw, bytes) else raw
                 reply = {"id": "stub", "object": "chat.completion" if chat else "text_completion",
                          "model": body.get("model"), "choices": [] if action == "empty" else [choice],
                          "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}
-                await self._respond(writer, 200, json.dumps(reply).encode())
+                encoded = json.dumps(reply).encode()
+                if isinstance(raw, bytes):
+                    encoded = encoded.replace(b'"\\u0000raw\\u0000"', raw)
+                await self._respond(writer, 200, encoded)
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass
         finally:

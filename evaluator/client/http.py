@@ -195,13 +195,28 @@ def _count(value) -> int | None:
     return value
 
 
+MAX_INT_DIGITS = 400  # a longer JSON integer is no count or log-probability of ours: read as ±inf, never raised
+
+
+def _integer(digits: str) -> int | float:
+    if len(digits) <= MAX_INT_DIGITS:
+        return int(digits)
+    return -math.inf if digits.startswith("-") else math.inf
+
+
+def loads(payload: bytes | str):
+    """`json.loads` of a reply, where an integer too long for Python's `int` (4,300 digits) is ±inf instead
+    of an error: one absurd number in an optional field (usage, log-probabilities) never costs the answer."""
+    return json.loads(payload, parse_int=_integer)
+
+
 def parse_reply(payload: bytes, chat: bool, reasoning: bool = False) -> tuple[str, str | None, int | None, int | None]:
     """(text, finish_reason, prompt_tokens, completion_tokens), or a Fault for anything that is not an answer.
     An empty text cut by the token budget is a Fault where the model reasons (the profile says so, or the
     reply shows reasoning tokens or reasoning text): the budget went to thinking, and "" is not its answer."""
     try:
-        data = json.loads(payload)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, too many digits, deep nesting
+        data = loads(payload)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, deep nesting
         raise Fault("malformed", f"response is not JSON we can read: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
         raise Fault("malformed", "response is not a JSON object")
@@ -243,9 +258,11 @@ def logprob_fields(chat: bool) -> dict:
 
 def first_token(payload: bytes, chat: bool) -> str | None:
     """The first generated token's top log-probabilities as compact JSON (token -> log-probability, most
-    probable first), bounded; None where the reply carries none (Anthropic's API has none)."""
+    probable first), bounded; None where the reply carries none (Anthropic's API has none) or anything in them
+    is not a log-probability (a huge integer, a string, a positive number, a wrong shape). It never raises: the
+    view is optional, and nothing in it may cost the answer beside it."""
     try:
-        choice = json.loads(payload)["choices"][0]
+        choice = loads(payload)["choices"][0]
         logprobs = choice.get("logprobs")
         if chat:
             raw = logprobs["content"][0]["top_logprobs"]
@@ -257,14 +274,26 @@ def first_token(payload: bytes, chat: bool) -> str | None:
         return None
     kept: dict[str, float] = {}
     for token, value in pairs[:LOGPROBS_KEPT * 4]:
-        if (isinstance(token, str) and len(token) <= MAX_TOKEN_CHARS and not _has_lone_surrogate(token)
-                and isinstance(value, (int, float))
-                and not isinstance(value, bool) and math.isfinite(value) and value <= 1e-6):
-            kept.setdefault(token, float(value))
+        number = log_probability(value)
+        if number is None:  # one unreadable value: the distribution is not one we can trust
+            return None
+        if isinstance(token, str) and len(token) <= MAX_TOKEN_CHARS and not _has_lone_surrogate(token):
+            kept.setdefault(token, number)
     if not kept:
         return None
     ordered = sorted(kept.items(), key=lambda item: -item[1])[:LOGPROBS_KEPT]
     return json.dumps(dict(ordered), ensure_ascii=False, separators=(",", ":"))
+
+
+def log_probability(value) -> float | None:
+    """`value` as a log-probability (a finite number at most 0, rounding allowed), or None for anything else:
+    a bool, a string, NaN, an integer too large for a float (where `float` and `math.isfinite` raise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, int) and not -10**6 <= value <= 0:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) and number <= 1e-6 else None
 
 
 async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:

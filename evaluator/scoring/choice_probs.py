@@ -15,7 +15,7 @@ import re
 
 import polars as pl
 
-from evaluator.client.http import TOP_LOGPROBS
+from evaluator.client.http import TOP_LOGPROBS, log_probability
 
 SCALE = re.compile(r"scale of ([0-9]) to ([0-9])")  # review rating: "on a scale of 1 to 5"
 # The option lines of a multiple-choice prompt: "0. text" (skill-wise, numbered CSV choices) or "(A) text".
@@ -39,17 +39,23 @@ def labels_of(text: str) -> list[str]:
 def pick(logprobs: str | None, labels: list[str]) -> tuple[str | None, float | None]:
     """(the most probable valid label, the probability mass on valid labels) from one answer's top tokens; a
     token counts as the label it is once spaces are stripped (" 2" and "2" add up), as the official skill-wise
-    scorer strips them. (None, None) without log-probabilities; (None, 0.0) when no valid label is among them."""
+    scorer strips them. (None, None) without log-probabilities, or where any of them is not one (an old or
+    foreign cache row); (None, 0.0) when no valid label is among them."""
     if logprobs is None:
         return None, None
     try:
         top = json.loads(logprobs)
-    except ValueError:
+    except (ValueError, RecursionError, TypeError):
+        return None, None
+    if not isinstance(top, dict):  # a cache row not written by `first_token`: no view for this question
+        return None, None
+    values = {token: log_probability(value) for token, value in top.items()}
+    if None in values.values():
         return None, None
     mass: dict[str, float] = {}
-    for token, value in top.items():
+    for token, value in values.items():
         label = token.strip()
-        if label in labels and isinstance(value, (int, float)):
+        if label in labels:
             mass[label] = mass.get(label, 0.0) + math.exp(value)
     if not mass:
         return None, 0.0

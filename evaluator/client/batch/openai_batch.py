@@ -10,7 +10,7 @@ import time
 from typing import Iterator
 
 from evaluator.client.batch import BatchRequest, BatchState, sdk
-from evaluator.client.http import Fault, Reply, first_token, parse_reply
+from evaluator.client.http import Fault, Reply, first_token, loads, parse_reply
 
 ENDED = {"completed", "failed", "expired", "cancelled"}
 SET_KEY = "shopping_mmlu_set"  # metadata: which requests a batch holds (keys up to 64 characters, values 512)
@@ -102,7 +102,7 @@ class OpenAIBatches:
 def _result(raw: bytes, chat: bool) -> Iterator[tuple[str, Reply]]:
     """One output or error line as (custom id, Reply); a line we cannot read yields nothing."""
     try:
-        line = json.loads(raw)
+        line = loads(raw)
     except (ValueError, RecursionError):
         return
     if not isinstance(line, dict) or not isinstance(line.get("custom_id"), str):
