@@ -4,6 +4,7 @@ fan-out's, with the time left saying what it covers."""
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -136,7 +137,7 @@ def test_a_suite_log_is_one_line_per_event_naming_its_model_and_a_note_is_said_o
     assert len(reason) == 1 and "and 4 more:" in reason[0]  # the results table's notes: a shared reason once
     shown = terminal.read_text()
     assert shown.count("note for") == 1 and "Loading weights" not in shown
-    assert "ETA" not in shown and "/210 questions" in shown and "models scored" in shown  # the live bar
+    assert "ETA" not in shown and "/210 questions" in shown and "models scored" in shown  # the live view
     assert "answering: time left unknown yet" in shown or "answering: ~" in shown
 
 
@@ -173,3 +174,41 @@ def test_inspect_shows_a_ranking_tasks_candidates_numbered_and_its_metric(tmp_pa
         starts = [int(n) for n in re.findall(r"(?:^|\s)(\d{1,2})\. \S", out)]
         for n in range(1, count + 1):
             assert starts.count(n) >= questions, (task, n, out)  # every candidate of every question
+
+
+def test_a_stalled_fan_out_says_so_and_its_time_left_grows_with_the_clock():
+    from evaluator.runs.runner import clock_left
+
+    rate = Throughput()
+    for i in range(100):
+        rate.add(1000.0 + i)  # one reply a second, then nothing
+    assert clock_left(60, rate, 1099.0) == "~60 s left"
+    stalled = clock_left(60, rate, 1199.0)
+    assert stalled == "~3 min left (no reply for 100 s)"  # the last minute's rate, stretched to now
+    assert clock_left(0, rate, 1199.0) == "all done"
+
+
+def test_suite_progress_shows_each_models_state_and_counts_only_scored_models_as_scored():
+    from evaluator.runs.suite import Outcome, SuiteProgress
+
+    out = io.StringIO()
+    progress = SuiteProgress(Console(file=out, width=120), models=4, questions=10)
+    outcomes = {name: Outcome(name, "pending") for name in ("a", "b", "c", "d")}
+    progress.track(outcomes)
+    outcomes["a"].started_at = 10.0  # its server starting
+    outcomes["b"].started_at = outcomes["b"].evaluating_at = 11.0
+    outcomes["b"].replied = 20
+    for _ in range(20):
+        progress.reply(None)
+    outcomes["c"].status, outcomes["c"].started_at = "failed", 5.0
+    progress.model_done(outcomes["c"])
+    lines = progress.model_lines(21.0)
+    assert lines == ["a: starting", "b: sending, 20 replies, 2.0 req/s"]
+    summary = progress.summary(21.0)
+    assert "0/4 models scored, 1 failed (1 starting, 1 sending, 1 waiting)" in summary, summary
+    assert "30/40 questions done" in summary  # the failed model's questions are given up
+    outcomes["b"].finished_at, outcomes["b"].status = 12.0, "complete"
+    assert progress.model_lines(21.0)[1].startswith("b: scoring")
+    progress.model_done(outcomes["b"])
+    assert "1/4 models scored, 1 failed" in progress.summary(21.0)
+    assert "models scored" in out.getvalue()  # a log gets a line as each model ends

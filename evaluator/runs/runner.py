@@ -24,7 +24,8 @@ from typing import Callable
 
 import polars as pl
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
+from rich.text import Text
 
 from evaluator.cache.responses import Answer, CacheFull, ResponseCache, process_owner, request_key, run_key
 from evaluator.client.http import Endpoint, Halt, Reply, RetryPolicy, fan_out, logprob_fields
@@ -324,11 +325,34 @@ class Throughput:
         while self.seconds[0][0] < now - self.window_s:
             self.seconds.pop(0)
 
-    def rate(self) -> float | None:
-        """Per second after the window's first reply; None until replies are a moment apart."""
+    def rate(self, now: float | None = None) -> float | None:
+        """Per second after the window's first reply; None until replies are a moment apart. With `now` (the
+        clock when shown) the span runs to now, so a stalled fan-out's rate falls instead of standing still."""
+        end = self.last if now is None else max(now, self.last)
         if not self.seconds or self.last - self.seconds[0][2] < 0.05:
             return None
-        return (sum(s[1] for s in self.seconds) - self.seconds[0][3]) / (self.last - self.seconds[0][2])
+        return (sum(s[1] for s in self.seconds) - self.seconds[0][3]) / (end - self.seconds[0][2])
+
+
+STALL_S = 30.0  # no reply for this long: the time left says so instead of a guess
+
+
+def clock_left(left: int, throughput: Throughput, now: float) -> str:
+    """The time left as the clock sees it now, not as the last reply left it: a stall is named."""
+    quiet = now - throughput.last if throughput.seconds else 0.0
+    text = time_left(left, throughput.rate(now))
+    return f"{text} (no reply for {quiet:.0f} s)" if left > 0 and quiet >= STALL_S else text
+
+
+class LiveText(ProgressColumn):
+    """A column drawn from the clock at each refresh, not from the last update."""
+
+    def __init__(self, text: Callable[[], str]) -> None:
+        super().__init__()
+        self.text = text
+
+    def render(self, task) -> Text:
+        return Text(self.text())
 
 
 def time_left(left: int, rate: float | None) -> str:
@@ -352,10 +376,11 @@ class _Progress:
     def __init__(self, total: int, console: Console, enabled: bool = True, label: str = "requests") -> None:
         self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
                             TextColumn("{task.fields[rate]} req/s"), TextColumn("{task.fields[tps]} tok/s"),
-                            TextColumn("{task.fields[errors]} errors"), TextColumn("sending: {task.fields[left]}"),
+                            TextColumn("{task.fields[errors]} errors"),
+                            LiveText(lambda: "sending: " + clock_left(self.total - self.done, self.throughput,
+                                                                      time.monotonic())),
                             console=console, transient=False, disable=not enabled)
-        self.task = self.bar.add_task(label, total=total, rate="-", tps="-", errors=0,
-                                      left="time left unknown yet")
+        self.task = self.bar.add_task(label, total=total, rate="-", tps="-", errors=0)
         self.total = total
         self.throughput = Throughput()
         self.tokens = Throughput()

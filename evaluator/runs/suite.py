@@ -16,6 +16,7 @@ from typing import Callable
 
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from evaluator.data import loaders
 from evaluator.prompts import PromptOptions, Protocol, Rendering, draw_shots, render
@@ -54,6 +55,7 @@ class Outcome:
     started_at: float = 0.0  # monotonic times, for overlap checks and reports
     evaluating_at: float = 0.0
     finished_at: float = 0.0
+    replied: int = 0  # replies that arrived this night (the progress view's count)
 
     @property
     def wall_s(self) -> float:
@@ -250,10 +252,10 @@ def _metrics(suite: Suite):
 def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Console,
               start_server: Callable = runner.start_server, device: str = "auto",
               on_done: Callable[[Outcome], None] | None = None, ray_servers=None, stall_s: float = 120.0,
-              **settings) -> list[Outcome]:
+              on_outcomes: Callable[[dict[str, Outcome]], None] | None = None, **settings) -> list[Outcome]:
     """Run every model of the suite; returns one Outcome per model, in the suite's order. `settings` are
     RunConfig fields shared by every model (timeout, breaker, retry, observer); `on_done` sees each model's
-    outcome as it ends.
+    outcome as it ends; `on_outcomes` the outcomes as they are being filled in (the progress view reads them).
 
     Ownership: each model's thread answers its questions (the producers); one scoring stage scores every
     model (loading each embedding model once, before any thread starts); the response cache is opened here
@@ -262,6 +264,8 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
     from evaluator.runs.stage import ScoringStage
 
     outcomes = {m.name: Outcome(m.name, "pending") for m in suite.models}
+    if on_outcomes is not None:
+        on_outcomes(outcomes)
     api = [m for m in suite.models if not m.is_local]
     local = [m for m in suite.models if m.is_local]
     lock = threading.Lock()
@@ -282,6 +286,7 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
     def observer_for(name: str) -> Callable:
         def see(reply) -> None:
             watchdog.saw(name)
+            outcomes[name].replied += 1
             if shared_observer is not None:
                 shared_observer(reply)
         return see
@@ -514,63 +519,113 @@ class LogConsole(Screen):
                 log.write(f"{stamp} {prefix or (first + ' ' if number else '')}{line}\n")
 
 
+def model_state(outcome: Outcome, ended: str | None = None) -> str:
+    """waiting, starting, sending, scoring, done or failed: from the times a model's thread set (the latest
+    attempt's), and how it ended once it has."""
+    if ended is not None:
+        return "failed" if ended == "failed" else "done"
+    if outcome.finished_at and outcome.finished_at >= outcome.started_at:
+        return "scoring"
+    if outcome.evaluating_at and outcome.evaluating_at >= outcome.started_at:
+        return "sending"
+    return "starting" if outcome.started_at else "waiting"
+
+
+STATES = ("starting", "sending", "scoring", "waiting", "done", "failed")
+
+
 class SuiteProgress:
-    """Questions done across the night (answered, cached, or given up with their model), models scored, the
-    answering rate (the fan-outs', start-ups left out) and the answering time left (start-ups and scoring not
-    counted, and said so): a live bar on a terminal, a plain line every minute in a log or a pipe."""
+    """Across the night: questions done (answered, cached, or given up with their model), models scored and
+    failed, the answering rate (the fan-outs', start-ups left out) and the time left from the clock (a stall
+    is named). Per model: its state, replies and rate. A live view on a terminal; a plain line every minute
+    in a log or a pipe, whether or not replies arrive."""
 
     def __init__(self, console: Console, models: int, questions: int, every_s: float = 60.0) -> None:
-        from rich.progress import BarColumn, Progress, TextColumn
-
         self.console = console
         self.models, self.per_model, self.total = models, questions, models * questions
-        self.done_models = 0
+        self.ended: dict[str, str] = {}  # model -> its status once it ended
+        self.outcomes: dict[str, Outcome] = {}
         self.done = 0  # questions answered, cached or given up, all models
         self.throughput = runner.Throughput()
         self.lock = threading.Lock()
         self.every_s = every_s
-        self.last_line = time.monotonic()
-        self.live = console.is_terminal
-        self.bar = Progress(TextColumn("[bold]suite"), BarColumn(bar_width=10),
-                            TextColumn("{task.completed:,.0f}/{task.total:,.0f} questions"),
-                            TextColumn("{task.fields[models]}"), TextColumn("{task.fields[rate]} req/s"),
-                            TextColumn("answering: {task.fields[left]}"),
-                            console=console, disable=not self.live, transient=True)
-        self.task = self.bar.add_task("suite", total=self.total, models=f"0/{models} models scored", rate="-",
-                                      left="time left unknown yet")
+        self.live = None
+        self.stop = threading.Event()
+        self.ticker: threading.Thread | None = None
 
     def __enter__(self) -> "SuiteProgress":
-        self.bar.start()
+        if self.console.is_terminal:
+            from rich.live import Live
+
+            self.live = Live(self, console=self.console, refresh_per_second=2, transient=True)
+            self.live.start()
+        else:
+            self.ticker = threading.Thread(target=self._tick, name="progress", daemon=True)
+            self.ticker.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.bar.stop()
+        self.stop.set()
+        if self.live is not None:
+            self.live.stop()
+        if self.ticker is not None:
+            self.ticker.join(timeout=5)
+
+    def track(self, outcomes: dict[str, Outcome]) -> None:
+        self.outcomes = outcomes
 
     def reply(self, _reply) -> None:
         with self.lock:
             self.done += 1
             self.throughput.add()
-            self._refresh()
 
     def model_done(self, outcome: Outcome) -> None:
         with self.lock:
-            self.done_models += 1
+            self.ended[outcome.model] = outcome.status
             self.done += max(self.per_model - outcome.sent, 0)  # cached, or given up when the model failed
-            self._refresh(force=True)
+        if self.live is None:
+            self.console.print(Text(self.summary(time.monotonic())), highlight=False)
 
-    def _refresh(self, force: bool = False) -> None:
-        rate = self.throughput.rate()
-        left = runner.time_left(self.total - self.done, rate)
-        shown = "-" if rate is None else f"{rate:.1f}"
-        self.bar.update(self.task, completed=min(self.done, self.total), rate=shown, left=left,
-                        models=f"{self.done_models}/{self.models} models scored")
+    def summary(self, now: float) -> str:
+        with self.lock:
+            done, ended = min(self.done, self.total), list(self.ended.values())
+            left = runner.clock_left(self.total - self.done, self.throughput, now)
+            rate = self.throughput.rate(now)
+        failed = sum(1 for status in ended if status == "failed")
+        states = [model_state(o, self.ended.get(name)) for name, o in list(self.outcomes.items())]
+        counts = ", ".join(f"{states.count(state)} {state}" for state in STATES[:4] if states.count(state))
+        return (f"progress: {done:,}/{self.total:,} questions done, {len(ended) - failed}/{self.models} models "
+                f"scored" + (f", {failed} failed" if failed else "") + (f" ({counts})" if counts else "")
+                + f", {'-' if rate is None else f'{rate:.1f}'} req/s, answering: {left}"
+                + (" (server start-ups and scoring not counted)" if "~" in left else ""))
+
+    def model_lines(self, now: float) -> list[str]:
+        """One line per model at work (starting, sending, scoring): its replies so far and its rate."""
+        out = []
+        for name, outcome in list(self.outcomes.items()):
+            state = model_state(outcome, self.ended.get(name))
+            if state not in STATES[:3]:
+                continue
+            line = f"{name}: {state}"
+            if state in ("sending", "scoring"):
+                span = (outcome.finished_at if state == "scoring" else now) - outcome.evaluating_at
+                rate = f", {outcome.replied / span:.1f} req/s" if span > 0.5 and outcome.replied else ""
+                line += f", {outcome.replied:,} replies{rate}"
+            out.append(line)
+        return out
+
+    def __rich__(self):
+        from rich.console import Group
+
         now = time.monotonic()
-        if not self.live and (force or now - self.last_line >= self.every_s):
-            self.last_line = now
-            self.console.print(f"progress: {min(self.done, self.total):,}/{self.total:,} questions done, "
-                               f"{self.done_models}/{self.models} models scored, {shown} req/s, answering: "
-                               f"{left}" + (" (server start-ups and scoring not counted)" if "~" in left else ""),
-                               highlight=False)
+        return Group(Text(self.summary(now)),  # wrapped at spaces on a narrow terminal
+                     *(Text("  " + m, no_wrap=True, overflow="ellipsis") for m in self.model_lines(now)))
+
+    def _tick(self) -> None:
+        while not self.stop.wait(self.every_s):
+            now = time.monotonic()
+            for line in [self.summary(now), *("progress: " + m for m in self.model_lines(now))]:
+                self.console.print(Text(line), highlight=False)
 
 
 def suite_folder(suite: Suite, cache: Path | None, output: Path | None) -> Path:
