@@ -219,11 +219,17 @@ def test_hostile_names_and_external_files_cannot_break_the_outputs(tmp_path, cap
                                                    "task_name": "t", "task_type": "multiple-choice",
                                                    "metric": "accuracy"} for i in range(8)])
     cache = tmp_path / "c"
-    with Stub() as stub:
-        for name in ("a|b *x*", "c`d` [e](f)"):
-            code, _, err = run_cli(["run", "--model", name, "--base-url", stub.base_url, "--data", data_file,
-                                    "--cache", cache], capsys, monkeypatch)
-            assert code == 0, err
+    with Stub() as stub:  # a tuned model and its base: both names land in the base → tuned table
+        suite = tmp_path / "hostile.toml"
+        suite.write_text(f'[suite]\nname = "hostile"\ndata = "{data_file}"\n[models]\n'
+                         f'"a|b *x*" = {{ provider = "openai-compatible", model = "a|b *x*", '
+                         f'api_base = "{stub.base_url}", params_b = 1.0, family = "f" }}\n'
+                         f'"c`d` [e](f)" = {{ provider = "openai-compatible", model = "c`d` [e](f)", '
+                         f'api_base = "{stub.base_url}", params_b = 1.0, family = "f", base = "a|b *x*" }}\n',
+                         encoding="utf-8")
+        code, out, err = run_cli(["suite", suite, "--cache", cache, "--output", tmp_path / "night"], capsys,
+                                 monkeypatch)
+        assert code == 0, out + err
     code, _, err = run_cli(["run", "--model", "<g>|h", "--base-url", "http://127.0.0.1:9/v1", "--data", data_file,
                             "--cache", cache], capsys, monkeypatch)
     assert code != 0
@@ -234,9 +240,17 @@ def test_hostile_names_and_external_files_cannot_break_the_outputs(tmp_path, cap
     assert code == 0, err
     text = (out / "analysis.md").read_text(encoding="utf-8")
     assert r"\<g\>\|h (failed" in text
-    for line in text.splitlines():  # every table row has its header's cells, however the names read
-        if line.startswith("| ") and "\\|" in line:
-            assert line.count(" | ") - line.count("\\|") >= 1
+    tables, block = [], []
+    for line in [*text.splitlines(), ""]:  # every table row has its header's cells, however the names read
+        if line.startswith("|"):
+            block.append(line)
+        elif block:
+            tables.append(block)
+            block = []
+    cells = [[len(re.findall(r"(?<!\\)\|", row)) for row in table] for table in tables]
+    assert tables and all(len(set(widths)) == 1 for widths in cells), cells
+    hostile = [row for table in tables for row in table if r"a\|b \*x\*" in row or r"c\`d\` \[e\](f)" in row]
+    assert len(hostile) >= 2, tables
     binary = tmp_path / "binary.csv"
     binary.write_bytes(b"\x00\xff\xfe" * 1000)
     big = tmp_path / "big.csv"

@@ -229,11 +229,13 @@ def test_cache_that_is_a_file_or_another_database(tmp_path, capsys, monkeypatch)
     db.commit()
     db.close()
     before = other.read_bytes()
+    data = write_jsonl(tmp_path / "d.json", [{"input_field": "Q?", "output_field": 1, "task_name": "t",
+                                               "task_type": "multiple-choice", "metric": "accuracy"}])
     for args in (["report", "--cache", other.parents[1]],
-                 ["run", "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--data", "x.json",
-                  "--cache", other.parents[1]]):
+                 ["run", "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--data", data,
+                  "--cache", other.parents[1]]):  # real data: the run gets as far as opening the cache
         code, _, err = run_cli(args, capsys, monkeypatch)
-        assert code == 2 and ("not a shopping-mmlu response cache" in err or "no such file" in err), err
+        assert code == 2 and "not a shopping-mmlu response cache" in err, err
     assert other.read_bytes() == before  # none of our tables added to someone else's file
 
 
@@ -242,7 +244,7 @@ def test_read_only_commands_never_create_a_cache(tmp_path, capsys, monkeypatch):
     for args in (["report", "--cache", missing], ["rescore", "--model", "m", "--data", "d.json", "--cache", missing],
                  ["compare", "a", "b", "--cache", missing]):
         code, _, err = run_cli(args, capsys, monkeypatch)
-        assert code == 2 and "no response cache" in err or "no such file" in err, err
+        assert code == 2 and "no response cache" in err, err
     assert not missing.exists()
 
 

@@ -121,15 +121,18 @@ def test_score_folder_with_a_responses_folder(tmp_path, capsys, monkeypatch):
 
 
 def test_score_task_protocol(tmp_path, capsys, monkeypatch):
+    """Task-wise accuracy reads the first digit (truths 1 and 3), or with --letter-choices the first letter or
+    digit (truths B and D): each set of answers is right under one reading only, so ignoring the flag fails."""
     data = write_official_layout(tmp_path / "data") / "multiple_choice" / "attribute_selection_dataset.csv"
-    responses = write_jsonl(tmp_path / "out.json", [{"model_output": "The answer is 1"},
-                                                    {"model_output": "(D)"}])
+    digits = write_jsonl(tmp_path / "digits.json", [{"model_output": "The answer is 1"}, {"model_output": "3."}])
+    letters = write_jsonl(tmp_path / "letters.json", [{"model_output": "(B)"}, {"model_output": "D"}])
     out_json = tmp_path / "s.json"
-    for flags, expected in (([], 0.5), (["--letter-choices"], 0.5)):
+    for responses, flags, expected in ((digits, [], 1.0), (digits, ["--letter-choices"], 0.0),
+                                       (letters, [], 0.0), (letters, ["--letter-choices"], 1.0)):
         code, _, err = run_cli(["score", "--data", data, "--responses", responses, "--protocol", "task",
                                 "--json", out_json, *flags], capsys, monkeypatch)
         assert code == 0, err
-        assert json.loads(out_json.read_text())["overall"]["score"] == expected
+        assert json.loads(out_json.read_text())["overall"]["score"] == expected, (responses.name, flags)
 
 
 # ---------------------------------------------------------------- bad input

@@ -3,7 +3,10 @@ score as complete, never let a read-like command destroy a result."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import re
 import time
 from pathlib import Path
 
@@ -146,12 +149,19 @@ def test_failed_errors_and_other_data_never_share_a_ranking(tmp_path, capsys, mo
 def test_report_on_an_empty_cache_or_only_failed_models_does_not_crash(tmp_path, capsys, monkeypatch):
     code, out, err = run_cli(["report", "--cache", tmp_path / "c"], capsys, monkeypatch)
     assert code == 2 and "no response cache" in err
-    code, _, _ = run_cli(["run", "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--data",
+    code, _, _ = run_cli(["run", "--model", "dead-model", "--base-url", "http://127.0.0.1:9/v1", "--data",
                           data_file(tmp_path), "--cache", tmp_path / "c"], capsys, monkeypatch)
     assert code == 1
+    seen = {}
     for fmt in ("table", "md", "csv", "json"):
-        code, out, err = run_cli(["report", "--cache", tmp_path / "c", "--format", fmt], capsys, monkeypatch)
-        assert code == 0 and "m" in out and "Traceback" not in err
+        code, seen[fmt], err = run_cli(["report", "--cache", tmp_path / "c", "--format", fmt], capsys, monkeypatch)
+        assert code == 0 and "Traceback" not in err, err
+    assert re.search(r"dead-model.*failed", seen["table"])
+    assert re.search(r"^\| [^|]*\| dead-model \| - \|.*\| ✗ failed \|$", seen["md"], re.M), seen["md"]
+    [row] = list(csv.DictReader(io.StringIO(seen["csv"])))
+    assert row["model"] == "dead-model" and row["status"] == "failed" and row["overall"] == ""
+    [record] = json.loads(seen["json"])
+    assert record["model"] == "dead-model" and record["status"] == "failed" and record["overall"] is None
 
 
 # ---------------------------------------------------------------- identity kept with the answers

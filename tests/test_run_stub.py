@@ -16,7 +16,7 @@ from builders import run_cli, write_jsonl
 from evaluator.cache.responses import ResponseCache
 from evaluator.data import loaders
 from evaluator.cli import sample_dir
-from benchmarks.stubs.openai_stub import Stub, answer_for
+from benchmarks.stubs.openai_stub import Stub
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,26 +55,49 @@ def test_run_caches_every_answer_and_a_second_run_sends_nothing(tmp_path, capsys
         assert sum(stub.seen.values()) == 52 and json.loads(out.read_text())["requests"]["sent"] == 26
 
 
-def test_answers_are_the_stub_answers_and_scores_follow(tmp_path, capsys, monkeypatch):
+def stub_answer(body: dict) -> str:
+    """A digit for a multiple-choice prompt (max_tokens 1), a sentence near some truths for the others."""
+    return "1" if body.get("max_tokens") == 1 else "A tray with compartments that keeps things in a drawer."
+
+
+def test_answers_are_the_stub_answers_and_scores_follow(tmp_path, capsys, monkeypatch, english_model):
+    """The first 3 sample questions: two explanations (cosine to the truth under all-MiniLM-L6-v2, clipped at 0)
+    and a multiple choice answered right ('1'); the run's task scores are those, recomputed here."""
     cache = tmp_path / "cache"
-    with Stub() as stub:
-        run_cli(run_args(stub, cache, tmp_path / "r.json", "--limit", "3"), capsys, monkeypatch)
+    with Stub(answers=stub_answer) as stub:
+        code, _, err = run_cli(run_args(stub, cache, tmp_path / "r.json", "--limit", "3"), capsys, monkeypatch)
+    assert code == 0, err  # no multilingual question among the first 3: complete
     db = ResponseCache(cache / "responses")
     rows = db.db.execute("SELECT text, request FROM answers").fetchall()
     db.close()
-    assert len(rows) == 3
-    for text, request in rows:
-        assert text == answer_for(json.loads(request))
+    assert len(rows) == 3 and all(text == stub_answer(json.loads(request)) for text, request in rows)
+    expected = {}
+    for question in loaders.load(sample_dir()).questions[:3]:
+        if question.metric.value == "accuracy":
+            value = 1.0 if question.truth == 1 else 0.0
+        else:
+            emb = english_model.encode([stub_answer({}), question.truth], normalize_embeddings=True)
+            value = max(0.0, float(emb[0] @ emb[1]))
+        expected.setdefault(question.task, []).append(value)
+    doc = json.loads((tmp_path / "r.json").read_text())
+    got = {t["task"]: t["score"] for t in doc["tasks"]}
+    assert got == pytest.approx({task: sum(v) / len(v) for task, v in expected.items()}, abs=1e-5)
+    assert got["attribute_relevance"] == 1.0 and 0 < got["concept_explanation"] < 1  # real cosines
 
 
 def test_cache_key_ignores_host_and_port(tmp_path, capsys, monkeypatch):
     cache = tmp_path / "cache"
     with Stub() as first:
-        run_cli(run_args(first, cache, tmp_path / "a.json"), capsys, monkeypatch)
+        code_a, _, err = run_cli(run_args(first, cache, tmp_path / "a.json"), capsys, monkeypatch)
+        assert code_a == 3 and sum(first.seen.values()) == 26, err  # incomplete offline (multilingual rows)
     with Stub() as second:
         assert second.port != first.port
-        run_cli(run_args(second, cache, tmp_path / "b.json"), capsys, monkeypatch)
+        code_b, _, err = run_cli(run_args(second, cache, tmp_path / "b.json"), capsys, monkeypatch)
         assert sum(second.seen.values()) == 0
+    assert code_b == code_a, err
+    a, b = (json.loads((tmp_path / name).read_text()) for name in ("a.json", "b.json"))
+    assert b["requests"]["cached"] == 26 and b["requests"]["sent"] == 0
+    assert {k: b[k] for k in ("tasks", "skills", "overall")} == {k: a[k] for k in ("tasks", "skills", "overall")}
 
 
 def test_protocol_and_rendering_are_part_of_the_key(tmp_path, capsys, monkeypatch):
