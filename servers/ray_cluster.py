@@ -4,11 +4,17 @@ it needs, bound to an address the driver can reach; the driver keeps the respons
 A model that fits one node gets a placement group holding its tensor-parallel GPUs in one bundle (so on one
 node); its actor runs the server (under our guard) with those GPUs.
 A model larger than a node runs on vLLM's own multi-node execution (`--distributed-executor-backend ray`,
-tensor × pipeline parallel): the actor, which holds no GPU itself, starts the API server on a node of the
-cluster and vLLM places its workers there. The driver pings each actor; an actor whose node is lost dies,
+tensor × pipeline parallel): we reserve its GPUs until Ray can give them all, then hand them over to vLLM (see
+`RayServers._hand_over`); the actor, which holds no GPU itself, starts the API server on the node of the first
+GPU and vLLM's own placement group takes them. The driver pings each actor; an actor whose node is lost dies,
 the driver stops that model's fan-out at once, and the suite places the model again elsewhere (answers
 already cached are kept). Actors are not detached: when the driver ends, Ray ends them, and the guard in
 each actor ends its server. Ray is an optional extra (`pip install shopping-mmlu[ray]`).
+
+vLLM on the nodes: the actors run in the Python that Ray runs on each node; the server runs in vLLM's Python,
+`vllm_python` (the suite's `[ray] vllm_python`, else the driver's $SHOPPING_MMLU_VLLM_PYTHON), sent to the
+actor in its `runtime_env` (a driver's environment does not reach Ray's workers); without either, each node's
+own setting or Python.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from evaluator.errors import InputError
 from servers.profiles import ModelProfile
 
 PING_S = 1.0
+RESERVE_POLL_S = 1  # a reservation Ray cannot give yet is withdrawn and asked again this often
+HANDOVER_S = 600.0  # the longest a hand-over holds back other placements while vLLM's group forms
+_placing = threading.Lock()  # every reservation and hand-over of this driver, one at a time
 
 
 def _ray():
@@ -123,6 +132,9 @@ class ServerActor:
                             startup_timeout=1800.0)
         if self.command is not None:  # another OpenAI-compatible server in vLLM's place (tests, other engines)
             server.command = lambda: self.command(server)
+        elif not Path(server.python).is_file():
+            raise RuntimeError(f"vLLM's Python {server.python} is not on node {ip}: name the Python that has "
+                               "vLLM on the nodes in the suite ([ray] vllm_python)")
         if spec.multi_node and spec.cluster_address:
             os.environ.setdefault("RAY_ADDRESS", spec.cluster_address)
         server.__enter__()
@@ -171,19 +183,27 @@ class Placed:
 
 
 class RayServers:
-    """Places model servers on the cluster; `command` replaces vLLM's command line (tests use a stub)."""
+    """Places model servers on the cluster; `command` replaces vLLM's command line (tests use a stub);
+    `vllm_python` is the Python that runs vLLM on the nodes (default: the driver's $SHOPPING_MMLU_VLLM_PYTHON,
+    if set)."""
 
-    def __init__(self, address: str, log_dir: Path, command: Callable | None = None) -> None:
+    def __init__(self, address: str, log_dir: Path, command: Callable | None = None,
+                 vllm_python: str | None = None) -> None:
+        from servers.vllm_server import VLLM_PYTHON_ENV
+
         self.address = address
         self.log_dir = log_dir
         self.command = command
+        python = vllm_python or os.environ.get(VLLM_PYTHON_ENV)
+        # merged by Ray into the job's runtime_env (env_vars key by key): the actor and its server see it
+        self.runtime_env = {"env_vars": {VLLM_PYTHON_ENV: python}} if python else None
         connect(address)
 
     def start(self, profile: ModelProfile, weights: str, tp: int, pp: int = 1, device: str = "auto") -> Placed:
         """Reserve the GPUs (blocks until Ray can), start the server, and watch it."""
         ray = _ray()
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+        from ray.util.scheduling_strategies import (NodeAffinitySchedulingStrategy,
+                                                    PlacementGroupSchedulingStrategy)
 
         per_node = max(gpus_per_node() or [0.0])
         multi_node = tp * pp > per_node > 0
@@ -192,25 +212,26 @@ class RayServers:
         remote = ray.remote(ServerActor)
         group = None
         if multi_node:
-            # The GPUs are reserved first, in one group (each node's share packed together), and vLLM starts at
-            # its first bundle: its Ray executor then places its workers in this group (it uses the group it
-            # runs in) instead of making one of its own that competes with ours.
-            group = placement_group([{"GPU": 1, "CPU": 1}] * (tp * pp), strategy="PACK")
-            ray.get(group.ready())
-            strategy = PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=0,
-                                                        placement_group_capture_child_tasks=True)
-            actor = remote.options(num_cpus=0.5, num_gpus=0, max_restarts=0,
-                                   scheduling_strategy=strategy).remote(spec, self.command)
+            # vLLM's API server is a new Ray driver, in no placement group of ours: vLLM makes its own group
+            # ({"GPU": 1} per worker, PACK, the first on its own node) and waits for it. So the GPUs are
+            # reserved in a group of that shape, the actor goes to the node of its first GPU (outside the
+            # group, holding none), and the group is handed over to vLLM's as the server starts.
+            held = self._reserve([{"GPU": 1}] * (tp * pp), "PACK")
+            node = ray.util.placement_group_table(held)["bundles_to_node_id"][0]
+            actor = remote.options(num_cpus=0, num_gpus=0, max_restarts=0, runtime_env=self.runtime_env,
+                                   scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+                                   ).remote(spec, self.command)
         elif per_node == 0:  # a CPU-only cluster
-            actor = remote.options(num_cpus=1, num_gpus=0, max_restarts=0).remote(spec, self.command)
+            actor = remote.options(num_cpus=1, num_gpus=0, max_restarts=0, runtime_env=self.runtime_env
+                                   ).remote(spec, self.command)
         else:
-            group = placement_group([{"GPU": tp, "CPU": 1}], strategy="STRICT_PACK")  # one node's GPUs
-            ray.get(group.ready())
+            group = self._reserve([{"GPU": tp, "CPU": 1}], "STRICT_PACK")  # one node's GPUs
             strategy = PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=0)
-            actor = remote.options(num_cpus=1, num_gpus=tp, max_restarts=0,
+            actor = remote.options(num_cpus=1, num_gpus=tp, max_restarts=0, runtime_env=self.runtime_env,
                                    scheduling_strategy=strategy).remote(spec, self.command)
         try:
-            info = ray.get(actor.start.remote())
+            started = self._hand_over(held, actor, tp * pp) if multi_node else actor.start.remote()
+            info = ray.get(started)
         except Exception as exc:  # noqa: BLE001: a server that does not start, or a node lost while it starts
             try:
                 ray.kill(actor)
@@ -223,6 +244,41 @@ class RayServers:
         placed = Placed(actor, group, info["base_url"], info["node_id"], info["gpus"], info["command"], lost, stop)
         threading.Thread(target=self._watch, args=(placed,), daemon=True).start()
         return placed
+
+    @staticmethod
+    def _reserve(bundles: list[dict], strategy: str):
+        """A placement group holding these bundles, once Ray can give them all (blocks until then). No group
+        of ours is ever left pending: each try is made, and withdrawn if Ray cannot give it yet, under
+        `_placing`, so none can take the GPUs a hand-over frees for vLLM."""
+        ray = _ray()
+        from ray.util.placement_group import placement_group
+
+        while True:
+            with _placing:
+                group = placement_group(bundles, strategy=strategy)
+                if group.wait(RESERVE_POLL_S):
+                    return group
+                ray.util.remove_placement_group(group)
+            time.sleep(RESERVE_POLL_S)
+
+    @staticmethod
+    def _hand_over(held, actor, gpus: int):
+        """Free the GPUs we hold for vLLM and start the server, which makes vLLM's group; other placements of
+        this driver wait until that group holds `gpus` GPUs (or the start ended, or HANDOVER_S passed).
+        Returns the start's reference. Not covered: another Ray job of the cluster taking the freed GPUs first
+        (vLLM then waits, up to its own 1800 s, as for any busy cluster)."""
+        ray = _ray()
+        with _placing:
+            before = set(ray.util.placement_group_table())
+            ray.util.remove_placement_group(held)
+            started = actor.start.remote()
+            deadline = time.monotonic() + HANDOVER_S
+            while time.monotonic() < deadline and not ray.wait([started], timeout=0.5)[0]:
+                if any(key not in before and group["state"] == "CREATED"
+                       and sum(b.get("GPU", 0) for b in group["bundles"].values()) >= gpus
+                       for key, group in ray.util.placement_group_table().items()):
+                    break
+        return started
 
     @staticmethod
     def _watch(placed: Placed) -> None:

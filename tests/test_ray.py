@@ -50,11 +50,12 @@ def stub_processes() -> set[int]:
     return found
 
 
-def no_stub_left(within_s: float = 30.0) -> bool:
+def no_stub_left(within_s: float = 30.0, before: frozenset[int] = frozenset()) -> bool:
+    """No stub is left, beyond those running `before` the test (another test run's, on a shared machine)."""
     deadline = time.monotonic() + within_s
-    while stub_processes() and time.monotonic() < deadline:
+    while stub_processes() - before and time.monotonic() < deadline:
         time.sleep(0.5)
-    return not stub_processes()
+    return not stub_processes() - before
 
 
 @pytest.fixture(scope="module")
@@ -207,16 +208,17 @@ def test_a_suite_killed_on_the_cluster_resumes_and_leaves_no_server(cluster, tmp
 
 def test_a_model_larger_than_a_node_runs_on_vllm_multi_node_execution(cluster, tmp_path):
     # 2 GPUs of 40 GiB per node; a 40B model needs 4: tensor parallel 2 on each of 2 nodes (pipeline 2)
+    before = frozenset(stub_processes())
     servers = RayServers(cluster[0].address, tmp_path / "logs", command=stub_command("0.005"))
     suite = suite_of(tmp_path, models([("huge-40b", 40)]), 20)
     outcomes = suite_runner.run_suite(suite, cluster_inventory(40.0), tmp_path / "cache", Console(quiet=True),
                                       ray_servers=servers)
     assert outcomes[0].status == "complete", outcomes[0].message
-    assert outcomes[0].gpus == 4  # placed by the suite as 2 × 2, the GPUs reserved by us for vLLM's executor
+    assert outcomes[0].gpus == 4  # placed by the suite as 2 × 2, reserved by us, then handed over to vLLM
     gpu_nodes = {n.node_id for n in cluster[0].list_all_nodes()
                  if n.node_id != cluster[0].head_node.node_id}
-    assert outcomes[0].node in gpu_nodes  # vLLM started at the group's first bundle: never the GPU-less head
-    assert no_stub_left()
+    assert outcomes[0].node in gpu_nodes  # vLLM started on the node of the first GPU: never the GPU-less head
+    assert no_stub_left(before=before)
 
 
 def test_the_vllm_command_for_a_multi_node_model():
@@ -297,3 +299,94 @@ def test_the_driver_ships_our_code_to_workers_that_do_not_have_it(cluster, tmp_p
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     paths = next(line for line in done.stdout.splitlines() if line.startswith("WHERE")).split()[1:]
     assert all("runtime_resources" in p and not p.startswith(str(ROOT)) for p in paths), paths
+
+
+def vllm_on_ray_command(world: int, wait: str = "30"):
+    """vLLM's Ray start-up in its place (tests/vllm_on_ray.py), then the stub; built in the actor, on its node."""
+    def command(server) -> list[str]:
+        node = ray.get_runtime_context().get_node_id()
+        return [sys.executable, str(ROOT / "tests" / "vllm_on_ray.py"), "--world", str(world), "--node", node,
+                "--wait", wait, "--", "--port", str(server.port), "--host", "0.0.0.0", "--latency", "0.005",
+                "0.005"]
+    return command
+
+
+def gpu_groups() -> dict[str, float]:
+    """Placement groups holding GPUs now: id -> GPUs."""
+    return {key: sum(b.get("GPU", 0) for b in group["bundles"].values())
+            for key, group in ray.util.placement_group_table().items()
+            if group["state"] == "CREATED" and any(b.get("GPU") for b in group["bundles"].values())}
+
+
+def test_a_model_larger_than_a_node_hands_its_gpus_to_vllms_own_placement_group(cluster, tmp_path):
+    """vLLM's engine, a new Ray driver, forms its own group of 4 GPUs from the ones we reserved, while a
+    single-node model asked for meanwhile waits instead of taking them; once the big model stops, vLLM's
+    group goes with its driver and the waiting model gets its GPUs. (What only a GPU cluster shows: vLLM's
+    engine on the actor's node, its workers in the group's bundles on two machines, NCCL between them.)"""
+    import threading
+
+    from servers import ray_cluster
+
+    head, _ = cluster
+    before = frozenset(stub_processes())
+    big = RayServers(head.address, tmp_path / "logs", command=vllm_on_ray_command(4))
+    small = RayServers(head.address, tmp_path / "logs", command=stub_command("0.005"))
+    reserved, placed_small = threading.Event(), {}
+    hand_over = ray_cluster.RayServers._hand_over
+
+    def hand_over_later(held, actor, gpus):
+        reserved.set()  # the small model now asks for its GPUs while ours are still held
+        time.sleep(3 * ray_cluster.RESERVE_POLL_S)
+        return hand_over(held, actor, gpus)
+
+    big._hand_over = hand_over_later
+    second = threading.Thread(target=lambda: reserved.wait(120) and placed_small.update(
+        placed=small.start(models([("small-7b", 7)])[0], "org/small-7b", 2)), daemon=True)
+    second.start()
+    placed = big.start(models([("huge-40b", 40)])[0], "org/huge-40b", 2, 2, device="gpu")
+    try:
+        assert placed.group is None  # nothing of ours holds the GPUs
+        assert list(gpu_groups().values()) == [4.0]  # vLLM's own group has them all
+        log = next((tmp_path / "logs").glob("huge-40b-*-ray.log")).read_text()
+        assert f"placement group {next(iter(gpu_groups()))} ready" in log  # the group vLLM's engine made
+        assert "placed" not in placed_small  # still waiting: vLLM's GPUs were not taken from it
+    finally:
+        placed.stop()
+    second.join(120)
+    assert "placed" in placed_small, "the waiting model was never placed"
+    try:
+        assert list(gpu_groups().values()) == [2.0]  # vLLM's group went with its driver
+    finally:
+        placed_small["placed"].stop()
+    assert no_stub_left(before=before)
+
+
+def test_the_actor_runs_vllm_with_the_python_the_suite_names(cluster, tmp_path, monkeypatch):
+    """`[ray] vllm_python` (or the driver's $SHOPPING_MMLU_VLLM_PYTHON) reaches the actor through its
+    runtime_env: the server starts with that Python on the node; one that is not there is one clear line."""
+    from servers.vllm_server import VLLM_PYTHON_ENV
+
+    monkeypatch.delenv(VLLM_PYTHON_ENV, raising=False)
+    before = frozenset(stub_processes())
+    env = tmp_path / "vllm-env" / "bin"
+    env.mkdir(parents=True)
+    (env / "python").symlink_to(sys.executable)
+
+    def with_server_python(server) -> list[str]:
+        return [server.python, "-m", "benchmarks.stubs.openai_stub", "--port", str(server.port), "--host",
+                "0.0.0.0", "--latency", "0.005", "0.005"]
+
+    servers = RayServers(cluster[0].address, tmp_path / "logs", command=with_server_python,
+                         vllm_python=str(env / "python"))
+    placed = servers.start(models([("py-7b", 7)])[0], "org/py-7b", 1)
+    try:
+        assert placed.command[0] == str(env / "python")
+    finally:
+        placed.stop()
+    monkeypatch.setenv(VLLM_PYTHON_ENV, "/opt/vllm/bin/python")  # the driver's own setting, as make sets it
+    assert RayServers(cluster[0].address, tmp_path / "logs").runtime_env == {
+        "env_vars": {VLLM_PYTHON_ENV: "/opt/vllm/bin/python"}}
+    missing = RayServers(cluster[0].address, tmp_path / "logs", vllm_python="/nowhere/bin/python")
+    with pytest.raises(RuntimeError, match=r"vLLM's Python /nowhere/bin/python is not on node .*\[ray\] vllm_python"):
+        missing.start(models([("py-7b", 7)])[0], "org/py-7b", 1)
+    assert no_stub_left(before=before)
