@@ -169,13 +169,21 @@ def _base_id(qid: str) -> str:
     return qid.split("#", 1)[0]
 
 
-def draw_shots(questions: Iterable[Question], pool: Iterable[Question], k: int,
-               seed: int = 0) -> dict[str, tuple[Question, ...]]:
+def seen_text(question: Question, protocol: Protocol, options: PromptOptions) -> str:
+    """What the model is asked, whitespace runs as one space and trimmed: two rows asking this are the same
+    question, whatever their content ids say (a truth written "2" or 2, a trailing space)."""
+    return " ".join(user_text(question, protocol, options).split())
+
+
+def draw_shots(questions: Iterable[Question], pool: Iterable[Question], k: int, seed: int = 0,
+               protocol: Protocol = Protocol.SKILL,
+               options: PromptOptions = PromptOptions()) -> dict[str, tuple[Question, ...]]:
     """Up to `k` solved examples for each question (by qid), from the pool's questions of its task.
 
     Each task's pool is put in one seeded order (sorted by content id first, so the pool's file order does not
-    matter) and every question takes the first `k` of it that are not itself: the questions of a task share
-    their examples, and so a prefix (vLLM's prefix cache hits), except where a question is one of them."""
+    matter) and every question takes the first `k` of it that do not ask what it asks (`seen_text`: a pool
+    row with its input would show the question its own answer): the questions of a task share their
+    examples, and so a prefix (vLLM's prefix cache hits), except where a question is one of them."""
     by_task: dict[str, dict[str, Question]] = {}
     for example in pool:
         by_task.setdefault(example.task, {}).setdefault(_base_id(example.qid), example)
@@ -183,9 +191,9 @@ def draw_shots(questions: Iterable[Question], pool: Iterable[Question], k: int,
     for task, examples in by_task.items():
         order = [examples[key] for key in sorted(examples)]
         random.Random(f"{seed}\0{task}").shuffle(order)
-        orders[task] = order
+        orders[task] = [(seen_text(e, protocol, options), e) for e in order]
     drawn = {}
     for question in questions:
-        own = _base_id(question.qid)
-        drawn[question.qid] = tuple(islice((e for e in orders.get(question.task, ()) if _base_id(e.qid) != own), k))
+        own = seen_text(question, protocol, options)
+        drawn[question.qid] = tuple(islice((e for text, e in orders.get(question.task, ()) if text != own), k))
     return drawn

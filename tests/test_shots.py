@@ -343,3 +343,104 @@ def test_the_dry_run_counts_a_k_shot_models_examples(tmp_path, capsys, monkeypat
     # or four, give the difference within half an example a request
     example = sum(len(f"Question number {i}? " + "word " * 30 + "an answer") for i in range(12)) / 12 / 4
     assert abs(tokens["three"] - tokens["zero"] - 12 * 3 * example) < 12 * example / 2, (tokens, example)
+
+
+# A digest of the 3-shot keys of ten questions (two tasks, no input repeated), as the code before issue 27.2
+# computed them (commit 40d4801): comparing questions by what the model sees changes no k-shot prompt where no
+# pool row repeats the asked question.
+KEYS_3_SHOT = {("skill", "completion"): "a8418e299208a73f0ba36ffb278a548bf3c222595090517a270d9f956b078056",
+               ("task", "chat"): "244874e005dd4373b870316250a5dc901fb08efb2d5f61c40d5541d3387558db"}
+
+
+def test_k_shot_keys_without_repeated_questions_stay_as_they_were():
+    import hashlib
+
+    questions = [question("accuracy", i % 4, task=f"t{i % 2}", text=f"Q{i}\n0. a\n1. b\n2. c\n3. d\nAnswer: ", row=i,
+                          choices=["a", "b", "c", "d"]) for i in range(10)]
+    for (protocol, rendering), digest in KEYS_3_SHOT.items():
+        config = RunConfig(profile=STUB, data=Path("x"), protocol=Protocol(protocol), rendering=Rendering(rendering),
+                           shots=3)
+        keys = "".join(p.key for p in plan(questions, config))
+        assert hashlib.sha256(keys.encode()).hexdigest() == digest, (protocol, rendering)
+
+
+def retyped(rows: list[dict]) -> list[dict]:
+    """The same questions as another file writes them: a multiple-choice truth as a string, an input with a
+    trailing space or its line breaks doubled (other content ids, the same question to the model)."""
+    out = []
+    for n, row in enumerate(rows):
+        row = dict(row)
+        if n % 3 == 0 and isinstance(row["output_field"], int):
+            row["output_field"] = str(row["output_field"])
+        elif n % 3 != 2:
+            row["input_field"] = row["input_field"] + " "
+        else:
+            row["input_field"] = row["input_field"].replace("\n", "\n\n", 1)
+        out.append(row)
+    return out
+
+
+def test_a_pool_that_writes_the_question_otherwise_never_shows_it_its_own_answer(tmp_path, monkeypatch):
+    """Issue 27.2: the pool's copy of the asked question has another content id (truth "2" for 2, a trailing
+    space), so it was drawn as one of the question's own examples, its gold answer shown."""
+    from evaluator.runs.runner import load_and_plan
+
+    monkeypatch.chdir(tmp_path)
+    skill_data(tmp_path / "d.json", per_task=4)
+    rows = [json.loads(line) for line in (tmp_path / "d.json").read_text().splitlines()]
+    write_jsonl(tmp_path / "pool.json", retyped(rows))
+    for protocol in ("skill", "task"):
+        config = RunConfig(profile=STUB, data=Path("d.json"), protocol=Protocol(protocol), shots=3,
+                           shot_pool=Path("pool.json"))
+        _, questions, planned = load_and_plan(config)
+        for item, q in zip(planned, questions):
+            asked = q.input.split("?")[0]
+            assert item.body["prompt"].count(asked + "?") == 1, item.body["prompt"]  # the question, once
+            assert item.shots == 3
+
+
+def test_the_development_set_never_shows_a_question_its_own_answer(tmp_path):
+    import pytest
+
+    from conftest import KDD_DEV
+    from evaluator.runs.runner import load_and_plan
+
+    if not KDD_DEV.is_file():
+        pytest.skip("the KDD development set is not in ../shared/")
+    rows = [json.loads(line) for line in KDD_DEV.read_text(encoding="utf-8").splitlines() if line.strip()]
+    write_jsonl(tmp_path / "pool.json", retyped(rows))
+    config = RunConfig(profile=STUB, data=KDD_DEV, shots=3, shot_pool=tmp_path / "pool.json")
+    _, questions, _ = load_and_plan(config)
+    drawn = draw_shots(questions, config.pool_data.questions, 3)
+    own = [q.qid for q in questions if any(e.input.split() == q.input.split() for e in drawn[q.qid])]
+    assert own == []
+
+
+def test_rescore_after_the_shot_pool_changed_says_so_and_saves_nothing(tmp_path, capsys, monkeypatch):
+    """Issue 27.7: rescore with an edited pool file saved a new, incomplete run under a pool variant never run,
+    and report ranked it."""
+    monkeypatch.chdir(tmp_path)
+    skill_data(tmp_path / "d.json", per_task=4)
+    skill_data(tmp_path / "pool.json", per_task=6)
+    args = ["--model", "m", "--data", "d.json", "--cache", "cache", "--shots", "2", "--shot-pool", "pool.json"]
+    with Stub(answers=answers_better_with_shots) as stub:
+        code, _, err = run_cli(["run", *args, "--base-url", stub.base_url], capsys, monkeypatch)
+    assert code == 0, err
+    code, board, _ = run_cli(["report", "--cache", "cache", "--format", "json"], capsys, monkeypatch)
+    [ran] = json.loads(board)
+    rows = [json.loads(line) for line in (tmp_path / "pool.json").read_text().splitlines()]
+    rows[-1]["input_field"] = rows[-1]["input_field"].replace("MC question", "An edited question")
+    write_jsonl(tmp_path / "pool.json", rows)
+    pointers = sorted((tmp_path / "cache" / "shot-pools").iterdir())
+
+    code, out, err = run_cli(["rescore", *args], capsys, monkeypatch)
+    assert code == 2 and out == "", out
+    [line] = err.strip().splitlines()
+    assert "pool.json" in line and "has changed" in line and f"'{ran['variant']}'" in line, line
+    code, board, _ = run_cli(["report", "--cache", "cache", "--format", "json"], capsys, monkeypatch)
+    assert [r["variant"] for r in json.loads(board)] == [ran["variant"]]  # nothing saved, nothing ranked
+    assert sorted((tmp_path / "cache" / "shot-pools").iterdir()) == pointers
+    rows[-1]["input_field"] = rows[-1]["input_field"].replace("An edited question", "MC question")
+    write_jsonl(tmp_path / "pool.json", rows)  # restored: rescored as it was run
+    code, out, err = run_cli(["rescore", *args], capsys, monkeypatch)
+    assert code == 0, err

@@ -273,8 +273,8 @@ def plan(questions: list[Question], config: RunConfig, pool: list[Question] | No
     served = profile.name if profile.is_local else profile.model
     identity = profile.identity(weights_of(profile), config.served_dtype())
     endpoint = "chat" if rendering is Rendering.CHAT else "completions"
-    shots = draw_shots(questions, questions if pool is None else pool, config.shots, config.shot_seed) \
-        if config.shots else {}
+    shots = draw_shots(questions, questions if pool is None else pool, config.shots, config.shot_seed,
+                       config.protocol, options) if config.shots else {}
     planned = []
     for row, question in enumerate(questions):
         examples = shots.get(question.qid, ())
@@ -731,6 +731,10 @@ def answer(config: RunConfig, console: Console, send_missing: bool = True,
     for task, fewest in shot_shortfall(planned, questions, config.shots).items():
         config.say(console, f"[yellow]warning:[/] task {task} has {fewest} example(s) to draw from, not "
                             f"{config.shots}: its prompts carry {fewest}")
+    if config.shot_pool is not None and not send_missing:
+        changed = changed_pool(config)
+        if changed:
+            raise InputError(changed, path=config.shot_pool, field="--shot-pool")
     if config.shot_pool is not None and not read_only:
         remember_pool(config)
     folder = config.cache_folder / "responses"
@@ -877,6 +881,32 @@ def remember_pool(config: RunConfig) -> None:
     temporary = target.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
     temporary.write_text(str(Path(config.shot_pool).resolve()), encoding="utf-8")
     temporary.replace(target)
+
+
+def changed_pool(config: RunConfig) -> str | None:
+    """Why scoring `config` from the cache alone would score a run never made: its shot pool's file was run
+    with other contents (its path is noted under another digest, this one never). None where it was not."""
+    folder = config.cache_folder / POOLS
+    digest = config.pool_data.sha256[:12]
+    if (folder / f"{digest}.path").exists() or not folder.is_dir():
+        return None
+    where = str(Path(config.shot_pool).resolve())
+    earlier = []
+    for pointer in folder.glob("*.path"):
+        try:
+            if pointer.is_file():
+                with pointer.open(encoding="utf-8") as handle:
+                    if handle.read(4097) == where:
+                        earlier.append((pointer.stat().st_mtime, pointer.stem))
+        except (OSError, UnicodeDecodeError):
+            continue
+    if not earlier:
+        return None
+    old = max(earlier)[1]
+    variant = config.variant.replace(f"pool-{digest}", f"pool-{old}")
+    return (f"the shot pool has changed since it was run (variant '{variant}'; it now reads as pool-{digest}): "
+            "its k-shot prompts were never asked, so nothing is scored or saved; restore the pool, or `run` to "
+            "ask them")
 
 
 def _shot_settings(cache_folder: Path, variant: list[str]) -> dict | str:

@@ -132,7 +132,8 @@ def _prompt_sizes(suite: Suite, questions: list) -> Callable[[ModelProfile], lis
                                     task_specific_prompt=suite.task_specific_prompt)
             pool = (questions if shots["shot_pool"] is None
                     else loaders.load(shots["shot_pool"], suite.protocol).questions)
-            drawn = draw_shots(questions, pool, shots["shots"], shots["shot_seed"]) if shots["shots"] else {}
+            drawn = (draw_shots(questions, pool, shots["shots"], shots["shot_seed"], Protocol(suite.protocol),
+                                options) if shots["shots"] else {})
             rendered = (render(q, Protocol(suite.protocol), Rendering(combo[0]), options, drawn.get(q.qid, ()))
                         for q in questions)
             done[combo] = [(_chars(prompt), prompt.max_tokens) for prompt in rendered]
