@@ -23,6 +23,10 @@
     far-70b = { provider = "openai-compatible", model = "far-70b", api_base = "http://node2:8000/v1" }
     far-70b-3shot = { provider = "openai-compatible", model = "far-70b", api_base = "...", shots = 3 }
 
+    [ray]                                  # optional: for `suite --ray`
+    vllm_python = "/opt/vllm/bin/python"   # the Python that has vLLM on the cluster's nodes (default: the
+                                           # driver's $SHOPPING_MMLU_VLLM_PYTHON, else each node's own)
+
 `shots`, `shot_seed`, `shot_pool` and `choice_probs` in a model's entry override the suite's for that model.
 
 Every key is checked like a profile's: an unknown or misspelt key, or a value of the wrong type, is one line
@@ -73,6 +77,14 @@ class ModelShots(BaseModel):
 SHOT_KEYS = tuple(ModelShots.model_fields)
 
 
+class RaySettings(BaseModel):
+    """The optional [ray] table: what the cluster's nodes need that the driver cannot lend them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vllm_python: str | None = Field(None, min_length=2, max_length=4096, pattern=r"^/[^\x00]*$")
+
+
 @dataclass(frozen=True)
 class Suite:
     name: str
@@ -90,6 +102,7 @@ class Suite:
     shot_pool: Path | None = None
     choice_probs: bool = False
     model_shots: dict[str, dict] = field(default_factory=dict)  # a model's own k-shot keys, by name
+    vllm_python: str | None = None  # [ray] vllm_python: vLLM's Python on the cluster's nodes
 
     def shot_settings(self, profile: ModelProfile) -> dict:
         """shots, shot_seed, shot_pool and choice_probs (RunConfig's fields) for one model: its entry's, else
@@ -108,10 +121,19 @@ class Suite:
 def load_suite(path: str | Path) -> Suite:
     path = Path(path)
     raw = read_toml(path)
-    unknown = set(raw) - {"suite", "models"}
+    unknown = set(raw) - {"suite", "models", "ray"}
     if unknown:
-        raise InputError("unknown top-level table (a suite has [suite] and [models])", path=path,
-                         field=sorted(unknown)[0])
+        raise InputError("unknown top-level table (a suite has [suite], [models] and optionally [ray])",
+                         path=path, field=sorted(unknown)[0])
+    if not isinstance(raw.get("ray", {}), dict):
+        raise InputError("expected a [ray] table", path=path, field="ray")
+    try:
+        ray_settings = RaySettings(**raw.get("ray", {}))
+    except ValidationError as exc:
+        message, key = validation_message(exc)
+        if key == "vllm_python" and "pattern" in message:
+            message = "an absolute path on the cluster's nodes, such as /opt/vllm/bin/python"
+        raise InputError(message, path=path, field=f"ray.{key}") from None
     if not isinstance(raw.get("suite", {}), dict):
         raise InputError("expected a [suite] table", path=path, field="suite")
     try:
@@ -166,7 +188,8 @@ def load_suite(path: str | Path) -> Suite:
     return Suite(name=head.name or path.stem, data=data, protocol=head.protocol, render=head.render,
                  concurrency=head.concurrency, models=models, letter_choices=head.letter_choices,
                  task_specific_prompt=head.task_specific_prompt, embedding_model=head.embedding_model,
-                 multilingual_model=head.multilingual_model, model_shots=model_shots, **suite_shots)
+                 multilingual_model=head.multilingual_model, model_shots=model_shots,
+                 vllm_python=ray_settings.vllm_python, **suite_shots)
 
 
 def _pool(suite_file: Path, pool: str | None, where: str) -> Path | None:

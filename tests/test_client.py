@@ -65,10 +65,9 @@ def test_retries_stop_at_max_attempts():
 def test_retries_stop_at_the_total_time_bound():
     policy = RetryPolicy(max_attempts=100, max_total_s=1.0, base_delay_s=0.01, max_delay_s=5)
     with Stub(lambda _d, _a: "429", retry_after="0.4") as stub:
-        started = time.monotonic()
         reply = run_all(Endpoint(stub.base_url, chat=False), [BODY], policy)["0"]
     assert not reply.ok and reply.error_kind == "rate_limited" and reply.status == 429
-    assert time.monotonic() - started < 1.5 and 2 <= reply.attempts <= 4
+    assert 2 <= reply.attempts <= 4  # 1 + 1.0 s / 0.4 s at most: the total bound, not max_attempts, stopped it
 
 
 def test_connection_refused_becomes_an_error_row():
@@ -79,10 +78,10 @@ def test_connection_refused_becomes_an_error_row():
 
 def test_in_flight_cap_and_a_pool_wider_than_httpx_default():
     bodies = [dict(BODY, prompt=f"q{i}") for i in range(300)]
-    with Stub(latency=(0.2, 0.2)) as stub:
+    with Stub(latency=(0.01, 0.01), hold_until=150) as stub:  # replies wait until 150 are in flight at once
         replies = run_all(Endpoint(stub.base_url, chat=False, concurrency=150), bodies)
     assert all(r.ok for r in replies.values()) and len(replies) == 300
-    assert stub.max_in_flight == 150
+    assert stub.max_in_flight == 150 and stub.held == 150  # reached, not timed out; never more than the cap
 
 
 def test_requests_per_minute_throttle():

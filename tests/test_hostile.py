@@ -42,10 +42,8 @@ def one(action: str, policy: RetryPolicy = FAST, key: str | None = None) -> Repl
     ("huge_retry_after", False, "rate_limited"), ("zero_retry_after", False, "rate_limited"),
 ])
 def test_every_hostile_reply_ends_as_an_answer_or_an_error(action, ok, kind):
-    started = time.monotonic()
     reply = one(action)
-    assert reply.ok is ok and reply.error_kind == kind, reply
-    assert time.monotonic() - started < 15  # an endless body is cut at the cap, not at the timeout
+    assert reply.ok is ok and reply.error_kind == kind, reply  # an endless body: 'oversized', not a timeout
     if ok:
         assert reply.prompt_tokens is None or reply.prompt_tokens < 2**31  # absurd counts are dropped
         assert reply.finish_reason is None or isinstance(reply.finish_reason, str)

@@ -176,22 +176,33 @@ def test_two_identical_runs_at_once_share_the_work_and_pay_once(tmp_path):
     data = write_jsonl(tmp_path / "mc.json", [
         {"input_field": f"q{i}", "output_field": i % 4, "task_name": f"t{i % 3}", "task_type": "multiple-choice",
          "metric": "accuracy"} for i in range(300)])
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    with Stub(latency=(0.05, 0.08)) as stub:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    logs = [(tmp_path / f"out{i}.txt", tmp_path / f"err{i}.txt") for i in range(2)]
+
+    def start(i: int) -> subprocess.Popen:
+        with logs[i][0].open("w") as out, logs[i][1].open("w") as err:
+            return subprocess.Popen(command, env=env, stdout=out, stderr=err, text=True)
+
+    def until(done, what: str) -> None:  # moments keyed to events; 120 s is a hang guard, not a speed bound
+        deadline = time.monotonic() + 120
+        while not done() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert done(), f"never saw {what}: " + " | ".join(p.read_text()[-500:] for pair in logs for p in pair)
+
+    with Stub(latency=(0.005, 0.01), hold_until=float("inf"), hold_s=120) as stub:  # replies held until release
         command = [sys.executable, "-m", "evaluator", "run", "--model", "stub-model", "--base-url", stub.base_url,
                    "--data", str(data), "--cache", str(cache), "--concurrency", "8"]
-        runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
-        deadline = time.monotonic() + 60
-        while not stub.seen and time.monotonic() < deadline:  # the first run has claimed and is sending
-            time.sleep(0.01)
-        runs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        results = [r.communicate(timeout=300) for r in runs]
+        runs = [start(0)]
+        until(lambda: stub.in_flight > 0, "the first run claim and send")
+        runs.append(start(1))
+        until(lambda: "another run" in logs[1][0].read_text(), "the second run wait for the first")
+        stub.release()
+        codes = [r.wait(timeout=300) for r in runs]
         received = sum(stub.seen.values())
-    for run, (out, err) in zip(runs, results):
-        assert run.returncode == 0, out[-3000:] + err
-        assert "locked" not in err
+    for code, (out, err) in zip(codes, logs):
+        assert code == 0, out.read_text()[-3000:] + err.read_text()
+        assert "locked" not in err.read_text()
     assert received == 300  # each question bought once: the second run waited for what the first was fetching
-    assert any("another run" in out for out, _ in results)
     db = ResponseCache(cache / "responses")
     assert db.db.execute("SELECT count(*) FROM answers").fetchone()[0] == 300
     assert db.db.execute("SELECT count(*) FROM claims").fetchone()[0] == 0  # released

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import random
@@ -58,7 +59,12 @@ class Stub(ThreadedServer):
                  stall_s: float = 30.0, retry_after: str = "0.05", seed: int = 0,
                  models: list[str] | None = None, answers: Callable[[dict], str] | None = None,
                  logprobs: Callable[[dict], dict[str, float]] | None = None,
-                 raw_logprobs: Callable[[dict], object] | None = None) -> None:
+                 raw_logprobs: Callable[[dict], object] | None = None,
+                 hold_until: int | None = None, hold_s: float = 60.0) -> None:
+        # with latency: the first requests wait until `hold_until` are in flight together, or `release()`, at
+        # most hold_s; a test then keys its moments to events, not to how fast this machine is today
+        self.hold_until, self.hold_s, self.held = hold_until, hold_s, 0
+        self._released = asyncio.Event()
         self.logprobs = logprobs  # the first token's distribution for a body (None: the server returns none)
         self.raw_logprobs = raw_logprobs  # the whole `logprobs` value of the choice, as given (hostile shapes)
         self.models = models or []  # what /v1/models lists (empty: any name is served)
@@ -79,6 +85,11 @@ class Stub(ThreadedServer):
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+    def release(self) -> None:
+        """Let the held requests (`hold_until`) go on, from any thread."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._released.set)
 
     async def _respond(self, writer: asyncio.StreamWriter, status: int, payload: bytes,
                        headers: dict[str, str] | None = None) -> None:
@@ -118,6 +129,13 @@ class Stub(ThreadedServer):
                     self.in_flight += 1
                     self.max_in_flight = max(self.max_in_flight, self.in_flight)
                     try:
+                        if self.hold_until is not None and not self._released.is_set():
+                            if self.in_flight >= self.hold_until:
+                                self.held = self.in_flight
+                                self._released.set()
+                            else:
+                                with contextlib.suppress(asyncio.TimeoutError):
+                                    await asyncio.wait_for(self._released.wait(), self.hold_s)
                         await asyncio.sleep(self.rng.uniform(low, high))
                     finally:
                         self.in_flight -= 1
