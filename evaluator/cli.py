@@ -547,7 +547,7 @@ def suite_command(
     if ray is not None:
         from servers.ray_cluster import RayServers, cluster_inventory
 
-        ray_servers = RayServers(ray, (cache or default_cache_dir()) / "logs")
+        ray_servers = RayServers(ray, (cache or default_cache_dir()) / "logs", vllm_python=suite.vllm_python)
         inventory = cluster_inventory(gpu_mem or 80.0)
         console.print(f"Ray cluster at {escape(ray)}: {len(inventory)} GPU(s)"
                       + ("" if gpu_mem else " (planned at 80 GiB each: pass --gpu-mem)"))

@@ -140,9 +140,11 @@ def test_dry_run_plans_every_model_and_sends_nothing(tmp_path, capsys, monkeypat
         suite_file = tmp_path / "suite.toml"
         suite_file.write_text(f'[suite]\ndata = "{data}"\n[models]\nllama2-70b = {{}}\nqwen7b = {{}}\n'
                               f'gpt-4o = {{ api_base = "{stub.base_url}" }}\n', encoding="utf-8")
+        started = time.monotonic()
         code, out, err = run_cli(["suite", suite_file, "--dry-run", "--gpus", "4", "--gpu-mem", "80"],
                                  capsys, monkeypatch)
         assert code == 0, err
+        assert time.monotonic() - started < 5
         assert sum(stub.seen.values()) == 0
     for needle in ("llama2-70b", "qwen7b", "gpt-4o", "Nothing was sent", "API cost ceiling"):
         assert needle in out.replace("\n", " ") or needle in out
@@ -158,6 +160,29 @@ def test_suite_file_errors(tmp_path, capsys, monkeypatch):
     assert code == 2 and "models.new-model" in err and "model" in err
 
 
+def test_a_suites_ray_table_names_vllms_python_on_the_nodes(tmp_path, capsys, monkeypatch):
+    """`[ray] vllm_python` reaches the cluster's placement (suite --ray); it is a path on the nodes, so a
+    relative one is one line naming the key."""
+    import servers.ray_cluster
+    from evaluator.errors import InputError
+
+    suite_file = tmp_path / "night.toml"
+    head = "[suite]\ndata = 'd'\n[models]\ndemo = {}\n[ray]\n"
+    suite_file.write_text(head + "vllm_python = '/opt/vllm/bin/python'\n", encoding="utf-8")
+    assert load_suite(suite_file).vllm_python == "/opt/vllm/bin/python"
+    given = {}
+
+    def placing(address, log_dir, **kwargs):
+        given.update(kwargs, address=address)
+        raise InputError("no cluster here")
+
+    monkeypatch.setattr(servers.ray_cluster, "RayServers", placing)
+    code, _, err = run_cli(["suite", suite_file, "--ray", "auto", "--cache", tmp_path / "cache"], capsys,
+                           monkeypatch)
+    assert code == 2 and given == {"address": "auto", "vllm_python": "/opt/vllm/bin/python"}, err
+    suite_file.write_text(head + "vllm_python = 'venv/bin/python'\n", encoding="utf-8")
+    code, _, err = run_cli(["suite", suite_file, "--dry-run"], capsys, monkeypatch)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "ray.vllm_python" in err and "absolute" in err
 # ---------------------------------------------------------------- the runner on a simulated node
 
 class FakeServer:
