@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from evaluator.queues import drain
+
 BUSY_TIMEOUT_S = 120.0
 GROUP_MAX = 512  # writes per commit at most
 T = TypeVar("T")
@@ -96,28 +98,15 @@ class _Writer:
         self.thread.join(30)
 
     def _loop(self) -> None:
-        while True:
-            job = self.jobs.get()
-            if job is None:
-                self.db.close()
-                while True:  # a write that came after the close hears so instead of waiting forever
-                    try:
-                        late = self.jobs.get_nowait()
-                    except queue.Empty:
-                        return
-                    if late is not None:
-                        late[1].set_exception(sqlite3.ProgrammingError("the file was closed"))
-            group = [job]
-            while len(group) < GROUP_MAX:
-                try:
-                    job = self.jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    self.jobs.put(None)  # close after this group
-                    break
-                group.append(job)
-            self._commit(group)
+        drain(self.jobs, self._commit, GROUP_MAX)
+        self.db.close()
+        while True:  # a write that came after the close hears so instead of waiting forever
+            try:
+                late = self.jobs.get_nowait()
+            except queue.Empty:
+                return
+            if late is not None:
+                late[1].set_exception(sqlite3.ProgrammingError("the file was closed"))
 
     def _commit(self, group: list) -> None:
         results: list = []

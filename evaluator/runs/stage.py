@@ -13,6 +13,7 @@ import threading
 from concurrent.futures import Future
 
 from evaluator.data.records import Metric
+from evaluator.queues import drain
 from evaluator.runs import runner
 from evaluator.scoring.embeddings import Embedder, EmbeddingConfig, EmbeddingUnavailable
 
@@ -45,21 +46,7 @@ class ScoringStage:
         self.embedder.close()
 
     def _loop(self) -> None:
-        while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            group = [job]
-            while True:
-                try:
-                    job = self.jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    self.jobs.put(None)
-                    break
-                group.append(job)
-            self._score(group)
+        drain(self.jobs, self._score)
 
     def _score(self, group: list) -> None:
         self.passes += 1
