@@ -236,7 +236,7 @@ def _failed_in_night(night: Path, present: set, skipped: list[str]) -> list[dict
 def _from_cache(folder: Path) -> Results:
     """The cache's saved runs (read-only) as frames."""
     from evaluator.cache.responses import ResponseCache
-    from evaluator.runs.runner import iso
+    from evaluator.provenance import iso
 
     store = ResponseCache(folder / "responses", read_only=True)
     try:

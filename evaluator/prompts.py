@@ -197,3 +197,13 @@ def draw_shots(questions: Iterable[Question], pool: Iterable[Question], k: int, 
         own = seen_text(question, protocol, options)
         drawn[question.qid] = tuple(islice((e for text, e in orders.get(question.task, ()) if text != own), k))
     return drawn
+
+
+def shot_shortfall(planned: list, questions: list[Question], shots: int) -> dict[str, int]:
+    """task -> the fewest examples a question of it got, for the tasks with fewer than `shots` to draw from
+    (`planned`: each question's request, with the examples it got as `.shots`)."""
+    fewest: dict[str, int] = {}
+    for item, question in zip(planned, questions):
+        if item.shots < shots:
+            fewest[question.task] = min(fewest.get(question.task, shots), item.shots)
+    return fewest

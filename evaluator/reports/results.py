@@ -17,7 +17,6 @@ import hashlib
 import json
 import platform
 import shutil
-import subprocess
 import tempfile
 from collections import Counter
 from functools import lru_cache
@@ -25,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evaluator import __version__
-from evaluator.prompts import TASK_WISE_MAX_TOKENS, SKILL_WISE_MAX_TOKENS, Protocol
+from evaluator.prompts import TASK_WISE_MAX_TOKENS, SKILL_WISE_MAX_TOKENS, Protocol, shot_shortfall
+from evaluator.provenance import git_commit, iso, server_kind
 from evaluator.scoring.aggregate import finite, write_json_atomic
 
 if TYPE_CHECKING:
@@ -52,27 +52,6 @@ def software() -> dict:
             "platform": platform.platform(), "packages": versions}
 
 
-def git_commit() -> str | None:
-    root = Path(__file__).resolve().parents[2]
-    if not (root / ".git").exists():
-        return None
-    try:
-        done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() or None
-
-
-def server_kind(config) -> str:
-    """What answered: a vLLM server the run started, a closed API, or an endpoint someone else runs."""
-    profile = config.profile
-    if profile.is_local:
-        started = config.base_url is None or config.started_s is not None  # by the run, or by its suite
-        return "vllm (started by us)" if started else "openai-compatible endpoint"
-    return "api"
-
-
 @lru_cache(maxsize=256)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
@@ -85,8 +64,6 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
 def shot_facts(result: "RunResult") -> dict:
     """The run's k-shot prompting: examples asked per question, the seed, the pool (the run's own data where
     none is named) with its digest, and the tasks that had fewer examples to draw from (the fewest they got)."""
-    from evaluator.runs.runner import shot_shortfall
-
     config = result.config
     if not config.shots:
         return {"k": 0}
@@ -114,8 +91,6 @@ def data_files(result: "RunResult") -> list[dict]:
 
 def document(result: "RunResult", files: dict | None = None) -> dict:
     """The self-describing results.json."""
-    from evaluator.runs.runner import iso
-
     config = result.config
     profile = config.profile
     server = result.server

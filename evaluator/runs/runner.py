@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
 import functools
 import json
 import os
@@ -293,15 +292,6 @@ def plan(questions: list[Question], config: RunConfig, pool: list[Question] | No
             body.update(logprob_fields(prompt.messages is not None))
         planned.append(Planned(row, question.qid, request_key(identity, endpoint, body), body, len(examples)))
     return planned
-
-
-def shot_shortfall(planned: list[Planned], questions: list[Question], shots: int) -> dict[str, int]:
-    """task -> the fewest examples a question of it got, for the tasks with fewer than `shots` to draw from."""
-    fewest: dict[str, int] = {}
-    for item, question in zip(planned, questions):
-        if item.shots < shots:
-            fewest[question.task] = min(fewest.get(question.task, shots), item.shots)
-    return fewest
 
 
 class Throughput:
@@ -701,10 +691,6 @@ def _status(stopped: str | None, errors: int, unscored: int, questions: int) -> 
     return "complete" if errors == 0 and unscored == 0 else "incomplete"
 
 
-def iso(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(timespec="seconds")
-
-
 @dataclass
 class Answered:
     """A run whose sending is over: what it planned, what it sent, and why it stopped (if it did); scoring
@@ -834,7 +820,6 @@ def _session(run: Answered) -> dict | None:
     """This run's answering session, kept with its run record: when it sent, how many, to what server, by
     which version of ours (None where it sent nothing)."""
     from evaluator import __version__
-    from evaluator.reports.results import git_commit, server_kind
 
     sending, config = run.sending, run.config
     if not sending.sent:

@@ -22,11 +22,12 @@ from evaluator.data import loaders
 from evaluator.prompts import PromptOptions, Protocol, Rendering, draw_shots, render
 from evaluator.redact import redact
 from evaluator.reports.screen import Screen
+from evaluator.provenance import iso
 from evaluator.runs import runner
 from evaluator.runs.runner import RunConfig
 from evaluator.scoring.embeddings import ENGLISH_MODEL, MULTILINGUAL_MODEL, EmbeddingConfig, default_cache_dir
 from servers import demo_model
-from servers.planner import Gpu, Placement, per_node, plan_node, split_parallel
+from servers.planner import Gpu, Placement, per_node, plan_node, split_parallel, utilization
 from servers.profiles import ModelProfile
 from servers.suite import Suite
 
@@ -673,7 +674,7 @@ def run_suite_to_folder(suite: Suite, gpus: list[Gpu], cache: Path | None, outpu
     gpu_seconds = sum((o.finished_at - o.evaluating_at) * o.gpus for o in outcomes if o.gpus and o.finished_at)
     write_json_atomic(folder / "summary.json", {
         "suite": suite.name, "data": str(suite.data), "protocol": suite.protocol,
-        "started_at": runner.iso(started_at), "finished_at": runner.iso(time.time()), "wall_s": round(wall, 1),
+        "started_at": iso(started_at), "finished_at": iso(time.time()), "wall_s": round(wall, 1),
         "models": len(outcomes),
         "complete": [o.model for o in outcomes if o.status == "complete"],
         "incomplete": [{"model": o.model, "answered": o.questions - o.errors, "questions": o.questions,
