@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import date, datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from evaluator.errors import InputError
 from evaluator.redact import register, strip_url_credentials
@@ -85,6 +86,29 @@ class ModelProfile(BaseModel):
     # the profile this model was tuned from (base -> instruction-tuned, or a domain fine-tune -> its base).
     family: str | None = Field(None, min_length=1, max_length=100)
     base: str | None = Field(None, min_length=1, max_length=200)
+    # The day its provider ended the model (YYYY-MM-DD): from then on its profile serves re-scoring the answers
+    # already cached, and nothing more is sent to it. Not part of any answer's identity.
+    retired: str | None = None
+
+    @field_validator("retired", mode="before")
+    @classmethod
+    def _a_day(cls, value: object) -> object:
+        """A TOML date (`retired = 2026-11-30`) or the same as text; any other value is refused."""
+        if isinstance(value, date) and not isinstance(value, datetime):
+            return value.isoformat()
+        if isinstance(value, str) and len(value) == 10:
+            try:
+                return date.fromisoformat(value).isoformat()
+            except ValueError:
+                pass
+        if value is None:
+            return None
+        raise ValueError("a day, written YYYY-MM-DD")
+
+    def retired_by(self, today: date | None = None) -> bool:
+        """True from its retirement day on (UTC)."""
+        return self.retired is not None and date.fromisoformat(self.retired) <= (
+            today or datetime.now(timezone.utc).date())
 
     @property
     def is_local(self) -> bool:

@@ -458,6 +458,10 @@ def send(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: 
     answers `known` (one answered before, asked again and not kept): then only these questions fail, and the
     model stays resumable."""
     profile = config.profile
+    if profile.retired_by():
+        raise InputError(f"'{profile.name}' ({profile.model}) was retired by its provider on {profile.retired}: "
+                         f"its {len(todo)} missing answer(s) cannot be asked; its cached ones can still be "
+                         "re-scored (rescore, report)")
     outcome = _Sending()
     if config.uses_batch:
         from evaluator.runs.batch import send_batch
