@@ -23,6 +23,19 @@ def safe_name(name: str, limit: int = 80) -> str:
     return cleaned
 
 
+def as_typed(value: str | os.PathLike) -> Path:
+    """A path as a person types it: `~` expanded, anchored to the working folder once, where it is given, so
+    later code never mixes a relative path with a resolved one (a suite's `--output nights` once died there).
+    Symbolic links are kept as typed (not resolved)."""
+    return Path(value).expanduser().absolute()
+
+
+def beside(anchor: Path, value: str) -> Path:
+    """A path written inside a file (a suite's `data`): `~` expanded, else relative to the file's folder."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (as_typed(anchor).parent / path).resolve()
+
+
 def check_output_file(path: Path, inputs: list[Path | None], flag: str) -> Path:
     """`path` as a file we may (re)write: not a folder, not one of the run's input files."""
     path = Path(path)

@@ -2,7 +2,7 @@
 
     [suite]
     name = "paper"
-    data = "../../data/shopping_mmlu"      # relative to this file, or absolute
+    data = "../../data/shopping_mmlu"      # relative to this file, absolute, or from ~ (paths below alike)
     protocol = "skill"                     # or "task"
     render = "completion"                  # optional: overrides the models' own rendering (not a chat-only
                                            # API's: OpenAI and Anthropic models keep chat)
@@ -42,6 +42,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evaluator.errors import InputError
+from evaluator.paths import beside
 from servers.profiles import ModelProfile, load_profiles, read_toml, validation_message
 
 
@@ -146,8 +147,7 @@ def load_suite(path: str | Path) -> Suite:
     if head.protocol == "skill" and (head.letter_choices or head.task_specific_prompt):
         raise InputError("letter_choices and task_specific_prompt are options of the task-wise protocol",
                          path=path, field="suite.protocol")
-    data = Path(head.data)
-    data = data if data.is_absolute() else (path.parent / data).resolve()
+    data = beside(path, head.data)
     suite_shots = {"shots": head.shots, "shot_seed": head.shot_seed, "shot_pool": _pool(path, head.shot_pool, "suite"),
                    "choice_probs": head.choice_probs}
     _check_shots(suite_shots, path, "suite")
@@ -187,16 +187,26 @@ def load_suite(path: str | Path) -> Suite:
         raise InputError("the suite names no models", path=path, field="models")
     return Suite(name=head.name or path.stem, data=data, protocol=head.protocol, render=head.render,
                  concurrency=head.concurrency, models=models, letter_choices=head.letter_choices,
-                 task_specific_prompt=head.task_specific_prompt, embedding_model=head.embedding_model,
-                 multilingual_model=head.multilingual_model, model_shots=model_shots,
+                 task_specific_prompt=head.task_specific_prompt,
+                 embedding_model=_local_or_hub(path, head.embedding_model),
+                 multilingual_model=_local_or_hub(path, head.multilingual_model), model_shots=model_shots,
                  vllm_python=ray_settings.vllm_python, **suite_shots)
+
+
+def _local_or_hub(suite_file: Path, name: str | None) -> str | None:
+    """An embedding model: a folder beside the suite file (or from ~, or absolute) where it is one, else a
+    hub name as written."""
+    if name is None:
+        return None
+    local = beside(suite_file, name)
+    return str(local) if name.startswith(("~", ".", "/")) or local.exists() else name
 
 
 def _pool(suite_file: Path, pool: str | None, where: str) -> Path | None:
     """A shot pool's path (relative to the suite file); it must exist, so a night does not fail at its start."""
     if pool is None:
         return None
-    found = Path(pool) if Path(pool).is_absolute() else (suite_file.parent / pool).resolve()
+    found = beside(suite_file, pool)
     if not found.exists():
         raise InputError(f"no such shot pool: {found}", path=suite_file, field=f"{where}.shot_pool")
     return found

@@ -71,7 +71,7 @@ def _fetch(source: str, target: Path, progress: Progress) -> str:
             except httpx.HTTPError as exc:
                 raise InputError(f"download failed: {type(exc).__name__}: {str(exc)[:200]}", path=shown) from None
         else:
-            path = Path(source.removeprefix("file://"))
+            path = Path(source.removeprefix("file://")).expanduser()  # `--from=~/data.zip`: no shell expands it
             if not path.is_file():
                 raise InputError("no such file", path=path)
             task = progress.add_task(path.name, total=path.stat().st_size)

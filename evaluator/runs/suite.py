@@ -663,9 +663,10 @@ def run_suite_to_folder(suite: Suite, gpus: list[Gpu], cache: Path | None, outpu
     wall = time.monotonic() - clock
     written = {}
     for outcome in outcomes:
-        if outcome.result is not None:
-            written[outcome.model] = str(results.write_folder(outcome.result, folder / "models" /
-                                                              safe_name(outcome.model)).relative_to(folder))
+        if outcome.result is not None:  # named as written: write_folder answers the folder resolved
+            inside = Path("models") / safe_name(outcome.model)
+            results.write_folder(outcome.result, folder / inside)
+            written[outcome.model] = inside.as_posix()
     suite_report.print_outcomes(outcomes, log)
     cache_folder = cache or default_cache_dir()
     board = suite_board(suite, outcomes, cache_folder)
