@@ -42,6 +42,7 @@ SAMPLES = {"model": pl.String, "row": pl.Int64, "id": pl.String, "skill": pl.Str
            "completion_tokens": pl.Int64, "latency_s": pl.Float64}
 MAX_JSON_BYTES = 64 * 2**20  # a results.json is scores and settings: far smaller
 MAX_LINE_BYTES = 16 * 2**20  # one sample: a prompt and an answer
+MAX_SAMPLES_BYTES = 2 * 2**30  # a night's largest samples.jsonl is tens of MB
 
 
 @dataclass
@@ -137,17 +138,18 @@ def _from_document(doc: dict, samples: list[dict], source: str) -> tuple[dict, l
 
 
 def _read_json(path: Path):
-    with path.open("rb") as handle:
-        raw = handle.read(MAX_JSON_BYTES + 1)
-    if len(raw) > MAX_JSON_BYTES:
-        raise ValueError(f"larger than {MAX_JSON_BYTES // 2**20} MiB")
-    return json.loads(raw)
+    """A JSON file of ours: a regular file, at most MAX_JSON_BYTES (a FIFO or a device is an OSError)."""
+    from evaluator.paths import read_regular
+
+    return json.loads(read_regular(path, MAX_JSON_BYTES))
 
 
 def _read_samples(path: Path, skipped: list[str]) -> list[dict]:
+    from evaluator.paths import open_regular
+
     out, bad = [], 0
     try:
-        with path.open("rb") as handle:
+        with open_regular(path, MAX_SAMPLES_BYTES) as handle:
             while line := handle.readline(MAX_LINE_BYTES):
                 if not line.endswith(b"\n") and len(line) == MAX_LINE_BYTES:
                     while (rest := handle.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):

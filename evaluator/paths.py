@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from pathlib import Path
+from typing import BinaryIO
 
 from evaluator.errors import InputError
 
@@ -51,6 +53,37 @@ def check_output_file(path: Path, inputs: list[Path | None], flag: str) -> Path:
     return path
 
 
+def open_regular(path: Path, limit: int | None = None) -> BinaryIO:
+    """`path` opened for binary reading if it is a regular file (a link is followed) of at most `limit` bytes;
+    anything else is an OSError saying what it is. Never blocks: the file is opened without waiting and
+    checked before a byte is read, so a FIFO (which blocks an ordinary open) or a device such as /dev/zero or
+    /dev/urandom (endless) is refused, not read."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(info.st_mode) else "a folder" if stat.S_ISDIR(info.st_mode)
+                    else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "not a file")
+            raise OSError(f"not a regular file: {kind}")
+        if limit is not None and info.st_size > limit:
+            raise OSError(f"{info.st_size:,} bytes, larger than the {limit:,} read here")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (`open_regular`); one that grows past it while
+    read is refused too."""
+    with open_regular(path, limit) as handle:
+        raw = handle.read(limit + 1)
+    if len(raw) > limit:
+        raise OSError(f"larger than the {limit:,} bytes read here")
+    return raw
+
+
 OUR_FILES = {"results.json", "samples.jsonl", "official"}
 
 
@@ -80,7 +113,7 @@ def check_output_folder(path: Path, inputs: list[Path | None], flag: str = "--ou
         present = {p.name for p in target.iterdir()}
         if present:
             try:
-                doc = json.loads((target / marker).read_text(encoding="utf-8"))
+                doc = json.loads(read_regular(target / marker, 64 * 2**20))
                 written_by_us = isinstance(doc, dict) and doc.get("format") == format_name
             except (OSError, ValueError):
                 written_by_us = False
@@ -194,8 +227,7 @@ def _flat_night_time(folder: Path) -> float:
     import json
 
     try:
-        with (folder / "summary.json").open("rb") as handle:
-            started = json.loads(handle.read(1 << 20))["started_at"]
+        started = json.loads(read_regular(folder / "summary.json", 1 << 20))["started_at"]
         when = datetime.datetime.fromisoformat(started).timestamp()
         if 0 < when < 2**33:  # a garbled year cannot name a folder
             return when
@@ -219,8 +251,7 @@ def night_of(path: Path) -> Path:
     marker = path / LATEST_FILE
     if marker.is_file() and not marker.is_symlink():
         try:
-            with marker.open("rb") as handle:
-                names.append(handle.read(256).decode("utf-8", "replace").strip())
+            names.append(read_regular(marker, 256).decode("utf-8", "replace").strip())
         except OSError:
             pass
     for name in names:

@@ -125,9 +125,9 @@ class VLLMServer:
     cpu_kv_cache_gib: int = 2
     process: subprocess.Popen | None = None
     startup_s: float = 0.0
-
     port_tries: int = 3  # a port we chose can be taken before vLLM binds it: start again on another
     _chose_port: bool = field(default=False, init=False, repr=False)
+
     @property
     def base_url(self) -> str:
         host = self.host if self.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
@@ -179,9 +179,9 @@ class VLLMServer:
     def start(self) -> None:
         if self.port is None or self._chose_port:
             self.port = free_port(self.host if self.host not in ("0.0.0.0", "::") else "127.0.0.1")
+            self._chose_port = True
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         guard = [sys.executable, str(Path(__file__).with_name("guard.py")), "--parent", str(os.getpid()),
-            self._chose_port = True
                  "--grace", str(self.grace), "--"]
         with self.log_path.open("ab") as log:
             log.write(f"$ {' '.join(self.command())}\n".encode())
@@ -191,19 +191,19 @@ class VLLMServer:
                                             start_new_session=True, preexec_fn=_terminate_with_parent)
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
         """Until /models lists this server's name: a 200 from whoever else holds the port is not ready."""
-            if self.process is None or self.process.poll() is not None:
+        deadline = time.monotonic() + self.startup_timeout
         tries = self.port_tries
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
                 code = None if self.process is None else self.process.returncode
-                raise ServerStartError(f"vLLM server for '{self.profile.name}' exited (code {code}) before it "
-                                       f"was ready; log {self.log_path}:\n{log_tail(self.log_path)}")
                 tries -= 1
                 if self.process is not None and self._chose_port and tries > 0 \
                         and "Address already in use" in log_tail(self.log_path, 10):
                     self.start()  # taken between our choice and vLLM's bind: another free port
                     continue
+                raise ServerStartError(f"vLLM server for '{self.profile.name}' exited (code {code}) before it "
+                                       f"was ready; log {self.log_path}:\n{log_tail(self.log_path)}")
             if _serves(f"{self.base_url}/models", self.profile.name):
                 return
             time.sleep(0.5)
@@ -249,9 +249,9 @@ def _serves(url: str, name: str) -> bool:
             listed = json.loads(response.read(1 << 20)).get("data") if response.status == 200 else None
     except (urllib.error.URLError, OSError, ValueError, AttributeError):
         return False
-
-
     return isinstance(listed, list) and any(isinstance(m, dict) and m.get("id") == name for m in listed)
+
+
 def _terminate_with_parent() -> None:
     """Linux: the guard gets SIGTERM if we die without stopping it (even by SIGKILL); it then stops the server."""
     try:

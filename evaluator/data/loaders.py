@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import csv
 import hashlib
+import io
 import json
 import math
 from collections import Counter
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from evaluator.errors import InputError
+from evaluator.paths import open_regular
 from evaluator.data.records import (
     TASK_TYPE_METRIC,
     TYPE_FOLDERS,
@@ -67,7 +69,7 @@ def content_sha256(root: Path, paths: list[Path]) -> str:
     for path in paths:
         name = path.relative_to(root).as_posix() if path != root else path.name
         digest.update(f"{name}\0{path.stat().st_size}\0".encode("utf-8", "surrogateescape"))
-        with path.open("rb") as handle:
+        with open_regular(path) as handle:
             while chunk := handle.read(1 << 20):
                 digest.update(chunk)
     return digest.hexdigest()
@@ -88,7 +90,7 @@ def load(path: str | Path, protocol: str = "skill") -> Dataset:
     try:
         digest = content_sha256(root, paths)
     except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", path=root) from None
+        raise InputError(f"cannot read: {exc.strerror or exc}", path=root) from None
     return Dataset(root=root, files=files, sha256=digest)
 
 
@@ -149,9 +151,9 @@ def json_lines(path: Path) -> Iterator[tuple[int, Any, str]]:
     """(line number, value, text) for each non-blank line of a JSON Lines file (a leading byte-order mark is
     allowed, as pandas allows it). Each line is decoded on its own, so bad UTF-8 is reported where it is."""
     try:
-        handle = path.open("rb")
+        handle = open_regular(path)
     except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", path=path) from None
+        raise InputError(f"cannot read: {exc.strerror or exc}", path=path) from None
     with handle:
         for line_no, raw in enumerate(handle, start=1):
             try:
@@ -240,10 +242,10 @@ def _load_multiple_choice(path: Path, skill_map: dict[str, str]) -> list[Questio
     task = _task_of(path)
     review = REVIEW_RATING in task
     questions = []
-    try:
-        handle = path.open(encoding="utf-8-sig", newline="")  # a leading byte-order mark, as pandas reads it
+    try:  # a leading byte-order mark, as pandas reads it
+        handle = io.TextIOWrapper(open_regular(path), encoding="utf-8-sig", newline="")
     except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", path=path) from None
+        raise InputError(f"cannot read: {exc.strerror or exc}", path=path) from None
     csv.field_size_limit(2**31 - 1)  # pandas, the official reader, takes fields of any length
     with handle:
         try:
