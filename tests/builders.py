@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import queue
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import polars as pl
@@ -100,3 +104,58 @@ def old_cache(folder: Path) -> None:
         "PRAGMA user_version = 1;")
     db.commit()
     db.close()
+
+
+SESSION_VAR = "SHOPPING_MMLU_TEST_SESSION"  # set once per pytest session by conftest; every child inherits it
+
+
+def our_processes(match) -> set[int]:
+    """Processes of this test session whose command line and /proc status `match(cmdline, status)` accepts.
+    Ours by the session tag in their environment, however reparented: another engineer's or another test run's
+    servers on a shared machine never count."""
+    tag = f"{SESSION_VAR}={os.environ[SESSION_VAR]}".encode()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if tag not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        if match(cmdline, status):
+            found.add(int(entry.name))
+    return found
+
+
+class Lines:
+    """A child's text stream, read line by line by a thread: `until` waits with a deadline (readline alone has
+    none, so one wedged child would hang the whole suite); `text` is everything read so far. The thread keeps
+    draining the pipe afterwards, so the child never blocks on a full one."""
+
+    def __init__(self, stream) -> None:
+        self.text, self.ended, self._lines = "", False, queue.Queue()
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream) -> None:
+        for line in iter(stream.readline, ""):
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def until(self, done, timeout_s: float) -> bool:
+        """Read until done(text so far); False at the end of the stream or past the deadline."""
+        deadline = time.monotonic() + timeout_s
+        while not done(self.text):
+            if self.ended:
+                return False
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return False
+            if line is None:
+                self.ended = True
+            else:
+                self.text += line
+        return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the internet
+os.environ.setdefault("SHOPPING_MMLU_TEST_SESSION", uuid.uuid4().hex)  # builders.our_processes: ours, by this tag
 KDD_DEV = ROOT.parent / "shared" / "data" / "kddcup24_development.jsonl"
 
 

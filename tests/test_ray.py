@@ -18,7 +18,7 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip ins
 from ray.cluster_utils import Cluster  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from builders import write_jsonl  # noqa: E402
+from builders import our_processes, write_jsonl  # noqa: E402
 from evaluator.cache.responses import ResponseCache  # noqa: E402
 from evaluator.runs import suite as suite_runner  # noqa: E402
 from servers.planner import synthetic_inventory  # noqa: E402
@@ -39,15 +39,8 @@ def stub_command(latency: str = "0.02"):
 
 
 def stub_processes() -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if b"openai_stub" in (entry / "cmdline").read_bytes():
-                    found.add(int(entry.name))
-            except OSError:
-                pass
-    return found
+    """This session's stub servers (never another test run's on a shared machine)."""
+    return our_processes(lambda cmdline, _status: "openai_stub" in cmdline)
 
 
 def no_stub_left(within_s: float = 30.0, before: frozenset[int] = frozenset()) -> bool:
