@@ -23,7 +23,7 @@ from rich.console import Console  # noqa: E402
 
 from benchmarks.stubs.batch_stub import BatchStub  # noqa: E402
 from benchmarks.stubs.openai_stub import Stub  # noqa: E402
-from builders import Lines, run_cli, write_jsonl  # noqa: E402
+from builders import run_cli, write_jsonl  # noqa: E402
 from evaluator.cache.responses import ResponseCache  # noqa: E402
 from evaluator.runs import runner  # noqa: E402
 from evaluator.runs import suite as suite_runner  # noqa: E402
@@ -101,13 +101,12 @@ def test_a_run_killed_while_polling_reattaches_and_never_resubmits(tmp_path, mon
                "SHOPPING_MMLU_PROFILES": str(profiles)}
         cmd = [sys.executable, "-m", "evaluator", *map(str, run_args("openai-model", data, cache))]
         first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        out = Lines(first.stdout)
-        assert out.until(lambda text: "submitted batch" in text, 120), out.text
-        polls = stub.retrieves
-        deadline = time.monotonic() + 120  # a hang guard: the kill waits for the run's first poll, an event
-        while stub.retrieves == polls and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert stub.retrieves > polls, out.text  # polling now
+        seen = ""
+        while "submitted batch" not in seen:
+            line = first.stdout.readline()
+            assert line, seen
+            seen += line
+        time.sleep(0.3)  # polling now
         first.send_signal(signal.SIGKILL)
         first.wait()
         assert stub.requests_submitted == N
@@ -293,3 +292,24 @@ def test_the_paper_suites_api_models_are_current_in_the_installed_sdks():
     for profile in api:
         assert profile.model in listed[profile.provider], profile.model
         assert profile.model not in deprecated and profile.model not in DEPRECATED_MODELS, profile.model
+
+
+def test_an_anthropic_batch_creation_answered_429_is_sent_again_after_its_retry_after(tmp_path, capsys,
+                                                                                       monkeypatch):
+    """Anthropic refuses a create for a rate limit (429 rate_limit_error, retry-after): no batch was made, so it
+    is asked again after the wait, and one batch is billed; a limit that lasts, or a wait past ten minutes,
+    stops the run with the reason, having made none."""
+    data = data_file(tmp_path)
+    with BatchStub(polls_to_end=2, limit_create=2) as stub:
+        profiles_file(tmp_path, monkeypatch, stub.base_url)
+        code, out, err = run_cli(run_args("anthropic-model", data, tmp_path / "c"), capsys, monkeypatch)
+        assert code == 0, out + err
+        assert stub.refused == 2 and len(stub.batches) == 1 and stub.requests_submitted == N
+    assert len(cached(tmp_path / "c")[0]) == N
+    for stub_args, reason in (({"limit_create": 100, "retry_after": "0"}, "rate_limit_error"),
+                              ({"limit_create": 1, "retry_after": "3600"}, "asks to wait 3,600 s")):
+        with BatchStub(**stub_args) as stub:
+            profiles_file(tmp_path, monkeypatch, stub.base_url)
+            code, out, err = run_cli(run_args("anthropic-model", data, tmp_path / "c2"), capsys, monkeypatch)
+            assert code != 0 and reason in out + err and not stub.batches
+            assert stub.refused == (6 if stub_args["limit_create"] == 100 else 1)  # bounded

@@ -11,6 +11,9 @@ the same question, so batch and live answers can be compared. Faults, per stub:
     poll_5xx         every n-th retrieve answers 500 first (the SDK retries it)
     unknown_id       the results carry one line with a custom id nobody asked for
     lose_create      the first n batch creations succeed but their reply is lost (the connection drops)
+    limit_create     the first n Anthropic batch creations are refused for a rate limit, as Anthropic answers one:
+                     429, `{"type": "error", "error": {"type": "rate_limit_error", ...}, "request_id": ...}`,
+                     a `retry-after` header in whole seconds (`retry_after`) and a `request-id` header
     results_gone     an ended batch's output files answer 404, as after OpenAI deletes them (~30 days)
     token_limit      OpenAI's enqueued-token limit per model: a batch that would pass it (with the batches still
                      open) fails in validation, `errors.data[0].code` "token_limit_exceeded" (tokens counted as
@@ -44,8 +47,10 @@ def _fraction(custom_id: str) -> float:
 class BatchStub(AiohttpServer):
     def __init__(self, polls_to_end: int = 3, expire_half: bool = False, error_share: float = 0.0,
                  poll_5xx: int = 0, unknown_id: bool = False, lose_create: int = 0, results_gone: bool = False,
-                 token_limit: int | None = None) -> None:
+                 token_limit: int | None = None, limit_create: int = 0, retry_after: str = "1") -> None:
         self.polls_to_end = polls_to_end
+        self.limit_create, self.retry_after = limit_create, retry_after
+        self.refused = 0  # creations answered 429
         self.token_limit = token_limit
         self.lose_create, self.results_gone = lose_create, results_gone
         self.expire_half, self.error_share, self.poll_5xx, self.unknown_id = expire_half, error_share, poll_5xx, unknown_id
@@ -239,6 +244,15 @@ class BatchStub(AiohttpServer):
         if not self._authorised(request):
             return web.json_response({"error": {"message": "no key"}}, status=401)
         payload = await request.json()
+        if self.limit_create > 0:  # refused: no batch is made
+            self.limit_create -= 1
+            self.refused += 1
+            request_id = f"req_stub{self.refused:020d}"
+            return web.json_response({"type": "error", "error": {
+                "type": "rate_limit_error",
+                "message": "Number of concurrent connections has exceeded your rate limit. Please try again later."},
+                "request_id": request_id}, status=429,
+                headers={"retry-after": self.retry_after, "request-id": request_id})
         batch_id = f"msgbatch_{next(self.ids)}"
         requests = []
         version = request.headers.get("anthropic-version", "")

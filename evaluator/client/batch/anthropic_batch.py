@@ -5,12 +5,13 @@ the `system` parameter, the user message the only message."""
 
 from __future__ import annotations
 
+import random
 import time
 from datetime import datetime
 from typing import Iterator
 
 from evaluator.client.batch import BatchRequest, BatchState, sdk
-from evaluator.client.http import MAX_TOKENS_FIELD, Reply
+from evaluator.client.http import MAX_TOKENS_FIELD, Reply, RetryPolicy, retry_after_seconds
 from evaluator.errors import InputError
 
 
@@ -23,6 +24,9 @@ def message_params() -> frozenset[str]:
 
 LOOK_BACK = 100  # newest batches searched for the one a lost reply made
 SKEW_S = 300.0  # the provider's clock may differ from ours by this much
+# A create answered 429 (rate_limit_error) is asked again after the provider's retry-after, else a backoff;
+# one that asks for longer than max_total_s is not waited for.
+RATE_LIMITED = RetryPolicy(max_attempts=6, max_total_s=600.0, base_delay_s=1.0, max_delay_s=60.0)
 
 
 class AnthropicBatches:
@@ -61,18 +65,31 @@ class AnthropicBatches:
         second, billed batch). When the reply is lost (no connection, a timeout, a 5xx) we look among the newest
         batches for the one it may have made: created since we sent it, holding exactly our number of requests,
         unknown to the cache and to this process. One such batch is taken (its results are matched by custom id,
-        so a stranger's batch would only answer nothing); several are not guessed between."""
+        so a stranger's batch would only answer nothing); several are not guessed between. A 429 is a refusal
+        (no batch was made): the create is sent again after the provider's `retry-after`, else a backoff."""
         anthropic = sdk("anthropic")
         lost = (anthropic.APIConnectionError, anthropic.InternalServerError)
         body = [{"custom_id": r.key, "params": self.params(r.body)} for r in requests]
         once = self.client.with_options(max_retries=0)
-        for attempt in range(1, self.creates + 1):
+        attempt = limited = 0
+        while attempt < self.creates:
             sent = time.time()
             try:
                 batch_id = once.messages.batches.create(requests=body).id
                 self.made.add(batch_id)
                 return batch_id
+            except anthropic.RateLimitError as exc:
+                limited += 1
+                after = retry_after_seconds(exc.response.headers.get("retry-after"))
+                if after is not None and after > RATE_LIMITED.max_total_s:
+                    raise RuntimeError(f"batch creation rate-limited: the provider asks to wait {after:,.0f} s; "
+                                       "rerun later") from None
+                if limited >= RATE_LIMITED.max_attempts:
+                    raise
+                time.sleep(RATE_LIMITED.delay(limited, after, random.Random()))
+                continue
             except lost:
+                attempt += 1
                 found = self._lost(len(requests), sent - SKEW_S, known | self.made)
                 if len(found) == 1:
                     self.made.add(found[0])
