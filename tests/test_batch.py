@@ -23,7 +23,7 @@ from rich.console import Console  # noqa: E402
 
 from benchmarks.stubs.batch_stub import BatchStub  # noqa: E402
 from benchmarks.stubs.openai_stub import Stub  # noqa: E402
-from builders import run_cli, write_jsonl  # noqa: E402
+from builders import Lines, run_cli, write_jsonl  # noqa: E402
 from evaluator.cache.responses import ResponseCache  # noqa: E402
 from evaluator.runs import runner  # noqa: E402
 from evaluator.runs import suite as suite_runner  # noqa: E402
@@ -101,12 +101,13 @@ def test_a_run_killed_while_polling_reattaches_and_never_resubmits(tmp_path, mon
                "SHOPPING_MMLU_PROFILES": str(profiles)}
         cmd = [sys.executable, "-m", "evaluator", *map(str, run_args("openai-model", data, cache))]
         first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        seen = ""
-        while "submitted batch" not in seen:
-            line = first.stdout.readline()
-            assert line, seen
-            seen += line
-        time.sleep(0.3)  # polling now
+        out = Lines(first.stdout)
+        assert out.until(lambda text: "submitted batch" in text, 120), out.text
+        polls = stub.retrieves
+        deadline = time.monotonic() + 120  # a hang guard: the kill waits for the run's first poll, an event
+        while stub.retrieves == polls and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert stub.retrieves > polls, out.text  # polling now
         first.send_signal(signal.SIGKILL)
         first.wait()
         assert stub.requests_submitted == N
