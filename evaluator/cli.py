@@ -194,7 +194,8 @@ def _breaker(consecutive: int, share: float, min_replies: int):
 
 @app.command("run")
 def run_command(
-    model: str = typer.Option(..., "--model", help="a profile name (see `models`), or any served model name "
+    model: str = typer.Option(..., "--model", help="a profile name (see `models`), a Hugging Face id (org/name: "
+                              "its profile, else a local vLLM model of that id), or any served model name "
                               "with --base-url"),
     data: Path = DATA,
     base_url: Optional[str] = typer.Option(None, "--base-url", help="an OpenAI-compatible endpoint (…/v1); "
@@ -240,7 +241,11 @@ def run_command(
     from servers.profiles import get_profile
 
     _outputs(json_out, output, [data], cache)
-    config = RunConfig(profile=get_profile(model, base_url), data=data, protocol=protocol, rendering=render,
+    profile = get_profile(model, base_url)
+    if profile.name != model:  # a hub id that a built-in profile serves
+        console.print(f"{escape(model)}: the built-in profile '{escape(profile.name)}' (`shopping-mmlu models`)",
+                      highlight=False)
+    config = RunConfig(profile=profile, data=data, protocol=protocol, rendering=render,
                        base_url=base_url, concurrency=concurrency, limit=limit, cache_dir=cache, refresh=refresh,
                        timeout_s=timeout, device=device.value, letter_choices=letter_choices,
                        task_specific_prompt=task_specific_prompt,
@@ -493,8 +498,10 @@ def inspect_command(
 
 @app.command("suite")
 def suite_command(
-    suite_file: Path = typer.Argument(..., help="a suite TOML (see servers/suites/)"),
+    suite_file: Optional[str] = typer.Argument(None, help="a suite TOML, or a built-in suite's name where no "
+                                               "such file exists (paper, demo, ...: see --list)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, requests, tokens and cost; send nothing"),
+    list_suites: bool = typer.Option(False, "--list", help="name the built-in suites, one line each, and exit"),
     gpus: Optional[int] = typer.Option(None, "--gpus", min=0, max=4096, help="plan for N GPUs instead of "
                                        "nvidia-smi's"),
     gpu_ids: Optional[str] = typer.Option(None, "--gpu-ids", help="use these GPUs, e.g. 0,1,2,3"),
@@ -518,8 +525,21 @@ def suite_command(
     from evaluator.runs import suite as suite_runner
     from evaluator.reports import suite as suite_report
     from evaluator.scoring.embeddings import default_cache_dir
-    from servers.suite import load_suite
+    from servers.suite import describe_suites, find_suite, load_suite
 
+    if list_suites:
+        from rich.table import Table
+
+        listing = Table.grid(padding=(0, 2))
+        listing.add_column(no_wrap=True)
+        listing.add_column()
+        for name, description in describe_suites():
+            listing.add_row(escape(name), escape(description))
+        console.print(listing)
+        return
+    if suite_file is None:
+        raise InputError("name a suite file or a built-in suite (`shopping-mmlu suite --list`)", field="SUITE_FILE")
+    suite_file = find_suite(suite_file)
     suite = suite_runner.fit_context(load_suite(suite_file), say=lambda line: err_console.print(escape(line),
                                                                                               highlight=False))
     if nodes is not None and not (dry_run and gpus and gpu_mem):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from datetime import date, datetime, timezone
 from importlib import resources
@@ -16,6 +17,8 @@ from evaluator.redact import register, strip_url_credentials
 
 Provider = Literal["vllm", "openai", "anthropic", "openai-compatible"]
 PROFILES_ENV = "SHOPPING_MMLU_PROFILES"  # an extra TOML file whose entries add to or override the built-in ones
+# A Hugging Face model id as the hub spells one: `org/name`, letters, digits, '-', '_' and '.', no '..'.
+HUB_ID = re.compile(r"(?!.*\.\.)[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}")
 
 
 # vLLM arguments that cannot change an answer: where it listens, what it logs, how it is named or guarded.
@@ -224,6 +227,8 @@ def get_profile(name: str, base_url: str | None = None, adhoc: bool = False,
     profiles = load_profiles()
     if name in profiles:
         return profiles[name]
+    if not base_url and not adhoc and is_hub_id(name):
+        return profiles.get(profile_for_hub_id(name, profiles) or "") or ModelProfile(name=name, model=name)
     if base_url or adhoc:
         try:
             return ModelProfile(name=name, model=name, provider="openai-compatible", api_base=base_url,
@@ -233,4 +238,16 @@ def get_profile(name: str, base_url: str | None = None, adhoc: bool = False,
             raise InputError(f"model name: {message}", field="--model") from None
     close = ", ".join(sorted(n for n in profiles if name.split("-")[0] in n)[:8]) or ", ".join(sorted(profiles)[:8])
     raise InputError(f"no model profile named '{name[:100]}' (some that exist: {close}); pass --base-url for a "
-                     "model served elsewhere")
+                     "model served elsewhere, or a Hugging Face id (org/name) for a local vLLM model")
+
+
+def is_hub_id(name: str) -> bool:
+    """`org/name` as the hub spells a model id (a local folder with such a name is not one)."""
+    return HUB_ID.fullmatch(name) is not None and not Path(name).exists()
+
+
+def profile_for_hub_id(model_id: str, profiles: dict[str, ModelProfile]) -> str | None:
+    """The name of the first profile serving this hub id on vLLM from the hub's weights (the hub spells ids
+    case-blind; the demo profile's weights are converted from a GGUF, so it is not one), else None."""
+    return next((name for name, p in profiles.items()
+                 if p.is_local and p.source == "hub" and p.model.lower() == model_id.lower()), None)

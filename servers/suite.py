@@ -20,6 +20,9 @@
     llama2-7b = {}                                    # a profile, as it is
     gpt-4o = { requests_per_minute = 300 }            # a profile with overrides
     my-7b = { model = "/models/my-7b", params_b = 7 } # inline: any profile field
+    "Qwen/Qwen1.5-0.5B-Chat" = {}                     # a Hugging Face id: the built-in profile serving it,
+                                                      # else a local vLLM model of that id (size and shape
+                                                      # from the hub: its file listing and config.json)
     far-70b = { provider = "openai-compatible", model = "far-70b", api_base = "http://node2:8000/v1" }
     far-70b-3shot = { provider = "openai-compatible", model = "far-70b", api_base = "...", shots = 3 }
 
@@ -28,6 +31,9 @@
                                            # driver's $SHOPPING_MMLU_VLLM_PYTHON, else each node's own)
 
 `shots`, `shot_seed`, `shot_pool` and `choice_probs` in a model's entry override the suite's for that model.
+An entry named like a built-in profile overrides only what it states; the dry run lists, per model, the
+settings it takes from the built-in profile without stating them. `description` in [suite] is the line
+`suite --list` shows; `suite NAME` finds a built-in suite (servers/suites/) where no file NAME exists.
 
 Every key is checked like a profile's: an unknown or misspelt key, or a value of the wrong type, is one line
 naming the file and the key.
@@ -43,13 +49,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evaluator.errors import InputError
 from evaluator.paths import beside
-from servers.profiles import ModelProfile, load_profiles, read_toml, validation_message
+from servers.profiles import (ModelProfile, is_hub_id, load_profiles, profile_for_hub_id, read_toml,
+                              validation_message)
 
 
 class SuiteHead(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str | None = Field(None, min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=300)  # one line, for `suite --list`
     data: str = Field(min_length=1)
     protocol: Literal["skill", "task"] = "skill"
     render: Literal["completion", "chat"] | None = None
@@ -103,6 +111,11 @@ class Suite:
     shot_pool: Path | None = None
     choice_probs: bool = False
     model_shots: dict[str, dict] = field(default_factory=dict)  # a model's own k-shot keys, by name
+    # By model name: the settings taken from a built-in profile without being stated (`inherited_settings`),
+    # and the key a model was written as where that was a hub id served by a built-in profile of another name.
+    inherited: dict[str, dict] = field(default_factory=dict)
+    written_as: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, str] = field(default_factory=dict)  # where a hub model's size came from (servers/hub_models)
     vllm_python: str | None = None  # [ray] vllm_python: vLLM's Python on the cluster's nodes
 
     def shot_settings(self, profile: ModelProfile) -> dict:
@@ -153,7 +166,9 @@ def load_suite(path: str | Path) -> Suite:
     _check_shots(suite_shots, path, "suite")
     model_shots: dict[str, dict] = {}
     profiles = load_profiles()
-    models = []
+    models: list[ModelProfile] = []
+    inherited: dict[str, dict] = {}
+    written_as: dict[str, str] = {}
     entries = raw.get("models", {})
     if not isinstance(entries, dict):
         raise InputError("expected a [models] table", path=path, field="models")
@@ -173,20 +188,33 @@ def load_suite(path: str | Path) -> Suite:
                 own["shot_pool"] = _pool(path, own["shot_pool"], f"models.{name}")
             _check_shots({**suite_shots, **own}, path, f"models.{name}")
             model_shots[name] = own
+        builtin = name if name in profiles else None
+        if builtin is None and is_hub_id(name) and not {"model", "provider", "source"} & set(entry):
+            builtin = profile_for_hub_id(name, profiles)
         try:
-            if name in profiles:
-                models.append(ModelProfile(**{**profiles[name].model_dump(), **entry, "name": name}))
-            else:
-                models.append(ModelProfile(name=name, **entry))
+            if builtin is not None:
+                profile = ModelProfile(**{**profiles[builtin].model_dump(), **entry, "name": builtin})
+                inherited[builtin] = inherited_settings(profiles[builtin], entry)
+            else:  # a hub id with no profile: a local vLLM model of that id
+                profile = ModelProfile(**{"name": name, **({"model": name} if is_hub_id(name) else {}), **entry})
         except ValidationError as exc:
             message, field = validation_message(exc)
             raise InputError(message, path=path, field=f"models.{name}.{field}") from None
         except TypeError as exc:  # e.g. `name` given twice
             raise InputError(str(exc), path=path, field=f"models.{name}") from None
+        if any(m.name == profile.name for m in models):
+            raise InputError(f"the same model as an entry before it (the built-in profile '{profile.name}')",
+                             path=path, field=f"models.{name}")
+        if profile.name != name:
+            written_as[profile.name] = name
+            if name in model_shots:
+                model_shots[profile.name] = model_shots.pop(name)
+        models.append(profile)
     if not models:
         raise InputError("the suite names no models", path=path, field="models")
     return Suite(name=head.name or path.stem, data=data, protocol=head.protocol, render=head.render,
-                 concurrency=head.concurrency, models=models, letter_choices=head.letter_choices,
+                 concurrency=head.concurrency, models=models, inherited=inherited, written_as=written_as,
+                 letter_choices=head.letter_choices,
                  task_specific_prompt=head.task_specific_prompt,
                  embedding_model=_local_or_hub(path, head.embedding_model),
                  multilingual_model=_local_or_hub(path, head.multilingual_model), model_shots=model_shots,
@@ -216,3 +244,52 @@ def _check_shots(settings: dict, suite_file: Path, where: str) -> None:
     if not settings["shots"] and (settings["shot_seed"] or settings["shot_pool"] is not None):
         raise InputError("shot_seed and shot_pool choose the examples of a k-shot prompt: set shots too",
                          path=suite_file, field=f"{where}.shots")
+
+
+# What a dry run shows of a built-in profile's settings an entry did not state: how the model is asked
+# (rendering, reasoning and its budget, rate limits, batching, context, serving), and where the entry
+# overrides anything, which model and endpoint it still reaches.
+ASKED = ("rendering", "reasoning", "reasoning_effort", "reasoning_budget", "requests_per_minute", "concurrency",
+         "batch", "number_only", "max_model_len", "dtype", "revision", "tensor_parallel_size",
+         "pipeline_parallel_size", "gpu_memory_utilization", "extra_args", "replicas")
+REACHED = ("provider", "model", "api_base", "api_key_env")
+
+
+def inherited_settings(builtin: ModelProfile, entry: dict) -> dict:
+    """The settings an entry takes from the built-in profile of its name without stating them (those that
+    differ from a new profile's defaults), so the dry run can show them."""
+    keys = ASKED + (REACHED if entry else ())
+    fields = ModelProfile.model_fields
+    return {k: getattr(builtin, k) for k in keys if k not in entry and getattr(builtin, k) != fields[k].default}
+
+
+def builtin_suites() -> dict[str, Path]:
+    """The suites shipped in servers/suites/, by name (the file's stem)."""
+    from importlib import resources
+
+    folder = Path(str(resources.files("servers") / "suites"))
+    return {p.stem: p for p in sorted(folder.glob("*.toml"), key=lambda p: p.stem)}
+
+
+def find_suite(given: str) -> Path:
+    """A suite file as typed (`~` expanded, relative to the working folder), else (a bare name, no such file
+    here) the built-in suite of that name."""
+    path = Path(given).expanduser().absolute()
+    if path.exists() or "/" in given or given.startswith("~"):
+        return path
+    builtin = builtin_suites()
+    found = builtin.get(path.stem if path.suffix == ".toml" else given)
+    if found is None:
+        raise InputError(f"no such suite file, nor a built-in suite of that name (built-in: {', '.join(builtin)}; "
+                         "`shopping-mmlu suite --list`)", path=path)
+    return found
+
+
+def describe_suites() -> list[tuple[str, str]]:
+    """(name, its one-line description) of each built-in suite."""
+    out = []
+    for name, path in builtin_suites().items():
+        head = read_toml(path).get("suite", {})
+        text = head.get("description") if isinstance(head, dict) else None
+        out.append((name, text if isinstance(text, str) else ""))
+    return out

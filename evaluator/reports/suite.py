@@ -36,7 +36,9 @@ def plan_records(suite: Suite, gpus: list[Gpu]) -> list[dict]:
         record = {"name": model.name, "model": model.model, "provider": model.provider, "params_b": model.params_b,
                   "dtype": model.dtype, "tp": None, "pp": model.pipeline_parallel_size, "gpus": [], "node": None,
                   "memory_gib": None, "max_model_len": model.max_model_len, "kv_cache_gib": None,
-                  "kv_shape_from": None, "planned_start_s": None, "placed": None}
+                  "kv_shape_from": None, "planned_start_s": None, "placed": None,
+                  "written_as": suite.written_as.get(model.name), "from_profile": suite.inherited.get(model.name),
+                  "size_from": suite.sizes.get(model.name)}
         if model.is_local:
             shape = model_shape(model)
             place = placed.get(model.name)
@@ -107,6 +109,7 @@ def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console) -> None:
         table.add_row(row[0], escape(model.name), row[1], row[2], row[3], row[4],
                       f"{_short(tokens_in)}/{_short(tokens_out)}", cost)
     console.print(table)
+    print_origins(suite, console)
     if unknown and plan is not None:  # without GPUs nothing is reserved: the KV cache plans nothing
         console.print(f"KV cache unknown for {len(unknown)} local model(s) ({escape(', '.join(unknown[:4]))}"
                       f"{', ...' if len(unknown) > 4 else ''}): planned with 2 GiB of KV and their own context "
@@ -120,6 +123,41 @@ def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console) -> None:
     console.print(f"API cost ceiling: ${total_cost:,.2f}{missing} (b: at the batch rate; input tokens estimated at "
                   f"{CHARS_PER_TOKEN:g} characters each; output at the token budgets). Nothing was sent.",
                   highlight=False)
+
+
+def _value(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def print_origins(suite: Suite, console: Console) -> None:
+    """Where each model's settings come from, so nothing is inherited unseen: per model, the settings taken
+    from a built-in profile without being stated in the suite (and the hub id it was written as), and for a
+    hub id without a profile, where its size comes from; one line for the sizes nobody knows."""
+    lines = Table.grid(padding=(0, 1))
+    lines.add_column(overflow="fold", max_width=30)
+    lines.add_column(ratio=1)
+    for model in suite.models:
+        written = suite.written_as.get(model.name)
+        name = escape(model.name) + (f" ({escape(written)})" if written else "")
+        taken = suite.inherited.get(model.name)
+        if taken:
+            lines.add_row(f"  {name}", "from the built-in profile: "
+                          + ", ".join(f"{k} {escape(_value(v))}" for k, v in taken.items()))
+        elif written:
+            lines.add_row(f"  {name}", "the built-in profile of that hub id, as it is")
+        if model.name in suite.sizes and model.params_b is not None:
+            lines.add_row(f"  {name}", f"no profile: a local vLLM model of that hub id; {model.params_b:g}B from "
+                          f"{escape(suite.sizes[model.name])}")
+    if lines.row_count:
+        console.print("Settings not stated in the suite:", highlight=False)
+        console.print(lines, highlight=False)
+    unknown = [m.name for m in suite.models if m.name in suite.sizes and m.params_b is None]
+    if unknown:
+        console.print(f"Size unknown for {len(unknown)} model(s) ({escape(', '.join(unknown[:4]))}"
+                      f"{', ...' if len(unknown) > 4 else ''}): planned as 7B; state params_b in the entry "
+                      f"({escape(suite.sizes[unknown[0]].removeprefix('size unknown: '))}).", highlight=False)
 
 
 def _gpus(ids: list[int], gpus: list[Gpu], show_nodes: bool) -> str:

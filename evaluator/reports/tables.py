@@ -167,18 +167,20 @@ def print_profiles(profiles: dict, fmt: str, console: Console) -> None:
             for row in frame.iter_rows():
                 print("| " + " | ".join("-" if v is None else str(v) for v in row) + " |")
         return
-    table = _table(f"{len(rows)} model profiles (add your own with $SHOPPING_MMLU_PROFILES)")
-    for column in ("name", "source", "size", "render", "$/M in/out"):
-        table.add_column(column, no_wrap=column in ("size", "render", "$/M in/out"))
+    table = _table(f"{len(rows)} model profiles (add your own with $SHOPPING_MMLU_PROFILES); size: parameters, "
+                   "price: USD per million tokens in/out")
+    for column in ("name", "hub id, or API: model", "size/price", "render"):
+        table.add_column(column, no_wrap=True)  # a short name and a hub id whole, to type or copy
     for p in profiles.values():
         source = p.model if p.is_local else f"{p.provider}: {p.model}"
         if endpoint(p):
             source += f"\n{endpoint(p)}"
-        size = f"{p.params_b:g}B" if p.params_b else "-"
-        if p.tensor_parallel_size > 1:
-            size += f" tp{p.tensor_parallel_size}"
-        prices = "-" if p.price_input is None else f"{p.price_input:g}/{p.price_output:g}"
-        table.add_row(Name(p.name), Name(source), size, p.rendering, prices)
+        if p.is_local:
+            size = (f"{p.params_b:g}B" if p.params_b else "-") + (f" tp{p.tensor_parallel_size}"
+                                                                 if p.tensor_parallel_size > 1 else "")
+        else:
+            size = "-" if p.price_input is None else f"${p.price_input:g}/{p.price_output:g}"
+        table.add_row(escape(p.name), escape(source), size, p.rendering)
     console.print(table)
 
 

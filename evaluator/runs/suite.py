@@ -164,6 +164,8 @@ def fit_context(suite: Suite, say: Callable[[str], None] | None = None) -> Suite
     shapes not known here are fetched from the hub first (their config.json only); `say` hears why not."""
     import dataclasses
 
+    from servers.hub_models import size_suite
+
     from servers.model_config import fetch_configs, fitted_length
 
     missing = fetch_configs([m for m in suite.models if m.is_local])
@@ -172,6 +174,7 @@ def fit_context(suite: Suite, say: Callable[[str], None] | None = None) -> Suite
         say(f"config.json not fetched for {len(missing)} model(s) ({', '.join(sorted(missing)[:4])}"
             f"{', ...' if len(missing) > 4 else ''}): {reasons[0]}" + (f" (and {len(reasons) - 1} other reason(s))"
                                                                       if len(reasons) > 1 else ""))
+    suite = size_suite(suite)  # a model named by its hub id alone: its size from the hub's file listing
     local = [m for m in suite.models if m.is_local and m.max_model_len is None]
     if not local:
         return suite
