@@ -281,6 +281,25 @@ def estimated_eval_s(profile: ModelProfile, tp: int, requests: int = 20_799) -> 
     return 60.0 + 290.0 * (params / 7.0) / tp ** 0.85 * requests / 20_799
 
 
+# vLLM-CPU as measured (benchmarks/RESULTS.md, 2026-11-27/28): SmolLM2-135M-Instruct, bfloat16, 2 cores, 64 in
+# flight, answered the 96 development questions in 9.13 s (10.5 req/s) and their 52 one-token multiple-choice
+# ones at 23.2 q/s; solved for seconds per estimated input token (4 characters) and per output-budget token.
+CPU_MEASURED_B, CPU_S_PER_TOKEN_IN, CPU_S_PER_TOKEN_OUT = 0.135, 2.9e-4, 8.6e-4
+CPU_STARTUP_S = 75.0  # the same model's vLLM-CPU start-up, cold (73.6 s measured)
+NIGHT_S = 10 * 3600.0
+
+
+def estimated_cpu_s(profile: ModelProfile, tokens_in: int, tokens_out: int) -> float | None:
+    """A rough time for one model on vLLM-CPU (one after another, on a machine like the one measured): the
+    measured small model's cost per token scaled by parameters (each step reads every weight), plus start-up
+    and loading the weights; None where the model's size is unknown."""
+    if not profile.params_b:
+        return None
+    tokens_s = tokens_in * CPU_S_PER_TOKEN_IN + tokens_out * CPU_S_PER_TOKEN_OUT
+    return CPU_STARTUP_S + 0.5 * profile.params_b * DTYPE_BYTES.get(profile.dtype, 2) + \
+        tokens_s * profile.params_b / CPU_MEASURED_B
+
+
 def plan_node(profiles: list[ModelProfile], gpus: list[Gpu], requests: int = 20_799) -> Schedule:
     """The shortest of the schedules the placement priorities give, with the stated time estimates (what
     --dry-run shows and the runner follows). Simulating is cheap, so trying each beats guessing one."""

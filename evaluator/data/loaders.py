@@ -79,7 +79,7 @@ def load(path: str | Path, protocol: str = "skill") -> Dataset:
     """Load a skill file, a task file, or a data.zip folder (skills/ for `skill`, type folders for `task`)."""
     root = Path(path)
     if not root.exists():
-        raise InputError("no such file or folder", path=root)
+        raise InputError(_missing(root), path=root)
     if root.is_dir():
         paths = data_files(root, protocol)
         files = [_load_file(p, skill_map=_skill_map(root)) for p in paths]
@@ -114,6 +114,23 @@ def data_files(root: Path, protocol: str) -> list[Path]:
                          "{retrieval,ranking,named_entity_recognition,generation}/*_dataset.json (the data.zip "
                          "layout) or *.json(l) skill files", path=root)
     return found
+
+
+def _missing(path: Path) -> str:
+    """Why data is not there, and where it is (or would sit in) the data.zip layout, the exact command that
+    puts it there."""
+    import shlex
+
+    file = path.suffix in (".json", ".jsonl", ".csv")
+    root = _data_root_of(path) if file else path
+    if (file and root == path.parent) or root.exists():  # a file of the user's own, or one missing from a layout
+        return "no such file or folder"
+    try:
+        shown = root.absolute().relative_to(Path.cwd())
+    except ValueError:
+        shown = root.absolute()
+    return (f"no such file or folder: `shopping-mmlu data download --dest {shlex.quote(str(shown))}` puts the "
+            "official data there")
 
 
 def _data_root_of(file: Path) -> Path:

@@ -3,13 +3,15 @@ columns."""
 
 from __future__ import annotations
 
+import itertools
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table, box
 
 from evaluator.runs.suite import Outcome, request_estimates
 from servers.model_config import model_shape
-from servers.planner import Gpu, plan_node
+from servers.planner import NIGHT_S, Gpu, estimated_cpu_s, plan_node
 from servers.suite import Suite
 
 CHARS_PER_TOKEN = 4.0
@@ -66,9 +68,10 @@ def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console) -> None:
     order = {name: i + 1 for i, name in enumerate(placements)}
     nodes = len({g.node for g in gpus})
     where = ((f"{nodes} nodes × " if nodes > 1 else "") + f"{len(gpus) // max(nodes, 1)} GPU(s) × "
-             f"{gpus[0].memory_gib:.0f} GiB" if gpus else "no GPU: local models on CPU, one after another")
+             f"{gpus[0].memory_gib:.0f} GiB; " if gpus else "no GPU: local models on CPU, one after another; "
+             if local else "")
     console.print(f"Suite '{escape(suite.name)}': {len(suite.models)} models, {suite.protocol}-wise, "
-                  f"{requests_each:,} requests each; {where}; data {escape(str(suite.data))}", highlight=False)
+                  f"{requests_each:,} requests each; {where}data {escape(str(suite.data))}", highlight=False)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=0)
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("model", overflow="fold", ratio=1, min_width=10)
@@ -99,7 +102,8 @@ def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console) -> None:
             elif unplaced:
                 row = ["-", f"{params} {unplaced.memory_gib:.0f}G", "no fit", "-"]
             else:
-                row = ["-", params, "CPU", "-"]
+                cpu_s = estimated_cpu_s(model, tokens_in, tokens_out)
+                row = ["-", params, "CPU" + (f" ~{_hours(cpu_s)}" if cpu_s else " ?"), "-"]
         else:
             row = ["-", "-", model.provider + (" batch" if model.batch else ""), "now"]
         if model.is_local:
@@ -115,6 +119,8 @@ def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console) -> None:
                       f"{', ...' if len(unknown) > 4 else ''}): planned with 2 GiB of KV and their own context "
                       "(ctx ?); put their config.json in the Hugging Face cache, or state num_layers, "
                       "num_kv_heads, head_dim and context_len in the profile.", highlight=False)
+    if local and not gpus:
+        _cpu_note(local, estimates, console)
     if plan is not None:
         console.print(f"Estimated wall time {plan.wall_s / 3600:.2f} h for the local models (one after another: "
                       f"{plan.sequential_s / 3600:.2f} h); GPU busy {plan.gpu_busy_fraction:.0%}", highlight=False)
@@ -158,6 +164,37 @@ def print_origins(suite: Suite, console: Console) -> None:
         console.print(f"Size unknown for {len(unknown)} model(s) ({escape(', '.join(unknown[:4]))}"
                       f"{', ...' if len(unknown) > 4 else ''}): planned as 7B; state params_b in the entry "
                       f"({escape(suite.sizes[unknown[0]].removeprefix('size unknown: '))}).", highlight=False)
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 60:.0f}m" if seconds < 3600 else f"{seconds / 3600:,.{1 if seconds < 36_000 else 0}f}h"
+
+
+def _cpu_note(local: list, estimates: dict, console: Console) -> None:
+    """No GPU: each local model's rough vLLM-CPU time (the table's CPU ~Nh), their sum, and a warning
+    naming the models that would not finish in a night."""
+    times = {m.name: estimated_cpu_s(m, *estimates[m.name][1:]) for m in local}
+    known = {name: s for name, s in times.items() if s is not None}
+    unknown = sorted(set(times) - set(known))
+    console.print(f"No GPU: the {len(local)} local model(s) run one after another on vLLM-CPU, about "
+                  f"{_hours(sum(known.values()))} in all" + (f" ({len(unknown)} of unknown size: "
+                                                            f"{escape(', '.join(unknown[:4]))}"
+                                                            f"{', ...' if len(unknown) > 4 else ''})"
+                                                            if unknown else "")
+                  + ". A rough estimate: SmolLM2-135M as measured on 2 CPU cores (10.5 req/s at 64 in flight), "
+                  "scaled by parameters and tokens.", highlight=False)
+    alone = [f"{escape(name)} ~{_hours(s)}" for name, s in sorted(known.items(), key=lambda kv: -kv[1])
+             if s > NIGHT_S]
+    ends = list(itertools.accumulate(known.values()))
+    after = [name for name, end in zip(known, ends) if end > NIGHT_S]
+    if alone or after:
+        night = f"{NIGHT_S / 3600:.0f} h"
+        console.print("[yellow]warning:[/] on vLLM-CPU, " + "; ".join(
+            ([f"{len(alone)} model(s) take more than a night ({night}) alone: {', '.join(alone[:6])}"
+              + (f" and {len(alone) - 6} more" if len(alone) > 6 else "")] if alone else [])
+            + ([f"one after another, {len(after)} of {len(known)} end past {night} (from "
+                f"{escape(after[0])} on)"] if after else []))
+            + ". Give them a GPU (--gpus, --ray) or an endpoint of their own (api_base).", highlight=False)
 
 
 def _gpus(ids: list[int], gpus: list[Gpu], show_nodes: bool) -> str:

