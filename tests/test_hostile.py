@@ -38,7 +38,8 @@ def one(action: str, policy: RetryPolicy = FAST, key: str | None = None) -> Repl
     ("surrogate", False, "malformed"), ("huge_tokens", True, None), ("deep", False, "malformed"),
     ("long_int", True, None), ("wrong_types", True, None), ("null_text", False, "empty"),
     ("error_200", False, "api_error"), ("endless", False, "oversized"), ("oversized", False, "oversized"),
-    ("echo_key", False, "http_error"), ("garbage_retry_after", False, "rate_limited"),
+    ("echo_key", False, "http_error"), ("echo_key_bare", False, "http_error"),
+    ("echo_key_masked", False, "http_error"), ("garbage_retry_after", False, "rate_limited"),
     ("huge_retry_after", False, "rate_limited"), ("zero_retry_after", False, "rate_limited"),
 ])
 def test_every_hostile_reply_ends_as_an_answer_or_an_error(action, ok, kind):
@@ -378,3 +379,66 @@ def test_credentials_inside_a_url_are_sent_as_auth_and_never_stored(tmp_path, ca
     assert code == 0, out + err
     written = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
     assert secret.encode() not in written and secret not in out + err and "[red]" not in err
+
+
+def test_a_key_echoed_by_a_401_never_leaves_the_process_on_any_run(tmp_path):
+    """Issue 27.8: a server that answers 401 with our key in its message (the Authorization header, or OpenAI's
+    shape with the key bare): on a rerun the breaker's reason carried the key to the terminal, the --json and
+    the cache. Every reason we print or store is redacted, on every path, for a key whose variable's name says
+    nothing; OpenAI's masked form is kept as it is."""
+    key = "acme-live-Zq7Kp2Xw9Lm4Rt8Vn1Bc6Yd3Hf5Gj0Ss"
+    masked = key[:6] + "*" * (len(key) - 10) + key[-4:]
+    write_jsonl(tmp_path / "d.json", [{"input_field": f"Q{i}?", "output_field": i % 4, "task_name": "t",
+                                       "task_type": "multiple-choice", "metric": "accuracy"} for i in range(40)])
+    sent = {"n": 0}
+
+    def plan(_digest: str, _attempt: int) -> str:  # four answers, then the key echoed in three shapes
+        sent["n"] += 1
+        return "ok" if sent["n"] <= 4 else ("echo_key", "echo_key_bare", "echo_key_masked")[sent["n"] % 3]
+
+    outputs = []
+    with Stub(plan) as stub:
+        (tmp_path / "profiles.toml").write_text(
+            f'[models.acme]\nprovider = "openai-compatible"\nmodel = "acme-1"\napi_base = "{stub.base_url}"\n'
+            'api_key_env = "ACME_AUTH"\n', encoding="utf-8")
+        env = {**ENV, "ACME_AUTH": key, "SHOPPING_MMLU_PROFILES": "profiles.toml"}
+        env.pop("OPENAI_API_KEY", None)
+        base = [sys.executable, "-m", "evaluator", "run", "--model", "acme", "--data", "d.json", "--cache", "cache",
+                "--concurrency", "1"]
+        for n, extra in enumerate([[], [], ["--no-preflight"]]):  # breaker; pre-flight on a rerun; breaker again
+            done = subprocess.run([*base, "--json", f"run{n}.json", *extra], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=300)
+            assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]  # failed, with a reason
+            outputs += [done.stdout, done.stderr]
+        for command in (["report", "--cache", "cache"], ["report", "--cache", "cache", "--format", "json"]):
+            done = subprocess.run([sys.executable, "-m", "evaluator", *command], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=300)
+            outputs += [done.stdout, done.stderr]
+        assert set(stub.authorizations) == {f"Bearer {key}"}
+    reasons = [json.loads((tmp_path / f"run{n}.json").read_text())["reason"] for n in range(3)]
+    assert all("401" in r for r in reasons), reasons
+    written = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != "profiles.toml")
+    shown = "".join(outputs)
+    for piece in (key, key[:16], key[-16:], key[8:24]):  # whole, or any piece a slice could leave
+        assert piece.encode() not in written and piece not in shown, piece
+    db = ResponseCache(tmp_path / "cache" / "responses")
+    messages = [m for (m,) in db.db.execute("SELECT message FROM errors").fetchall()]
+    db.close()
+    assert any(masked in m for m in messages) and any("Bearer [redacted]" in m for m in messages)
+
+
+def test_redact_finds_a_key_in_every_form_a_server_or_a_slice_leaves():
+    from evaluator.client.batch.openai_batch import _result
+    from evaluator.redact import MARK, redact, register
+
+    key = "Bearer acme/test-Zq7Kp2Xw9Lm4Rt8Vn1Bc6Yd3"
+    register(key)  # a variable that held the header's whole value
+    bare = key.removeprefix("Bearer ")
+    masked = bare[:6] + "***" + bare[-4:]
+    for text in (f"invalid {key}", f"Incorrect API key provided: {bare}.", '{"m": "%s"}' % bare.replace("/", "\\/"),
+                 ("x" * 480 + f" {bare} more")[:500], (f"{bare} and more")[-len(bare) + 5:]):
+        assert bare[5:20] not in redact(text) and MARK in redact(text), text
+    assert redact(f"Incorrect API key provided: {masked}.") == f"Incorrect API key provided: {masked}."
+    line = json.dumps({"custom_id": "k", "error": {"message": "y" * 480 + f" {bare}"}}).encode()
+    [(_, reply)] = list(_result(line, chat=True))
+    assert bare[:12] not in redact(reply.message)  # a batch error cut at 500 characters mid-key

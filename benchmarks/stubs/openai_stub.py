@@ -9,7 +9,8 @@ It answers `/v1/completions` and `/v1/chat/completions` with a deterministic tex
 and, for the hostile-server tests, replies a client must survive (HOSTILE): a lone surrogate in the text,
 token counts too large for SQLite, a body nested very deeply, a 5,000-digit integer, fields of the wrong
 type, `text: null`, a 200 carrying an error object, an endless body, a body larger than any answer, a 401
-that echoes the key, and 429s whose Retry-After is garbage, huge or zero.
+that echoes the key (the Authorization header; OpenAI's shape with the key bare or masked), and 429s whose
+Retry-After is garbage, huge or zero.
 
 With `logprobs` (body -> {token: log-probability} of the first token), a request that asks for them gets them
 as OpenAI shapes them: completions `logprobs: N` (at most 5) -> `choices[0].logprobs` with `tokens`,
@@ -39,7 +40,8 @@ from benchmarks.stubs.threaded import ThreadedServer
 
 FAULTS = ("429", "500", "502", "503", "400", "stall", "reset", "malformed", "empty")
 HOSTILE = ("surrogate", "huge_tokens", "deep", "long_int", "wrong_types", "null_text", "error_200", "endless",
-           "oversized", "echo_key", "garbage_retry_after", "huge_retry_after", "zero_retry_after")
+           "oversized", "echo_key", "echo_key_bare", "echo_key_masked", "garbage_retry_after", "huge_retry_after",
+           "zero_retry_after")
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
            429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
 
@@ -221,6 +223,14 @@ class Stub(ThreadedServer):
             await self._respond(writer, 200, completion('"' + "y" * (8 * 2**20) + '"'))
         elif action == "echo_key":
             echoed = json.dumps({"error": {"message": f"invalid key {headers.get('authorization', '')}"}})
+            await self._respond(writer, 401, echoed.encode())
+        elif action in ("echo_key_bare", "echo_key_masked"):  # OpenAI's 401 shape: the key bare, or masked
+            key = headers.get("authorization", "").removeprefix("Bearer ")
+            shown = key if action == "echo_key_bare" else key[:6] + "*" * max(len(key) - 10, 0) + key[-4:]
+            echoed = json.dumps({"error": {"message": f"Incorrect API key provided: {shown}. You can find your API "
+                                                      "key at https://platform.openai.com/account/api-keys.",
+                                           "type": "invalid_request_error", "param": None,
+                                           "code": "invalid_api_key"}})
             await self._respond(writer, 401, echoed.encode())
         else:
             after = {"garbage_retry_after": "soon, maybe", "huge_retry_after": "99999999",

@@ -464,6 +464,9 @@ class ResponseCache:
         record that was kept instead (None when this one was saved). Either way the saved record's answering
         sessions (`details.answered_by`: which runs sent the answers, when, to what server) are kept with
         this one's, so a run scored from the cache still says what answered it."""
+        if record.get("reason"):  # a reason may quote a server that echoed our key
+            record = {**record, "reason": redact(record["reason"])}
+
         def write(db: sqlite3.Connection) -> dict | None:
             row = db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE key = ?", (record["key"],)).fetchone()
             details = record["details"]

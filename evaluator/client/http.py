@@ -25,6 +25,8 @@ from typing import Awaitable, Callable, Iterable
 
 import aiohttp
 
+from evaluator.redact import redact
+
 MAX_REPLY_BYTES = 2**20  # a 128-token answer is a few KiB; anything near this is not an answer
 MAX_TOKENS_FIELD = 2**31 - 1  # usage counts above this are not token counts
 
@@ -364,7 +366,7 @@ async def request(session: aiohttp.ClientSession, endpoint: Endpoint, body: dict
                     message += (f" (the server asked to retry after {fault.retry_after:,.0f} s, past the "
                                 f"{policy.max_total_s:,.0f} s this request may take)")
                 return Reply(False, attempt, elapsed, error_kind=fault.kind, status=fault.status,
-                             message=message)
+                             message=redact(message))  # a server may echo our key: every path downstream
             await asyncio.sleep(wait)
 
 

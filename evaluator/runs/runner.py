@@ -784,8 +784,9 @@ def _result(run: Answered, scores: Scores, rows: pl.DataFrame, tasks: list[dict]
     errors = int(sum(t["errors"] for t in tasks))
     unscored = int(sum(t["unscored"] for t in tasks))
     status = _status(sending.stopped, errors, unscored, len(run.questions))
-    reason = sending.stopped or (f"no question answered ({errors} errors)" if status == "failed" else
-                                 _why_incomplete(rows, scores) if status == "incomplete" else None)
+    reason = redact(sending.stopped) if sending.stopped else (  # the breaker's reason quotes a reply
+        f"no question answered ({errors} errors)" if status == "failed" else
+        _why_incomplete(rows, scores) if status == "incomplete" else None)
     result = RunResult(
         config=config, dataset=run.dataset, questions=run.questions, planned=run.planned, scores=scores, rows=rows,
         tasks=tasks, status=status, reason=reason, sent=sending.sent, cached=run.cached, errors=errors,
