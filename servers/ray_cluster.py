@@ -128,7 +128,12 @@ class ServerActor:
         if spec.multi_node:
             profile = profile.model_copy(update={"extra_args": [*profile.extra_args,
                                                                 "--distributed-executor-backend", "ray"]})
-        server = VLLMServer(profile, spec.weights, log, device=spec.device, host=ip, gpu_ids=gpu_ids,
+        weights = spec.weights
+        if profile.source == "hub" and weights == profile.model and self.command is None:
+            from servers.weights import ensure_weights
+
+            weights = ensure_weights(profile, log)  # on this node, before the start-up limit runs
+        server = VLLMServer(profile, weights, log, device=spec.device, host=ip, gpu_ids=gpu_ids,
                             startup_timeout=1800.0)
         if self.command is not None:  # another OpenAI-compatible server in vLLM's place (tests, other engines)
             server.command = lambda: self.command(server)

@@ -42,6 +42,7 @@ from evaluator.scoring.embeddings import Embedder, EmbeddingConfig, default_cach
 from servers import demo_model
 from servers.profiles import ModelProfile
 from servers.vllm_server import ServerStartError, VLLMServer, cpu_dtype
+from servers.weights import ensure_weights
 
 MIN_FREE_BYTES = 64 * 2**20  # below this the cache cannot keep a night of answers: do not buy any
 
@@ -411,6 +412,8 @@ def start_server(profile: ModelProfile, cache_folder: Path, console: Console, po
     weights = (str(demo_model.ensure_demo_model(cache_folder, say=console.print)) if profile.source == "demo"
                else profile.model)
     log = cache_folder / "logs" / f"{safe_name(profile.name)}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    if profile.source == "hub":  # a first download must not count against the start-up limit
+        weights = ensure_weights(profile, log, say=lambda line: console.print(line, markup=False, highlight=False))
     server = VLLMServer(profile, weights, log, device=device, port=port, gpu_ids=gpu_ids, host=host,
                         compile_cache=cache_folder / "vllm-compile")
     console.print(f"Starting vLLM ({server.resolved_device()}, {server.dtype()}) for '{profile.name}'; log {log}")
