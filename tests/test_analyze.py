@@ -190,6 +190,7 @@ def test_the_markdown_leaderboard_pastes_into_a_paper(tmp_path, capsys, monkeypa
     assert "- gone-2b (failed): 0/96 answered" in out
 
 
+@pytest.mark.browser
 def test_the_html_report_has_an_analysis_section(tmp_path, capsys, monkeypatch):
     """The report's analyses (after the page's scripts ran, in headless Chromium): the skill correlations,
     the scaling slope and the base → tuned delta of the same night as `analyze`, the failed model named."""

@@ -18,8 +18,9 @@ from benchmarks.stubs.openai_stub import Stub
 from builders import write_jsonl
 from evaluator.reports.screenshot import chromium, measure, overflow, screenshot
 
-pytestmark = pytest.mark.skipif(chromium() is None, reason="no Chromium here (Debian: apt-get install chromium); "
-                                                           "the HTML report is looked at in a real browser where it is")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(chromium() is None, reason="no Chromium here (Debian: apt-get install chromium); "
+                                                            "the HTML report is looked at in a real browser where it is")]
 
 ROOT = Path(__file__).resolve().parents[1]
 ODD = "org/Model #1 & co"  # a name the address must carry: '/', '#', '&' and spaces

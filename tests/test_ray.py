@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,7 @@ def suite_of(tmp_path: Path, profiles: list[ModelProfile], n: int = N) -> Suite:
     return Suite(name="ray", data=data, protocol="skill", render=None, concurrency=8, models=profiles)
 
 
+@pytest.mark.ray
 def test_models_are_placed_across_the_nodes_with_their_gpus_together(cluster, tmp_path):
     # 40 GiB GPUs: a 20B model needs two of them (tensor parallel 2, on one node); 7B models take one
     suite = suite_of(tmp_path, models([("big-20b", 20), ("a-7b", 7), ("b-7b", 7), ("c-7b", 7)]), 60)
@@ -91,6 +93,7 @@ def test_models_are_placed_across_the_nodes_with_their_gpus_together(cluster, tm
     assert no_stub_left()
 
 
+@pytest.mark.ray
 def test_a_node_lost_mid_run_sends_the_model_elsewhere_and_the_scores_equal_one_node(cluster, tmp_path):
     import threading
 
@@ -154,6 +157,7 @@ class _LocalStub:
         self.stub.stop()
 
 
+@pytest.mark.ray
 def test_a_suite_killed_on_the_cluster_resumes_and_leaves_no_server(cluster, tmp_path):
     head, _ = cluster
     suite_file = tmp_path / "ray.toml"
@@ -199,6 +203,7 @@ def test_a_suite_killed_on_the_cluster_resumes_and_leaves_no_server(cluster, tmp
     assert no_stub_left()
 
 
+@pytest.mark.ray
 def test_a_model_larger_than_a_node_runs_on_vllm_multi_node_execution(cluster, tmp_path):
     # 2 GPUs of 40 GiB per node; a 40B model needs 4: tensor parallel 2 on each of 2 nodes (pipeline 2)
     before = frozenset(stub_processes())
@@ -229,14 +234,18 @@ def test_the_vllm_command_for_a_multi_node_model():
     assert "--distributed-executor-backend ray" in joined and "--host 0.0.0.0" in joined
 
 
+@lru_cache(maxsize=1)
 def vllm_available() -> bool:
+    """Probed once, when a test that needs it is about to run (string conditions below)."""
     from servers.vllm_server import vllm_python
 
     python = vllm_python()
     return Path(python).exists() and subprocess.run([python, "-c", "import vllm"], capture_output=True).returncode == 0
 
 
-@pytest.mark.skipif(not vllm_available(), reason="no vLLM: build .venv-vllm (make test does)")
+@pytest.mark.skipif("not vllm_available()", reason="no vLLM: build .venv-vllm (make test does)")
+@pytest.mark.ray
+@pytest.mark.vllm
 def test_the_demo_model_on_vllm_cpu_end_to_end_on_the_cluster(cluster, tmp_path):
     from evaluator.cli import sample_dir
 
@@ -251,7 +260,9 @@ def test_the_demo_model_on_vllm_cpu_end_to_end_on_the_cluster(cluster, tmp_path)
     assert results.answered == 26
 
 
-@pytest.mark.skipif(not vllm_available(), reason="no vLLM: build .venv-vllm (make test does)")
+@pytest.mark.skipif("not vllm_available()", reason="no vLLM: build .venv-vllm (make test does)")
+@pytest.mark.ray
+@pytest.mark.vllm
 def test_a_lost_node_leaves_no_vllm_process(cluster, tmp_path):
     """The demo model's vLLM-CPU server placed on a worker node, then the node's raylet removed: Ray SIGKILLs
     the actor's direct child (our guard), and still no vLLM process is left 30 s later."""
@@ -274,6 +285,7 @@ def test_a_lost_node_leaves_no_vllm_process(cluster, tmp_path):
         placed.stop()
 
 
+@pytest.mark.ray
 def test_the_driver_ships_our_code_to_workers_that_do_not_have_it(cluster, tmp_path):
     """A driver joining through `connect` (as `suite --ray` does) runs its actors on code Ray shipped with it
     (py_modules), not on an installed copy: the workers need nothing of ours installed."""
@@ -311,6 +323,7 @@ def gpu_groups() -> dict[str, float]:
             if group["state"] == "CREATED" and any(b.get("GPU") for b in group["bundles"].values())}
 
 
+@pytest.mark.ray
 def test_a_model_larger_than_a_node_hands_its_gpus_to_vllms_own_placement_group(cluster, tmp_path):
     """vLLM's engine, a new Ray driver, forms its own group of 4 GPUs from the ones we reserved, while a
     single-node model asked for meanwhile waits instead of taking them; once the big model stops, vLLM's
@@ -354,6 +367,7 @@ def test_a_model_larger_than_a_node_hands_its_gpus_to_vllms_own_placement_group(
     assert no_stub_left(before=before)
 
 
+@pytest.mark.ray
 def test_the_actor_runs_vllm_with_the_python_the_suite_names(cluster, tmp_path, monkeypatch):
     """`[ray] vllm_python` (or the driver's $SHOPPING_MMLU_VLLM_PYTHON) reaches the actor through its
     runtime_env: the server starts with that Python on the node; one that is not there is one clear line."""

