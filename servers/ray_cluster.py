@@ -271,7 +271,10 @@ class RayServers:
         """Free the GPUs we hold for vLLM and start the server, which makes vLLM's group; other placements of
         this driver wait until that group holds `gpus` GPUs (or the start ended, or HANDOVER_S passed).
         Returns the start's reference. Not covered: another Ray job of the cluster taking the freed GPUs first
-        (vLLM then waits, up to its own 1800 s, as for any busy cluster)."""
+        (vLLM then waits, up to its own 1800 s, as for any busy cluster). Tested on one machine's raylets with
+        vLLM's start-up written from its source (tests/vllm_on_ray.py); only a GPU cluster shows vLLM's engine
+        joining the raylet of the actor's node, its `node:<ip>` pin telling machines apart, and its workers
+        loading and talking (NCCL) across the nodes of the group."""
         ray = _ray()
         with _placing:
             before = set(ray.util.placement_group_table())
