@@ -360,10 +360,10 @@ def report_command(
     fmt: Format = typer.Option(Format.TABLE, "--format", help="how to print the leaderboard"),
     chart: Optional[Path] = typer.Option(None, "--chart", help="also draw the models × skills scores to this PNG"),
     html: Optional[Path] = typer.Option(None, "--html", help="also write a self-contained HTML report here"),
-    models: Optional[list[str]] = typer.Option(None, "--model", help="only models matching this pattern "
-                                               "(glob, case-blind: 'qwen*'; repeatable)"),
-    exclude: Optional[list[str]] = typer.Option(None, "--exclude", help="leave out models matching this "
-                                                "pattern (repeatable)"),
+    models: Optional[list[str]] = typer.Option(None, "--model", metavar="<pattern>", help="only models matching "
+                                               "this pattern (glob, case-blind: 'qwen*'; repeatable)"),
+    exclude: Optional[list[str]] = typer.Option(None, "--exclude", metavar="<pattern>", help="leave out models "
+                                                "matching this pattern (repeatable)"),
 ) -> None:
     """Every run saved in the cache, per skill and overall, ranked within the same data, protocol and prompt
     options; how complete each is; tokens and the cost computed when it ran. Runs taken out with `forget`

@@ -107,7 +107,8 @@ def test_forget_one_variant_leaves_the_others(night):
         rows = [(r["model"], r["variant"]) for r in json.loads(board.stdout)]
         assert ("beta", "") in rows and ("beta", "1-shot") not in rows
     finally:
-        assert shopping_mmlu(night, "forget", "--undo", "beta", "--variant", "1-shot", "--cache", "cache").returncode == 0
+        undone = shopping_mmlu(night, "forget", "--undo", "beta", "--variant", "1-shot", "--cache", "cache")
+        assert undone.returncode == 0
 
 
 def test_forget_refuses_in_one_line_what_it_cannot_find(night):

@@ -189,7 +189,8 @@ def test_the_weights_in_a_listing_are_one_format_at_the_top_level():
     from servers.hub_models import listed_weight_bytes
 
     def listing(**sizes):
-        return [File(rfilename=name.replace("__", "/").replace("_dot_", "."), size=size) for name, size in sizes.items()]
+        return [File(rfilename=name.replace("__", "/").replace("_dot_", "."), size=size)
+                for name, size in sizes.items()]
 
     assert listed_weight_bytes(listing(**{"model-00001-of-00002_dot_safetensors": 3, "model-00002-of-00002_dot_"
                                           "safetensors": 4, "consolidated_dot_safetensors": 7,

@@ -488,11 +488,15 @@ class ResponseCache:
 
         return self._write(write)
 
+    def _has_forgotten(self) -> bool:
+        """Whether the cache has `forget`'s table (one written before it existed is read as it is)."""
+        return self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'forgotten'").fetchone() \
+            is not None
+
     def _kept(self, forgotten: bool) -> str:
         """The SQL condition on `runs` that leaves out the runs `forget` took out of every view (none where
-        `forgotten` is asked for, or where the cache predates the table: older caches are read as they are)."""
-        if forgotten or not self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
-                                            "name = 'forgotten'").fetchone():
+        `forgotten` is asked for, or where the cache predates the table)."""
+        if forgotten or not self._has_forgotten():
             return "1"
         return ("NOT EXISTS (SELECT 1 FROM forgotten f WHERE f.model = runs.model "
                 "AND (f.variant IS NULL OR f.variant = runs.variant))")
@@ -500,7 +504,8 @@ class ResponseCache:
     def runs(self, forgotten: bool = False) -> pl.DataFrame:
         """The saved runs, without those `forget` took out of the rankings unless `forgotten`."""
         with self._guard():
-            rows = self.db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE {self._kept(forgotten)}").fetchall()
+            rows = self.db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs "
+                                   f"WHERE {self._kept(forgotten)}").fetchall()
         return pl.DataFrame(rows, schema=RUN_SCHEMA, orient="row")
 
     def task_scores(self, forgotten: bool = False) -> pl.DataFrame:
@@ -512,7 +517,7 @@ class ResponseCache:
     def forgotten(self) -> list[tuple[str, str | None]]:
         """(model, variant) of each `forget` in force; variant None: every run of the model."""
         with self._guard():
-            if not self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'forgotten'").fetchone():
+            if not self._has_forgotten():
                 return []
             return self.db.execute("SELECT model, variant FROM forgotten ORDER BY created_at").fetchall()
 
