@@ -242,10 +242,12 @@ def _from_cache(folder: Path) -> Results:
 
     store = ResponseCache(folder / "responses", read_only=True)
     try:
-        saved, scores = store.runs(), store.task_scores()
+        saved, scores, forgotten = store.runs(), store.task_scores(), store.forgotten()
     finally:
         store.close()
     runs, skills, skipped, task_errors = [], [], [], {}
+    skipped += [f"{name} ({'every run' if variant is None else f'variant {variant!r}'}): forgotten "
+                "(shopping-mmlu forget --undo puts it back)" for name, variant in forgotten]
     for record in saved.iter_rows(named=True):
         try:
             details = json.loads(record["details"] or "{}")

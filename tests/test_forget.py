@@ -90,7 +90,9 @@ def test_forget_takes_a_run_out_of_every_view_keeps_its_answers_and_undo_brings_
         assert listed.stdout.strip() == "forgotten: alpah (every variant)"
         from evaluator.notebook import load_results
 
-        assert sorted(set(load_results(night / "cache").runs["model"].to_list())) == ["alpha", "beta"]
+        loaded = load_results(night / "cache")
+        assert sorted(set(loaded.runs["model"].to_list())) == ["alpha", "beta"]
+        assert any(line.startswith("alpah (every run): forgotten") for line in loaded.skipped)
         assert answers() == before
     finally:
         undone = shopping_mmlu(night, "forget", "--undo", "alpah", "--cache", "cache")
