@@ -134,14 +134,15 @@ def write(cache_folder: Path, path: Path, models: set[str] | None = None) -> Pat
     folder = Path(cache_folder)
     store = ResponseCache(folder / "responses", read_only=True)
     try:
-        runs, tasks = store.runs(), store.task_scores()
+        runs, tasks, forgotten = store.runs(), store.task_scores(), store.forgotten()
     finally:
         store.close()
     if models is not None:
         runs = runs.filter(runs["model"].is_in(sorted(models)))
         tasks = tasks.filter(tasks["run"].is_in(runs["key"].implode()))
     board = leaderboard(runs, tasks)
-    results, notes = {}, []
+    results, notes = {}, [f"{name}: not shown, forgotten ({'every run' if variant is None else f'variant {variant!r}'}"
+                          "; shopping-mmlu forget --undo puts it back)" for name, variant in forgotten]
     for record in runs.iter_rows(named=True):
         result = rescore_saved(folder, record)
         if isinstance(result, str):
