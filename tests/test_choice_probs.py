@@ -189,3 +189,83 @@ def test_a_foreign_cache_row_of_log_probabilities_gives_no_view():
     for kept in ("[1, 2]", '"x"', '{"1": 1e400}', '{"1": 5}', '{"1": "x"}', '{"1": -0.1, "2": null}', "[" * 10_000,
                  '{"1": ' + "9" * 500 + "}"):
         assert pick(kept, ["1", "2"]) == (None, None), kept
+
+
+def reasoning_profiles(tmp_path, base_url: str) -> None:
+    """Two OpenAI reasoning-model profiles on the stub: effort low (refused log-probabilities) and none."""
+    text = "".join(f'[models.{name}]\nprovider = "openai"\nmodel = "gpt-r"\napi_base = "{base_url}"\n'
+                   f'api_key_env = "OPENAI_API_KEY"\nrendering = "chat"\nreasoning = true\n'
+                   f'reasoning_effort = "{effort}"\nreasoning_budget = 64\n'
+                   for name, effort in (("thinker", "low"), ("quick", "none")))
+    (tmp_path / "profiles.toml").write_text(text, encoding="utf-8")
+
+
+def reasoning_stub(bodies: list) -> Stub:
+    """The stub as OpenAI serves a reasoning model: log-probabilities refused unless reasoning_effort is none."""
+    def answer(body: dict) -> str:
+        bodies.append(body)
+        return right_or_wrong(body)
+
+    stub = Stub(answers=answer, logprobs=ranks_right)
+    stub.reasoning = True
+    return stub
+
+
+def test_a_reasoning_model_is_never_asked_for_log_probabilities_it_cannot_give(tmp_path, capsys, monkeypatch):
+    """Issue 26.5: OpenAI refuses `logprobs` from a reasoning model unless its effort is none; five such 400s
+    tripped the breaker and failed the model. A profile that cannot give them is not asked; one that can is."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-reasoning-0123456789")
+    monkeypatch.setenv("SHOPPING_MMLU_PROFILES", "profiles.toml")
+    write_jsonl(tmp_path / "d.json", [{"input_field": f"MC question {i}?\n0. red\n1. green\n2. blue\n3. grey\n"
+                                                      "Answer: ", "output_field": i % 4, "task_name": "pick",
+                                       "task_type": "multiple-choice", "metric": "accuracy"} for i in range(N)])
+    bodies: list[dict] = []
+    with reasoning_stub(bodies) as stub:
+        reasoning_profiles(tmp_path, stub.base_url)
+        docs = {}
+        for model, probs in (("thinker", False), ("thinker", True), ("quick", True)):
+            name = f"{model}-{'probs' if probs else 'plain'}"
+            code, out, err = run_cli(["run", "--model", model, "--data", "d.json", "--cache", "cache", "--json",
+                                      f"{name}.json", *(["--choice-probs"] if probs else [])], capsys, monkeypatch)
+            assert code == 0, out + err
+            docs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    thinker = [b for b in bodies if b.get("reasoning_effort") == "low"]
+    assert thinker and not any("logprobs" in b or "top_logprobs" in b for b in thinker)  # never asked
+    assert docs["thinker-probs"]["status"] == "complete" and docs["thinker-probs"]["errors"] == 0
+    assert docs["thinker-probs"]["overall"]["score"] == docs["thinker-plain"]["overall"]["score"]
+    view = docs["thinker-probs"]["choice_probabilities"]
+    assert view["available"] is False and view["note"].startswith("not available for this model")
+    assert docs["thinker-probs"]["requests"]["sent"] == 0  # the same requests as the official run: its answers
+    assert docs["quick-probs"]["choice_probabilities"]["available"] is True  # effort none: asked, and given
+    assert all(b["logprobs"] is True for b in bodies if b.get("reasoning_effort") == "none")
+
+
+def test_a_400_naming_logprobs_asks_the_question_again_without_them(tmp_path, capsys, monkeypatch):
+    """A model the profile does not know to be a reasoning one (an ad hoc name): the first 400 naming
+    `logprobs` is followed by the same question without them; the rest of the fan-out is sent without them,
+    the breaker never sees a refusal, the official score is the run's without --choice-probs, to the digit,
+    and the view (rescored too) says it is not available for this model."""
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "d.json", [{"input_field": f"MC question {i}?\n0. red\n1. green\n2. blue\n3. grey\n"
+                                                      "Answer: ", "output_field": i % 4, "task_name": "pick",
+                                       "task_type": "multiple-choice", "metric": "accuracy"} for i in range(N)])
+    bodies: list[dict] = []
+    with reasoning_stub(bodies) as stub:
+        base = ["--model", "r", "--data", "d.json", "--cache", "cache", "--render", "chat"]
+        code, out, err = run_cli(["run", *base, "--base-url", stub.base_url, "--json", "plain.json"], capsys,
+                                 monkeypatch)
+        assert code == 0, out + err
+        code, out, err = run_cli(["run", *base, "--base-url", stub.base_url, "--json", "probs.json",
+                                  "--choice-probs", "--concurrency", "1", "--stop-after-failures", "1"],
+                                 capsys, monkeypatch)
+    assert code == 0, out + err
+    plain, probs = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("plain", "probs"))
+    assert probs["status"] == "complete" and probs["errors"] == 0
+    assert probs["overall"]["score"] == plain["overall"]["score"]
+    assert 1 <= sum("logprobs" in b for b in bodies) <= 2  # pre-flight's refusal, then the fan-out's first
+    assert probs["choice_probabilities"]["note"].startswith("not available for this model: its endpoint refused")
+    code, out, err = run_cli(["rescore", *base, "--choice-probs", "--json", "again.json"], capsys, monkeypatch)
+    assert code == 0, err
+    again = json.loads((tmp_path / "again.json").read_text())["choice_probabilities"]
+    assert again["available"] is False and "its endpoint refused" in again["note"]

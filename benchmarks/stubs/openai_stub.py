@@ -17,6 +17,9 @@ as OpenAI shapes them: completions `logprobs: N` (at most 5) -> `choices[0].logp
 `token_logprobs`, `top_logprobs` (one {token: logprob} per token) and `text_offset`; chat `logprobs: true` with
 `top_logprobs: N` (0-20; `top_logprobs` without `logprobs: true` is a 400) -> `choices[0].logprobs.content`, one
 {token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]} per token. Without it, none are returned.
+With `reasoning` set, it refuses `logprobs`/`top_logprobs` as OpenAI does from a reasoning model unless
+`reasoning_effort` is "none": a 400 `{"error": {"message": "This model does not support the 'logprobs'
+parameter.", "type": "invalid_request_error", "param": "logprobs", "code": null}}`.
 `raw_logprobs` (body -> any JSON value, or bytes of JSON text spliced in as they are, e.g. a 5,000-digit
 integer Python will not print) sends that value as `choices[0].logprobs` instead, however malformed.
 
@@ -57,6 +60,8 @@ def body_hash(raw: bytes) -> str:
 
 
 class Stub(ThreadedServer):
+    reasoning = False  # set True: a reasoning model, log-probabilities refused unless reasoning_effort is none
+
     def __init__(self, plan: Callable[[str, int], str] | None = None, latency: tuple[float, float] = (0.0, 0.0),
                  stall_s: float = 30.0, retry_after: str = "0.05", seed: int = 0,
                  models: list[str] | None = None, answers: Callable[[dict], str] | None = None,
@@ -169,6 +174,12 @@ class Stub(ThreadedServer):
                     await self._respond(writer, 400, json.dumps({"error": {
                         "message": refused, "type": "invalid_request_error", "param": "logprobs",
                         "code": None}}).encode())
+                    continue
+                named = next((f for f in ("logprobs", "top_logprobs") if body.get(f) not in (None, False)), None)
+                if self.reasoning and named and body.get("reasoning_effort") != "none":  # as OpenAI refuses
+                    await self._respond(writer, 400, json.dumps({"error": {
+                        "message": f"This model does not support the '{named}' parameter.",
+                        "type": "invalid_request_error", "param": named, "code": None}}).encode())
                     continue
                 if self.logprobs is not None and (body.get("logprobs") if chat else body.get("logprobs") is not None):
                     choice["logprobs"] = _logprobs(self.logprobs(body), body, chat, text)

@@ -142,9 +142,10 @@ class Reply:
 
 class Fault(Exception):
     def __init__(self, kind: str, message: str, status: int | None = None, retryable: bool = False,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.kind, self.status, self.retryable, self.retry_after = kind, status, retryable, retry_after
+        self.param = param  # the request field an OpenAI-shaped error names (`error.param`)
 
 
 class Halt(Exception):
@@ -258,6 +259,37 @@ def logprob_fields(chat: bool) -> dict:
     return {"logprobs": True, "top_logprobs": TOP_LOGPROBS} if chat else {"logprobs": TOP_LOGPROBS}
 
 
+LOGPROBS_FIELDS = ("logprobs", "top_logprobs")
+LOGPROBS_REFUSED = "refused"  # an answer's log-probabilities where the endpoint refused to give any (no JSON)
+
+
+def logprobs_unavailable(provider: str, reasoning: bool, reasoning_effort: str | None) -> str | None:
+    """Why a model cannot give log-probabilities, so they are never asked (None where it may): OpenAI refuses
+    them from a reasoning model unless its reasoning effort is `none` (a 400 naming the parameter; a profile
+    that leaves the effort to the model's default is taken as reasoning); Anthropic's API has none."""
+    if provider == "anthropic":
+        return "Anthropic's API returns no log-probabilities"
+    if reasoning and reasoning_effort != "none":
+        return (f"a reasoning model (reasoning effort {reasoning_effort or 'left to its default'}) gives "
+                "log-probabilities only with reasoning effort none")
+    return None
+
+
+def _refuses_logprobs(fault: Fault, body: dict) -> bool:
+    """A 400 naming the log-probability fields (OpenAI's `param`, or its message) to a request carrying them."""
+    return (fault.status == 400 and any(field in body for field in LOGPROBS_FIELDS)
+            and (fault.param in LOGPROBS_FIELDS or "logprobs" in str(fault).lower()))
+
+
+def _error_param(payload: bytes) -> str | None:
+    try:
+        error = loads(payload).get("error")
+        param = error.get("param") if isinstance(error, dict) else None
+    except (ValueError, RecursionError, AttributeError):
+        return None
+    return param if isinstance(param, str) and len(param) <= 64 else None
+
+
 def first_token(payload: bytes, chat: bool) -> str | None:
     """The first generated token's top log-probabilities as compact JSON (token -> log-probability, most
     probable first), bounded; None where the reply carries none (Anthropic's API has none) or anything in them
@@ -330,17 +362,33 @@ async def _send_once(session: aiohttp.ClientSession, endpoint: Endpoint, url: st
         after = retry_after_seconds(headers.get("retry-after"))
         raise Fault(kind, f"HTTP {status}: {_text_of(payload, 300)}", status, True, after)
     if status != 200:
-        raise Fault("http_error", f"HTTP {status}: {_text_of(payload, 500)}", status)
+        raise Fault("http_error", f"HTTP {status}: {_text_of(payload, 500)}", status,
+                    param=_error_param(payload) if status == 400 else None)
     text, finish, prompt_tokens, completion_tokens = parse_reply(payload, endpoint.chat, endpoint.reasoning)
     logprobs = first_token(payload, endpoint.chat) if b'"logprobs"' in body else None
     return Reply(True, 1, 0.0, text, finish, prompt_tokens, completion_tokens, logprobs=logprobs)
 
 
+class Refusals:
+    """What the endpoint refused once, so the rest of a fan-out is sent without it."""
+
+    def __init__(self) -> None:
+        self.logprobs = False
+
+
 async def request(session: aiohttp.ClientSession, endpoint: Endpoint, body: dict, policy: RetryPolicy,
-                  rng: random.Random, limit: RateLimit | None = None, replicas: Replicas | None = None) -> Reply:
-    """Send one request with retries; always returns a Reply, whatever the server does."""
+                  rng: random.Random, limit: RateLimit | None = None, replicas: Replicas | None = None,
+                  refusals: Refusals | None = None) -> Reply:
+    """Send one request with retries; always returns a Reply, whatever the server does. A 400 refusing the
+    log-probability fields asks the question again without them (the answer never depends on the optional
+    view): the Reply's logprobs say LOGPROBS_REFUSED, and `refusals` keeps the rest of the fan-out from
+    asking."""
+    refusals = refusals or Refusals()
     started = time.monotonic()
     attempt = 0
+    refused = refusals.logprobs and any(field in body for field in LOGPROBS_FIELDS)
+    if refused:
+        body = {k: v for k, v in body.items() if k not in LOGPROBS_FIELDS}
     encoded = json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass")
     while True:
         attempt += 1
@@ -351,11 +399,17 @@ async def request(session: aiohttp.ClientSession, endpoint: Endpoint, body: dict
             reply = await _send_once(session, endpoint, url, encoded)
             if replicas:
                 replicas.answered(url)
-            return replace(reply, attempts=attempt, latency_s=time.monotonic() - started)
+            return replace(reply, attempts=attempt, latency_s=time.monotonic() - started,
+                           logprobs=LOGPROBS_REFUSED if refused else reply.logprobs)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001: anything a server makes us raise ends as an error row
             fault = exc if isinstance(exc, Fault) else Fault("client_error", f"{type(exc).__name__}: {exc}"[:500])
+            if _refuses_logprobs(fault, body):  # asked again at once, without them
+                body = {k: v for k, v in body.items() if k not in LOGPROBS_FIELDS}
+                encoded = json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass")
+                refused = refusals.logprobs = True
+                continue
             if replicas and fault.kind in ("connection", "timeout"):
                 replicas.failed(url)
             elapsed = time.monotonic() - started
@@ -396,6 +450,7 @@ async def fan_out(endpoint: Endpoint, items: Iterable[tuple[str, dict]],
     limit = RateLimit(endpoint.requests_per_minute, endpoint.rate_period_s) if endpoint.requests_per_minute else None
     rng = random.Random(seed)
     replicas = Replicas([endpoint.base_url, *endpoint.replicas]) if endpoint.replicas else None
+    refusals = Refusals()
 
     async def worker(session: aiohttp.ClientSession) -> None:
         while True:
@@ -403,7 +458,7 @@ async def fan_out(endpoint: Endpoint, items: Iterable[tuple[str, dict]],
                 key, body = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            reply = await request(session, endpoint, body, policy, rng, limit, replicas)
+            reply = await request(session, endpoint, body, policy, rng, limit, replicas, refusals)
             result = on_reply(key, reply)
             if asyncio.iscoroutine(result):
                 await result

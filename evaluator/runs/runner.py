@@ -27,7 +27,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from evaluator.cache.responses import Answer, CacheFull, ResponseCache, process_owner, request_key, run_key
-from evaluator.client.http import Endpoint, Halt, Reply, RetryPolicy, fan_out, logprob_fields
+from evaluator.client.http import (LOGPROBS_REFUSED, Endpoint, Halt, Reply, RetryPolicy, fan_out, logprob_fields,
+                                   logprobs_unavailable)
 from evaluator.data import loaders
 from evaluator.data.records import Question, TaskType
 from evaluator.errors import InputError
@@ -235,6 +236,9 @@ class RunResult:
     def choice_probabilities(self) -> dict:
         """The multiple-choice view from log-probabilities (`--choice-probs`), beside the official scores."""
         from evaluator.scoring.choice_probs import view
+        why = _no_logprobs(self.config.profile, self.rows)
+        if why is not None and not (unread := view(self.rows))["available"]:
+            return {**unread, "note": f"not available for this model: {why}"}
 
         return view(self.rows)
 
@@ -275,6 +279,7 @@ def plan(questions: list[Question], config: RunConfig, pool: list[Question] | No
     endpoint = "chat" if rendering is Rendering.CHAT else "completions"
     shots = draw_shots(questions, questions if pool is None else pool, config.shots, config.shot_seed,
                        config.protocol, options) if config.shots else {}
+    asks_logprobs = logprobs_unavailable(profile.provider, profile.reasoning, profile.reasoning_effort) is None
     planned = []
     for row, question in enumerate(questions):
         examples = shots.get(question.qid, ())
@@ -289,7 +294,7 @@ def plan(questions: list[Question], config: RunConfig, pool: list[Question] | No
             body["messages"] = prompt.messages
         else:
             body["prompt"] = prompt.prompt
-        if config.choice_probs and question.task_type is TaskType.MULTIPLE_CHOICE:
+        if config.choice_probs and question.task_type is TaskType.MULTIPLE_CHOICE and asks_logprobs:
             body.update(logprob_fields(prompt.messages is not None))
         planned.append(Planned(row, question.qid, request_key(identity, endpoint, body), body, len(examples)))
     return planned
@@ -658,16 +663,26 @@ def _choice_columns(planned: list[Planned], answers: dict) -> dict[str, pl.Serie
     """prob_choice and valid_mass (`choice_probs.pick`) for the answers that kept log-probabilities."""
     from evaluator.scoring.choice_probs import labels_of, pick
 
-    picks = []
+    picks, refused = [], []
     for p in planned:
         logprobs = answers[p.key].logprobs if p.key in answers else None
+        refused.append(logprobs == LOGPROBS_REFUSED)
         if logprobs is None:
             picks.append((None, None))
             continue
         text = p.body["prompt"] if "prompt" in p.body else p.body["messages"][-1]["content"]
         picks.append(pick(logprobs, labels_of(text)))
     return {"prob_choice": pl.Series([c for c, _ in picks], dtype=pl.String),
-            "valid_mass": pl.Series([m for _, m in picks], dtype=pl.Float64)}
+            "valid_mass": pl.Series([m for _, m in picks], dtype=pl.Float64),
+            "logprobs_refused": pl.Series(refused, dtype=pl.Boolean)}
+
+
+def _no_logprobs(profile: ModelProfile, rows: pl.DataFrame) -> str | None:
+    """Why a model's answers carry no log-probabilities: never asked of it, or refused by its endpoint."""
+    why = logprobs_unavailable(profile.provider, profile.reasoning, profile.reasoning_effort)
+    if why is None and rows["logprobs_refused"].any():
+        why = "its endpoint refused them (a 400 naming logprobs); its questions were asked without them"
+    return why
 
 
 def load_and_plan(config: RunConfig, dataset: loaders.Dataset | None = None
