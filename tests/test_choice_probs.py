@@ -269,3 +269,16 @@ def test_a_400_naming_logprobs_asks_the_question_again_without_them(tmp_path, ca
     assert code == 0, err
     again = json.loads((tmp_path / "again.json").read_text())["choice_probabilities"]
     assert again["available"] is False and "its endpoint refused" in again["note"]
+
+
+def test_a_batch_line_with_an_unreadable_log_probability_keeps_its_answer():
+    """The same through OpenAI's batch output: the log-probability's OverflowError stopped reading the whole
+    batch's results (every question an error row); now the answer is kept without the view."""
+    from evaluator.client.batch.openai_batch import _result
+
+    top = '[{"token": "2", "logprob": %s}]' % ("9" * 350)
+    line = ('{"custom_id": "k", "response": {"status_code": 200, "body": {"choices": [{"message": {"content": "2"}, '
+            '"finish_reason": "stop", "logprobs": {"content": [{"token": "2", "logprob": -0.1, "top_logprobs": %s}]}}]}}}'
+            % top)
+    [(key, reply)] = list(_result(line.encode(), chat=True))
+    assert (key, reply.ok, reply.text, reply.logprobs) == ("k", True, "2", None)

@@ -123,7 +123,9 @@ class Answer:
     completion_tokens: int | None
     latency_s: float | None = None
     source: str | None = None  # None: a live request; "batch:<id>": a provider batch
-    logprobs: str | None = None  # the first token's top log-probabilities (JSON), where the request asked
+    # the first token's top log-probabilities (JSON), where the request asked; "refused" (http.LOGPROBS_REFUSED)
+    # where the endpoint refused them and the question was asked again without them
+    logprobs: str | None = None
 
 
 SESSIONS_KEPT = 50  # answering sessions per run record: the newest ones
