@@ -319,3 +319,113 @@ def test_task_and_skill_names_are_labels_never_column_names(tmp_path, capsys, mo
     header = next(line for line in out.splitlines() if line.startswith("| #"))
     cells = [c.strip() for c in header.strip("|").split("|")]
     assert len(cells) == len(set(cells)) and "overall (2)" in cells and "concept\\_understanding" in cells
+
+
+# 27 models: name -> (params_b, family, base). Family b has two sizes, c two sizes over three models; selfie is
+# its own base; loop-a and loop-b name each other.
+NIGHT27 = {
+    **{f"a-{p:g}b": (p, "a", None) for p in (1, 3, 7, 13, 70)},
+    **{f"a-{p:g}b-chat": (p, "a", f"a-{p:g}b") for p in (7, 13, 70)},
+    "b-2b": (2, "b", None), "b-9b": (9, "b", None), "b-9b-it": (9, "b", "b-9b"),
+    "c-1b": (1, "c", None), "c-1b-v2": (1, "c", None), "c-8b": (8, "c", None),
+    **{f"d-{p:g}b": (p, "d", None) for p in (0.5, 1.5, 3, 7, 14, 32, 72)},
+    "selfie-7b": (7, "e", "selfie-7b"), "loop-a": (3, "f", "loop-b"), "loop-b": (3, "f", "loop-a"),
+    **{f"g-{p:g}b": (p, "g", None) for p in (1, 4, 12)},
+}
+
+
+def answer27(body: dict) -> str:
+    """Accuracy grows with log size (+0.06 when tuned); task concept_t0 (i % 12 == 0) is right for everyone,
+    so its score is the same for every model."""
+    prompt = body.get("prompt") or json.dumps(body.get("messages"))
+    i = int(re.search(r"MC question (\d+)\?", prompt).group(1))
+    params, family, base = NIGHT27[body["model"]]
+    accuracy = 0.3 + 0.15 * math.log10(params * 2) + (0.06 if base else 0.0) + 0.02 * (ord(family) % 3)
+    draw = int(hashlib.sha256(f"{body['model']}|{i}".encode()).hexdigest()[:8], 16) / 2 ** 32
+    return str(i % 4) if i % 12 == 0 or draw < accuracy else str((i + 1) % 4)
+
+
+def night27(tmp_path: Path, capsys, monkeypatch) -> Path:
+    cache = tmp_path / "cache"
+    with Stub(answers=answer27) as stub:
+        lines = [f'[suite]\nname = "n27"\ndata = "{data(tmp_path / "d.json")}"\n[models]']
+        for name, (params, family, base) in NIGHT27.items():
+            tags = f'params_b = {params}, family = "{family}"' + (f', base = "{base}"' if base else "")
+            lines.append(f'"{name}" = {{ provider = "openai-compatible", model = "{name}", '
+                         f'api_base = "{stub.base_url}", {tags} }}')
+        suite = tmp_path / "n27.toml"
+        suite.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        code, out, err = run_cli(["suite", suite, "--cache", cache, "--output", tmp_path / "night"], capsys,
+                                 monkeypatch)
+    assert code == 0, out + err
+    return cache
+
+
+@pytest.mark.timeout(900)
+def test_a_27_model_night_says_nothing_false(tmp_path, capsys, monkeypatch):
+    """A self or circular base is a note, never a Δ row; sizes count sizes; a slope carries its interval
+    (the textbook's, checked against scipy) and two points claim none; a task blank in the heatmap says why;
+    an external file with a model listed twice is refused naming it; a 9 MB name is clipped where shown;
+    scaling.png names only the extremes and its legend stays off the points."""
+    from scipy import stats
+
+    from evaluator.reports import analysis
+
+    cache = night27(tmp_path, capsys, monkeypatch)
+    out = tmp_path / "analysis"
+    external = tmp_path / "external.csv"
+    huge = "x" * 9_000_000
+    external.write_text(f"model,score\na-1b,10\na-70b,60\nd-72b,55\ng-4b,30\n{huge},1\n", encoding="utf-8")
+    code, stdout, stderr = run_cli(["analyze", "--cache", cache, "--output", out, "--bootstrap", "200",
+                                    "--external", external], capsys, monkeypatch)
+    assert code == 0, stdout + stderr
+    assert max(len(line) for line in stdout.splitlines()) <= 80 and len(stdout) < 20_000
+    for name in ("analysis.md", "analysis.json"):
+        assert (out / name).stat().st_size < 200_000 and "x" * 100 not in (out / name).read_text(encoding="utf-8")
+    assert "xxxxxxxx…" in (out / "analysis.md").read_text(encoding="utf-8")
+
+    pairs = pl.read_csv(out / "base_vs_tuned.csv")
+    assert set(pairs["tuned"]) == {"a-7b-chat", "a-13b-chat", "a-70b-chat", "b-9b-it"}
+    notes = json.loads((out / "analysis.json").read_text(encoding="utf-8"))["base_vs_tuned_notes"]
+    assert [n for n in notes if "selfie-7b" in n] == ["selfie-7b: its own base, no base → tuned delta"]
+    circle = [n for n in notes if "loop-" in n]
+    assert len(circle) == 1 and re.match(r"loop-(a|b) → loop-(a|b) → loop-\1: a circle of base tags", circle[0])
+    assert not re.search(r"^ *(selfie-7b|loop-a|loop-b) +\S+ +[+-]\d", stdout, re.M)  # no Δ row in the terminal
+
+    fits = {(f["family"], f["series"]): f for f in pl.read_csv(out / "scaling.csv").iter_rows(named=True)}
+    b, c = fits[("b", "base")], fits[("c", "base")]
+    assert (b["n"], b["sizes"], b["per_decade"], b["low"]) == (2, 2, None, None)
+    assert (c["n"], c["sizes"]) == (3, 2)
+    points = pl.read_csv(out / "scaling.csv").filter((pl.col("family") == "d") & (pl.col("series") == "base"))
+    line = stats.linregress([math.log10(v) for v in points["params_b"]], points["overall"].to_list())
+    d = fits[("d", "base")]
+    half = stats.t.ppf(0.975, points.height - 2) * line.stderr
+    assert abs(d["per_decade"] - line.slope) < 1e-9 and abs(d["low"] - (line.slope - half)) < 1e-6
+    assert abs(d["high"] - (line.slope + half)) < 1e-6
+    assert re.search(r"^ *b +base +2 +2 +- +none from two points$", stdout, re.M)
+    assert re.search(r"^ *c +base +2 +3 +[+-]\d\.\d{3} +\[[+-]", stdout, re.M)
+    shown = re.escape(f"{d['per_decade']:+.3f}") + " +" + re.escape(f"[{d['low']:+.2f},{d['high']:+.2f}]")
+    assert re.search(rf"^ *d +base +7 +7 +{shown}$", stdout, re.M)
+    assert analysis.fit_text(b) == "b (base, 2 sizes): no slope claimed from two points (no interval)"
+    assert analysis.fit_text(c).startswith("c (base, 2 sizes, 3 models): ")
+    for df in (1, 2, 5, 30, 31, 60, 500):  # the quantile the intervals use
+        assert abs(analysis.t975(df) - stats.t.ppf(0.975, df)) < 1e-5
+
+    text = (out / "analysis.md").read_text(encoding="utf-8")
+    assert "concept\\_t0 (the same score for all 27 complete models)" in text
+
+    twice = tmp_path / "twice.csv"
+    twice.write_text("model,score\na-1b,0.1\na-3b,0.5\na-1b,0.9\n", encoding="utf-8")
+    code, _, err = run_cli(["analyze", "--cache", cache, "--output", tmp_path / "b", "--external", twice],
+                           capsys, monkeypatch)
+    assert code == 2 and "a-1b (0.1, 0.9)" in err and len(err.strip().splitlines()) == 1, err
+
+    result = analysis.build(cache, samples=100)
+    fig = analysis.scaling_figure(result)
+    ax = fig.axes[0]
+    named = [t.get_text() for t in ax.texts]
+    assert 2 <= len(named) <= 4 and any("(best" in t for t in named) and any("largest" in t for t in named)
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1  # beside the axes, never over a point
+    assert len(ax.get_legend().get_texts()) == result.scaling.select("family", "series").n_unique()

@@ -8,6 +8,7 @@ Only complete runs enter a statistic; every output names the runs left out and w
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -131,9 +132,15 @@ def build(cache_folder: Path, data_sha256: str | None = None, protocol: str | No
         runs, tasks = store.runs(), store.task_scores()
         board = choose_ranking(leaderboard(runs, tasks), data_sha256, protocol, variant)
         tags = {model: _tags(store, model) for model in board["model"].unique().to_list()}
+        forgotten = store.runs(forgotten=True).join(runs.select("key"), on="key", how="anti")
     finally:
         store.close()
-    return analyse(board, tasks, tags, cache_folder, external, samples, seed)
+    result = analyse(board, tasks, tags, cache_folder, external, samples, seed)
+    ranking = ["data_sha256", "protocol", "variant"]
+    result.excluded += [{"label": name, "status": "forgotten", "why": "forgotten: shopping-mmlu forget --undo puts "
+                         "it back"} for name in forgotten.join(board.select(ranking).unique(), on=ranking,
+                                                               how="semi")["model"].unique().sort().to_list()]
+    return result
 
 
 def tags_of(cache_folder: Path, models: list[str]) -> dict[str, dict]:
@@ -189,8 +196,11 @@ def analyse(board: pl.DataFrame, tasks: pl.DataFrame, tags: dict[str, dict], cac
     complete = wide.filter(pl.col("complete"))
     skill_cols = ["overall", *(f"skill:{labels[s]}" for s in skills)]
     task_cols = [f"task:{t}" for t in task_names if f"task:{t}" in complete.columns]
-    scaling, fits = _scaling(complete)
-    pairs, pair_notes = _pairs(cache_folder, board, complete, samples, seed, dict(rescored or {}), labels)
+    base_of = {m: b for m, b in wide.select("model", "base").iter_rows() if b is not None}
+    circular = {m for m in base_of if _circular(m, base_of)}
+    scaling, fits = _scaling(complete.with_columns(base=pl.when(pl.col("model").is_in(list(circular)))
+                                                   .then(None).otherwise(pl.col("base"))))
+    pairs, pair_notes = _pairs(cache_folder, board, complete, samples, seed, dict(rescored or {}), labels, base_of)
     result = Analysis(ranking=_ranking(board), wide=wide.drop("run"), excluded=excluded,
                       skills=[labels[s] for s in skills], tasks=task_names,
                       skill_corr=matrix(complete, skill_cols), task_corr=matrix(complete, task_cols),
@@ -217,6 +227,12 @@ def _task_keys(task_rows: pl.DataFrame, labels: dict[str, str]) -> pl.DataFrame:
                         schema={"skill": pl.String, "task": pl.String, "key": pl.String, "label": pl.String})
 
 
+def clip(name: str, limit: int = 60) -> str:
+    """A name from a file as we show it: one line, at most `limit` characters."""
+    name = " ".join(name.split())
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
 def _ranking(board: pl.DataFrame) -> dict:
     first = board.row(0, named=True)
     return {"group": first["group"], "data": first["data"], "data_sha256": first["data_sha256"],
@@ -224,9 +240,49 @@ def _ranking(board: pl.DataFrame) -> dict:
             "complete": int((board["status"] == "complete").sum())}
 
 
+T975 = (12.70620, 4.30265, 3.18245, 2.77645, 2.57058, 2.44691, 2.36462, 2.30600, 2.26216, 2.22814, 2.20099,
+        2.17881, 2.16037, 2.14479, 2.13145, 2.11991, 2.10982, 2.10092, 2.09302, 2.08596, 2.07961, 2.07387,
+        2.06866, 2.06390, 2.05954, 2.05553, 2.05183, 2.04841, 2.04523, 2.04227)
+
+
+def t975(df: int) -> float:
+    """Student's t 97.5% quantile (a two-sided 95% interval): the table to 30 degrees of freedom, then the
+    Cornish-Fisher expansion around the normal's (within 2e-6 of the exact value there)."""
+    if df <= len(T975):
+        return T975[df - 1]
+    z = 1.959963984540054
+    return (z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+            + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * df ** 3))
+
+
+def slope_interval(x: np.ndarray, y: np.ndarray) -> tuple[float, float | None, float | None]:
+    """The least-squares slope of y on x and its 95% interval (t with n - 2 degrees of freedom); no interval
+    from two points (a line through two points has no residual to judge it by)."""
+    dx = x - x.mean()
+    sxx = float((dx * dx).sum())
+    slope = float((dx * (y - y.mean())).sum()) / sxx
+    if len(x) < 3:
+        return slope, None, None
+    residual = y - y.mean() - slope * dx
+    half = t975(len(x) - 2) * math.sqrt(float((residual * residual).sum()) / (len(x) - 2) / sxx)
+    return slope, slope - half, slope + half
+
+
+def fit_text(fit: dict) -> str:
+    """One scaling fit in words, the same in the terminal, analysis.md and the HTML report: a slope per 10×
+    parameters only with its interval, and how many distinct sizes it rests on."""
+    what = f"{fit['family']} ({fit['series']}, {fit['sizes']} sizes" + (
+        f", {fit['n']} models)" if fit["n"] != fit["sizes"] else ")")
+    if fit["per_decade"] is None or fit["low"] is None:
+        return f"{what}: no slope claimed from two points (no interval)"
+    return (f"{what}: {_f(fit['per_decade'], 3, True)} per 10× parameters (95% CI {_f(fit['low'], 3, True)} "
+            f"to {_f(fit['high'], 3, True)})")
+
+
 def _scaling(complete: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Overall score against log10(parameters) per family, base models and tuned ones as separate series;
-    a least-squares line per series of two sizes or more (points per decade of parameters)."""
+    a least-squares line per series of two sizes or more: its slope (points per decade of parameters) with a
+    95% interval from three models up; two models give neither."""
     points = (complete.filter(pl.col("family").is_not_null() & pl.col("params_b").is_not_null()
                               & pl.col("overall").is_not_null())
               .select("family", series=pl.when(pl.col("base").is_null()).then(pl.lit("base"))
@@ -236,19 +292,33 @@ def _scaling(complete: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     for (family, series), part in points.group_by("family", "series", maintain_order=True):
         x = np.log10(part["params_b"].to_numpy().astype(float))
         y = part["overall"].to_numpy().astype(float)
-        if len(np.unique(x)) < 2:
+        sizes = len(np.unique(x))
+        if sizes < 2:
             continue
-        slope = float(np.polyfit(x, y, 1)[0])
-        fits.append({"family": family, "series": series, "n": part.height, "per_decade": slope,
+        slope, low, high = slope_interval(x, y)
+        fits.append({"family": family, "series": series, "n": part.height, "sizes": sizes,
+                     "per_decade": slope if low is not None else None, "low": low, "high": high,
                      "r": correlate(x, y)[2] if part.height >= MIN_N else None})
-    schema = {"family": pl.String, "series": pl.String, "n": pl.Int64, "per_decade": pl.Float64, "r": pl.Float64}
+    schema = {"family": pl.String, "series": pl.String, "n": pl.Int64, "sizes": pl.Int64, "per_decade": pl.Float64,
+              "low": pl.Float64, "high": pl.Float64, "r": pl.Float64}
     return points, pl.DataFrame(fits, schema=schema)
 
 
+def _circular(model: str, base_of: dict[str, str]) -> bool:
+    """Whether following base tags from `model` leads back to it (its own base, or a circle through it)."""
+    seen, current = [], model
+    while current in base_of and current not in seen:
+        seen.append(current)
+        current = base_of[current]
+    return bool(seen) and current == model
+
+
 def _pairs(cache_folder: Path, board: pl.DataFrame, complete: pl.DataFrame, samples: int,
-           seed: int, rescored: dict, labels: dict[str, str]) -> tuple[pl.DataFrame, list[str]]:
+           seed: int, rescored: dict, labels: dict[str, str],
+           base_of: dict[str, str]) -> tuple[pl.DataFrame, list[str]]:
     """Each complete tuned model against its complete base (its `base` tag), same rendering where the base
-    ran in several: per-skill and overall deltas (tuned − base) with paired bootstrap intervals."""
+    ran in several: per-skill and overall deltas (tuned − base) with paired bootstrap intervals. A model
+    named as its own base, or base tags that lead in a circle, are a note each, never a delta."""
     from evaluator.reports.compare import paired
     from evaluator.runs.runner import rescore_saved
 
@@ -265,7 +335,19 @@ def _pairs(cache_folder: Path, board: pl.DataFrame, complete: pl.DataFrame, samp
                 "model", "data", "data_sha256", "protocol", "rendering", "variant", "questions", "details")})
         return rescored[run]
 
+    circles: set[frozenset] = set()
     for tuned in complete.filter(pl.col("base").is_not_null()).iter_rows(named=True):
+        if tuned["base"] == tuned["model"]:
+            notes.append(f"{tuned['label']}: its own base, no base → tuned delta")
+            continue
+        chain = [tuned["model"]]
+        while base_of.get(chain[-1]) is not None and base_of[chain[-1]] not in chain:
+            chain.append(base_of[chain[-1]])
+        if base_of.get(chain[-1]) == tuned["model"]:  # the tags lead back to this model
+            if frozenset(chain) not in circles:
+                circles.add(frozenset(chain))
+                notes.append(f"{' → '.join([*chain, chain[0]])}: a circle of base tags, no base → tuned delta")
+            continue
         candidates = [r for r in board.iter_rows(named=True) if r["model"] == tuned["base"]]
         if not candidates:
             notes.append(f"{tuned['label']}: its base '{tuned['base']}' has no run in this ranking")
@@ -291,16 +373,17 @@ def _pairs(cache_folder: Path, board: pl.DataFrame, complete: pl.DataFrame, samp
 
 def _external(path: Path, complete: pl.DataFrame, columns: list[str]) -> tuple[pl.DataFrame, list[str]]:
     """Our overall and skill scores against an external benchmark's scores (a CSV with `model` and `score`
-    columns, matched to our model names or labels)."""
+    columns, matched to our model names or labels). A model listed twice with different scores is refused,
+    naming it; the names we show from the file are clipped."""
+    from evaluator.paths import read_regular
+
     try:
-        size = path.stat().st_size
+        raw = read_regular(path, EXTERNAL_MAX_BYTES)
     except OSError as exc:
-        raise InputError(f"cannot read it ({exc.strerror})", path=path, field="--external") from None
-    if size > EXTERNAL_MAX_BYTES:
-        raise InputError(f"is {size:,} bytes; an external score file is at most {EXTERNAL_MAX_BYTES:,}", path=path,
-                         field="--external")
+        raise InputError(f"cannot read it ({exc.strerror or exc}); an external score file is a regular file of at "
+                         f"most {EXTERNAL_MAX_BYTES:,} bytes", path=path, field="--external") from None
     try:
-        frame = pl.read_csv(path, infer_schema=False, truncate_ragged_lines=True)
+        frame = pl.read_csv(io.BytesIO(raw), infer_schema=False, truncate_ragged_lines=True)
     except (pl.exceptions.PolarsError, UnicodeDecodeError, OSError) as exc:
         raise InputError(f"not a CSV file ({str(exc).splitlines()[0][:200]})", path=path,
                          field="--external") from None
@@ -311,17 +394,26 @@ def _external(path: Path, complete: pl.DataFrame, columns: list[str]) -> tuple[p
     frame = frame.select(model=pl.col(lowered["model"]).str.strip_chars(),
                          external=pl.col(lowered["score"]).str.strip_chars().cast(pl.Float64, strict=False))
     notes = []
-    bad = frame.filter(pl.col("external").is_null() | ~pl.col("external").is_finite())
+    bad = frame.filter(pl.col("model").is_null() | pl.col("external").is_null() | ~pl.col("external").is_finite())
     if bad.height:
-        notes.append(f"{bad.height} row(s) without a finite score ignored")
-    frame = frame.filter(pl.col("external").is_finite()).unique("model", keep="first", maintain_order=True)
+        notes.append(f"{bad.height} row(s) without a finite score or a model name ignored")
+    frame = frame.filter(pl.col("model").is_not_null() & pl.col("external").is_finite())
+    twice = (frame.group_by("model", maintain_order=True).agg(pl.col("external").unique(maintain_order=True))
+             .filter(pl.col("external").list.len() > 1))
+    if twice.height:
+        listed = "; ".join(f"{clip(m)} ({', '.join(f'{v:g}' for v in scores[:4])})" for m, scores in twice.head(5).rows())
+        raise InputError(f"lists {twice.height} model(s) more than once with different scores: {listed}"
+                         + (" ..." if twice.height > 5 else "") + ": keep one score per model", path=path,
+                         field="--external")
+    frame = frame.unique("model", keep="first", maintain_order=True)  # the same score twice is one
     ours = complete.select("label", "model", *columns)
     joined = ours.join(frame, left_on="label", right_on="model", how="inner", suffix="_x")
     by_model = ours.filter(~pl.col("label").is_in(joined["label"].implode())).join(frame, on="model", how="inner")
     joined = pl.concat([joined.select("label", *columns, "external"), by_model.select("label", *columns, "external")])
     unmatched = sorted(set(frame["model"].to_list()) - set(ours["label"].to_list()) - set(ours["model"].to_list()))
     if unmatched:
-        notes.append(f"{len(unmatched)} external model(s) with no complete run here: {', '.join(unmatched[:10])}"
+        notes.append(f"{len(unmatched)} external model(s) with no complete run here: "
+                     f"{', '.join(clip(m) for m in unmatched[:10])}"
                      + (" ..." if len(unmatched) > 10 else ""))
     y = joined["external"].to_numpy().astype(float)
     rows = []
@@ -389,9 +481,33 @@ def document(analysis: Analysis) -> dict:
             "external_notes": analysis.external_notes}
 
 
+def blanks(corr: pl.DataFrame) -> list[tuple[str, str]]:
+    """The columns with no correlation at all (a blank row and column in the heatmap), each with why: too
+    few complete models with a score, or the same score for every one of them (no spread to rank)."""
+    out = []
+    for name, part in corr.group_by("a", maintain_order=True):
+        if part["spearman"].is_null().all():
+            n = part.filter(pl.col("b") == name[0])["n"].max() or 0
+            out.append((name[0], f"only {n} complete model(s) with a score" if n < MIN_N
+                        else f"the same score for all {n} complete models"))
+    return out
+
+
+def _caption(fig, lines: list[str], width: int) -> float:
+    """Text under a figure's axes, wrapped at spaces; returns the fraction of the figure's height it takes."""
+    import textwrap
+
+    wrapped = [w for line in lines for w in textwrap.wrap(line, width) or [""]]
+    if not wrapped:
+        return 0.0
+    height = fig.get_figheight()
+    fig.text(0.01, 0.01, "\n".join(wrapped), fontsize=7.5, va="bottom", ha="left", color="#333333")
+    return min(0.4, (len(wrapped) * 7.5 * 1.35 + 6) / 72 / height)
+
+
 def heatmap(corr: pl.DataFrame, path: Path, what: str) -> bool:
-    """Spearman's rho between every two columns across the complete models, n in the title; False when
-    there is nothing to draw."""
+    """Spearman's rho between every two columns across the complete models, n in the title, a caption
+    naming each blank row and why it is blank; False when there is nothing to draw."""
     names = corr["a"].unique(maintain_order=True).to_list()
     if len(names) < 2 or corr["spearman"].is_null().all():
         return False
@@ -407,7 +523,8 @@ def heatmap(corr: pl.DataFrame, path: Path, what: str) -> bool:
     size = min(12.0, max(4.5, 0.28 * len(names) + 2.5))
     font = max(4.0, min(9.0, 260 / max(len(names), 1)))
     fig, ax = plt.subplots(figsize=(size + 1.2, size))
-    image = ax.imshow(np.ma.masked_invalid(values), cmap="RdBu_r", vmin=-1, vmax=1)
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#bdbdbd")  # no correlation: grey, not 0's white
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=-1, vmax=1)
     ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=font)
     ax.set_yticks(range(len(labels)), labels, fontsize=font)
     if len(names) <= 8:
@@ -418,40 +535,74 @@ def heatmap(corr: pl.DataFrame, path: Path, what: str) -> bool:
                             color="white" if abs(values[i, j]) > 0.6 else "black")
     ax.set_title(f"Spearman correlation of {what} across models (n ≤ {n} complete models)", fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
+    empty = [f"{clip(c.removeprefix('skill:').removeprefix('task:'), 40)} ({why})" for c, why in blanks(corr)]
+    bottom = _caption(fig, [f"Grey, no correlation: {'; '.join(empty)}."] if empty else [], int((size + 1.2) * 15))
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
     return True
 
 
 def scaling_plot(analysis: Analysis, path: Path) -> bool:
+    """scaling.png (`scaling_figure`); False when no complete model has a family and a size."""
+    fig = scaling_figure(analysis)
+    if fig is None:
+        return False
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+    return True
+
+
+def scaling_figure(analysis: Analysis):
+    """Overall score against size, one line per family and series (named in the legend, outside the axes so
+    that it never covers a point); only the extremes carry a name (best and worst score, smallest and
+    largest model), so names never pile up: every point's name is in scaling.csv."""
     points = analysis.scaling
     if points.is_empty():
-        return False
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8.0, 5.0))
     families = points["family"].unique(maintain_order=True).to_list()
+    series_count = points.select("family", "series").n_unique()
+    columns = 1 if series_count <= 18 else 2
+    fig, ax = plt.subplots(figsize=(9.0 + 1.6 * columns, 5.4))
     palette = plt.get_cmap("tab10" if len(families) <= 10 else "tab20").colors  # a family keeps one colour
     for (family, series), part in points.group_by("family", "series", maintain_order=True):
         ax.plot(part["params_b"].to_list(), part["overall"].to_list(), marker="o" if series == "base" else "s",
-                linestyle="-" if series == "base" else "--", label=f"{family} ({series})",
+                linestyle="-" if series == "base" else "--", label=clip(f"{family} ({series})", 28),
                 color=palette[families.index(family) % len(palette)])
-        for label, x, y in part.select("label", "params_b", "overall").iter_rows():
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    extremes = {}
+    for what, row in (("best", points.sort("overall", descending=True).row(0, named=True)),
+                      ("worst", points.sort("overall").row(0, named=True)),
+                      ("smallest", points.sort("params_b").row(0, named=True)),
+                      ("largest", points.sort("params_b", descending=True).row(0, named=True))):
+        extremes.setdefault((row["label"], row["params_b"], row["overall"]), []).append(what)
+    middle = float(np.log10(points["params_b"]).mean())
+    for k, ((label, x, y), whats) in enumerate(extremes.items()):
+        right = math.log10(x) > middle  # named towards the middle: inside the axes, clear of the legend
+        ax.annotate(f"{clip(label, 32)} ({', '.join(whats)})", (x, y), textcoords="offset points",
+                    xytext=(-6 if right else 6, 8 if k % 2 == 0 else -12), ha="right" if right else "left",
+                    fontsize=7.5,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+                    arrowprops={"arrowstyle": "-", "color": "#777777", "lw": 0.6})
     ax.set_xscale("log")
     ax.set_xlabel("parameters (billions, log scale)")
     ax.set_ylabel("overall score")
     ax.set_title("Shopping MMLU overall score against model size, per family (complete runs)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, format="png")
-    plt.close(fig)
-    return True
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, ncols=columns,
+              title="family (series)", title_fontsize=7.5)
+    ax.margins(x=0.08, y=0.12)
+    bottom = _caption(fig, [f"{points.height} complete models with a family and a size; named: the extremes only "
+                            "(every point's name is in scaling.csv). Solid: base models; dashed: tuned ones."],
+                      int(fig.get_figwidth() * 15))
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    return fig
 
 
 def _f(value, digits: int = 3, signed: bool = False) -> str:
@@ -479,12 +630,19 @@ def markdown(analysis: Analysis) -> str:
             out.append(f"| {label} | " + " | ".join(f"{_f(lookup[(a, b)]['spearman'], 2)} ({lookup[(a, b)]['n']})"
                                                     for b in names) + " |")
         out += ["", "Pearson's r and the task × task matrix: `correlation_skills.csv`, `correlation_tasks.csv`.", ""]
+    for what, corr in (("skill", analysis.skill_corr), ("task", analysis.task_corr)):
+        empty = [f"{md_text(c.removeprefix(what + ':'))} ({why})" for c, why in blanks(corr)]
+        if empty:
+            out += [f"No correlation for {len(empty)} {what}(s), grey in the heatmap: " + "; ".join(empty) + ".", ""]
     out += ["## Scaling within a family", ""]
     if analysis.scaling_fit.is_empty():
         out += ["No family has complete runs of two sizes or more with `params_b` and `family` tags.", ""]
     else:
-        out += ["| family | series | n | overall per 10× parameters | r |", "|---|---|---:|---:|---:|"]
-        out += [f"| {md_text(f['family'])} | {f['series']} | {f['n']} | {_f(f['per_decade'], 3, True)} | {_f(f['r'], 2)} |"
+        out += ["| family | series | models | sizes | overall per 10× parameters | 95% CI | r |",
+                "|---|---|---:|---:|---:|---|---:|"]
+        out += [f"| {md_text(f['family'])} | {f['series']} | {f['n']} | {f['sizes']} | {_f(f['per_decade'], 3, True)} | "
+                + (f"[{_f(f['low'], 3, True)}, {_f(f['high'], 3, True)}]" if f["low"] is not None
+                   else "none from two points: no slope claimed") + f" | {_f(f['r'], 2)} |"
                 for f in analysis.scaling_fit.iter_rows(named=True)] + [""]
     out += ["## Base → tuned (tuned − base, paired bootstrap 95% interval over the questions both answered)", ""]
     if analysis.pairs.is_empty():
@@ -522,9 +680,17 @@ def print_summary(analysis: Analysis, console: Console) -> None:
         for a in names:
             table.add_row(a.removeprefix("skill:")[:12], *(_f(lookup[(a, b)], 2) for b in names))
         console.print(table)
-    for f in analysis.scaling_fit.iter_rows(named=True):
-        console.print(f"  scaling {escape(f['family'])} ({f['series']}, {f['n']} sizes): "
-                      f"{_f(f['per_decade'], 3, True)} overall per 10× parameters", highlight=False)
+    if analysis.scaling_fit.height:
+        table = Table(title="Scaling: overall per 10× parameters (least squares, 95% CI)", box=box.SIMPLE_HEAD,
+                      pad_edge=False, title_justify="left")
+        for header in ("family", "series", "sizes", "models", "per 10×", "95% CI"):
+            table.add_column(header, justify="left" if header in ("family", "series") else "right",
+                             overflow="fold", no_wrap=header not in ("family", "95% CI"))
+        for f in analysis.scaling_fit.iter_rows(named=True):
+            table.add_row(escape(f["family"]), f["series"], str(f["sizes"]), str(f["n"]),
+                          _f(f["per_decade"], 3, True), "none from two points" if f["low"] is None else
+                          f"[{_f(f['low'], 2, True)},{_f(f['high'], 2, True)}]")
+        console.print(table)
     overall = analysis.pairs.filter(pl.col("level") == "overall")
     if overall.height:
         table = Table(title="Base → tuned, overall (tuned − base, 95% CI)", box=box.SIMPLE_HEAD, pad_edge=False,
@@ -564,6 +730,6 @@ def report_sections(board: pl.DataFrame, tasks: pl.DataFrame, results: dict, cac
             "skills": [n.removeprefix("skill:") for n in names],
             "rho": [[lookup[(a, b)]["spearman"] for b in names] for a in names],
             "n": int(found.skill_corr["n"].max()) if found.skill_corr.height else 0,
-            "scaling": found.scaling_fit.to_dicts(),
+            "scaling": [{**f, "text": fit_text(f)} for f in found.scaling_fit.iter_rows(named=True)],
             "pairs": found.pairs.to_dicts(), "notes": found.pair_notes}))
     return out
