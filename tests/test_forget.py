@@ -38,6 +38,10 @@ def night(tmp_path_factory):
     return folder
 
 
+def said_of(done: subprocess.CompletedProcess) -> str:
+    return " ".join((done.stdout + done.stderr).split())
+
+
 def models_in(csv_text: str) -> list[str]:
     header, *rows = csv_text.splitlines()
     column = header.split(",").index("model")
@@ -87,6 +91,11 @@ def test_forget_takes_a_run_out_of_every_view_keeps_its_answers_and_undo_brings_
         assert page.count("alpah") == 1 and "alpah: not shown, forgotten (every run;" in page  # the page's note
         compared = shopping_mmlu(night, "compare", "alpah", "alpha", "--cache", "cache")
         assert compared.returncode == 2 and "'alpah' is forgotten" in compared.stderr
+        analysed = shopping_mmlu(night, "analyze", "--cache", "cache", "--protocol", "skill", "--variant", "",
+                                 "--output", "analysis")
+        assert analysed.returncode == 0, analysed.stderr
+        assert "left out: alpah (forgotten: shopping-mmlu forget --undo puts it back)" in said_of(analysed)
+        assert "alpah" not in (night / "analysis" / "analysis.md").read_text().split("Left out:")[0]
         listed = shopping_mmlu(night, "forget", "--cache", "cache")
         assert listed.stdout.strip() == "forgotten: alpah (every variant)"
         from evaluator.notebook import load_results
