@@ -195,7 +195,7 @@ def load_suite(path: str | Path) -> Suite:
             if builtin is not None:
                 profile = ModelProfile(**{**profiles[builtin].model_dump(), **entry, "name": builtin})
                 inherited[builtin] = inherited_settings(profiles[builtin], entry)
-            else:  # a hub id with no profile: a local vLLM model of that id
+            else:  # an inline profile; a hub id that no profile serves is a local vLLM model of that id
                 profile = ModelProfile(name=name, **{**({"model": name} if is_hub_id(name) else {}), **entry})
         except ValidationError as exc:
             message, field = validation_message(exc)
