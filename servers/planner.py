@@ -1,8 +1,12 @@
 """Plan a suite on one GPU node: memory per model, tensor-parallel size, and a schedule that keeps GPUs busy.
 
-Memory: weights (parameters × dtype bytes) × 1.2 for activations and CUDA graphs, plus 2 GiB of KV cache
-headroom, split over the tensor-parallel GPUs. The TP size is the profile's, doubled until one share fits in
-a GPU's usable memory (90%). The schedule is event-driven: the largest models are placed first; a model's
+Memory: what vLLM 0.33 takes while it starts, from its parts (`start_costs`): the weights (the parameters in
+the safetensors headers where the files are here, else the profile's count) split over the tensor-parallel
+GPUs, and on every GPU the start-up profile's activations, its sampler pass over the whole vocabulary, CUDA
+graphs and the CUDA context; plus the KV cache of the planned context (2 GiB where the shape is unknown).
+Each server is started with the batch the plan reserved for (`scheduler_args`), and `vllm_starts` says
+whether vLLM, doing its own arithmetic, would then start. The TP size is the profile's, doubled until one
+share fits in a GPU's usable memory (90%). The schedule is event-driven: the largest models are placed first; a model's
 server may start on GPUs that are still evaluating another model when their memory has room (start-up
 overlaps work), and a GPU evaluates one model at a time. The same policy drives `--dry-run`, the simulated
 node benchmark and the real runner.
@@ -11,6 +15,7 @@ node benchmark and the real runner.
 from __future__ import annotations
 
 import heapq
+import math
 import os
 import re
 import subprocess
@@ -119,19 +124,164 @@ def per_node(gpus: list[Gpu]) -> int:
     return max(counts.values(), default=0)
 
 
-def memory_gib(profile: ModelProfile) -> float:
-    """GPU memory to reserve for the whole model (all TP shares together): the weights × 1.2 (activations,
-    CUDA graphs), plus the KV cache of its context (`max_model_len`, else the model's own) and at least
-    `BATCH_ROOM` tokens, where the model's shape is known; else 2 GiB of KV headroom."""
+# The batch each server starts with, passed as --max-num-seqs / --max-num-batched-tokens so that vLLM profiles
+# what the plan reserved for. Left to itself, vLLM 0.33's API server takes 1024 sequences and 8192 batched tokens
+# on a GPU of 70-160 GiB that is not an A100 (H100, H200), 1024 and 16384 from 160 GiB, 256 and 2048 otherwise
+# (vllm/engine/arg_utils.py, EngineArgs.get_batch_defaults). A suite sends a model at most its concurrency at
+# once (64 unless a suite says more), so 256 sequences lose nothing and cost a quarter of the sampler pass.
+MAX_NUM_SEQS = 256
+MAX_NUM_BATCHED_TOKENS = 8192
+# vLLM's start-up profile, per GPU, from its source (vLLM 0.32/0.33):
+# - gpu_model_runner.py profile_run: a dummy forward pass over max_num_batched_tokens tokens (_dummy_run), then
+#   _dummy_sampler_run over its last tokens, min(max_num_batched_tokens, max_num_seqs) rows × the whole
+#   vocabulary: the logits in the model's dtype, a float32 copy (sampler.py Sampler.forward), the float32
+#   softmax and the exponential noise (fp64 where use_fp64_gumbel), divided in place
+#   (ops/topk_topp_sampler.py forward_native, random_sample): the model's dtype + 16 bytes a logit at most;
+#   every TP rank samples the whole vocabulary.
+# - gpu_worker.py determine_available_memory: KV memory = total × gpu_memory_utilization (worker/utils.py
+#   request_memory) - what the profile consumed (weights, buffers, CUDA context and NCCL, outside torch) - the
+#   profile's transient peak - the CUDA-graph memory profile_cudagraph_memory measures
+#   (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS, on by default); kv_cache_utils.py check_enough_kv_cache_memory
+#   then refuses to start unless it holds one sequence of max_model_len.
+SAMPLER_BYTES = 16  # per logit, beside the logits in the model's dtype
+ACTIVATION_MARGIN = 2.0  # over the widest layer's tensors (allocator rounding, torch.compile's buffers): ours
+CUDA_GRAPHS_GIB = 1.5  # measured by vLLM as it starts, not computable from the shape: our allowance
+OTHER_GIB = 1.0  # CUDA context, NCCL and cuBLAS workspaces, vLLM's persistent buffers: our allowance
+VOCAB_UNKNOWN = 262_144  # the sampler's width where the vocabulary is not known (as large as Gemma 3's)
+KV_UNKNOWN_GIB = 2.0  # KV headroom where the attention shape is not known
+UNKNOWN_LAYERS = 32  # a 7B Llama's, where not even the layer count is known (the paper's models have 18-80)
+
+
+def _flag(args: list[str], name: str) -> int | None:
+    """An integer flag's value in vLLM arguments (`--name N` or `--name=N`), where it is one."""
+    for i, arg in enumerate(args):
+        value = arg.split("=", 1)[1] if arg.startswith(name + "=") else (
+            args[i + 1] if arg == name and i + 1 < len(args) else None)
+        if value is not None:
+            return int(value) if value.isdigit() and 0 < int(value) < 10**9 else None
+    return None
+
+
+def batch(profile: ModelProfile) -> tuple[int, int]:
+    """(max_num_seqs, max_num_batched_tokens) the plan reserves for: the profile's own flags where its
+    extra_args set them, else ours (the profile's concurrency, where it asks more sequences)."""
+    return (_flag(profile.extra_args, "--max-num-seqs") or max(MAX_NUM_SEQS, profile.concurrency or 0),
+            _flag(profile.extra_args, "--max-num-batched-tokens") or MAX_NUM_BATCHED_TOKENS)
+
+
+def scheduler_args(profile: ModelProfile) -> list[str]:
+    """The flags that make vLLM start with the planned batch (those its extra_args do not set already)."""
+    seqs, tokens = batch(profile)
+    out = []
+    for name, value in (("--max-num-seqs", seqs), ("--max-num-batched-tokens", tokens)):
+        if not any(a == name or a.startswith(name + "=") for a in profile.extra_args):
+            out += [name, str(value)]
+    return out
+
+
+def weights_bytes(profile: ModelProfile) -> float:
+    """The weights as served: the parameters in the safetensors headers where the files are here (the real
+    count), else the profile's `params_b` (7B where it says nothing), × the dtype's bytes."""
+    from servers.model_config import counted_params
+
+    params = counted_params(profile) or (profile.params_b or 7.0) * 1e9
+    return params * DTYPE_BYTES.get(profile.dtype, 2)
+
+
+@dataclass(frozen=True)
+class StartCosts:
+    """What one GPU of a vLLM server holds besides its KV cache once it has started (GiB)."""
+
+    weights: float  # its share of the weights
+    activations: float  # the dummy forward pass over max_num_batched_tokens
+    sampler: float  # the dummy sampler pass over the vocabulary
+    cuda_graphs: float
+    other: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.activations + self.sampler + self.cuda_graphs + self.other
+
+
+def start_costs(profile: ModelProfile, tp: int = 1, seqs: int | None = None, tokens: int | None = None) -> StartCosts:
+    """One GPU's share of a server of `profile` on `tp` GPUs started with `seqs` sequences and `tokens` batched
+    tokens (the plan's batch by default). Activations: the widest layer's tensors for every batched token
+    (residual and hidden, then the sharded QKV and gate/up/activation, × the experts a token meets) where the
+    config.json gives the widths, else sqrt(28 × parameters per layer) elements a token, which is at least
+    3 × (hidden + intermediate) for any MLP up to 8 × hidden wide (Gemma's); the forward pass's and the
+    sampler's peaks are counted both (the profile's peak is the larger: an upper bound)."""
+    from servers.model_config import config_shape, model_shape, vocab_size
+
+    planned_seqs, planned_tokens = batch(profile)
+    seqs, tokens = seqs or planned_seqs, tokens or planned_tokens
+    dtype_bytes = DTYPE_BYTES.get(profile.dtype, 2)
+    widths = config_shape(profile)
+    if widths is not None and widths.hidden and widths.intermediate:
+        h, i = widths.hidden, widths.intermediate * widths.experts_per_token
+        elements = 2 * h + 3 * (h + i) / tp
+    else:
+        shape = model_shape(profile)
+        per_layer = weights_bytes(profile) / dtype_bytes / (shape.layers if shape else UNKNOWN_LAYERS)
+        elements = math.sqrt(28 * per_layer)
+    rows = min(seqs, tokens)
+    return StartCosts(weights=weights_bytes(profile) / tp / GIB,
+                      activations=tokens * elements * dtype_bytes * ACTIVATION_MARGIN / GIB,
+                      sampler=rows * (vocab_size(profile) or VOCAB_UNKNOWN) * (dtype_bytes + SAMPLER_BYTES) / GIB,
+                      cuda_graphs=CUDA_GRAPHS_GIB, other=OTHER_GIB)
+
+
+def kv_gib(profile: ModelProfile, tp: int = 1, tokens: int | None = None) -> float | None:
+    """The KV cache of `tokens` (default: the planned context, at least `BATCH_ROOM`) over all `tp` GPUs; a
+    KV head is replicated where there are more GPUs than KV heads (vLLM keeps at least one per rank). None
+    where the shape is unknown."""
     from servers.model_config import BATCH_ROOM, model_shape
 
-    dtype_bytes = DTYPE_BYTES.get(profile.dtype, 2)
-    weights = (profile.params_b or 7.0) * 1e9 * dtype_bytes * 1.2 / GIB
     shape = model_shape(profile)
     if shape is None:
-        return weights + 2.0
-    tokens = max(BATCH_ROOM, min(profile.max_model_len or shape.context, shape.context))
-    return weights + shape.kv_bytes_per_token(dtype_bytes) * tokens / GIB
+        return None
+    if tokens is None:
+        tokens = max(BATCH_ROOM, min(profile.max_model_len or shape.context, shape.context))
+    replicas = max(shape.kv_heads, tp) / shape.kv_heads
+    return shape.kv_bytes_per_token(DTYPE_BYTES.get(profile.dtype, 2)) * tokens * replicas / GIB
+
+
+def memory_gib(profile: ModelProfile, tp: int = 1) -> float:
+    """GPU memory to reserve for the whole model on `tp` GPUs (all shares together): each GPU's start-up
+    costs, plus the KV cache of its context (`max_model_len`, else the model's own) and at least `BATCH_ROOM`
+    tokens where the model's shape is known; else 2 GiB of KV headroom."""
+    kv = kv_gib(profile, tp)
+    return start_costs(profile, tp).total * tp + (KV_UNKNOWN_GIB if kv is None else kv)
+
+
+def utilization(share_gib: float, gpu_gib: float) -> float:
+    """--gpu-memory-utilization for a share of a GPU: rounded up to the 3 decimals we pass, so that vLLM's
+    budget (total × utilization, rounded up again) is never below the share the plan reserved; at most 0.9."""
+    return min(USABLE, math.ceil(share_gib / gpu_gib * 1000 - 1e-9) / 1000)
+
+
+def vllm_starts(profile: ModelProfile, tp: int, gpu_total_gib: float, utilization: float,
+                args: list[str]) -> tuple[bool, float, float]:
+    """Whether vLLM 0.33 starts a server of `profile` on `tp` GPUs of `gpu_total_gib` each, given
+    --gpu-memory-utilization and its command line's arguments: its batch from the command (vLLM's own API
+    server defaults where the command sets none), then gpu_worker.determine_available_memory's arithmetic
+    and check_enough_kv_cache_memory's test (one sequence of max_model_len, split over the GPUs). Returns
+    (starts, KV memory available per GPU, KV memory needed per GPU), GiB."""
+    from servers.model_config import model_shape
+
+    if gpu_total_gib >= 160:
+        defaults = (1024, 16384)
+    elif gpu_total_gib >= 70:
+        defaults = (1024, 8192)
+    else:
+        defaults = (256, 2048)
+    seqs = _flag(args, "--max-num-seqs") or defaults[0]
+    tokens = _flag(args, "--max-num-batched-tokens") or defaults[1]
+    requested = math.ceil(gpu_total_gib * GIB * utilization) / GIB
+    available = requested - start_costs(profile, tp, seqs, tokens).total
+    shape = model_shape(profile)
+    length = _flag(args, "--max-model-len") or (shape.context if shape else 0)
+    needed = (kv_gib(profile, tp, length) or 0.0) / tp
+    return available > 0 and available >= needed, available, needed
 
 
 def tensor_parallel(profile: ModelProfile, gpu_memory_gib: float, gpu_count: int, width: int | None = None) -> int | None:
@@ -146,7 +296,7 @@ def tensor_parallel(profile: ModelProfile, gpu_memory_gib: float, gpu_count: int
         tp *= 2
     sizes += [k * width for k in range(2, gpu_count // width + 1) if k * width >= profile.tensor_parallel_size]
     for size in sizes:
-        if memory_gib(profile) / size <= gpu_memory_gib * USABLE:
+        if memory_gib(profile, size) / size <= gpu_memory_gib * USABLE:
             return size
     return None
 
@@ -186,7 +336,7 @@ def schedule(profiles: list[ModelProfile], gpus: list[Gpu], startup_s, eval_s, o
         tp = tensor_parallel(p, min(g.memory_gib for g in gpus), len(gpus), per_node(gpus)) if gpus else None
         return tp * 2 if widen and tp is not None and 2 <= tp < per_node(gpus) and tp * 2 <= per_node(gpus) else tp
 
-    plans = [Placement(p, tp_for(p), memory_gib(p)) for p in profiles]
+    plans = [Placement(p, tp, memory_gib(p, tp or 1)) for p in profiles for tp in [tp_for(p)]]
     node_of = {g.index: g.node for g in gpus}
     width = per_node(gpus)
     unplaceable = [p for p in plans if p.tp is None]
@@ -271,7 +421,7 @@ def split_parallel(tp: int, width: int) -> tuple[int, int]:
 def estimated_startup_s(profile: ModelProfile, tp: int) -> float:
     """Stated start-up model for a GPU node: ~60 s of engine start and CUDA graph capture, plus loading the
     weights share at ~2 GiB/s per GPU."""
-    return 60.0 + 0.5 * memory_gib(profile) / tp
+    return 60.0 + 0.5 * memory_gib(profile, tp) / tp
 
 
 def estimated_eval_s(profile: ModelProfile, tp: int, requests: int = 20_799) -> float:

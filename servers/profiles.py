@@ -81,6 +81,7 @@ class ModelProfile(BaseModel):
     num_kv_heads: int | None = Field(None, ge=1, le=10_000)
     head_dim: int | None = Field(None, ge=1, le=100_000)
     context_len: int | None = Field(None, ge=1, le=100_000_000)
+    vocab_size: int | None = Field(None, ge=1, le=100_000_000)  # vLLM's start-up samples over every token of it
     reasoning_budget: int = Field(0, ge=0, le=1_000_000)
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None  # openai 3.57
     price_batch_input: float | None = Field(None, ge=0)  # USD per million tokens at the batch rate

@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 
+from servers.planner import scheduler_args
 from servers.profiles import ModelProfile
 
 VLLM_PYTHON_ENV = "SHOPPING_MMLU_VLLM_PYTHON"
@@ -160,6 +161,7 @@ class VLLMServer:
                     "--gpu-memory-utilization", str(p.gpu_memory_utilization)]
             if p.pipeline_parallel_size > 1:
                 cmd += ["--pipeline-parallel-size", str(p.pipeline_parallel_size)]
+            cmd += scheduler_args(p)  # the batch the plan reserved memory for, not vLLM's default for the GPU
         return cmd + list(p.extra_args)
 
     def environment(self) -> dict[str, str]:

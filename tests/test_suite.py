@@ -386,13 +386,16 @@ def test_the_plan_reserves_the_kv_cache_of_the_planned_context(tmp_path):
     profile = ModelProfile(name="qwen", model=str(weights), params_b=7.7, dtype="bfloat16")
     shape = model_shape(profile)
     assert shape.kv_bytes_per_token(2) == 0.5 * 2**20 and shape.context == 32768
-    weights_gib = 7.7e9 * 2 * 1.2 / 2**30
+    # its config.json gives the widths (hidden 4096, MLP 4 x 4096) but no vocabulary: the start-up profile's
+    # activations for 8,192 tokens (twice the widest tensors), 256 sequences x 262,144 tokens x 18 bytes, 2.5 GiB
+    weights_gib = 7.7e9 * 2 / 2**30 + (8192 * (2 * 4096 + 3 * 5 * 4096) * 2 * 2 + 256 * 262144 * 18) / 2**30 + 2.5
     assert memory_gib(profile) == pytest.approx(weights_gib + 16.0)  # its whole 32k context: 16 GiB of KV
     fitted = profile.model_copy(update={"max_model_len": 4096})
     assert memory_gib(fitted) == pytest.approx(weights_gib + 8.0)  # 16k tokens of batch room at least
     stated = ModelProfile(name="s", model="org/s", params_b=8, dtype="bfloat16", num_layers=32, num_kv_heads=8,
-                          head_dim=128, context_len=8192)
-    assert memory_gib(stated) == pytest.approx(8e9 * 2 * 1.2 / 2**30 + 0.125 * 16384 / 1024)
+                          head_dim=128, context_len=8192, vocab_size=128256)
+    fixed = (2 * 8192 * (28 * 8e9 / 32) ** 0.5 * 2 + 256 * 128256 * 18) / 2**30 + 2.5
+    assert memory_gib(stated) == pytest.approx(8e9 * 2 / 2**30 + fixed + 0.125 * 16384 / 1024)
 
 
 def test_a_suite_fits_max_model_len_to_its_data_and_the_dry_run_says_what_each_model_gets(tmp_path, capsys,
@@ -421,16 +424,17 @@ def test_a_suite_fits_max_model_len_to_its_data_and_the_dry_run_says_what_each_m
     assert "4k" in out and "KV cache unknown for 1 local model(s) (mystery)" in out
     records = {r["name"]: r for r in json.loads(plan.read_text())["models"]}
     assert records["qwen"]["max_model_len"] == 4096 and records["qwen"]["kv_cache_gib"] == 8.0
-    assert records["qwen"]["memory_gib"] == pytest.approx(7.7e9 * 2 * 1.2 / 2**30 + 8.0, abs=0.01)
+    fixed = (8192 * (2 * 4096 + 3 * 5 * 4096) * 2 * 2 + 256 * 262144 * 18) / 2**30 + 2.5  # the start-up profile's
+    assert records["qwen"]["memory_gib"] == pytest.approx(7.7e9 * 2 / 2**30 + fixed + 8.0, abs=0.01)
     assert records["qwen"]["gpus"] == [0] and records["qwen"]["tp"] == 1 and records["mystery"]["kv_cache_gib"] is None
     for line in out.splitlines():
         assert len(line) <= 80, line
 
 
 def test_the_paper_suite_plans_onto_8_x_80_gib_with_each_models_kv_cache(tmp_path, capsys, monkeypatch):
-    """Every local model of the paper's suite whose attention shape its profile states (read from copies of
-    the published config.json) reserves its weights plus the KV cache of 16k tokens or its planned context,
-    whichever is more, computed here from the shape; those without a stated shape are named as unknown."""
+    """Every local model of the paper's suite states its attention shape and vocabulary (read from copies of
+    the published config.json) and reserves its weights plus the KV cache of 16k tokens or its planned
+    context, whichever is more, computed here from the shape; no model is planned 'KV unknown'."""
     from servers.model_config import BATCH_ROOM
 
     dev = Path(__file__).resolve().parents[2] / "shared" / "data" / "kddcup24_development.jsonl"
@@ -448,7 +452,7 @@ def test_the_paper_suite_plans_onto_8_x_80_gib_with_each_models_kv_cache(tmp_pat
     local = [m for m in plan if m["provider"] == "vllm"]
     assert len(local) == 27 and all(m["placed"] for m in local)
     stated = [m for m in local if profiles[m["name"]].num_layers]
-    assert len(stated) >= 22
+    assert len(stated) == 27 and all(profiles[m["name"]].vocab_size for m in local)
     for m in stated:
         p = profiles[m["name"]]
         tokens = max(BATCH_ROOM, m["max_model_len"])
@@ -480,9 +484,10 @@ def test_a_server_the_suite_started_is_reported_as_ours_with_its_start_up(tmp_pa
 
 def test_a_suite_fetches_the_config_json_it_cannot_find_and_plans_the_kv_cache_from_it(tmp_path, capsys,
                                                                                         monkeypatch):
-    """Online, a model whose shape is neither stated nor cached has its config.json (that file only) fetched
-    from the hub into the Hugging Face cache before planning, so its reservation covers its KV cache; a gated
-    model without a token and one the hub does not know stay 'KV unknown', and the run says why."""
+    """Online, a model whose shape is neither stated nor cached has its config.json fetched from the hub into
+    the Hugging Face cache before planning, so its reservation covers its KV cache, and its tokenizer.json, so
+    its prompts are counted with it (those two files only); a gated model without a token and one the hub does
+    not know stay 'KV unknown', and the run says why."""
     import json as json_lib
 
     from benchmarks.stubs.hub_stub import HubStub
@@ -504,7 +509,12 @@ def test_a_suite_fetches_the_config_json_it_cannot_find_and_plans_the_kv_cache_f
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    with HubStub({"org/open-14b": {"config.json": json_lib.dumps(config).encode()},
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, "Q0?": 1}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    with HubStub({"org/open-14b": {"config.json": json_lib.dumps(config).encode(),
+                                   "tokenizer.json": tokenizer.to_str().encode()},
                   "org/gated-7b": {"config.json": b"{}"}}, gated={"org/gated-7b"}) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         _hub_reachable.cache_clear()
@@ -515,6 +525,8 @@ def test_a_suite_fetches_the_config_json_it_cannot_find_and_plans_the_kv_cache_f
             _hub_reachable.cache_clear()
     assert code == 0, err
     assert any(path.endswith("/org/open-14b/resolve/main/config.json") for path in hub.requests)
+    assert list((tmp_path / "hf" / "hub" / "models--org--open-14b" / "snapshots").glob("*/tokenizer.json"))
+    assert not any(path.endswith(("model.safetensors", ".bin")) for path in hub.requests)  # no weights fetched
     assert list((tmp_path / "hf" / "hub" / "models--org--open-14b" / "snapshots").glob("*/config.json"))
     plan = {m["name"]: m for m in json_lib.loads((tmp_path / "plan.json").read_text())["models"]}
     assert plan["open"]["kv_cache_gib"] == pytest.approx(2 * 40 * 40 * 128 * 2 * 16384 / 2 ** 30)

@@ -1,8 +1,9 @@
 """The circuit breaker: stop sending to a model that cannot answer, instead of buying a night of errors.
 
 It trips on a run of consecutive failures of one kind that no retry will fix (401, 403, 404, a 400 that
-names the model), or on an error share past a threshold once enough replies are in. Answers already kept
-stay kept; the run is marked failed with the reason.
+names the model), or on an error share past a threshold once enough replies are in. A prompt refused as
+longer than the model's context is that question's error row and counts toward neither. Answers already
+kept stay kept; the run is marked failed with the reason.
 """
 
 from __future__ import annotations
@@ -21,6 +22,21 @@ class BreakerPolicy:
     def __post_init__(self) -> None:
         if self.consecutive < 1 or self.min_replies < 1 or not 0 < self.error_share <= 1:
             raise ValueError("breaker: consecutive and min replies must be at least 1, the share in (0, 1]")
+
+
+# What vLLM's 400 says of a prompt longer than its context (the request's own fault, not the model's):
+# renderers/params.py TokenizeParams ("You passed N input tokens ... the model's context length is only M
+# tokens, resulting in a maximum input length of K tokens"; parameter input_tokens or input_text),
+# entrypoints/openai/engine/serving.py _validate_input ("This model's maximum context length is M tokens.
+# However, your request has N input tokens"; "'max_tokens' or 'max_completion_tokens' is too large"), and
+# the engine's "... is longer than the maximum model length of M"; OpenAI's own says "maximum context length".
+CONTEXT_LENGTH = ("maximum context length", "context length is only", "maximum input length",
+                  "longer than the maximum model length")
+
+
+def too_long(reply: Reply) -> bool:
+    """A 400 refusing one prompt as longer than the model's context: that question's error row only."""
+    return reply.status == 400 and any(phrase in reply.message.lower() for phrase in CONTEXT_LENGTH)
 
 
 def fatal_kind(reply: Reply) -> str | None:
@@ -47,6 +63,8 @@ class Breaker:
 
     def see(self, reply: Reply) -> str | None:
         """Count one reply; the reason to stop, if this one tripped the breaker."""
+        if too_long(reply):  # it names the model's context, yet the next, shorter prompt is answered
+            return None
         self.replies += 1
         if reply.ok:
             self.streak_kind, self.streak = None, 0

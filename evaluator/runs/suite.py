@@ -119,12 +119,17 @@ def _chars(prompt) -> int:
     return len(prompt.prompt) if prompt.prompt is not None else sum(len(m["content"]) for m in prompt.messages)
 
 
-def _prompt_sizes(suite: Suite, questions: list) -> Callable[[ModelProfile], list[tuple[int, int]]]:
-    """(characters, token budget) of each prompt a model of the suite sends, its k-shot examples included;
-    rendered once per combination of rendering, number_only and shot settings, not once per model."""
-    done: dict[tuple, list[tuple[int, int]]] = {}
+def _text(prompt) -> str:
+    """A rendered prompt's text: the prompt, or the messages' contents (what a tokenizer counts)."""
+    return prompt.prompt if prompt.prompt is not None else "\n".join(m["content"] for m in prompt.messages)
 
-    def sizes(profile: ModelProfile) -> list[tuple[int, int]]:
+
+def _prompt_sizes(suite: Suite, questions: list) -> Callable[[ModelProfile], list[tuple[int, int, str]]]:
+    """(characters, token budget, text) of each prompt a model of the suite sends, its k-shot examples
+    included; rendered once per combination of rendering, number_only and shot settings, not once per model."""
+    done: dict[tuple, list[tuple[int, int, str]]] = {}
+
+    def sizes(profile: ModelProfile) -> list[tuple[int, int, str]]:
         shots = suite.shot_settings(profile)
         combo = (suite.rendering_for(profile), profile.number_only, shots["shots"], shots["shot_seed"],
                  shots["shot_pool"])
@@ -137,7 +142,7 @@ def _prompt_sizes(suite: Suite, questions: list) -> Callable[[ModelProfile], lis
                                 options) if shots["shots"] else {})
             rendered = (render(q, Protocol(suite.protocol), Rendering(combo[0]), options, drawn.get(q.qid, ()))
                         for q in questions)
-            done[combo] = [(_chars(prompt), prompt.max_tokens) for prompt in rendered]
+            done[combo] = [(_chars(prompt), prompt.max_tokens, _text(prompt)) for prompt in rendered]
         return done[combo]
 
     return sizes
@@ -149,24 +154,23 @@ def request_estimates(suite: Suite, chars_per_token: float) -> dict[str, tuple[i
     out = {}
     for model in suite.models:
         prompts = sizes(model)
-        out[model.name] = (len(prompts), round(sum(c for c, _ in prompts) / chars_per_token),
-                           sum(b for _, b in prompts))
+        out[model.name] = (len(prompts), round(sum(c for c, _, _ in prompts) / chars_per_token),
+                           sum(b for _, b, _ in prompts))
     return out
 
 
-CHARS_PER_TOKEN_AT_LEAST = 2.0  # a prompt's tokens, over-estimated: a prompt past max_model_len is refused
-
-
 def fit_context(suite: Suite, say: Callable[[str], None] | None = None) -> Suite:
-    """The suite with each local model's `max_model_len` fitted to its data (the longest prompt, counted
-    generously, plus the generation budget; never past the model's context) where the profile leaves it open
-    and the model's shape is known: the plan reserves that much KV cache, and vLLM is started with it. The
-    shapes not known here are fetched from the hub first (their config.json only); `say` hears why not."""
+    """The suite with each local model's `max_model_len` fitted to its data (the longest prompt, counted with
+    the model's own tokenizer.json, else bounded per script, plus the generation budget; never past the
+    model's context) where the profile leaves it open and the model's shape is known: the plan reserves that
+    much KV cache, and vLLM is started with it (a prompt past max_model_len is refused). The shapes and
+    tokenizers not known here are fetched from the hub first (config.json and tokenizer.json only); `say`
+    hears why not."""
     import dataclasses
 
     from servers.hub_models import size_suite
 
-    from servers.model_config import fetch_configs, fitted_length
+    from servers.model_config import fetch_configs, fitted_length, prompt_tokens
 
     missing = fetch_configs([m for m in suite.models if m.is_local])
     if missing and say is not None:
@@ -179,15 +183,19 @@ def fit_context(suite: Suite, say: Callable[[str], None] | None = None) -> Suite
     if not local:
         return suite
     sizes = _prompt_sizes(suite, loaders.load(suite.data, suite.protocol).questions)
-    models = []
+    models, bounded = [], []
     for profile in suite.models:
         if profile in local:
             prompts = sizes(profile)  # a k-shot prompt is several questions long
-            tokens = int(max(c for c, _ in prompts) / CHARS_PER_TOKEN_AT_LEAST) + 64  # + the chat template's
-            length = fitted_length(profile, tokens, max(b for _, b in prompts))
+            tokens, counted_by = prompt_tokens(profile, [t for _, _, t in prompts])
+            length = fitted_length(profile, tokens + 64, max(b for _, b, _ in prompts))  # + the chat template's
             if length is not None:
                 profile = profile.model_copy(update={"max_model_len": length})
+                bounded += [profile.name] if counted_by.startswith("a bound") else []
         models.append(profile)
+    if bounded and say is not None:
+        say(f"prompt tokens bounded per script for {len(bounded)} model(s) ({', '.join(bounded[:4])}"
+            f"{', ...' if len(bounded) > 4 else ''}): no tokenizer.json here, so CJK characters count 3 tokens each")
     return dataclasses.replace(suite, models=models)
 
 
@@ -358,7 +366,7 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
                 share = placement.share_gib
                 memory = min(g.memory_gib for g in gpus if g.index in ids)
                 served = profile.model_copy(update={"tensor_parallel_size": placement.tp,
-                                                    "gpu_memory_utilization": round(min(0.9, share / memory), 3)})
+                                                    "gpu_memory_utilization": utilization(share, memory)})
                 pool.reserve(ids, share)
             evaluating = False
             try:
