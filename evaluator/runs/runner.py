@@ -33,7 +33,8 @@ from evaluator.data import loaders
 from evaluator.data.records import Question, TaskType
 from evaluator.errors import InputError
 from evaluator.paths import safe_name
-from evaluator.prompts import PromptOptions, Protocol, Rendering, draw_shots, render
+from evaluator.prompts import PromptOptions, Protocol, Rendering, draw_shots, render, shot_shortfall
+from evaluator.provenance import git_commit, iso, server_kind
 from evaluator.redact import redact, strip_url_credentials
 from evaluator.runs.breaker import Breaker, BreakerPolicy
 from evaluator.runs.preflight import PreflightFailed, ServerFacts, preflight
