@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet "$(TORCH)"
 	$(VENV)/bin/python -m pip install --quiet -e '.[test,batch,ray,onnx,notebook]'
+	# the scoring's one-time cost (the embedding model's ONNX export into the user's cache), paid here, not by a first run
+	$(VENV)/bin/shopping-mmlu warm
 	touch $@
 
 # vLLM plus what converts the demo model's GGUF; its torchvision/torchaudio builds break `import transformers`.

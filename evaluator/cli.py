@@ -673,6 +673,14 @@ def models_command(
     print_profiles(load_profiles(), fmt.value, console)
 
 
+@app.command("warm", hidden=True)
+def warm_command(cache: Optional[Path] = CACHE) -> None:
+    """Pay the scoring's one-time costs now (`make install` runs it), so a first run is as fast as a second."""
+    from evaluator.scoring.embeddings import warm
+
+    err_console.print(escape(warm(cache)), highlight=False)
+
+
 @data_app.command("download")
 def download_command(
     dest: Path = typer.Option(Path("data/shopping_mmlu"), "--dest", help="folder to unpack into"),

@@ -40,7 +40,7 @@ from evaluator.runs.breaker import Breaker, BreakerPolicy
 from evaluator.runs.preflight import PreflightFailed, ServerFacts, preflight
 from evaluator.scoring import ScoringOptions, questions_frame, score_rows, task_totals
 from evaluator.scoring.aggregate import Scores, aggregate
-from evaluator.scoring.embeddings import Embedder, EmbeddingConfig, default_cache_dir
+from evaluator.scoring.embeddings import Embedder, EmbeddingConfig, default_cache_dir, prepare
 from servers import demo_model
 from servers.profiles import ModelProfile
 from servers.vllm_server import ServerStartError, VLLMServer, cpu_dtype
@@ -874,7 +874,11 @@ def _answering(run: Answered, cache: ResponseCache) -> dict:
 def execute(config: RunConfig, console: Console, send_missing: bool = True,
             server_factory: Callable = start_server, save: bool = True,
             dataset: loaders.Dataset | None = None) -> RunResult:
-    """`run` (send_missing) or `rescore` (cache only): `answer`, then `finish`."""
+    """`run` (send_missing) or `rescore` (cache only): `answer`, then `finish`. A run that may send loads its
+    scoring models meanwhile (`embeddings.prepare`: a first run's one-time costs, off the critical path)."""
+    if send_missing:
+        dataset = dataset or loaders.load(config.data, config.protocol.value)
+        prepare(config.scoring.embeddings, dataset.questions[: config.limit] if config.limit else dataset.questions)
     return finish([answer(config, console, send_missing, server_factory, dataset, read_only=not save)], save)[0]
 
 

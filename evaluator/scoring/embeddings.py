@@ -156,6 +156,57 @@ def shared_model(source: str, backend: str = "auto", cache_dir: Path | None = No
         return _models[key]
 
 
+def prepare(config: EmbeddingConfig, questions: list) -> threading.Thread | None:
+    """Keep a run's one-time scoring costs off its critical path: where this data's references are not in the
+    store yet (a first run), load each embedding model they need (importing transformers, opening the ONNX
+    session, exporting its graph where `warm` has not) and ROUGE's stemmer (nltk imports scipy: seconds) in a
+    background thread while the requests are in flight. Scoring takes the model from `shared_model`, waiting
+    on its lock if the load is not done; a failure here is left for scoring to report. A warm cache loads
+    nothing (its vectors and pair scores are stored)."""
+    references: dict[str, set[str]] = {}
+    for question in questions:
+        if question.metric in FLAG_FOR:
+            truths = [question.truth] if isinstance(question.truth, str) else question.truth
+            references.setdefault(config.source(question.metric), set()).update(map(str, truths))
+    if not references:
+        return None
+    rouge = any(question.metric is Metric.ROUGEL for question in questions)
+
+    def load() -> None:
+        store = ScoringStore((config.cache_dir or default_cache_dir()) / "embeddings.sqlite")
+        try:
+            first = False
+            for source, texts in references.items():
+                keys = [hashlib.sha256(t.encode("utf-8")).digest() for t in texts]
+                if len(store.get(source, keys)) < len(keys):
+                    first = True
+                    if unavailable_reason(source) is None:
+                        shared_model(source, config.backend, config.cache_dir)
+            if first and rouge:
+                from evaluator.scoring.text_overlap import _stemmer
+
+                _stemmer()
+        except Exception:  # noqa: BLE001: scoring loads it again and says why
+            pass
+        finally:
+            store.close()
+
+    thread = threading.Thread(target=load, name="scoring-prepare", daemon=True)
+    thread.start()
+    return thread
+
+
+def warm(cache_dir: Path | None = None) -> str:
+    """Pay the English model's one-time cost at install (`make install` runs `shopping-mmlu warm`): its ONNX
+    graph, exported into the cache, where every later run finds it; says what it did."""
+    from evaluator.scoring import onnx_encoder
+
+    model = _load_model(ENGLISH_MODEL, "auto", cache_dir or default_cache_dir())
+    if isinstance(model, onnx_encoder.OnnxEncoder):
+        return f"ONNX graph of {ENGLISH_MODEL}: {model.graph}"
+    return f"{ENGLISH_MODEL} loads with PyTorch here (no ONNX Runtime, or a GPU): nothing to export"
+
+
 class ScoringStore:
     """What scoring computed once and need not compute again, in one SQLite file shared by processes: the
     vectors of each model (keyed by model and sha256 of the text), and the scores of text-overlap pairs

@@ -5,7 +5,8 @@ CPU when installed, never on a GPU.
 Only the pipelines the metrics use are taken: a Transformer, mean pooling over the attention mask, and an
 optional Normalize (the cosine the metrics compute does not depend on it). The graph is exported once from
 the PyTorch model with its own weights and kept under `<cache>/onnx/`, keyed by the weights' hash, so every
-later process loads the graph and imports no torch. Texts are sorted by token count and batched, so
+later process loads the graph and imports no torch (`make install` exports it into the user's cache with
+`shopping-mmlu warm`, so a first run does not). Texts are sorted by token count and batched, so
 little is computed on padding; the padding does not change the vectors beyond float rounding.
 """
 
@@ -31,7 +32,8 @@ def available() -> bool:
 
 
 def supports(folder: Path) -> bool:
-    """A local sentence-transformers folder whose pipeline is Transformer → mean pooling (→ Normalize)."""
+    """A local sentence-transformers folder whose pipeline is Transformer → mean pooling (→ Normalize), with a
+    tokenizer.json."""
     try:
         modules = json.loads((folder / "modules.json").read_text())
         pooling = next(m for m in modules if m["type"].endswith(".Pooling"))
@@ -41,7 +43,8 @@ def supports(folder: Path) -> bool:
     mean_only = config.get("pooling_mode_mean_tokens") and not any(
         config.get(k) for k in ("pooling_mode_cls_token", "pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens",
                                 "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken"))
-    return bool(mean_only) and all(m["type"] in SUPPORTED for m in modules) and (folder / "config.json").is_file()
+    return (bool(mean_only) and all(m["type"] in SUPPORTED for m in modules) and (folder / "config.json").is_file()
+            and (folder / "tokenizer.json").is_file())
 
 
 def _weights_hash(folder: Path) -> str:
@@ -84,25 +87,52 @@ def _export(folder: Path, target: Path) -> None:
     tmp.replace(target)
 
 
+def _tokenizer(folder: Path, max_length: int):
+    """The model's tokenizer.json run by the `tokenizers` library (what transformers' fast tokenizer runs,
+    without importing transformers: seconds on a cold start), truncated at `max_length` as
+    `AutoTokenizer(truncation=True, max_length=...)` is (same ids, tested), unpadded; and its pad token's id."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.no_padding()  # its own file may pad every text to a fixed length
+    tokenizer.enable_truncation(max_length)
+    pad = None
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        try:
+            pad = pad or json.loads((folder / name).read_text()).get("pad_token")
+        except (OSError, ValueError, AttributeError):
+            pass
+    pad = pad.get("content") if isinstance(pad, dict) else pad
+    return tokenizer, (tokenizer.token_to_id(pad) if isinstance(pad, str) else None) or 0
+
+
+def graph_path(folder: Path, cache_dir: Path) -> Path:
+    """The graph of these weights under `cache_dir`; else the one `shopping-mmlu warm` exported into the
+    user's cache at install (any --cache finds it); else under `cache_dir`, to be exported there."""
+    from evaluator.scoring.embeddings import default_cache_dir
+
+    name = Path("onnx") / _weights_hash(folder) / "model.onnx"
+    return next((c / name for c in (cache_dir, default_cache_dir()) if (c / name).is_file()), cache_dir / name)
+
+
 class OnnxEncoder:
     """`encode(texts)` like SentenceTransformer.encode: float32 vectors in input order."""
 
     def __init__(self, folder: Path, cache_dir: Path) -> None:
         import onnxruntime
-        from transformers import AutoTokenizer
 
         self.folder = Path(folder)
         config = json.loads((self.folder / "sentence_bert_config.json").read_text()) \
             if (self.folder / "sentence_bert_config.json").is_file() else {}
         self.max_length = int(config.get("max_seq_length", 512))
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
-        graph = Path(cache_dir) / "onnx" / _weights_hash(self.folder) / "model.onnx"
-        if not graph.is_file():
-            _export(self.folder, graph)
+        self.tokenizer, self.pad_id = _tokenizer(self.folder, self.max_length)
+        self.graph = graph_path(self.folder, Path(cache_dir))
+        if not self.graph.is_file():
+            _export(self.folder, self.graph)
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = os.cpu_count() or 1
-        self.session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(str(self.graph), options, providers=["CPUExecutionProvider"])
 
     def encode(self, texts: list[str], **_) -> np.ndarray:
         """Tokenized once, sorted by token count (the tightest batches: measured 10% faster here than the
@@ -111,9 +141,9 @@ class OnnxEncoder:
         batch_size = BATCH
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        ids = [row.ids for row in self.tokenizer.encode_batch(list(texts))]
         order = np.argsort([-len(row) for row in ids], kind="stable")
-        pad = self.tokenizer.pad_token_id or 0
+        pad = self.pad_id
         vectors: list[np.ndarray] = []
         for start in range(0, len(texts), batch_size):
             rows = [ids[i] for i in order[start:start + batch_size]]
