@@ -42,7 +42,7 @@ def inspect(config: RunConfig, task: str) -> pl.DataFrame:
 
 def print_inspect(rows: pl.DataFrame, model: str, task: str, console: Console) -> None:
     metric = rows["metric"][0] if rows.height else "-"
-    table = Table(title=f"{escape(model)} on {escape(task)} ({escape(metric)}): {rows.height} questions",
+    table = Table(title=f"{escape(model)} on {escape(task)}: {rows.height} questions ({escape(metric)})",
                   show_lines=True,
                   box=box.SIMPLE_HEAD, pad_edge=False, padding=0, title_justify="left")
     table.add_column("row", justify="right", no_wrap=True)
