@@ -460,7 +460,7 @@ def analyze_command(
     if not (folder / "responses" / "responses.sqlite").exists():
         raise InputError("no response cache here: nothing has been run with this --cache", path=folder)
     target = check_output_folder(output, [folder, data, external], "--output", ours=analysis.FILES,
-                                 marker="analysis.json", format_name=analysis.FORMAT)
+                                 marker="analysis.json", format_name=analysis.FORMAT, whole=False)
     sha = loaders.load(data, protocol.value if protocol else "skill").sha256 if data is not None else None
     result = analysis.build(folder, sha, protocol.value if protocol else None, variant, external, samples)
     analysis.print_summary(result, console)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import stat
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from evaluator.errors import InputError
 
@@ -84,6 +85,102 @@ def read_regular(path: Path, limit: int) -> bytes:
     return raw
 
 
+MANIFEST = "manifest.json"  # what a writer put in a folder: each file's name and SHA-256
+MANIFEST_FORMAT = "shopping-mmlu manifest"
+
+
+def file_sha256(path: Path) -> str | None:
+    """The SHA-256 of a regular file (not a link to one); None for anything else or what cannot be read."""
+    if path.is_symlink():
+        return None
+    try:
+        with open_regular(path) as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def _manifest(folder: Path, writer: str) -> dict[str, list[str]] | None:
+    """The files `writer` recorded in `folder` (name -> the SHA-256s it may hold), or None where the folder
+    has no manifest of that writer's. Only plain names count: the manifest is a file like any other."""
+    try:
+        doc = json.loads(read_regular(folder / MANIFEST, 16 * 2**20))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if (not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT or doc.get("writer") != writer
+            or not isinstance(doc.get("files"), dict)):
+        return None
+    return {name: [h for h in digests if isinstance(h, str)] for name, digests in doc["files"].items()
+            if isinstance(digests, list) and _UNSAFE.sub("", name) == name and name not in ("", ".", "..", MANIFEST)}
+
+
+def owned_files(folder: Path, writer: str, legacy: set[str]) -> dict[str, str]:
+    """The files in `folder` that `writer` wrote and nobody changed since (name -> SHA-256), by its manifest;
+    in a folder written before manifests, the `legacy` names that are regular files."""
+    recorded = _manifest(folder, writer)
+    out = {}
+    for name in (legacy if recorded is None else recorded):
+        digest = file_sha256(folder / name)
+        if digest is not None and (recorded is None or digest in recorded[name]):
+            out[name] = digest
+    return out
+
+
+def _write_manifest(folder: Path, writer: str, files: dict[str, list[str]]) -> None:
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"format": MANIFEST_FORMAT, "version": 1, "writer": writer, "files": files}, handle, indent=1)
+        os.replace(tmp, folder / MANIFEST)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+def replace_files(folder: Path, writer: str, makers: dict[str, Callable[[Path], bool]], legacy: set[str],
+                  flag: str = "--output") -> list[Path]:
+    """Write each of `makers`' files into `folder` (a maker writes the path it is given, or returns False for
+    no file this time) and record them in the folder's manifest with their SHA-256. Only files `writer` wrote
+    and nobody changed since are replaced, or removed where this run has none of that name; a name held by
+    anything else (a user's file, a folder) is refused before anything is written. Temporary files never
+    outlive the call, however it ends."""
+    import tempfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(folder / MANIFEST) and _manifest(folder, writer) is None:
+        raise InputError(f"holds a {MANIFEST} this tool did not write: name another folder", path=folder, field=flag)
+    owned = owned_files(folder, writer, legacy)
+    held = sorted(n for n in makers if os.path.lexists(folder / n) and n not in owned)
+    if held:
+        raise InputError(f"holds {', '.join(n[:60] for n in held[:5])}, not written by this tool or changed since: "
+                         "move it or name another folder", path=folder, field=flag)
+    made, temps = {}, []
+    try:
+        for name, make in makers.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+            os.close(fd)
+            temps.append(tmp)
+            if make(Path(tmp)):
+                made[name] = (tmp, file_sha256(Path(tmp)))
+        stale = set(owned) - set(made)
+        # first a manifest that knows the old content and the new, so that a stop while renaming leaves no file
+        # of ours unknown; then the files; then the manifest of what is there
+        _write_manifest(folder, writer, {**{n: [owned[n]] for n in stale},
+                                         **{n: sorted({d, owned.get(n)} - {None}) for n, (_, d) in made.items()}})
+        for name, (tmp, _) in made.items():
+            os.replace(tmp, folder / name)
+        for name in stale:
+            (folder / name).unlink(missing_ok=True)
+        _write_manifest(folder, writer, {n: [d] for n, (_, d) in made.items()})
+    finally:
+        for tmp in temps:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+    return [folder / n for n in made]
+
+
 OUR_FILES = {"results.json", "samples.jsonl", "official"}
 
 
@@ -93,12 +190,13 @@ def _inside(inner: Path, outer: Path) -> bool:
 
 def check_output_folder(path: Path, inputs: list[Path | None], flag: str = "--output",
                         ours: set[str] = OUR_FILES, marker: str = "results.json",
-                        format_name: str = "shopping-mmlu results") -> Path:
-    """Where a results folder may be written: a new or empty folder, or one we wrote before (our `marker`
-    file in our format, and nothing but our files); never an input or a folder holding one, never inside
-    an input. A link is followed: the folder written is its target. Returns the resolved folder."""
-    import json
-
+                        format_name: str = "shopping-mmlu results", whole: bool = True) -> Path:
+    """Where a results folder may be written: a new or empty folder, or one we wrote before; never an input
+    or a folder holding one, never inside an input. A folder with our manifest (`replace_files`) may hold
+    only what it records, unchanged; with `whole` False (a writer that replaces only its own files) other
+    files may sit beside them, as long as none takes one of our names (`ours`). A folder from before
+    manifests: our `marker` file in our format, and nothing but our names. A link is followed: the folder
+    written is its target. Returns the resolved folder."""
     target = Path(path).resolve()
     if target.exists() and not target.is_dir():
         raise InputError("is a file: name a folder", path=path, field=flag)
@@ -111,7 +209,14 @@ def check_output_folder(path: Path, inputs: list[Path | None], flag: str = "--ou
                              field=flag)
     if target.is_dir():
         present = {p.name for p in target.iterdir()}
-        if present:
+        if present and _manifest(target, format_name) is not None:
+            owned = owned_files(target, format_name, set())
+            theirs = sorted(n for n in present - {MANIFEST} - set(owned) if whole or n in ours)
+            if theirs:
+                raise InputError(f"holds {', '.join(n[:60] for n in theirs[:5])}{' ...' if len(theirs) > 5 else ''}"
+                                 ", not written by this tool or changed since: move it or name another folder",
+                                 path=path, field=flag)
+        elif present:
             try:
                 doc = json.loads(read_regular(target / marker, 64 * 2**20))
                 written_by_us = isinstance(doc, dict) and doc.get("format") == format_name

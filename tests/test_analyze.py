@@ -429,3 +429,55 @@ def test_a_27_model_night_says_nothing_false(tmp_path, capsys, monkeypatch):
     legend = ax.get_legend().get_window_extent()
     assert legend.x0 >= ax.get_window_extent().x1  # beside the axes, never over a point
     assert len(ax.get_legend().get_texts()) == result.scaling.select("family", "series").n_unique()
+
+
+def test_analyze_replaces_only_the_files_its_manifest_knows(tmp_path, capsys, monkeypatch):
+    """A rerun replaces what an analysis wrote, as recorded with their SHA-256 in manifest.json: a user's
+    external.csv, an edited wide.csv or a folder named wide.csv is refused by name and left as it was, a
+    note beside our files is left alone, and no temporary file outlives a run, even one that fails."""
+    from evaluator.reports import analysis
+
+    cache, _ = night(tmp_path, capsys, monkeypatch)
+    out = tmp_path / "a"
+    argv = ["analyze", "--cache", cache, "--output", out, "--bootstrap", "100"]
+    assert run_cli(argv, capsys, monkeypatch)[0] == 0
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    digest = hashlib.sha256((out / "wide.csv").read_bytes()).hexdigest()
+    assert manifest["files"]["wide.csv"] == [digest] and "external.csv" not in manifest["files"]
+
+    def temporaries() -> list[str]:
+        return sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+
+    (out / "external.csv").write_text("model,score\nmine,1\n", encoding="utf-8")  # the user's own file
+    code, _, err = run_cli(argv, capsys, monkeypatch)
+    assert code == 2 and "external.csv, not written by this tool" in err and len(err.strip().splitlines()) == 1
+    assert (out / "external.csv").read_text(encoding="utf-8") == "model,score\nmine,1\n"
+    (out / "external.csv").unlink()
+
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    (out / "wide.csv").write_text("edited by hand", encoding="utf-8")
+    code, _, err = run_cli(argv, capsys, monkeypatch)
+    assert code == 2 and "wide.csv, not written by this tool or changed since" in err
+    assert (out / "wide.csv").read_text(encoding="utf-8") == "edited by hand"
+    (out / "wide.csv").unlink()
+    (out / "wide.csv").mkdir()
+    code, _, err = run_cli(argv, capsys, monkeypatch)
+    assert code == 2 and "wide.csv" in err and (out / "wide.csv").is_dir() and temporaries() == []
+    (out / "wide.csv").rmdir()
+
+    assert run_cli(argv, capsys, monkeypatch)[0] == 0
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine" and temporaries() == []
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("the disk filled up")
+
+    monkeypatch.setattr(analysis, "scaling_plot", broken)  # a run that fails half-way through its files
+    with pytest.raises(RuntimeError):
+        run_cli(argv, capsys, monkeypatch)
+    monkeypatch.undo()
+    assert temporaries() == [] and {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (out / "manifest.json").unlink()  # a folder an older version wrote: our names only, no manifest
+    assert run_cli(argv, capsys, monkeypatch)[0] == 2  # ... and the note: not ours, as before manifests
+    (out / "notes.txt").unlink()
+    assert run_cli(argv, capsys, monkeypatch)[0] == 0 and (out / "manifest.json").is_file()

@@ -429,46 +429,29 @@ def _external(path: Path, complete: pl.DataFrame, columns: list[str]) -> tuple[p
 
 def write(analysis: Analysis, folder: Path) -> list[Path]:
     """Every table as CSV (the wide table also Parquet), two heatmaps and a scaling plot, analysis.md and
-    analysis.json; each file written whole, then renamed into place. `folder` is new or one an analysis wrote
-    (the caller checks), so files of an earlier analysis that this one does not make are removed."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
+    analysis.json, recorded in the folder's manifest (`paths.replace_files`): only files an analysis wrote
+    and nobody changed are replaced, or removed where this analysis has none of that name (an earlier
+    --external's comparison); anything else in the folder is left as it is."""
+    from evaluator.paths import replace_files
 
-    def put(name: str, text: str | None = None, frame: pl.DataFrame | None = None, parquet: bool = False) -> None:
-        path = folder / name
-        tmp = path.with_name(f".{name}.tmp")
-        if parquet:
-            frame.write_parquet(tmp)
-        elif frame is not None:
-            frame.write_csv(tmp)
-        else:
-            tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-        written.append(path)
+    def table(frame: pl.DataFrame, parquet: bool = False):
+        return lambda path: (frame.write_parquet(path) if parquet else frame.write_csv(path)) or True
 
-    put("wide.csv", frame=analysis.wide)
-    put("wide.parquet", frame=analysis.wide, parquet=True)
-    put("correlation_skills.csv", frame=analysis.skill_corr)
-    put("correlation_tasks.csv", frame=analysis.task_corr)
-    put("scaling.csv", frame=analysis.scaling.join(analysis.scaling_fit, on=["family", "series"], how="left"))
-    put("base_vs_tuned.csv", frame=analysis.pairs)
+    def text(content: str):
+        return lambda path: path.write_text(content, encoding="utf-8") and True
+
+    makers = {"wide.csv": table(analysis.wide), "wide.parquet": table(analysis.wide, parquet=True),
+              "correlation_skills.csv": table(analysis.skill_corr), "correlation_tasks.csv": table(analysis.task_corr),
+              "scaling.csv": table(analysis.scaling.join(analysis.scaling_fit, on=["family", "series"], how="left")),
+              "base_vs_tuned.csv": table(analysis.pairs),
+              "correlation_skills.png": lambda path: heatmap(analysis.skill_corr, path, "skills"),
+              "correlation_tasks.png": lambda path: heatmap(analysis.task_corr, path, "tasks"),
+              "scaling.png": lambda path: scaling_plot(analysis, path),
+              "analysis.md": text(markdown(analysis)),
+              "analysis.json": text(json.dumps(finite(document(analysis)), indent=2, ensure_ascii=False) + "\n")}
     if analysis.external is not None:
-        put("external.csv", frame=analysis.external)
-    for name, corr, what in (("correlation_skills.png", analysis.skill_corr, "skills"),
-                             ("correlation_tasks.png", analysis.task_corr, "tasks")):
-        tmp = folder / f".{name}.tmp.png"
-        if heatmap(corr, tmp, what):
-            tmp.replace(folder / name)
-            written.append(folder / name)
-    tmp = folder / ".scaling.tmp.png"
-    if scaling_plot(analysis, tmp):
-        tmp.replace(folder / "scaling.png")
-        written.append(folder / "scaling.png")
-    put("analysis.md", text=markdown(analysis))
-    put("analysis.json", text=json.dumps(finite(document(analysis)), indent=2, ensure_ascii=False) + "\n")
-    for name in FILES - {p.name for p in written}:  # an earlier analysis's file this one has no content for
-        (folder / name).unlink(missing_ok=True)
-    return written
+        makers["external.csv"] = table(analysis.external)
+    return replace_files(folder, FORMAT, makers, legacy=FILES)
 
 
 def document(analysis: Analysis) -> dict:
