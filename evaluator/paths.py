@@ -111,7 +111,32 @@ def _manifest(folder: Path, writer: str) -> dict[str, list[str]] | None:
             or not isinstance(doc.get("files"), dict)):
         return None
     return {name: [h for h in digests if isinstance(h, str)] for name, digests in doc["files"].items()
-            if isinstance(digests, list) and _UNSAFE.sub("", name) == name and name not in ("", ".", "..", MANIFEST)}
+            if isinstance(digests, list) and name != MANIFEST
+            and all(_UNSAFE.sub("", part) == part and part not in ("", ".", "..") for part in name.split("/"))}
+
+
+def record_folder(folder: Path, writer: str) -> None:
+    """A manifest of every file under `folder` (names relative to it, `/` between folders), written last: for a
+    writer that makes a whole folder before putting it in place (a results folder)."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = Path(root) / name
+            files[path.relative_to(folder).as_posix()] = [file_sha256(path)]
+    _write_manifest(folder, writer, files)
+
+
+def _not_owned(folder: Path, owned: dict[str, str]) -> list[str]:
+    """Everything under `folder` that is not one of the `owned` files (links and special files included), by
+    its name relative to the folder; a folder holding only owned files is not listed."""
+    out = []
+    for root, dirs, names in os.walk(folder):
+        base = Path(root).relative_to(folder)
+        for name in names + [d for d in dirs if (Path(root) / d).is_symlink()]:
+            relative = (base / name).as_posix()
+            if relative != MANIFEST and relative not in owned:
+                out.append(relative)
+    return sorted(out)
 
 
 def owned_files(folder: Path, writer: str, legacy: set[str]) -> dict[str, str]:
@@ -126,10 +151,21 @@ def owned_files(folder: Path, writer: str, legacy: set[str]) -> dict[str, str]:
     return out
 
 
-def _write_manifest(folder: Path, writer: str, files: dict[str, list[str]]) -> None:
-    import tempfile
+def _new_temporary(folder: Path, name: str) -> tuple[int, str]:
+    """A new hidden file beside `name` in `folder`, ours alone (never one already there), with the user's
+    umask (as an ordinary file: colleagues read what we write): its descriptor and path."""
+    import secrets
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", suffix=".tmp", dir=folder)
+    while True:
+        path = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), path
+        except FileExistsError:
+            continue
+
+
+def _write_manifest(folder: Path, writer: str, files: dict[str, list[str]]) -> None:
+    fd, tmp = _new_temporary(folder, MANIFEST)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump({"format": MANIFEST_FORMAT, "version": 1, "writer": writer, "files": files}, handle, indent=1)
@@ -146,8 +182,6 @@ def replace_files(folder: Path, writer: str, makers: dict[str, Callable[[Path], 
     and nobody changed since are replaced, or removed where this run has none of that name; a name held by
     anything else (a user's file, a folder) is refused before anything is written. Temporary files never
     outlive the call, however it ends."""
-    import tempfile
-
     folder.mkdir(parents=True, exist_ok=True)
     if os.path.lexists(folder / MANIFEST) and _manifest(folder, writer) is None:
         raise InputError(f"holds a {MANIFEST} this tool did not write: name another folder", path=folder, field=flag)
@@ -159,7 +193,7 @@ def replace_files(folder: Path, writer: str, makers: dict[str, Callable[[Path], 
     made, temps = {}, []
     try:
         for name, make in makers.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+            fd, tmp = _new_temporary(folder, name)
             os.close(fd)
             temps.append(tmp)
             if make(Path(tmp)):
@@ -211,7 +245,8 @@ def check_output_folder(path: Path, inputs: list[Path | None], flag: str = "--ou
         present = {p.name for p in target.iterdir()}
         if present and _manifest(target, format_name) is not None:
             owned = owned_files(target, format_name, set())
-            theirs = sorted(n for n in present - {MANIFEST} - set(owned) if whole or n in ours)
+            theirs = (_not_owned(target, owned) if whole
+                      else sorted(n for n in present - {MANIFEST} - set(owned) if n in ours))
             if theirs:
                 raise InputError(f"holds {', '.join(n[:60] for n in theirs[:5])}{' ...' if len(theirs) > 5 else ''}"
                                  ", not written by this tool or changed since: move it or name another folder",

@@ -86,6 +86,35 @@ def test_our_own_folder_is_replaced_and_a_link_writes_to_its_target(tmp_path, ca
     assert link.is_symlink() and (target / "results.json").is_file()
 
 
+def test_a_results_folder_is_replaced_only_while_its_manifest_knows_every_file(tmp_path, capsys, monkeypatch, stub):
+    """A results folder records every file it holds with its SHA-256 (manifest.json): a rerun replaces it only
+    while each file is one we wrote, unchanged; an edited samples.jsonl or a file put into official/ is named
+    and the folder left as it was. A folder from before manifests is still ours by its names."""
+    results = tmp_path / "results"
+    assert run(["--output", results], capsys, monkeypatch, stub, tmp_path)[0] == 0
+    manifest = json.loads((results / "manifest.json").read_text(encoding="utf-8"))
+    on_disk = sorted(p.relative_to(results).as_posix() for p in results.rglob("*") if p.is_file())
+    assert sorted(manifest["files"]) == [n for n in on_disk if n != "manifest.json"]
+    assert any(n.startswith("official/") for n in manifest["files"])
+    original = (results / "samples.jsonl").read_bytes()
+    with (results / "samples.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write('{"my": "note"}\n')
+    edited = (results / "samples.jsonl").read_bytes()
+    code, _, err = run(["--output", results], capsys, monkeypatch, stub, tmp_path)
+    assert code == 2 and "samples.jsonl, not written by this tool or changed since" in err
+    assert (results / "samples.jsonl").read_bytes() == edited
+    (results / "samples.jsonl").write_bytes(original)  # as we wrote it: ours again
+    official = next(p for p in (results / "official").rglob("*") if p.is_file()).parent
+    (official / "mine.txt").write_text("added by hand")
+    code, _, err = run(["--output", results], capsys, monkeypatch, stub, tmp_path)
+    assert code == 2 and "mine.txt" in err and (official / "mine.txt").read_text() == "added by hand"
+    (official / "mine.txt").unlink()
+    assert run(["--output", results], capsys, monkeypatch, stub, tmp_path)[0] == 0
+    (results / "manifest.json").unlink()  # as an older version left it
+    assert run(["--output", results], capsys, monkeypatch, stub, tmp_path)[0] == 0
+    assert (results / "manifest.json").is_file()
+
+
 def test_a_results_folder_takes_the_users_umask(tmp_path, capsys, monkeypatch, stub):
     old = os.umask(0o022)
     try:

@@ -194,7 +194,7 @@ def write_folder(result: "RunResult", output: Path, inputs: list[Path | None] | 
     or one we wrote (`paths.check_output_folder`). A link is followed. The folder gets the user's umask."""
     import os
 
-    from evaluator.paths import check_output_folder
+    from evaluator.paths import check_output_folder, record_folder
 
     output = check_output_folder(output, [*(inputs or []), result.config.data,
                                           result.config.cache_folder / "responses"])
@@ -210,6 +210,7 @@ def write_folder(result: "RunResult", output: Path, inputs: list[Path | None] | 
         official = official_outputs(result, scratch / "official")
         write_json_atomic(scratch / "results.json", document(result, {"samples": "samples.jsonl",
                                                                        "official_outputs": official}))
+        record_folder(scratch, "shopping-mmlu results")  # what a rerun may replace: these files, unchanged
         if output.exists():
             old = output.with_name(f".{output.name}.old-{scratch.name[-8:]}")
             output.rename(old)
