@@ -39,6 +39,20 @@ def beside(anchor: Path, value: str) -> Path:
     return path if path.is_absolute() else (as_typed(anchor).parent / path).resolve()
 
 
+def folder_names(names: list[str], limit: int = 80) -> dict[str, str]:
+    """A folder name for each of `names`, made of `safe_name`'s characters: the name itself where it is safe,
+    else cleaned (`meta-llama/Llama-3-8B` -> `meta-llama_Llama-3-8B`); `safe_name`'s hash suffix only where two
+    names would clean to the same folder (letter case ignored, as some file systems do) or to nothing."""
+    from collections import Counter
+
+    cleaned = {n: _UNSAFE.sub("_", n).strip("._-")[:limit] for n in names}
+    counts = Counter(c.lower() for c in cleaned.values())
+    out = {n: c if c and counts[c.lower()] == 1 else safe_name(n, limit) for n, c in cleaned.items()}
+    if len({f.lower() for f in out.values()}) < len(out):  # a suffixed name met a plain one: suffix them all
+        out = {n: safe_name(n, limit) for n in names}
+    return out
+
+
 def check_output_file(path: Path, inputs: list[Path | None], flag: str) -> Path:
     """`path` as a file we may (re)write: not a folder, not one of the run's input files."""
     path = Path(path)

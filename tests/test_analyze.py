@@ -174,7 +174,8 @@ def test_the_markdown_leaderboard_pastes_into_a_paper(tmp_path, capsys, monkeypa
     code, out, err = run_cli(["report", "--cache", cache, "--format", "md"], capsys, monkeypatch)
     assert code == 0, err
     lines = out.splitlines()
-    table = [line for line in lines if line.startswith("|")]
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    table = lines[start:lines.index("", start)]  # the scores; their standard errors follow in a table of their own
     header = table[0]
     assert header == ("| # | model | overall | ± s.e. | concept | reasoning | behavior | multilingual | answered | "
                       "complete |")

@@ -57,8 +57,15 @@ def test_the_view_beside_the_official_score(tmp_path, capsys, monkeypatch, rende
     assert task["score"] == 0.0  # the official score reads "T"
     view = results["choice_probabilities"]
     assert view["available"] and view["n"] == view["questions"] == N
-    assert view["accuracy"] == 1.0 and view["valid_mass"] == pytest.approx(0.8)
-    assert "accuracy 1.000, mass on valid choices 0.800" in out.replace("\n", " ")
+    by_task = {t["task"]: t for t in view["tasks"]}
+    official = {t["task"]: t for t in results["scores"]["tasks"]}
+    assert (by_task["pick"]["score"], by_task["pick"]["from"]) == (1.0, "probabilities")  # read from " 2"
+    assert by_task["describe"]["score"] == official["describe"]["score"] and by_task["describe"]["valid_mass"] is None
+    assert view["valid_mass"] == pytest.approx(0.8) and by_task["pick"]["valid_mass"] == pytest.approx(0.8)
+    skills = [s["score"] for s in view["skills"].values()]
+    assert view["score"] == view["overall"]["score"] == sum(skills) / len(skills)  # aggregated as the official
+    assert "mass on valid choices 0.8000" in " ".join(out.split())
+    assert f"overall {view['score']:.4f}" in " ".join(out.split())
     samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
     mc = [s for s in samples if s["task"] == "pick"]
     assert all(s["prob_choice"] == str(s["truth"]) and s["valid_mass"] == pytest.approx(0.8) for s in mc)
@@ -73,11 +80,12 @@ def test_the_view_beside_the_official_score(tmp_path, capsys, monkeypatch, rende
     code, out, err = run_cli(["rescore", "--model", "wordy", "--data", data(tmp_path), "--cache", cache,
                               "--render", render, "--choice-probs", "--json", tmp_path / "r.json"], capsys, monkeypatch)
     assert code == 0, err
-    assert "accuracy 1.000" in out.replace("\n", " ")
+    assert f"overall {view['score']:.4f}" in " ".join(out.split())
     code, board, _ = run_cli(["report", "--cache", cache, "--format", "json"], capsys, monkeypatch)
     [row] = json.loads(board)
-    assert (row["choice_probs_accuracy"], row["choice_probs_n"], row["overall"]) == (1.0, N, results["scores"]["overall"]["score"])
-    assert json.loads((tmp_path / "r.json").read_text())["choice_probabilities"]["accuracy"] == 1.0
+    assert (row["choice_probs_score"], row["choice_probs_n"], row["overall"]) == (view["score"], N,
+                                                                                 results["scores"]["overall"]["score"])
+    assert json.loads((tmp_path / "r.json").read_text())["choice_probabilities"]["score"] == view["score"]
 
 
 def test_without_the_option_nothing_changes_and_a_server_without_logprobs_says_so(tmp_path, capsys, monkeypatch):

@@ -147,10 +147,10 @@ def test_one_heatmap_per_ranking_even_when_two_data_files_share_a_name(night):
     drawn = measure(page, """
       return [...doc.querySelectorAll('section.ranking')].map(s => ({label: s.querySelector('h2').textContent,
         runs: [...s.querySelectorAll('tr[data-m]')].map(tr => tr.dataset.m),
-        hsl: s.querySelectorAll('td.cell[style*="hsl("]').length}));
+        painted: s.querySelectorAll('td.cell[style*="background:rgb("]').length}));
     """)
     assert sorted(frozenset(t["runs"]) for t in drawn) == sorted(frozenset(v) for v in expected.values())
-    assert all(len(t["runs"]) == len(set(t["runs"])) and t["hsl"] >= 3 * len(t["runs"]) for t in drawn)
+    assert all(len(t["runs"]) == len(set(t["runs"])) and t["painted"] >= 3 * len(t["runs"]) for t in drawn)
     labels = [t["label"] for t in drawn]
     assert len(set(labels)) == 2 and all(label.startswith("d.json") for label in labels), labels
 
@@ -251,3 +251,75 @@ def test_a_failed_run_without_questions_says_why_in_its_cells_and_its_view(tmp_p
                                            for text, title in seen["cells"]), seen["cells"]
     assert "no score, the run failed" in seen["cells"][0][1]
     assert seen["note"].startswith("failed: pre-flight: the environment variable KEY is not set.")
+
+
+def test_at_1920_the_names_take_the_room_and_no_box_scrolls_inside_the_page(night):
+    """Issue 28.4: a wide window gives its width to the names (whole at 1920, shortened in the middle at 1280),
+    and the page is the only thing that scrolls, at both sizes."""
+    page = night["night"]
+    names = """return [...doc.querySelectorAll('td.name')].map(td => [td.textContent.replace(/ \\*$/, ''),
+                                                                   td.scrollWidth > td.clientWidth]);"""
+    for size in ("1280x800", "1920x1080"):
+        found = overflow(page, size)
+        assert not found["inner"] and not found["sideways"] and not found["spills"], (size, found)
+    wide = measure(page, names, "1920x1080")
+    assert sorted(name for name, _ in wide) == sorted(NAMES) and not any(cut for _, cut in wide)
+    narrow = measure(page, names, "1280x800")
+    assert sum("…" in name for name, _ in narrow) == 24 and not any(cut for _, cut in narrow)
+    shot = screenshot(page, page.with_name("night-1920x1080.png"), "1920x1080")
+    assert shot.read_bytes()[16:24] == (1920).to_bytes(4, "big") + (1080).to_bytes(4, "big")
+
+
+def test_every_score_carries_its_standard_error_on_a_scale_any_eye_reads(night):
+    """Issue 28.1 and 28.4: each score cell shows its ± s.e. and says it in its title; the colours are
+    sequential in lightness (viridis: darker is lower, whatever the colour vision), never a red-green hue."""
+    page = night["night"]
+    board = {r["run"]: r for r in payload(page)["board"]}
+    cells = measure(page, """
+      return [...doc.querySelectorAll('table.board tr[data-m]')].flatMap(tr => [...tr.querySelectorAll('td.cell')]
+        .filter(td => !td.classList.contains('none'))
+        .map(td => ({run: tr.dataset.m, text: td.textContent, title: td.title, bg: win.getComputedStyle(td).backgroundColor})));
+    """)
+    assert len(cells) >= 27 * 3
+    for c in cells:
+        value, error = re.fullmatch(r"(\d\.\d{3})±(\.\d{3})[~*]*", c["text"]).groups()
+        assert f"{value} ± 0{error} (standard error)" in c["title"], c
+    overall = [c for c in cells if " · overall: " in c["title"]]
+    assert {c["run"]: c["text"][:10] for c in overall} == {
+        run: f"{r['overall']:.3f}±{r['overall_stderr']:.3f}".replace("±0.", "±.") for run, r in board.items()
+        if r["overall"] is not None}
+
+    def luminance(bg: str) -> float:
+        r, g, b = map(int, re.findall(r"\d+", bg)[:3])
+        return 0.299 * r + 0.587 * g + 0.114 * b
+
+    by_value = sorted({(float(c["text"][:5]), luminance(c["bg"])) for c in cells})
+    assert all(a[1] < b[1] for a, b in zip(by_value, by_value[1:]) if a[0] < b[0]), by_value
+    assert "hsl(" not in page.read_text(encoding="utf-8")
+
+
+def test_a_failed_models_view_says_why_it_failed(tmp_path, capsys, monkeypatch):
+    """Issue 28.4: a model whose pre-flight failed has a view that gives the reason it failed, its questions
+    'not asked: the run failed' (never 'not asked yet'), and no rank."""
+    from builders import run_cli
+    from evaluator.reports import html
+
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "d.json", questions(8, "ONLY"))
+    with Stub(answers=answer) as stub:
+        code, _, err = run_cli(["run", "--model", "works", "--base-url", stub.base_url, "--data", "d.json",
+                                "--cache", "c", "--allow-incomplete"], capsys, monkeypatch)
+        assert code == 0, err
+    code, out, err = run_cli(["run", "--model", "gone", "--base-url", "http://127.0.0.1:9/v1", "--data", "d.json",
+                              "--cache", "c"], capsys, monkeypatch)
+    assert code == 1 and "pre-flight" in out + err
+    page = html.write(tmp_path / "c", tmp_path / "report.html")
+    seen = measure(page, """
+      const row = [...doc.querySelectorAll('tr[data-m]')].find(tr => tr.textContent.includes('gone'));
+      return {rank: row.cells[0].textContent, note: doc.getElementById('model-note').textContent,
+              tasks: doc.getElementById('tasks').innerText, questions: doc.getElementById('questions').innerText};
+    """, fragment="model=gone")
+    assert seen["rank"] == "" and seen["note"].startswith("failed: pre-flight: ") and "127.0.0.1:9" in seen["note"]
+    assert "not asked yet" not in seen["tasks"] + seen["questions"]
+    assert "without an answer: not asked: the run failed" in seen["tasks"]
+    assert "not asked: the run failed" in seen["questions"]

@@ -133,8 +133,11 @@ def test_a_suite_log_is_one_line_per_event_naming_its_model_and_a_note_is_said_o
         done = [line for line in lines if f" {name}: complete" in line or f" {name}: incomplete" in line]
         assert len(done) == 1 and "not scored" in done[0]
     assert "Loading weights" not in log and "%|" not in log
-    reason = [line for line in lines if f"{names[0]}, {names[1]}" in line and "note for" not in line]
+    reason = [line for line in lines if f"{names[0]}, {names[1]}" in line and "note for" not in line
+              and "] * " not in line]
     assert len(reason) == 1 and "and 4 more:" in reason[0]  # the results table's notes: a shared reason once
+    board = [line for line in lines if "] * " in line]  # the leaderboard's notes: one account for all ten
+    assert len(board) == 1 and f"{names[0]}, {names[1]}" in board[0] and "and 4 more (incomplete):" in board[0]
     shown = terminal.read_text()
     assert shown.count("note for") == 1 and "Loading weights" not in shown
     assert "ETA" not in shown and "/210 questions" in shown and "models scored" in shown  # the live view

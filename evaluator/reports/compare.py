@@ -236,7 +236,8 @@ def _cells(row: dict) -> list[str]:
 
 
 def p_text(p: float | None) -> str:
-    """A p-value as people read one: p=1.00, p=0.042, p<0.001; '-' where no test applies."""
+    """A p-value as people read one: p=1.00, p=0.042 (three decimals under 0.1), p<0.001; '-' where no test
+    applies."""
     if p is None:
         return "-"
-    return "p<0.001" if p < 0.001 else f"p={p:.2f}" if p >= 0.01 else f"p={p:.3f}"
+    return "p<0.001" if p < 0.001 else f"p={p:.2f}" if p >= 0.1 else f"p={p:.3f}"

@@ -81,10 +81,9 @@ def model_payload(result: "RunResult", limit: int = ROWS_PER_MODEL) -> dict:
 
 
 def _error_text(error: str, result: "RunResult") -> str:
-    """A question's error as its view says it: a question a failed run never asked carries the run's reason."""
-    if error == "not asked yet" and result.status == "failed" and result.reason:
-        return _clip(f"not asked: the run failed ({result.reason})")
-    return _clip(error)
+    """A question's error as its view says it: one a failed run never asked says that the run failed (its
+    reason heads the view), not 'not asked yet'."""
+    return "not asked: the run failed" if error == "not asked yet" and result.status == "failed" else _clip(error)
 
 
 def write_from(board: "pl.DataFrame", results: dict[str, "RunResult"], path: Path, title: str,
@@ -148,6 +147,8 @@ def write(cache_folder: Path, path: Path, models: set[str] | None = None) -> Pat
         if isinstance(result, str):
             notes.append(f"{record['model']}: no per-question view ({result})")
         else:
+            if result.status == "failed" and record["reason"]:  # why it failed when it ran, not a recount
+                result.reason = record["reason"]
             results[record["key"]] = result
     from evaluator.reports.analysis import report_sections
 
@@ -166,7 +167,7 @@ main{padding:10px 16px;display:flex;flex-direction:column;gap:12px}
 #top{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
 #boards{flex:0 1 auto;min-width:0;max-width:100%;display:flex;flex-direction:column;gap:12px}
 #boards>p.note,section.ranking>h2{width:0;min-width:100%}  /* long text wraps to the tables' width, never widens them */
-#model{flex:1 1 320px;min-width:0}
+#model{flex:1 1 280px;min-width:0}
 section{background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:8px 10px;min-width:0;box-sizing:border-box}
 h2{font-size:14px;margin:0 0 6px;overflow-wrap:anywhere}
 table{border-collapse:collapse;width:100%;font-size:12px;line-height:1.3}
@@ -178,7 +179,7 @@ table.board{width:auto}
 td.name{white-space:nowrap;max-width:230px;overflow:hidden;text-overflow:ellipsis}  /* short() keeps names to ROOM characters */
 @media (min-width:1600px){td.name{max-width:460px}}  /* a wide window gives its width to the names (ROOM 64) */
 td.cell{text-align:right;color:#fff;font-variant-numeric:tabular-nums;min-width:38px;border-bottom:1px solid #fff;white-space:nowrap}
-td.cell.light{color:#1d2330}.se{font-size:10px;opacity:.85}
+td.cell.light{color:#1d2330}.se{font-size:10px;opacity:.85}table.board td.cell{padding:2px 3px}
 td.cell.none{color:#4a5568;background:#eceef1;text-align:center;cursor:help}
 tr.sel td{background-color:#dce8ff}tr.sel td.name{font-weight:600}tr.click{cursor:pointer}tr.click:hover td.name{text-decoration:underline}
 .st-complete{color:#1a7f37}.st-incomplete{color:#9a6700}.st-failed{color:#cf222e;font-weight:600}
@@ -208,9 +209,22 @@ const D = JSON.parse(document.getElementById('data').textContent);
 const $ = id => document.getElementById(id);
 const esc = s => String(s ?? '-').replace(/[&<>"']/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}[c]));
 const fmt = v => v === null || v === undefined ? '-' : (typeof v === 'number' ? (Number.isInteger(v) ? v.toLocaleString() : v.toFixed(3)) : esc(v));
-const short = s => s.length <= 30 ? s : s.slice(0, 13) + '…' + s.slice(-16);  // the end tells long names apart
+const wide = window.matchMedia('(min-width:1600px)');  // a wide window gives its width to the names
+const short = s => { const room = wide.matches ? 64 : 30, head = Math.round(room * 0.43);
+  return s.length <= room ? s : s.slice(0, head) + '…' + s.slice(-(room - head - 1)); };  // the end tells long names apart
 const score = v => v === null || v === undefined ? '-' : v.toFixed(3);
-const color = v => `hsl(${Math.round(v * 120)},55%,${38 + Math.round(v * 8)}%)`;
+const se = v => v === null || v === undefined ? '' : '±' + v.toFixed(3).replace(/^0/, '');
+// Colour-blind-safe scales: viridis (sequential) for scores in [0, 1], purple-orange (PuOr, diverging) for
+// correlations in [-1, 1]; each a list of stops, interpolated; dark text where the colour is light.
+const VIRIDIS = ['#440154', '#482878', '#3e4989', '#31688e', '#26828e', '#1f9e89', '#35b779', '#6ece58', '#b5de2b', '#fde725'];
+const PUOR = ['#2d004b', '#542788', '#8073ac', '#b2abd2', '#d8daeb', '#f7f7f7', '#fee0b6', '#fdb863', '#e08214', '#b35806', '#7f3b08'];
+function ramp(stops, v) {
+  const x = Math.min(1, Math.max(0, v)) * (stops.length - 1), i = Math.min(stops.length - 2, Math.floor(x)), f = x - i;
+  const rgb = h => [1, 3, 5].map(k => parseInt(h.slice(k, k + 2), 16));
+  const [a, b] = [rgb(stops[i]), rgb(stops[i + 1])], c = a.map((u, k) => Math.round(u + (b[k] - u) * f));
+  return {background: `rgb(${c.join(',')})`, light: 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2] > 150};
+}
+const paint = (stops, v) => { const c = ramp(stops, v); return {style: `background:${c.background}`, cls: c.light ? ' light' : ''}; };
 let current = null, filter = 'all';
 // A ranking is one data set (by content), protocol and variant; its label names the file, so two files of
 // the same name get their digests' start to tell them apart.
@@ -232,12 +246,15 @@ function why(r, skill) {  // why a run has no (or only a partial) score for a sk
   return lines;
 }
 function cell(r, skill, value, label) {
-  const lines = why(r, skill);
-  const head = `${r.model} · ${label}: ` + (value === null ? (r.status === 'failed' ? 'no score, the run failed' : 'not scored') : score(value));
+  const lines = why(r, skill), error = skill === null ? r.overall_stderr : r['stderr:' + skill];
+  const head = `${r.model} · ${label}: ` + (value === null ? (r.status === 'failed' ? 'no score, the run failed' : 'not scored')
+    : score(value) + (error === null || error === undefined ? ' (standard error unknown)' : ` ± ${error.toFixed(3)} (standard error)`));
   const title = [head, ...lines.slice(0, 8), ...(lines.length > 8 ? [`… and ${lines.length - 8} more`] : [])].join('\n');
   if (value === null) return `<td class="cell none" title="${esc(title || 'no score')}">—</td>`;
-  const mark = skill === null ? (r.partial_skills ? '~' : '') + (r.complete ? '' : '*') : (lines.length ? '~' : '');
-  return `<td class="cell" style="background:${color(value)}" title="${esc(title)}">${score(value)}${mark}</td>`;
+  const short = r.partial_skills || r.skills_scored < r.skills_total;
+  const mark = skill === null ? (short ? '~' : '') + (r.complete ? '' : '*') : (lines.length ? '~' : '');
+  const c = paint(VIRIDIS, value);
+  return `<td class="cell${c.cls}" style="${c.style}" title="${esc(title)}">${score(value)}<span class="se">${se(error)}</span>${mark}</td>`;
 }
 function drawBoards() {
   const box = $('boards'); box.innerHTML = '';
@@ -259,6 +276,7 @@ function drawBoards() {
           if (k.startsWith('skill:')) return cell(r, k.slice(6), r[k], l);
           if (k === 'answered') return `<td class="num">${r.answered.toLocaleString()}/${r.questions.toLocaleString()}</td>`;
           if (k === 'status') return `<td class="st-${esc(r.status)}">${esc(r.status)}</td>`;
+          if (k === 'rank') return `<td class="num" title="${r.rank === null ? 'no rank: ' + esc(r.status === 'failed' ? 'the run failed' : 'no overall score') : 'equal scores at three decimals share a rank'}">${r.rank === null ? '' : r.rank}</td>`;
           if (k === 'cost') return `<td class="num">${r.cost === null ? '-' : r.cost.toFixed(2)}</td>`;
           return `<td class="num">${fmt(r[k])}</td>`; }).join('') + '</tr>').join('');
       t.querySelectorAll('th').forEach(th => th.onclick = () => { const k = th.dataset.k; asc = key === k ? !asc : (k === 'model' || k === 'rank' || k === 'status'); key = k; draw(); });
@@ -267,8 +285,12 @@ function drawBoards() {
     draw();
   });
   const note = document.createElement('p'); note.className = 'note'; box.appendChild(note);
-  note.textContent = 'Score cells colored red (0) to green (1); — has no score: point at it for why. Click a column to sort, a row to see that model ' +
-    '(the address then links to it: #model=NAME). * incomplete: not every question answered and scored; ~ averaged over fewer tasks or skills than the data has.';
+  const marked = D.board.some(r => r.overall !== null && (r.partial_skills || r.skills_scored < r.skills_total)) ||
+    Object.values(D.runs).some(m => m.tasks.some(t => t.why.length));
+  note.textContent = 'Score cells coloured from dark purple (0) through teal to yellow (1) (viridis, readable with any colour vision); ±: standard error; ' +
+    '— has no score: point at it for why. A failed run, or one without an overall score, has no rank; equal scores at three decimals share one. ' +
+    'Click a column to sort, a row to see that model (the address then links to it: #model=NAME). * incomplete: not every question answered and scored' +
+    (marked ? '; ~ averaged over fewer tasks or skills than the data has.' : '.');
 }
 function linkName(run) {  // the model's name where it is one run on the page, else the run's key
   const row = D.board.find(r => r.run === run);
@@ -287,9 +309,9 @@ function pick(run, chosen) {
   $('tasks').innerHTML = '<tr><th>task</th><th>metric</th><th class="num">n</th><th class="num">score</th></tr>' + m.tasks.map(t => {
     const head = t.skill === skill ? '' : `<tr class="skillrow"><td colspan="4">${esc(D.labels[t.skill] || t.skill)}</td></tr>`; skill = t.skill;
     const counts = `${t.n} scored of ${t.questions}; ${t.errors} without an answer; ${t.unscored} not scored`;
-    return head + `<tr class="click" data-t="${esc(t.task)}"><td class="task">${esc(t.task)}${t.official ? ' †' : ''}${t.why.map(w => `<div class="why">${esc(w)}</div>`).join('')}</td><td>${esc(t.metric)}</td>` +
+    return head + `<tr class="click" data-t="${esc(t.task)}"><td class="task">${esc(t.task)}${t.official ? ' †' : ''}${t.why.map(w => `<div class="why">${esc(w)}</div>`).join('')}</td><td title="${esc(t.metric)}">${esc(D.metrics[t.metric] || t.metric)}</td>` +
       `<td class="num ${t.errors ? 'err' : ''}" title="${esc(counts)}">${fmt(t.n)}/${fmt(t.questions)}</td>` +
-      `<td class="num" title="${esc(t.score === null ? t.why.join('\n') || 'not scored' : (t.official || ''))}">${t.score === null ? 'not scored' : score(t.score)}</td></tr>`; }).join('');
+      `<td class="num" title="${esc(t.score === null ? t.why.join('\n') || 'not scored' : [score(t.score) + (t.stderr === null ? ' (standard error unknown)' : ` ± ${t.stderr.toFixed(3)} (standard error)`), t.official].filter(Boolean).join('\n'))}">${t.score === null ? 'not scored' : score(t.score) + `<span class="se">${se(t.stderr)}</span>`}</td></tr>`; }).join('');
   $('tasks').querySelectorAll('tr.click').forEach(tr => tr.onclick = () => { $('task-pick').value = tr.dataset.t; drawQuestions(); });
   $('task-pick').innerHTML = '<option value="">(every task)</option>' + m.tasks.map(t => `<option>${esc(t.task)}</option>`).join('');
   drawQuestions();
@@ -318,7 +340,8 @@ function show(run) { pick(run); const tr = [...document.querySelectorAll('tr[dat
 function drawAnalyses() {  // per ranking: skill correlations, scaling slopes, base → tuned deltas
   if (!D.analyses.length) return;
   $('analyses').hidden = false;
-  const rho = v => v === null ? '<td class="cell none">—</td>' : `<td class="cell" style="background:${color((v + 1) / 2)}">${v.toFixed(2)}</td>`;
+  const rho = v => { if (v === null) return '<td class="cell none">—</td>'; const c = paint(PUOR, (v + 1) / 2);
+    return `<td class="cell${c.cls}" style="${c.style}" title="ρ = ${v.toFixed(3)} (purple negative, white 0, orange positive)">${v.toFixed(2)}</td>`; };
   const signed = v => v === null ? '-' : (v >= 0 ? '+' : '') + v.toFixed(3);
   $('analyses-body').innerHTML = D.analyses.map(a => {
     const g = rankings.find(x => x.rows[0].data_sha256 === a.data_sha256 && x.label.startsWith(a.group)) || {label: a.group};
@@ -333,6 +356,7 @@ function drawAnalyses() {  // per ranking: skill correlations, scaling slopes, b
   }).join('');
 }
 drawBoards();
+wide.addEventListener('change', drawBoards);  // names take the room a resized window has
 drawAnalyses();
 const asked = wanted() === null ? null : linked(wanted());
 if (wanted() !== null && !asked) D.notes.unshift(`The address names a model this report does not have: ${wanted()}`);

@@ -11,15 +11,19 @@ import json
 from pathlib import Path
 
 import polars as pl
-from rich.markup import escape
 
 from evaluator.scoring.aggregate import finite
 
 GROUP = ["data_sha256", "protocol", "variant"]
 SKILL_LABELS = (("concept", "concept"), ("reason", "reasoning"), ("behavior", "behavior"),
-                ("behaviour", "behavior"), ("multi-lingual", "multilingual"), ("multilingual", "multilingual"),
+                ("behaviour", "behavior"), ("multi-lingual", "multilingual"), ("multi_lingual", "multilingual"),
+                ("multilingual", "multilingual"),
                 ("multiple_choice", "choice"), ("named_entity_recognition", "ner"))
 STATUS_ORDER = {"complete": 0, "incomplete": 1, "failed": 2}
+# One label per metric on every screen (terminal, compare, HTML): short enough for a narrow column.
+METRIC_LABELS = {"accuracy": "accuracy", "hit rate@3": "hit@3", "ndcg": "ndcg", "micro f1": "micro-f1",
+                 "rougel": "rouge-l", "bleu": "bleu", "jp-bleu": "jp-bleu", "sent-transformer": "sent-tr",
+                 "multilingual-sent-transformer": "m-sent-tr"}
 
 
 def short_skill(name: str) -> str:
@@ -72,7 +76,8 @@ def leaderboard(runs: pl.DataFrame, tasks: pl.DataFrame) -> pl.DataFrame:
     overall = skills.group_by("run", maintain_order=True).agg(overall=pl.col("score").mean(),
                                          skills_scored=pl.col("score").is_not_null().sum(),
                                          skills_total=pl.len(),
-                                         partial_skills=(pl.col("tasks_scored") < pl.col("tasks_total")).sum())
+                                         partial_skills=((pl.col("tasks_scored") > 0)
+                                                         & (pl.col("tasks_scored") < pl.col("tasks_total"))).sum())
     skills, overall = _as_saved(runs, skills, overall)
     wide = (skills.with_columns(label=SKILL + pl.col("skill")).pivot(on="label", index="run", values="score",
                                                              sort_columns=True)
@@ -86,10 +91,28 @@ def leaderboard(runs: pl.DataFrame, tasks: pl.DataFrame) -> pl.DataFrame:
                                                 pl.col("protocol") + "-wise",
                                                 pl.when(pl.col("variant") != "").then(pl.col("variant"))],
                                                separator=" · ", ignore_nulls=True))
-             .sort([*GROUP, "status_order", "overall"], descending=[False, False, False, False, True],
-                   nulls_last=True)
-             .with_columns(rank=pl.int_range(1, pl.len() + 1).over(GROUP)))
-    return board.drop("status_order")
+             .with_columns(unranked=(pl.col("status") == "failed") | pl.col("overall").is_null())
+             .sort([*GROUP, "unranked", "status_order", "overall"], descending=[False, False, False, False, False, True],
+                   nulls_last=True))
+    return board.with_columns(rank=_ranks(board)).drop("status_order", "unranked")
+
+
+def _ranks(board: pl.DataFrame) -> pl.Series:
+    """Each row's rank in its ranking (board sorted): runs equal at the shown precision (three decimals) share
+    one, the next gets its position (1, 2, 2, 4); a failed run, or one without an overall score, has none (its
+    rows come after the ranked ones)."""
+    ranks, seen = [], {}
+    for row in board.select(*GROUP, "unranked", "overall").iter_rows(named=True):
+        key = tuple(row[k] for k in GROUP)
+        if row["unranked"]:
+            ranks.append(None)
+            continue
+        position, last_shown, last_rank = seen.get(key, (0, None, None))
+        shown = _score(row["overall"])
+        rank = last_rank if shown == last_shown else position + 1
+        seen[key] = (position + 1, shown, rank)
+        ranks.append(rank)
+    return pl.Series("rank", ranks, dtype=pl.Int64)
 
 
 def _as_saved(runs: pl.DataFrame, skills: pl.DataFrame, overall: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -175,15 +198,17 @@ def saved_stderr(details: str | None) -> dict:
 
 
 def _choice_view(details: str | None) -> dict:
-    """A `--choice-probs` run's view (ours, never an official column): accuracy of the most probable valid
-    choice and the mass on valid choices, as saved; None for other runs (every record has the same keys)."""
+    """A `--choice-probs` run's view (ours, never an official column): its overall score (multiple choice read
+    from the most probable valid choice, aggregated as the official score), standard error and mass on valid
+    choices, as saved; None for other runs and for runs saved before the view was aggregated so (every record
+    has the same keys)."""
     try:
         view = json.loads(details or "").get("choice_probs")
     except (TypeError, ValueError, AttributeError):
         view = None
-    if not isinstance(view, dict):
+    if not isinstance(view, dict) or "score" not in view:  # an older run's pooled view is not comparable
         view = {}
-    return {"choice_probs_accuracy": _number(view.get("accuracy")),
+    return {"choice_probs_score": _number(view.get("score")), "choice_probs_stderr": _number(view.get("stderr")),
             "choice_probs_valid_mass": _number(view.get("valid_mass")),
             "choice_probs_n": view.get("n") if isinstance(view.get("n"), int) else None}
 
@@ -219,20 +244,34 @@ def markdown(board: pl.DataFrame) -> str:
                 "| " + " | ".join(headers) + " |",
                 "|" + "|".join("---" if i == 1 else ":---:" if i == len(headers) - 1 else "---:"
                                for i in range(len(headers))) + "|"]
-        notes = []
         for row in group.iter_rows(named=True):
             mark = "✓" if row["status"] == "complete" else f"✗ {_done(row)}"
-            if row["status"] != "complete":
-                notes.append(_note_text(row))
-            cells = [str(row["rank"]), md_text(row["model"]), _score(row["overall"], row["partial_skills"]),
+            cells = [rank_text(row["rank"]), md_text(row["model"]), _score(row["overall"], short_of(row)),
                      _score(saved_stderr(row["details"]).get("overall")), *(_score(row[skill_key(s)]) for s in present),
                      f"{row['answered']:,}/{row['questions']:,}", mark]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
-        if any(r["partial_skills"] and r["overall"] is not None for r in group.iter_rows(named=True)):
-            notes.append("~ averaged over fewer tasks or skills than the data has")
-        out += [f"- {md_text(note.removeprefix('* '))}" for note in notes] + ([""] if notes else [])
+        out += _stderr_table(group, present, labels)
+        lines = notes(list(group.iter_rows(named=True)))
+        if any(short_of(r) for r in group.iter_rows(named=True)):
+            lines.append("~ averaged over fewer tasks or skills than the data has")
+        out += [f"- {md_text(note.removeprefix('* '))}" for note in lines] + ([""] if lines else [])
     return "\n".join(out)
+
+
+def _stderr_table(group: pl.DataFrame, present: list[str], labels: dict[str, str]) -> list[str]:
+    """The standard error of every score of the table above (same rows, same columns), where any is known."""
+    rows = [(row, saved_stderr(row["details"])) for row in group.iter_rows(named=True)]
+    if not any(errors.get("overall") is not None for _, errors in rows):
+        return []
+    headers = ["#", "model", "overall", *(md_text(labels[s]) for s in present)]
+    out = ["Standard errors of the scores above:", "", "| " + " | ".join(headers) + " |",
+           "|" + "|".join("---" if i == 1 else "---:" for i in range(len(headers))) + "|"]
+    for row, errors in rows:
+        cells = [rank_text(row["rank"]), md_text(row["model"]), _score(errors.get("overall")),
+                 *(_score(errors.get("skills", {}).get(s)) for s in present)]
+        out.append("| " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def md_text(text: str) -> str:
@@ -265,24 +304,52 @@ def _done(row: dict) -> str:
     return "all"
 
 
-def _note(row: dict) -> str:
-    return escape(_note_text(row))
+def notes(rows: list[dict], names_shown: int | None = None) -> list[str]:
+    """Why the rows that are not complete are not, one line per distinct account (`* a, b (incomplete): ...`),
+    each naming its runs' models in board order (at most `names_shown`, then how many more)."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        if row["status"] != "complete":
+            grouped.setdefault((row["status"], _account(row)), []).append(row["model"])
+    out = []
+    for (status, account), models in grouped.items():
+        named = models if names_shown is None or len(models) <= names_shown else models[:names_shown]
+        more = f" and {len(models) - len(named)} more" if len(named) < len(models) else ""
+        out.append(f"* {', '.join(named)}{more} ({status}): {account}")
+    return out
 
 
-def _note_text(row: dict) -> str:
-    """Why a row is not complete, in one line: answered, not scored, skills, the reason."""
+def _account(row: dict) -> str:
+    """A row's answered, not scored, skills scored and reason, whole (a screen wraps it at spaces)."""
     parts = [f"{row['answered']:,}/{row['questions']:,} answered"]
     if row["unscored"]:
         parts.append(f"{row['unscored']:,} not scored")
-    if row["partial_skills"]:
-        parts.append(f"{row['skills_scored']}/{row['skills_total']} skills scored, "
-                     f"{row['partial_skills']} skill(s) on part of their tasks")
+    if row["skills_scored"] and row["skills_scored"] < row["skills_total"]:
+        parts.append(f"{row['skills_scored']}/{row['skills_total']} skills scored")
+    if row["skills_scored"] and row["partial_skills"]:
+        parts.append(f"{row['partial_skills']} skill(s) scored on part of their tasks")
     if row["reason"]:
-        parts.append(row["reason"].splitlines()[0][:160])
-    return f"* {row['model']} ({row['status']}): " + "; ".join(parts)
+        parts.append(" ".join(row["reason"].split()))
+    return "; ".join(parts)
 
 
-def _score(value, partial: int | None = None) -> str:
+def short_of(row: dict) -> bool:
+    """Whether a row's overall is averaged over fewer skills, or skills over fewer tasks, than the data has."""
+    return row["overall"] is not None and bool(row["partial_skills"]
+                                               or (row["skills_scored"] or 0) < (row["skills_total"] or 0))
+
+
+def _score(value, partial: bool | int | None = None) -> str:
     if value is None:
         return "-"
     return f"{value:.3f}" + ("~" if partial else "")
+
+
+def se_text(value) -> str:
+    """A standard error beside a three-decimal score, compactly (±.031); '' where it is unknown."""
+    return "" if value is None else "±" + f"{value:.3f}".removeprefix("0")
+
+
+def rank_text(rank) -> str:
+    """A rank, or nothing for a run that has none (failed, or no overall score)."""
+    return "" if rank is None else str(rank)

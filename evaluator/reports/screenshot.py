@@ -25,16 +25,19 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 RESULT = "shopping-mmlu-measured"
 
 # What a window cannot show without scrolling: the page wider than the window, boxes that scroll sideways
-# (their last columns hidden behind a scrollbar), and elements that spill out of their section over another.
+# (their last columns hidden behind a scrollbar), elements that spill out of their section over another, and
+# boxes that scroll up and down inside the scrolling page (`inner`: a second scrollbar to find things behind).
 OVERFLOW = r"""
 const tag = el => el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') +
   (typeof el.className === 'string' && el.className.trim() ? '.' + el.className.trim().split(/\s+/).join('.') : '');
 const out = {width: win.innerWidth, height: win.innerHeight, page_width: doc.documentElement.scrollWidth,
-             client_width: doc.documentElement.clientWidth, sideways: [], spills: []};
+             client_width: doc.documentElement.clientWidth, sideways: [], spills: [], inner: []};
 for (const el of doc.body.querySelectorAll('*')) {
   const style = win.getComputedStyle(el);
   if (['auto', 'scroll'].includes(style.overflowX) && el.scrollWidth > el.clientWidth + 1)
     out.sideways.push({element: tag(el), scroll_width: el.scrollWidth, client_width: el.clientWidth});
+  if (['auto', 'scroll'].includes(style.overflowY) && el.scrollHeight > el.clientHeight + 1)
+    out.inner.push({element: tag(el), scroll_height: el.scrollHeight, client_height: el.clientHeight});
 }
 for (const section of doc.querySelectorAll('section')) {
   const box = section.getBoundingClientRect();
@@ -125,7 +128,8 @@ def measure(page: Path, script: str, size: str = "1280x800", fragment: str = "",
 
 def overflow(page: Path, size: str = "1280x800", fragment: str = "") -> dict:
     """What a window of `size` cannot show without scrolling sideways: the page's width against the window's
-    (less its scrollbar), boxes scrolling sideways, and elements spilling out of their section."""
+    (less its scrollbar), boxes scrolling sideways, elements spilling out of their section, and boxes that
+    scroll inside the page."""
     return measure(page, OVERFLOW, size, fragment)
 
 
@@ -142,10 +146,10 @@ def main() -> None:
     except InputError as exc:
         sys.exit(f"error: {exc}")
     wide = found["page_width"] > found["client_width"]
-    if wide or found["sideways"] or found["spills"]:
+    if wide or found["sideways"] or found["spills"] or found["inner"]:
         print(json.dumps(found, indent=2))
         sys.exit(1)
-    print(f"fits {args.size}: nothing scrolls sideways or spills out of its section")
+    print(f"fits {args.size}: nothing scrolls sideways, spills out of its section or scrolls inside the page")
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console) -> None:
     table.add_column("cost≤", justify="right", no_wrap=True)
     total_cost = 0.0
     unknown: list[str] = []
-    unpriced = [m.name for m in suite.models if not m.is_local and m.prices() is None]
+    unpriced = [m.name for m in suite.models if not m.is_local and m.prices() is None and not self_hosted(m)]
     for model in suite.models:
         requests, tokens_in, tokens_out = estimates[model.name]
         tokens_out += requests * model.reasoning_budget if model.reasoning else 0  # thinking is billed as output
@@ -105,7 +105,7 @@ def print_dry_run(suite: Suite, gpus: list[Gpu], console: Console) -> None:
                 cpu_s = estimated_cpu_s(model, tokens_in, tokens_out)
                 row = ["-", params, "CPU" + (f" ~{_hours(cpu_s)}" if cpu_s else " ?"), "-"]
         else:
-            row = ["-", "-", model.provider + (" batch" if model.batch else ""), "now"]
+            row = ["-", params, model.provider + (" batch" if model.batch else ""), "now"]
         if model.is_local:
             unknown += [] if model_shape(model) else [model.name]
         context = (f"{model.max_model_len / 1024:.0f}k" if model.max_model_len else "?") if model.is_local else "-"
@@ -197,6 +197,25 @@ def _cpu_note(local: list, estimates: dict, console: Console) -> None:
             + ". Give them a GPU (--gpus, --ray) or an endpoint of their own (api_base).", highlight=False)
 
 
+def self_hosted(model) -> bool:
+    """An OpenAI-compatible endpoint on this machine or its network (loopback, a private or link-local
+    address, a bare host name, .local/.internal/.lan): a server of one's own, with no price to state."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    if model.provider != "openai-compatible" or not model.api_base:
+        return False
+    try:
+        host = (urlsplit(model.api_base).hostname or "").lower()
+    except ValueError:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return bool(host) and ("." not in host or host.endswith((".local", ".internal", ".lan", ".localhost")))
+    return address.is_loopback or address.is_private or address.is_link_local
+
+
 def _gpus(ids: list[int], gpus: list[Gpu], show_nodes: bool) -> str:
     """GPU indices (0-3), with the node where a cluster is planned (n1:0-7, or n0-1 for whole nodes)."""
     node_of = {g.index: g.node for g in gpus}
@@ -231,7 +250,7 @@ def print_outcomes(outcomes: list[Outcome], console: Console) -> None:
         table.add_row(escape(o.model), o.status, "-" if o.overall is None else f"{o.overall:.3f}",
                       f"{o.questions - o.errors:,}/{o.questions:,}", f"{o.sent:,}", _duration(o.wall_s))
         if o.message:
-            notes.setdefault(o.message.splitlines()[0][:300], []).append(o.model)
+            notes.setdefault(o.message.strip().splitlines()[0], []).append(o.model)  # whole: wrapped at spaces
     console.print(table)
     for message, models in notes.items():
         who = ", ".join(models[:6]) + (f" and {len(models) - 6} more" if len(models) > 6 else "")

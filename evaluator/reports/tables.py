@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table, box
 
 from evaluator.reports import leaderboard
-from evaluator.reports.leaderboard import short_skill
+from evaluator.reports.leaderboard import METRIC_LABELS, short_skill
 from evaluator.reports.screen import Name
 from evaluator.scoring.aggregate import Scores
 
@@ -24,9 +24,6 @@ if TYPE_CHECKING:
     from evaluator.data.loaders import Dataset
     from evaluator.runs.runner import RunResult
 
-METRIC_LABELS = {"accuracy": "accuracy", "hit rate@3": "hit@3", "ndcg": "ndcg", "micro f1": "micro-f1",
-                 "rougel": "rouge-l", "bleu": "bleu", "jp-bleu": "jp-bleu", "sent-transformer": "sent-tr",
-                 "multilingual-sent-transformer": "m-sent-tr"}
 
 
 def _table(title: str) -> Table:
@@ -51,26 +48,27 @@ def print_scores(scores: Scores, console: Console, model: str = "", groups: str 
     table.add_column("metric", no_wrap=True)
     table.add_column("n", justify="right", no_wrap=True)
     table.add_column("score", justify="right", no_wrap=True)
+    table.add_column("±s.e.", justify="right", no_wrap=True)
     table.add_column("missing", justify="right", no_wrap=True)
     for skill, part in tasks.group_by("skill", maintain_order=True):
         name = skill[0]
         label = short_skill(name)
         summary = skills.get(name)
         title = f"{groups} {label}" + (f" ({name})" if label != name else "")
-        table.add_row(Name(title, "bold"), "", "", "", "")
+        table.add_row(Name(title, "bold"), "", "", "", "", "")
         for row in part.iter_rows(named=True):
             flag = " †" if row["official"] else ""
             table.add_row(Name(row["task"] + flag, indent=2), METRIC_LABELS.get(row["metric"], row["metric"]),
-                          f"{row['n']:,}", _num(row["score"]), _missing(row))
+                          f"{row['n']:,}", _num(row["score"]), _se(row["stderr"]), _missing(row))
         if summary:
             coverage = f"mean of {summary['tasks']}/{summary['tasks_total']} tasks"
             table.add_row(f"  [italic]{coverage}[/]", "", f"{summary['n']:,}", f"[bold]{_num(summary['score'])}[/]",
-                          _missing(summary))
+                          _se(summary["stderr"]), _missing(summary))
         table.add_section()
     overall = scores.overall.filter(pl.col("model") == model)
     for row in overall.iter_rows(named=True):
         table.add_row(f"[bold]overall[/] (mean of {row['skills']}/{row['skills_total']} {groups}s)", "",
-                      f"{row['n']:,}", f"[bold]{_num(row['score'])}[/]", _missing(row))
+                      f"{row['n']:,}", f"[bold]{_num(row['score'])}[/]", _se(row["stderr"]), _missing(row))
     console.print(table)
     print_notes(scores, console, model)
 
@@ -87,7 +85,8 @@ def print_notes(scores: Scores, console: Console, model: str = "") -> None:
 def print_run(result: "RunResult", console: Console) -> None:
     """One run: its scores, how complete it is, what was sent, and whether the saved scores changed."""
     name = result.config.profile.name
-    print_scores(result.scores, console, name, result.dataset.groups)
+    if result.status != "failed" or result.answered:  # a model that answered nothing has a reason, not a table
+        print_scores(result.scores, console, name, result.dataset.groups)
     total = len(result.questions)
     colour = {"complete": "green", "incomplete": "yellow"}.get(result.status, "red")
     line = f"[{colour}]{result.status}[/]: {result.answered:,}/{total:,} answered"
@@ -95,13 +94,14 @@ def print_run(result: "RunResult", console: Console) -> None:
         line += f", {result.unscored:,} not scored"
     console.print(line)
     if result.reason:
-        console.print(f"[{colour}]reason:[/] {escape(result.reason)}", soft_wrap=True)
+        console.print(f"[{colour}]reason:[/] {escape(result.reason)}")  # wrapped at spaces
     if result.config.choice_probs:
         view = result.choice_probabilities()
         console.print("choice probabilities (ours, not the official score): " + (
-            f"accuracy {view['accuracy']:.3f}, mass on valid choices {view['valid_mass']:.3f}, over "
-            f"{view['n']:,}/{view['questions']:,} multiple-choice questions" if view["available"] else view["note"]),
-            highlight=False)
+            f"overall {_num(view['score'])}{_se(view['stderr'])} (official {_num(result.overall)}) with "
+            f"multiple choice read from the most probable valid choice, other tasks as scored; mass on valid "
+            f"choices {_num(view['valid_mass'])}; log-probabilities for {view['n']:,}/{view['questions']:,} "
+            "multiple-choice questions" if view["available"] else view["note"]), highlight=False)
     console.print(f"requests: {result.sent:,} sent, {result.cached:,} cached, {result.errors:,} without an answer"
                   + (f", fan-out {result.seconds:.1f} s" if result.sent else ""))
     if result.kept is not None:
@@ -113,8 +113,8 @@ def print_run(result: "RunResult", console: Console) -> None:
 
 def print_leaderboard(board: pl.DataFrame, console: Console) -> None:
     """One table per ranking at any width from 80 columns: every score column and `done` whole (numbers never
-    wrap), model names folded at '/' or '-' when the terminal is narrow; how complete each row is in notes
-    below."""
+    wrap), model names folded at '/' or '-' when the terminal is narrow; each score with its standard error
+    (`0.192±.031`) where the width allows, the overall's always; how complete each row is in notes below."""
     if board.is_empty():
         console.print("No runs saved in this cache yet: `run`, `suite` or `demo` save them.")
         return
@@ -128,19 +128,31 @@ def print_leaderboard(board: pl.DataFrame, console: Console) -> None:
         for header in ["overall", *(escape(labels[s]) for s in present)]:
             table.add_column(header, justify="right", no_wrap=True)
         table.add_column("done", justify="right", no_wrap=True)
-        notes = []
+        # every score with its error where that leaves the names 30 columns; else the overall's alone
+        need = 4 + 31 + 12 + sum(max(len(labels[s]), 11) + 1 for s in present) + 5
+        wide = console.width >= need
         for row in group.iter_rows(named=True):
-            if row["status"] != "complete":
-                notes.append(leaderboard._note(row))
-            table.add_row(str(row["rank"]), Name(row["model"]),
-                          leaderboard._score(row["overall"], row["partial_skills"]),
-                          *(leaderboard._score(row[leaderboard.skill_key(s)]) for s in present),
+            errors = leaderboard.saved_stderr(row["details"])
+            table.add_row(leaderboard.rank_text(row["rank"]), Name(row["model"]),
+                          _with_se(row["overall"], errors.get("overall"), leaderboard.short_of(row)),
+                          *(_with_se(row[leaderboard.skill_key(s)], errors.get("skills", {}).get(s) if wide else None)
+                            for s in present),
                           leaderboard._done(row))
         console.print(table)
-        for note in notes:
-            console.print(note, highlight=False)
-        if any(r["partial_skills"] for r in group.iter_rows(named=True)):
+        for note in leaderboard.notes(list(group.iter_rows(named=True)), names_shown=6):
+            console.print(escape(note), highlight=False)
+        if any(leaderboard.short_of(r) for r in group.iter_rows(named=True)):
             console.print("~ averaged over fewer tasks or skills than the data has (see the notes)", highlight=False)
+        console.print("± standard error" + ("" if wide else f" (of the overall; every score's at {need} columns "
+                                                             "or more, and in the csv, json and md)"),
+                      highlight=False)
+
+
+def _with_se(value, stderr, partial: bool = False) -> str:
+    """A leaderboard score with its standard error and its `~` mark: `0.192±.031~`."""
+    if value is None:
+        return "-"
+    return leaderboard._score(value) + leaderboard.se_text(stderr) + ("~" if partial else "")
 
 
 def print_profiles(profiles: dict, fmt: str, console: Console) -> None:
@@ -215,3 +227,8 @@ def print_data_info(dataset: "Dataset", path: Path, as_json: bool, console: Cons
 
 def _num(value) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def _se(value) -> str:
+    """A standard error beside a four-decimal score; '' where it is unknown (one question)."""
+    return "" if value is None else f"±{value:.4f}"

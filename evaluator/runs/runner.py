@@ -235,13 +235,15 @@ class RunResult:
         return doc
 
     def choice_probabilities(self) -> dict:
-        """The multiple-choice view from log-probabilities (`--choice-probs`), beside the official scores."""
+        """The multiple-choice view from log-probabilities (`--choice-probs`), beside the official scores and
+        aggregated as they are."""
         from evaluator.scoring.choice_probs import view
-        why = _no_logprobs(self.config.profile, self.rows)
-        if why is not None and not (unread := view(self.rows))["available"]:
-            return {**unread, "note": f"not available for this model: {why}"}
 
-        return view(self.rows)
+        found = view(self.rows, self.config.protocol.value)
+        why = _no_logprobs(self.config.profile, self.rows)
+        if why is not None and not found["available"]:
+            return {**found, "note": f"not available for this model: {why}"}
+        return found
 
     def write_json(self, path: Path) -> None:
         from evaluator.scoring.aggregate import write_json_atomic
@@ -834,8 +836,7 @@ def _why_incomplete(rows: pl.DataFrame, scores: Scores) -> str:
                      + (", ..." if missing.height > 3 else "") + ")")
     unscored = scores.unscored.group_by("reason").agg(pl.col("n").sum()).sort("n", descending=True)
     if unscored.height:
-        why = "; ".join(f"{r if len(r) <= 200 else r[:199] + '…'} ({n})"
-                        for r, n in unscored.select("reason", "n").head(3).iter_rows())
+        why = "; ".join(f"{r} ({n})" for r, n in unscored.select("reason", "n").head(3).iter_rows())  # whole
         parts.append(f"{int(unscored['n'].sum())} answer(s) not scored: {why}")
     return "; ".join(parts) or "not every question was answered and scored"
 

@@ -652,7 +652,7 @@ def run_suite_to_folder(suite: Suite, gpus: list[Gpu], cache: Path | None, outpu
     """Run the suite and leave a new night in its folder (`paths.new_night`: a folder named by its start
     time, `latest` pointing at it; earlier nights kept): suite.log (timestamped, each line naming its model),
     models/<name>/ (each model's results folder), leaderboard.{md,csv,json}, summary.json and report.html."""
-    from evaluator.paths import LATEST_LINK, new_night, safe_name
+    from evaluator.paths import LATEST_LINK, folder_names, new_night
     from evaluator.reports import html, leaderboard, results, tables
     from evaluator.reports import suite as suite_report
     from evaluator.scoring.aggregate import write_json_atomic
@@ -673,9 +673,10 @@ def run_suite_to_folder(suite: Suite, gpus: list[Gpu], cache: Path | None, outpu
                              observer=progress.reply, on_done=progress.model_done, **settings)
     wall = time.monotonic() - clock
     written = {}
+    folders = folder_names([o.model for o in outcomes])  # a hash suffix only where two names would clash
     for outcome in outcomes:
         if outcome.result is not None:  # named as written: write_folder answers the folder resolved
-            inside = Path("models") / safe_name(outcome.model)
+            inside = Path("models") / folders[outcome.model]
             results.write_folder(outcome.result, folder / inside)
             written[outcome.model] = inside.as_posix()
     suite_report.print_outcomes(outcomes, log)

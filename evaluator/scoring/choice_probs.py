@@ -3,8 +3,10 @@
 The official score reads one generated character, so a model that ranks the right choice first but writes
 " 2" or "The" scores 0. With `--choice-probs` every multiple-choice request (one token already) also asks for
 the first token's top log-probabilities (`logprobs: 5` on completions; `logprobs: true, top_logprobs: 5` on
-chat), kept with the answer. From them, per model: the accuracy of the most probable valid choice, and the
-probability mass on valid choices (how often the answer is well-formed). Never mixed into the official score.
+chat), kept with the answer. From them, per model, a view aggregated per task, skill and overall as the official
+score is: multiple choice scored by the most probable valid choice (every other question by its official
+score), and the probability mass on valid choices (how often the answer is well-formed). Never mixed into the
+official score.
 """
 
 from __future__ import annotations
@@ -63,19 +65,51 @@ def pick(logprobs: str | None, labels: list[str]) -> tuple[str | None, float | N
     return best, min(1.0, sum(mass.values()))
 
 
-def view(rows: pl.DataFrame) -> dict:
-    """The per-model view over the multiple-choice rows (`metric` accuracy) with `prob_choice`, `valid_mass`
-    and `truth_text`: accuracy of the most probable valid choice, the mean mass on valid choices, and how many
-    questions had log-probabilities (n) of how many multiple-choice questions."""
-    choice = rows.filter(pl.col("metric") == "accuracy")
-    measured = choice.filter(pl.col("valid_mass").is_not_null())
-    n = measured.height
-    if n == 0:
-        return {"available": False, "questions": choice.height, "n": 0, "accuracy": None, "valid_mass": None,
+NO_LOGPROBS = "no log-probabilities kept with this answer"
+
+
+def view(rows: pl.DataFrame, protocol: str = "skill") -> dict:
+    """The view over a run's per-question rows (`answered`, `score`, `tp`/`fp`/`fn`, `unscored`, `prob_choice`,
+    `valid_mass`, `truth_text`), aggregated exactly as the official score is (`aggregate.aggregate`: per task,
+    then skill, then overall, with standard errors and completeness): a multiple-choice question scores 1 where
+    its most probable valid choice is the truth (an answered one without log-probabilities is not scored);
+    every other question keeps its official score, so a model whose most probable choice is always the one it
+    wrote has a view equal to its official score. The mass on valid choices is aggregated the same way over
+    the multiple-choice tasks alone. Full precision; the document has the shape of `score --json`'s."""
+    from evaluator.scoring import task_totals
+    from evaluator.scoring.aggregate import aggregate
+
+    choice = pl.col("metric") == "accuracy"
+    measured = rows.filter(choice & pl.col("valid_mass").is_not_null()).height
+    questions = rows.filter(choice).height
+    if measured == 0:
+        return {"available": False, "questions": questions, "n": 0, "score": None, "stderr": None,
+                "valid_mass": None,
                 "note": "no log-probabilities: run with --choice-probs, on a server or API that returns them "
                         "(Anthropic's does not)"}
-    right = (measured["prob_choice"] == measured["truth_text"]).fill_null(False)
-    return {"available": True, "questions": choice.height, "n": n, "accuracy": float(right.mean()),
-            "valid_mass": float(measured["valid_mass"].mean()),
-            "note": "ours, not the official score: the most probable valid choice among the first token's top "
-                    f"{TOP_LOGPROBS} log-probabilities, and the probability mass on valid choices"}
+    answered = rows.filter(pl.col("answered")).with_columns(model=pl.lit("", dtype=pl.String))
+    read = (answered.with_columns(
+        score=pl.when(choice & pl.col("valid_mass").is_not_null())
+        .then((pl.col("prob_choice") == pl.col("truth_text")).fill_null(False).cast(pl.Float64))
+        .when(choice).then(None).otherwise(pl.col("score")),
+        unscored=pl.when(choice & pl.col("valid_mass").is_null()).then(pl.lit(NO_LOGPROBS))
+        .otherwise(pl.col("unscored")),
+        official=pl.when(choice).then(None).otherwise(pl.col("official"))))
+    doc = aggregate(read, protocol, task_totals(rows), [""]).for_model("")
+    mass = aggregate(answered.filter(choice).with_columns(score=pl.col("valid_mass"),
+                                                         unscored=pl.when(pl.col("valid_mass").is_null())
+                                                         .then(pl.lit(NO_LOGPROBS)).otherwise(None)),
+                     protocol, task_totals(rows.filter(choice)), [""]).for_model("")
+    task_mass = {(t["skill"], t["task"]): t["score"] for t in mass["tasks"]}
+    for task in doc["tasks"]:
+        task["valid_mass"] = task_mass.get((task["skill"], task["task"]))
+        task["from"] = "probabilities" if (task["skill"], task["task"]) in task_mass else "official score"
+    for skill, summary in doc["skills"].items():
+        summary["valid_mass"] = (mass["skills"].get(skill) or {}).get("score")
+    overall = doc["overall"] or {}
+    return {"available": True, "questions": questions, "n": measured, "score": overall.get("score"),
+            "stderr": overall.get("stderr"), "valid_mass": (mass["overall"] or {}).get("score"), **doc,
+            "note": "ours, not the official score: each multiple-choice question scored by its most probable valid "
+                    f"choice among the first token's top {TOP_LOGPROBS} log-probabilities, every other question by "
+                    "its official score, aggregated as the official score is; valid_mass: the probability mass "
+                    "on valid choices, over the multiple-choice tasks"}
