@@ -482,3 +482,14 @@ def test_analyze_replaces_only_the_files_its_manifest_knows(tmp_path, capsys, mo
     assert run_cli(argv, capsys, monkeypatch)[0] == 2  # ... and the note: not ours, as before manifests
     (out / "notes.txt").unlink()
     assert run_cli(argv, capsys, monkeypatch)[0] == 0 and (out / "manifest.json").is_file()
+
+
+def test_a_column_without_correlation_says_why():
+    """Blank in a heatmap: the same score for every model, or too few models with one; the HTML report's
+    analysis notes carry the same words for skills."""
+    from evaluator.reports.analysis import blanks, matrix
+
+    wide = pl.DataFrame({"overall": [0.1, 0.2, 0.3, 0.4], "skill:flat": [0.5] * 4,
+                         "skill:sparse": [0.1, None, None, 0.2], "skill:fine": [0.4, 0.1, 0.3, 0.2]})
+    assert blanks(matrix(wide, wide.columns)) == [("skill:flat", "the same score for all 4 complete models"),
+                                                  ("skill:sparse", "only 2 complete model(s) with a score")]

@@ -714,5 +714,7 @@ def report_sections(board: pl.DataFrame, tasks: pl.DataFrame, results: dict, cac
             "rho": [[lookup[(a, b)]["spearman"] for b in names] for a in names],
             "n": int(found.skill_corr["n"].max()) if found.skill_corr.height else 0,
             "scaling": [{**f, "text": fit_text(f)} for f in found.scaling_fit.iter_rows(named=True)],
-            "pairs": found.pairs.to_dicts(), "notes": found.pair_notes}))
+            "pairs": found.pairs.to_dicts(),
+            "notes": [*(f"{c.removeprefix('skill:')}: no correlation, {why}" for c, why in blanks(found.skill_corr)),
+                      *found.pair_notes]}))
     return out
