@@ -189,17 +189,18 @@ def _write_manifest(folder: Path, writer: str, files: dict[str, list[str]]) -> N
             os.unlink(tmp)
 
 
-def replace_files(folder: Path, writer: str, makers: dict[str, Callable[[Path], bool]], legacy: set[str],
+def replace_files(folder: Path, writer: str, makers: dict[str, Callable[[Path], bool]], names: set[str],
                   flag: str = "--output") -> list[Path]:
     """Write each of `makers`' files into `folder` (a maker writes the path it is given, or returns False for
-    no file this time) and record them in the folder's manifest with their SHA-256. Only files `writer` wrote
-    and nobody changed since are replaced, or removed where this run has none of that name; a name held by
-    anything else (a user's file, a folder) is refused before anything is written. Temporary files never
-    outlive the call, however it ends."""
+    no file this time) and record them in the folder's manifest with their SHA-256. `names`: every name this
+    writer can make (all a folder from before manifests can hold). Only files `writer` wrote and nobody
+    changed since are replaced, or removed where this run has none of that name; a name held by anything else
+    (a user's file, a folder) is refused before anything is written. Temporary files never outlive the call,
+    however it ends."""
     folder.mkdir(parents=True, exist_ok=True)
     if os.path.lexists(folder / MANIFEST) and _manifest(folder, writer) is None:
         raise InputError(f"holds a {MANIFEST} this tool did not write: name another folder", path=folder, field=flag)
-    owned = owned_files(folder, writer, legacy)
+    owned = owned_files(folder, writer, names)
     held = sorted(n for n in makers if os.path.lexists(folder / n) and n not in owned)
     if held:
         raise InputError(f"holds {', '.join(n[:60] for n in held[:5])}, not written by this tool or changed since: "
@@ -212,7 +213,7 @@ def replace_files(folder: Path, writer: str, makers: dict[str, Callable[[Path], 
             temps.append(tmp)
             if make(Path(tmp)):
                 made[name] = (tmp, file_sha256(Path(tmp)))
-        stale = set(owned) - set(made)
+        stale = {n for n in owned if n not in made and n in names}  # never a name this writer cannot make
         # first a manifest that knows the old content and the new, so that a stop while renaming leaves no file
         # of ours unknown; then the files; then the manifest of what is there
         _write_manifest(folder, writer, {**{n: [owned[n]] for n in stale},

@@ -468,6 +468,11 @@ def test_analyze_replaces_only_the_files_its_manifest_knows(tmp_path, capsys, mo
 
     assert run_cli(argv, capsys, monkeypatch)[0] == 0
     assert (out / "notes.txt").read_text(encoding="utf-8") == "mine" and temporaries() == []
+    forged = json.loads((out / "manifest.json").read_text(encoding="utf-8"))  # a manifest that claims the note
+    forged["files"]["notes.txt"] = [hashlib.sha256(b"mine").hexdigest()]
+    (out / "manifest.json").write_text(json.dumps(forged), encoding="utf-8")
+    assert run_cli(argv, capsys, monkeypatch)[0] == 0
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"  # never a name analyze could write
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     def broken(*_args, **_kwargs):

@@ -451,7 +451,7 @@ def write(analysis: Analysis, folder: Path) -> list[Path]:
               "analysis.json": text(json.dumps(finite(document(analysis)), indent=2, ensure_ascii=False) + "\n")}
     if analysis.external is not None:
         makers["external.csv"] = table(analysis.external)
-    return replace_files(folder, FORMAT, makers, legacy=FILES)
+    return replace_files(folder, FORMAT, makers, FILES)
 
 
 def document(analysis: Analysis) -> dict:
