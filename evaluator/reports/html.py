@@ -348,7 +348,7 @@ function drawAnalyses() {  // per ranking: skill correlations, scaling slopes, b
     const left = a.excluded.length ? `<p class="note">Left out: ${a.excluded.map(e => esc(e.label) + ' (' + esc(e.why) + ')').join('; ')}</p>` : '';
     const corr = a.skills.length > 1 ? `<table class="board"><tr><th>Spearman ρ, n ≤ ${a.n}</th>${a.skills.map(s => `<th class="num">${esc(s)}</th>`).join('')}</tr>` +
       a.skills.map((s, i) => `<tr><td>${esc(s)}</td>${a.rho[i].map(rho).join('')}</tr>`).join('') + '</table>' : '';
-    const scaling = a.scaling.length ? '<p class="note">Scaling: ' + a.scaling.map(f => esc(f.text)).join('; ') + '</p>' : '';
+    const scaling = a.scaling.map(f => `<p class="note">Scaling: ${esc(f.text)}</p>`).join('');  // one fit a line
     const pairs = a.pairs.length ? '<table class="board"><tr><th>tuned</th><th>base</th><th>skill</th><th class="num">n</th><th class="num">Δ</th><th class="num">95% CI</th></tr>' +
       a.pairs.map(p => `<tr><td>${esc(p.tuned)}</td><td>${esc(p.base)}</td><td>${esc(p.skill)}</td><td class="num">${fmt(p.n)}</td><td class="num">${signed(p.diff)}</td><td class="num">[${signed(p.low)}, ${signed(p.high)}]</td></tr>`).join('') + '</table>' : '';
     const notes = a.notes.map(n => `<p class="note">${esc(n)}</p>`).join('');
