@@ -222,8 +222,8 @@ def load_results(path: str | Path) -> Results:
 def _failed_in_night(night: Path, present: set, skipped: list[str]) -> list[dict]:
     """A night's models that left no results folder (failed before scoring), from its summary.json."""
     summary_path = night / "summary.json"
-    if not summary_path.is_file():
-        return []
+    if not summary_path.exists() and not summary_path.is_symlink():
+        return []  # a results folder or a folder of them: no night
     try:
         summary = _read_json(summary_path)
     except (OSError, ValueError, RecursionError) as exc:

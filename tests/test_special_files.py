@@ -53,6 +53,8 @@ def test_load_results_skips_and_names_what_is_not_a_regular_file(tmp_path, capsy
     assert f"{night / 'd' / 'results.json'}: not a regular file: a named pipe (FIFO)" in skipped
     one = load_results(night / "a")
     assert one.runs.height == 1 and one.samples.height == 0 and "named pipe" in one.skipped[0]
+    os.mkfifo(night / "summary.json")  # where a night keeps its failed models
+    assert f"{night / 'summary.json'}: not a regular file: a named pipe (FIFO)" in load_results(night).skipped
 
 
 def test_a_fifo_as_data_or_shot_pool_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
