@@ -300,12 +300,13 @@ def test_every_score_carries_its_standard_error_on_a_scale_any_eye_reads(night):
 
 def test_a_failed_models_view_says_why_it_failed(tmp_path, capsys, monkeypatch):
     """Issue 28.4: a model whose pre-flight failed has a view that gives the reason it failed, its questions
-    'not asked: the run failed' (never 'not asked yet'), and no rank."""
+    'not asked: the run failed' (never 'not asked yet'), and no rank. Its 240 questions come 100 at a time, so
+    the page stays short without a box that scrolls inside it."""
     from builders import run_cli
     from evaluator.reports import html
 
     monkeypatch.chdir(tmp_path)
-    write_jsonl(tmp_path / "d.json", questions(8, "ONLY"))
+    write_jsonl(tmp_path / "d.json", questions(240, "ONLY"))
     with Stub(answers=answer) as stub:
         code, _, err = run_cli(["run", "--model", "works", "--base-url", stub.base_url, "--data", "d.json",
                                 "--cache", "c", "--allow-incomplete"], capsys, monkeypatch)
@@ -316,9 +317,15 @@ def test_a_failed_models_view_says_why_it_failed(tmp_path, capsys, monkeypatch):
     page = html.write(tmp_path / "c", tmp_path / "report.html")
     seen = measure(page, """
       const row = [...doc.querySelectorAll('tr[data-m]')].find(tr => tr.textContent.includes('gone'));
-      return {rank: row.cells[0].textContent, note: doc.getElementById('model-note').textContent,
+      const more = doc.getElementById('q-more'), state = () => [doc.querySelectorAll('#questions tr').length - 1,
+        doc.getElementById('q-count').textContent, more.hidden ? null : more.textContent];
+      const pages = [state()]; more.click(); pages.push(state()); more.click(); pages.push(state());
+      return {rank: row.cells[0].textContent, note: doc.getElementById('model-note').textContent, pages,
               tasks: doc.getElementById('tasks').innerText, questions: doc.getElementById('questions').innerText};
     """, fragment="model=gone")
+    assert seen["pages"] == [[100, "240 question(s), the first 100 shown", "show 100 more (140 left)"],
+                             [200, "240 question(s), the first 200 shown", "show 40 more (40 left)"],
+                             [240, "240 question(s)", None]]
     assert seen["rank"] == "" and seen["note"].startswith("failed: pre-flight: ") and "127.0.0.1:9" in seen["note"]
     assert "not asked yet" not in seen["tasks"] + seen["questions"]
     assert "without an answer: not asked: the run failed" in seen["tasks"]

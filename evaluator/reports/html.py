@@ -183,12 +183,11 @@ td.cell.light{color:#1d2330}.se{font-size:10px;opacity:.85}table.board td.cell{p
 td.cell.none{color:#4a5568;background:#eceef1;text-align:center;cursor:help}
 tr.sel td{background-color:#dce8ff}tr.sel td.name{font-weight:600}tr.click{cursor:pointer}tr.click:hover td.name{text-decoration:underline}
 .st-complete{color:#1a7f37}.st-incomplete{color:#9a6700}.st-failed{color:#cf222e;font-weight:600}
-.scroll{min-height:0}  /* the page scrolls, never a box inside it */
 #tasks td.task{overflow-wrap:anywhere}#tasks tr.skillrow td{background:#f3f5f8;font-weight:600;color:#4a5568}
 .why{font-size:11px;color:#9a6700;overflow-wrap:anywhere;white-space:pre-wrap}
 .controls{display:flex;gap:8px;align-items:center;flex-wrap:wrap;margin-bottom:6px;font-size:12px}
 select,button{font:inherit;font-size:12px;max-width:100%}button.on{background:#1d2330;color:#fff}
-.q{table-layout:fixed}.q td{font-size:11.5px;overflow-wrap:anywhere}.q td.pre{white-space:pre-wrap}
+.q{table-layout:fixed;margin-bottom:6px}.q td{font-size:11.5px;overflow-wrap:anywhere}.q td.pre{white-space:pre-wrap}
 .q th:nth-child(1){width:44px}.q th:nth-child(2){width:120px}.q th:nth-child(3){width:38%}.q th:nth-child(6){width:80px}
 .err{color:#cf222e}.ok{color:#1a7f37}.note{font-size:11.5px;color:#6b7280;margin:4px 0 0;overflow-wrap:anywhere}
 </style></head><body>
@@ -196,12 +195,13 @@ select,button{font:inherit;font-size:12px;max-width:100%}button.on{background:#1
 <main>
 <div id="top"><div id="boards"></div>
 <section id="model"><h2 id="model-title">Tasks</h2><p id="model-note" class="note"></p>
-<div class="scroll"><table id="tasks"></table></div></section></div>
-<section><h2>Questions</h2><div class="controls"><label>task <select id="task-pick"></select></label>
-<button data-f="all" class="on">all</button><button data-f="wrong">wrong</button><button data-f="errors">errors</button>
-<span id="q-count" class="note"></span></div><div class="scroll tall"><table class="q" id="questions"></table></div></section>
+<table id="tasks"></table></section></div>
 <section id="analyses" hidden><h2>Analyses (complete runs only; shopping-mmlu analyze writes them all as files)</h2><div id="analyses-body"></div></section>
 <section id="notes-box" hidden><h2>Notes</h2><ul id="notes"></ul></section>
+<section><h2>Questions</h2><div class="controls"><label>task <select id="task-pick"></select></label>
+<button data-f="all" class="on">all</button><button data-f="wrong">wrong</button><button data-f="errors">errors</button>
+<span id="q-count" class="note"></span></div><table class="q" id="questions"></table>
+<div class="controls"><button id="q-more" hidden></button></div></section>
 </main>
 <script type="application/json" id="data">__DATA__</script>
 <script>
@@ -316,20 +316,26 @@ function pick(run, chosen) {
   $('task-pick').innerHTML = '<option value="">(every task)</option>' + m.tasks.map(t => `<option>${esc(t.task)}</option>`).join('');
   drawQuestions();
 }
-function drawQuestions() {
+let shown = 0;  // questions drawn: a page at a time, so the page (the one thing that scrolls) stays short
+const PAGE = 100;
+function drawQuestions(more) {
   const m = D.runs[current]; if (!m) return;
   const task = $('task-pick').value;
   const rows = m.questions.filter(q => (!task || q.task === task) && (filter === 'all' || (filter === 'errors' ? q.error : (q.wrong || q.error))));
-  $('q-count').textContent = `${rows.length.toLocaleString()} question(s)`;
+  shown = Math.min(rows.length, more === true ? shown + PAGE : PAGE);
+  $('q-count').textContent = `${rows.length.toLocaleString()} question(s)` + (shown < rows.length ? `, the first ${shown.toLocaleString()} shown` : '');
+  $('q-more').hidden = shown >= rows.length;
+  $('q-more').textContent = `show ${Math.min(PAGE, rows.length - shown)} more (${(rows.length - shown).toLocaleString()} left)`;
   $('questions').innerHTML = '<tr><th class="num">row</th><th>task</th><th>input</th><th>truth</th><th>answer</th><th class="num">score</th></tr>' +
-    rows.slice(0, 2000).map(q => { const t = (D.texts[m.data] || {})[q.row] || [null, null];
+    rows.slice(0, shown).map(q => { const t = (D.texts[m.data] || {})[q.row] || [null, null];
       const unscored = q.unscored === null ? null : m.reasons[q.unscored];
       return `<tr><td class="num">${q.row}</td><td>${esc(q.task)}</td><td class="pre">${esc(t[0])}</td><td class="pre">${esc(t[1])}</td>` +
         `<td class="pre">${q.answer === null ? '<span class="err">—</span>' : esc(q.answer)}${unscored === null ? '' : `<div class="why">not scored: ${esc(unscored)}</div>`}</td>` +
         `<td class="num ${q.error ? 'err' : (q.wrong || unscored !== null ? '' : 'ok')}"${unscored === null ? '' : ` title="${esc(unscored)}"`}>${q.error ? esc(q.error) : (unscored !== null ? 'not scored' : (q.ner ? 'tp/fp/fn ' + esc(q.ner) : score(q.score)))}${q.official ? ' †' : ''}</td></tr>`; }).join('');
 }
 document.querySelectorAll('button[data-f]').forEach(b => b.onclick = () => { filter = b.dataset.f; document.querySelectorAll('button[data-f]').forEach(x => x.classList.toggle('on', x === b)); drawQuestions(); });
-$('task-pick').onchange = drawQuestions;
+$('task-pick').onchange = () => drawQuestions();
+$('q-more').onclick = () => drawQuestions(true);
 const ranked = [...D.board].sort((a, b) => (b.overall ?? -1) - (a.overall ?? -1));
 const wanted = () => new URLSearchParams(location.hash.slice(1)).get('model');
 function linked(want) {  // the run the address names (#model=NAME or a run's key); a name's complete run first
