@@ -8,7 +8,7 @@ import time
 import pytest
 
 from evaluator.client.http import Endpoint, Reply, RetryPolicy, fan_out
-from benchmarks.stubs.openai_stub import Stub, answer_for
+from benchmarks.stubs.openai_stub import Stub, answer_for, within_budget
 
 FAST = RetryPolicy(max_attempts=4, max_total_s=30, base_delay_s=0.01, max_delay_s=0.2)
 
@@ -35,7 +35,7 @@ def test_retryable_faults_are_retried_and_succeed(fault):
     with Stub(first_then_ok(fault), stall_s=5) as stub:
         endpoint = Endpoint(stub.base_url, chat=False, timeout_s=0.5)
         reply = run_all(endpoint, [BODY])["0"]
-    assert reply.ok and reply.text == answer_for(BODY) and reply.attempts == 2
+    assert reply.ok and reply.text == within_budget(answer_for(BODY), BODY)[0] and reply.attempts == 2
     assert sum(stub.seen.values()) == 2
 
 
@@ -97,7 +97,8 @@ def test_chat_endpoint_and_usage():
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0.0}
     with Stub() as stub:
         reply = run_all(Endpoint(stub.base_url, chat=True, api_key="k-123"), [body])["0"]
-    assert reply.ok and reply.text == answer_for(body) and reply.completion_tokens == 3
+    assert reply.ok and reply.text == answer_for(body)[:4] and reply.completion_tokens == 4  # cut at max_tokens
+    assert reply.finish_reason == "length"
     assert stub.authorizations == {"Bearer k-123": 1}
 
 
@@ -158,3 +159,18 @@ def test_an_empty_answer_cut_by_the_budget_of_a_reasoning_model_is_an_error(payl
     with pytest.raises(Fault) as fault:
         parse_reply(payload, True, flagged)
     assert fault.value.kind == kind and "reasoning_budget" in str(fault.value)
+
+
+def test_the_stub_keeps_to_the_token_budget_as_openai_does():
+    """One token a character in the stub: a 1-token request gets one character and finish_reason "length";
+    chat's max_completion_tokens counts before max_tokens; a budget below 1 is a 400 naming it."""
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 2,
+            "max_tokens": 50}
+    bodies = [dict(BODY, max_tokens=1), chat, dict(BODY, max_tokens=100), dict(BODY, max_tokens=0)]
+    with Stub() as stub:
+        replies = [run_all(Endpoint(stub.base_url, chat="messages" in body), [body])["0"] for body in bodies]
+    one, two, whole, zero = replies
+    assert (one.text, one.finish_reason, one.completion_tokens) == (answer_for(BODY)[:1], "length", 1)
+    assert (two.text, two.finish_reason) == (answer_for(chat)[:2], "length")
+    assert (whole.text, whole.finish_reason) == (answer_for(BODY), "stop")
+    assert not zero.ok and zero.status == 400 and "max_tokens" in zero.message

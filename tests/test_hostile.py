@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.stubs.openai_stub import HOSTILE, Stub, answer_for
+from benchmarks.stubs.openai_stub import HOSTILE, Stub, sent_for
 from builders import run_cli, write_jsonl
 from evaluator.cache.responses import ResponseCache
 from evaluator.client.http import Endpoint, Reply, RetryPolicy, fan_out, retry_after_seconds
@@ -88,7 +88,7 @@ def test_a_run_against_a_hostile_server_finishes_keeps_no_poison_and_no_secret(t
     db.close()
     assert len(answers) + sum(errors.values()) == n == len(actions)  # every question: an answer or an error
     for text, request in answers:  # no poisoned answer: the stub's own answer, or the typed-fields one
-        assert text in (answer_for(json.loads(request)), "typed", "ok"), text
+        assert text in (sent_for(json.loads(request)), "typed", "ok"), text
     assert set(errors) >= {"malformed", "empty", "api_error", "oversized", "http_error", "rate_limited"}
     assert doc["errors"] == sum(errors.values()) and doc["status"] == "incomplete"
     written = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())

@@ -192,11 +192,12 @@ HOSTILE_MODELS = [HOSTILE_TEXTS[0], "a|b *c* _d_ `e` [f](g) \\h <i>"]
 
 
 def hostile_report(tmp_path: Path, capsys, monkeypatch) -> Path:
-    """A skill (track) name, task names, model names and answers carrying markup, run on a stub: the cache."""
+    """A skill (track) name, task names, model names and answers carrying markup, run on a stub: the cache.
+    Generation questions, whose 100-token budget lets the stub send each hostile answer whole."""
     rows = []
     for i, text in enumerate(HOSTILE_TEXTS):
-        rows.append({"input_field": f"question {text} {i}", "output_field": i % 4, "task_name": f"task {text}",
-                     "task_type": "multiple-choice", "metric": "accuracy", "track": f"skill {text}"})
+        rows.append({"input_field": f"question {text} {i}", "output_field": "a towel", "task_name": f"task {text}",
+                     "task_type": "generation", "metric": "rougel", "track": f"skill {text}"})
     data = write_jsonl(tmp_path / "d.json", rows)
     answers = iter(HOSTILE_TEXTS * 10)
     with Stub(answers=lambda _body: next(answers)) as server:

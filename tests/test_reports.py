@@ -134,7 +134,9 @@ def test_a_results_folder_describes_itself_and_round_trips_through_the_official_
     assert results["software"]["python"] and results["times"]["started_at"].endswith("+00:00")
     assert results["complete"] is True and results["model"]["profile"]["name"] == "m"
     samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 96 and all(s["answer"].startswith("stub-") for s in samples)
+    # the stub's answers within each request's budget: one token ('s') for multiple choice
+    assert len(samples) == 96 and all(s["answer"].startswith("stub-")
+                                      or (s["answer"], s["metric"]) == ("s", "accuracy") for s in samples)
     assert {"id", "skill", "task", "metric", "prompt", "answer", "truth", "score", "completion_tokens",
             "latency_s"} <= set(samples[0])
     official = results["files"]["official_outputs"]

@@ -15,7 +15,7 @@ import pytest
 
 from builders import write_jsonl
 from evaluator.cache.responses import ResponseCache
-from benchmarks.stubs.openai_stub import FAULTS, Stub, answer_for, share_plan
+from benchmarks.stubs.openai_stub import FAULTS, Stub, sent_for, share_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
@@ -67,7 +67,7 @@ def test_sigkill_ten_times_then_resume_loses_and_rebuys_nothing(tmp_path):
     answers, errors = cached_rows(cache)
     assert killed_mid_run >= 5  # most kills landed while requests were in flight
     assert len(answers) == n and errors == 0
-    assert all(text == answer_for(json.loads(request)) for text, request in answers)
+    assert all(text == sent_for(json.loads(request)) for text, request in answers)
     assert len(stub.seen) == n  # every question asked
     assert received <= n + kills * concurrency  # re-bought at most what was in flight at each kill
     doc = json.loads(out.read_text())
@@ -94,7 +94,7 @@ def test_fault_matrix(tmp_path):
     assert len(first_actions) == n and terminal > 0 and retried > 0
     assert set(first_actions.values()) == set(FAULTS) | {"ok"}  # every kind of fault was injected
     assert errors == terminal and len(answers) == n - terminal
-    assert all(text == answer_for(json.loads(request)) for text, request in answers)
+    assert all(text == sent_for(json.loads(request)) for text, request in answers)
     for digest, action in first_actions.items():  # retries stay within their bounds
         assert seen[digest] == (2 if action in RETRYABLE else 1)
     doc = json.loads(out.read_text())

@@ -23,6 +23,15 @@ GET /v1/batches lists OpenAI batches newest first (`limit` 1-100, `after`, `has_
 Anthropic's (`limit` 1-1000, default 20, `after_id`/`before_id`, `first_id`/`last_id`/`has_more`), as their SDKs
 page them. `lose_create` drops the reply of either provider's create.
 
+It refuses what the services refuse (their API references and SDK types): OpenAI takes a file uploaded with
+purpose "batch" whose every line is a JSON object with a `custom_id` unique in the file, `method` "POST", a `url`
+equal to the batch's endpoint and a `body` naming one model for the whole file (at most 50,000 lines, 200 MB),
+`completion_window` "24h" and a supported endpoint, else the batch fails validation with `errors.data` naming
+the line (or the create is a 400 naming the parameter); Anthropic takes at most 100,000 requests whose
+`custom_id` matches ^[a-zA-Z0-9_-]{1,64}$ and is unique, each `params` with `model`, `max_tokens` (>= 1) and
+`messages`, else a 400 naming `requests.N...`. Answers keep to each request's token budget as the live stub's
+do (cut with finish_reason "length", or Anthropic's stop_reason "max_tokens").
+
 It records every key it saw (Authorization and x-api-key headers) and every batch created.
 """
 
@@ -31,13 +40,98 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 import time
 from collections import Counter
 
 from aiohttp import web
 
-from benchmarks.stubs.openai_stub import answer_for
+from benchmarks.stubs.openai_stub import answer_for, within_budget
 from benchmarks.stubs.threaded import AiohttpServer
+
+
+OPENAI_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
+OPENAI_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+OPENAI_MAX_LINES, OPENAI_MAX_BYTES = 50_000, 200 * 2**20
+ANTHROPIC_MAX_REQUESTS = 100_000
+ANTHROPIC_CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+
+def openai_refusal(message: str, param: str, code: str = "invalid_value", status: int = 400) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": "invalid_request_error", "param": param,
+                                        "code": code}}, status=status)
+
+
+def openai_line_errors(content: bytes, endpoint: str) -> list[dict]:
+    """OpenAI's validation of a batch input file: one {code, line, message, param} per fault found (1-based)."""
+    if len(content) > OPENAI_MAX_BYTES:
+        return [{"code": "file_too_large", "line": None, "param": None,
+                 "message": f"The input file exceeds the maximum size of {OPENAI_MAX_BYTES:,} bytes."}]
+    lines = [line for line in content.splitlines() if line.strip()]
+    if len(lines) > OPENAI_MAX_LINES:
+        return [{"code": "too_many_requests", "line": None, "param": None,
+                 "message": f"The batch has {len(lines):,} requests; at most {OPENAI_MAX_LINES:,} are allowed."}]
+    errors, seen, models = [], set(), set()
+    for number, raw in enumerate(lines, 1):
+        def fault(code: str, param: str | None, message: str) -> None:
+            errors.append({"code": code, "line": number, "param": param, "message": message})
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            fault("invalid_json_line", None, "This line is not parseable as valid JSON.")
+            continue
+        if not isinstance(line, dict):
+            fault("invalid_json_line", None, "This line is not a JSON object.")
+            continue
+        custom_id = line.get("custom_id")
+        if not isinstance(custom_id, str) or not custom_id:
+            fault("missing_required_parameter", "custom_id", "The request is missing a custom_id.")
+        elif custom_id in seen:
+            fault("duplicate_custom_id", "custom_id", "The custom_id for this request is a duplicate of another "
+                  "request. The custom_id parameter must be unique for each request in a batch.")
+        seen.add(custom_id)
+        if line.get("method") != "POST":
+            fault("invalid_value", "method", f"Invalid method {line.get('method')!r}: only POST is supported.")
+        if line.get("url") != endpoint:
+            fault("mismatched_endpoint", "url", f"The URL provided for this request ({line.get('url')!r}) does not "
+                  f"match the batch endpoint ({endpoint!r}).")
+        body = line.get("body")
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            fault("missing_required_parameter", "body.model", "The request body must be an object naming a model.")
+        else:
+            models.add(body["model"])
+    if len(models) > 1:
+        errors.append({"code": "mismatched_model", "line": None, "param": "body.model",
+                       "message": f"All requests in a batch must use the same model; found {sorted(models)}."})
+    return errors
+
+
+def anthropic_refusal(requests) -> str | None:
+    """Anthropic's validation of a Message Batch create, as the first fault's message (Pydantic-style path)."""
+    if not isinstance(requests, list) or not requests:
+        return "requests: Field required (a non-empty list)"
+    if len(requests) > ANTHROPIC_MAX_REQUESTS:
+        return f"requests: at most {ANTHROPIC_MAX_REQUESTS:,} requests in a batch"
+    seen = set()
+    for i, item in enumerate(requests):
+        custom_id = item.get("custom_id") if isinstance(item, dict) else None
+        if not isinstance(custom_id, str) or not ANTHROPIC_CUSTOM_ID.fullmatch(custom_id):
+            return f"requests.{i}.custom_id: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'"
+        if custom_id in seen:
+            return f"requests.{i}.custom_id: custom_id must be unique within a batch: {custom_id!r}"
+        seen.add(custom_id)
+        params = item.get("params")
+        if not isinstance(params, dict):
+            return f"requests.{i}.params: Field required"
+        for name in ("model", "max_tokens", "messages"):
+            if name not in params:
+                return f"requests.{i}.params.{name}: Field required"
+        budget = params["max_tokens"]
+        if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+            return f"requests.{i}.params.max_tokens: Input should be greater than or equal to 1"
+        if not isinstance(params["messages"], list) or not params["messages"]:
+            return f"requests.{i}.params.messages: at least one message is required"
+    return None
 
 
 def _fraction(custom_id: str) -> float:
@@ -56,6 +150,7 @@ class BatchStub(AiohttpServer):
         self.expire_half, self.error_share, self.poll_5xx, self.unknown_id = expire_half, error_share, poll_5xx, unknown_id
         self.keys: Counter[str] = Counter()
         self.files: dict[str, bytes] = {}
+        self.purposes: dict[str, str] = {}
         self.batches: dict[str, dict] = {}
         self.retrieves = 0
         self.ids = itertools.count(1)
@@ -102,22 +197,29 @@ class BatchStub(AiohttpServer):
         if not self._authorised(request):
             return web.json_response({"error": {"message": "no key"}}, status=401)
         form = await request.post()
+        purpose = form.get("purpose")
+        if purpose not in OPENAI_PURPOSES:
+            return openai_refusal(f"Invalid value for 'purpose': {purpose!r}.", "purpose")
+        if "file" not in form:
+            return openai_refusal("Missing required parameter: 'file'.", "file", "missing_required_parameter")
         upload = form["file"]
         content = upload.file.read() if hasattr(upload, "file") else bytes(upload)
         file_id = f"file-{next(self.ids)}"
         self.files[file_id] = content
+        self.purposes[file_id] = purpose
         return web.json_response({"id": file_id, "object": "file", "bytes": len(content),
-                                  "created_at": int(time.time()), "filename": "input.jsonl", "purpose": "batch",
+                                  "created_at": int(time.time()), "filename": "input.jsonl", "purpose": purpose,
                                   "status": "processed"})
 
     def _openai_batch(self, batch: dict) -> dict:
-        if batch.get("refused"):
+        if batch.get("refused") or batch.get("invalid"):
+            errors = batch.get("invalid") or [{"code": "token_limit_exceeded", "line": None, "param": None,
+                                               "message": batch["refused"]}]
             return {"id": batch["id"], "object": "batch", "endpoint": batch["endpoint"],
                     "input_file_id": batch["input"], "completion_window": "24h", "status": "failed",
                     "created_at": batch["created_at"], "output_file_id": None, "error_file_id": None,
                     "metadata": batch["metadata"], "request_counts": {"total": 0, "completed": 0, "failed": 0},
-                    "errors": {"object": "list", "data": [{"code": "token_limit_exceeded", "line": None,
-                                                           "param": None, "message": batch["refused"]}]}}
+                    "errors": {"object": "list", "data": errors}}
         ended = batch["ended"]
         answered = self._answers(batch) if ended else []
         failed = sum(1 for *_, bad in answered if bad)
@@ -135,14 +237,27 @@ class BatchStub(AiohttpServer):
         if not self._authorised(request):
             return web.json_response({"error": {"message": "no key"}}, status=401)
         payload = await request.json()
-        lines = [json.loads(line) for line in self.files[payload["input_file_id"]].splitlines() if line.strip()]
+        if payload.get("completion_window") != "24h":
+            return openai_refusal(f"Invalid value for 'completion_window': {payload.get('completion_window')!r}. "
+                                  "Supported values are: '24h'.", "completion_window")
+        if payload.get("endpoint") not in OPENAI_ENDPOINTS:
+            return openai_refusal(f"Invalid value for 'endpoint': {payload.get('endpoint')!r}.", "endpoint")
+        file_id = payload.get("input_file_id")
+        if file_id not in self.files:
+            return openai_refusal(f"No such File object: {file_id}", "input_file_id", "not_found", 404)
+        if self.purposes[file_id] != "batch":
+            return openai_refusal(f"The input file {file_id} must be uploaded with purpose 'batch' "
+                                  f"(it has {self.purposes[file_id]!r}).", "input_file_id")
+        invalid = openai_line_errors(self.files[file_id], payload["endpoint"])
+        lines = [] if invalid else [json.loads(line) for line in self.files[file_id].splitlines() if line.strip()]
         batch_id = f"batch_{next(self.ids)}"
         self.batches[batch_id] = {"id": batch_id, "provider": "openai", "endpoint": payload["endpoint"],
-                                  "input": payload["input_file_id"], "metadata": payload.get("metadata"),
+                                  "input": file_id, "metadata": payload.get("metadata"),
                                   "requests": [(line["custom_id"], line["body"]) for line in lines],
-                                  "polls": 0, "ended": False, "created_at": int(time.time())}
+                                  "polls": 0, "ended": bool(invalid), "invalid": invalid,
+                                  "created_at": int(time.time())}
         batch = self.batches[batch_id]
-        if self.token_limit is not None:
+        if self.token_limit is not None and not invalid:
             def tokens(b: dict) -> int:
                 return sum(len(json.dumps(body)) // 4 + body.get("max_tokens", 0) for _, body in b["requests"])
 
@@ -209,13 +324,14 @@ class BatchStub(AiohttpServer):
                 lines.append({"id": "r", "custom_id": custom_id, "response": {
                     "status_code": 400, "body": {"error": {"message": "injected per-request error"}}}, "error": None})
             elif file_id.endswith("-out") and not failed:
-                text = answer_for(body)
-                choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-                          if chat else {"index": 0, "text": text, "finish_reason": "stop"})
+                text, finish = within_budget(answer_for(body), body, chat)
+                choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+                          if chat else {"index": 0, "text": text, "finish_reason": finish})
                 lines.append({"id": "r", "custom_id": custom_id, "error": None, "response": {
                     "status_code": 200, "request_id": "q", "body": {
                         "id": "c", "object": "chat.completion", "choices": [choice],
-                        "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}}})
+                        "usage": {"prompt_tokens": 10, "completion_tokens": len(text),
+                                  "total_tokens": 10 + len(text)}}}})
         if file_id.endswith("-out") and self.unknown_id:
             lines.append({"id": "r", "custom_id": "nobody-asked", "error": None, "response": {
                 "status_code": 200, "body": {"choices": [{"index": 0, "text": "x"}]}}})
@@ -253,6 +369,10 @@ class BatchStub(AiohttpServer):
                 "message": "Number of concurrent connections has exceeded your rate limit. Please try again later."},
                 "request_id": request_id}, status=429,
                 headers={"retry-after": self.retry_after, "request-id": request_id})
+        refused = anthropic_refusal(payload.get("requests") if isinstance(payload, dict) else None)
+        if refused:
+            return web.json_response({"type": "error", "error": {"type": "invalid_request_error",
+                                                                 "message": refused}}, status=400)
         batch_id = f"msgbatch_{next(self.ids)}"
         requests = []
         version = request.headers.get("anthropic-version", "")
@@ -265,7 +385,8 @@ class BatchStub(AiohttpServer):
                     "message": f"requests.0.params.{dropped[0]}: Extra inputs are not permitted"}}, status=400)
             messages = ([{"role": "system", "content": params["system"]}] if "system" in params else []) + \
                 params["messages"]
-            requests.append((item["custom_id"], {"messages": messages}))  # the live-equivalent body
+            requests.append((item["custom_id"], {"messages": messages,  # the live-equivalent body
+                                                 "max_tokens": params["max_tokens"]}))
         self.batches[batch_id] = {"id": batch_id, "provider": "anthropic", "requests": requests, "polls": 0,
                                   "ended": False, "created_at": int(time.time())}
         if self.lose_create > 0:  # made, and the reply never arrives
@@ -314,10 +435,12 @@ class BatchStub(AiohttpServer):
                 lines.append({"custom_id": custom_id, "result": {"type": "errored", "error": {
                     "type": "error", "error": {"type": "invalid_request_error", "message": "injected"}}}})
             else:
+                text, finish = within_budget(answer_for({"messages": body["messages"]}), body)
                 lines.append({"custom_id": custom_id, "result": {"type": "succeeded", "message": {
                     "id": "m", "type": "message", "role": "assistant", "model": "claude",
-                    "content": [{"type": "text", "text": answer_for(body)}], "stop_reason": "end_turn",
-                    "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 3}}}})
+                    "content": [{"type": "text", "text": text}],
+                    "stop_reason": "max_tokens" if finish == "length" else "end_turn",
+                    "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": len(text)}}}})
         answered = {line["custom_id"] for line in lines}
         for custom_id, _ in batch["requests"]:
             if custom_id not in answered:

@@ -1,7 +1,10 @@
 """A fault-injecting OpenAI-compatible stub: for what a real server cannot do on demand.
 
 It answers `/v1/completions` and `/v1/chat/completions` with a deterministic text per request body
-(`stub-` + a hash of the prompt), and `/v1/models`. A `plan(body_hash, attempt)` chooses, per request, one of:
+(`stub-` + a hash of the prompt), and `/v1/models`. It honours the token budget as OpenAI does (`max_tokens`;
+chat's `max_completion_tokens` first): an integer of at least 1, else a 400 naming it; a longer answer is cut
+there with `finish_reason: "length"` (one token a character here) and `usage.completion_tokens` says what was
+sent. A `plan(body_hash, attempt)` chooses, per request, one of:
 
     ok, 429, 500, 502, 503, 400, 401, 403, 404, stall (no answer for `stall_s`), reset (drop the connection),
     malformed (200 with a body that is not JSON), empty (200 with no choices)
@@ -53,6 +56,11 @@ def answer_for(body: dict) -> str:
     """The deterministic answer to a request body."""
     source = body.get("prompt") if "prompt" in body else json.dumps(body.get("messages"), sort_keys=True)
     return "stub-" + hashlib.sha256(str(source).encode()).hexdigest()[:12]
+
+
+def sent_for(body: dict) -> str:
+    """What the stub sends for a request body by default: its answer, within the body's token budget."""
+    return within_budget(answer_for(body), body, "messages" in body)[0]
 
 
 def body_hash(raw: bytes) -> str:
@@ -166,9 +174,15 @@ class Stub(ThreadedServer):
                     continue
                 body = json.loads(raw)
                 chat = path.endswith("/chat/completions")
-                text = self.answers(body)
-                choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-                          if chat else {"index": 0, "text": text, "finish_reason": "stop"})
+                refused = _budget_refusal(body, chat)
+                if refused:
+                    await self._respond(writer, 400, json.dumps({"error": {
+                        "message": refused[1], "type": "invalid_request_error", "param": refused[0],
+                        "code": "integer_below_min_value"}}).encode())
+                    continue
+                text, finish = within_budget(self.answers(body), body, chat)
+                choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+                          if chat else {"index": 0, "text": text, "finish_reason": finish})
                 refused = _logprobs_refusal(body, chat)
                 if refused:
                     await self._respond(writer, 400, json.dumps({"error": {
@@ -189,7 +203,7 @@ class Stub(ThreadedServer):
                     choice["logprobs"] = "\0raw\0" if isinstance(raw, bytes) else raw
                 reply = {"id": "stub", "object": "chat.completion" if chat else "text_completion",
                          "model": body.get("model"), "choices": [] if action == "empty" else [choice],
-                         "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}
+                         "usage": {"prompt_tokens": 10, "completion_tokens": len(text), "total_tokens": 10 + len(text)}}
                 encoded = json.dumps(reply).encode()
                 if isinstance(raw, bytes):
                     encoded = encoded.replace(b'"\\u0000raw\\u0000"', raw)
@@ -261,6 +275,36 @@ class Stub(ThreadedServer):
         for task in asyncio.all_tasks():
             if task is not asyncio.current_task():
                 task.cancel()
+
+
+def budget_of(body: dict, chat: bool) -> tuple[str, object] | None:
+    """The token budget a body sets, as (parameter, value): chat's `max_completion_tokens` (which replaced
+    `max_tokens` there) before `max_tokens`; None where it sets none."""
+    names = ("max_completion_tokens", "max_tokens") if chat else ("max_tokens",)
+    return next(((name, body[name]) for name in names if body.get(name) is not None), None)
+
+
+def _budget_refusal(body: dict, chat: bool) -> tuple[str, str] | None:
+    """OpenAI's check of the budget: an integer of at least 1 (a 400 naming the parameter otherwise)."""
+    budget = budget_of(body, chat)
+    if budget is None:
+        return None
+    name, value = budget
+    if not isinstance(value, int) or isinstance(value, bool):
+        return name, f"Invalid type for '{name}': expected an integer, but got {type(value).__name__} instead."
+    if value < 1:
+        return name, f"Invalid '{name}': integer below minimum value. Expected a value >= 1, but got {value} instead."
+    return None
+
+
+def within_budget(text: str, body: dict, chat: bool = False) -> tuple[str, str]:
+    """The answer as the service returns it under the body's budget, with its finish_reason: one token per
+    character here (the first character is the first token, as in `_logprobs`), cut at the budget with
+    "length", else "stop". A 1-token multiple-choice request gets one character, never a 17-character text."""
+    budget = budget_of(body, chat)
+    if budget is not None and isinstance(budget[1], int) and len(text) > budget[1]:
+        return text[: budget[1]], "length"
+    return text, "stop"
 
 
 def _logprobs_refusal(body: dict, chat: bool) -> str | None:
