@@ -104,3 +104,12 @@ def test_the_encoder_loads_from_the_installed_graph_without_transformers_or_torc
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SHOPPING_MMLU_CACHE": str(user_cache), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=600)
     assert "(1, 384)" in done.stdout and "LOADED []" in done.stdout, done.stdout + done.stderr[-2000:]
+
+
+def test_warm_never_fails_an_install(tmp_path, monkeypatch):
+    def unavailable(*_):
+        raise RuntimeError("not a local folder, and HF_HUB_OFFLINE is set")
+
+    monkeypatch.setattr(embeddings, "_load_model", unavailable)
+    assert embeddings.warm(tmp_path).startswith("nothing warmed: sentence-transformers/all-MiniLM-L6-v2 cannot be "
+                                                "loaded here (not a local folder")

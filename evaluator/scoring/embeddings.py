@@ -201,7 +201,10 @@ def warm(cache_dir: Path | None = None) -> str:
     graph, exported into the cache, where every later run finds it; says what it did."""
     from evaluator.scoring import onnx_encoder
 
-    model = _load_model(ENGLISH_MODEL, "auto", cache_dir or default_cache_dir())
+    try:
+        model = _load_model(ENGLISH_MODEL, "auto", cache_dir or default_cache_dir())
+    except (RuntimeError, OSError) as exc:  # an install goes on: the first run pays, and says why if it must
+        return f"nothing warmed: {ENGLISH_MODEL} cannot be loaded here ({str(exc)[:200]})"
     if isinstance(model, onnx_encoder.OnnxEncoder):
         return f"ONNX graph of {ENGLISH_MODEL}: {model.graph}"
     return f"{ENGLISH_MODEL} loads with PyTorch here (no ONNX Runtime, or a GPU): nothing to export"
