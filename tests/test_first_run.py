@@ -100,7 +100,8 @@ def test_the_encoder_loads_from_the_installed_graph_without_transformers_or_torc
     """Importing transformers took 4-29 s of a cold run here; the tokenizer is read by `tokenizers` alone."""
     probe = ("import sys\nfrom evaluator.scoring import embeddings\n"
              "model = embeddings.shared_model(embeddings.ENGLISH_MODEL)\nprint(model.encode(['a mug']).shape)\n"
-             "print('LOADED', sorted(m for m in ('transformers', 'torch', 'sentence_transformers') if m in sys.modules))")
+             "print('LOADED', sorted(m for m in ('transformers', 'torch', 'sentence_transformers')\n"
+             "                      if m in sys.modules))")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SHOPPING_MMLU_CACHE": str(user_cache), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=600)
     assert "(1, 384)" in done.stdout and "LOADED []" in done.stdout, done.stdout + done.stderr[-2000:]
