@@ -35,7 +35,7 @@ def stub_command(latency: str = "0.02"):
     """The loopback stub in vLLM's place, on the port the server was given, reachable from the driver."""
     def command(server) -> list[str]:
         return [sys.executable, "-m", "benchmarks.stubs.openai_stub", "--port", str(server.port), "--host",
-                "0.0.0.0", "--latency", latency, latency]
+                "0.0.0.0", "--latency", latency, latency, "--served-model-name", server.profile.name]
     return command
 
 
@@ -44,12 +44,11 @@ def stub_processes() -> set[int]:
     return our_processes(lambda cmdline, _status: "openai_stub" in cmdline)
 
 
-def no_stub_left(within_s: float = 30.0, before: frozenset[int] = frozenset()) -> bool:
-    """No stub is left, beyond those running `before` the test (another test run's, on a shared machine)."""
+def no_stub_left(within_s: float = 30.0) -> bool:
     deadline = time.monotonic() + within_s
-    while stub_processes() - before and time.monotonic() < deadline:
+    while stub_processes() and time.monotonic() < deadline:
         time.sleep(0.5)
-    return not stub_processes() - before
+    return not stub_processes()
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +176,8 @@ def test_a_suite_killed_on_the_cluster_resumes_and_leaves_no_server(cluster, tmp
     (tmp_path / "tests_stub.py").write_text(
         "import sys\n\ndef stub_command(latency):\n    def command(server):\n"
         "        return [sys.executable, '-m', 'benchmarks.stubs.openai_stub', '--port', str(server.port), '--host',"
-        " '0.0.0.0', '--latency', latency, latency]\n    return command\n", encoding="utf-8")
+        " '0.0.0.0', '--latency', latency, latency, '--served-model-name', server.profile.name]\n"
+        "    return command\n", encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{tmp_path}"}
     first = subprocess.Popen([sys.executable, str(driver)], env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -206,7 +206,6 @@ def test_a_suite_killed_on_the_cluster_resumes_and_leaves_no_server(cluster, tmp
 @pytest.mark.ray
 def test_a_model_larger_than_a_node_runs_on_vllm_multi_node_execution(cluster, tmp_path):
     # 2 GPUs of 40 GiB per node; a 40B model needs 4: tensor parallel 2 on each of 2 nodes (pipeline 2)
-    before = frozenset(stub_processes())
     servers = RayServers(cluster[0].address, tmp_path / "logs", command=stub_command("0.005"))
     suite = suite_of(tmp_path, models([("huge-40b", 40)]), 20)
     outcomes = suite_runner.run_suite(suite, cluster_inventory(40.0), tmp_path / "cache", Console(quiet=True),
@@ -216,7 +215,7 @@ def test_a_model_larger_than_a_node_runs_on_vllm_multi_node_execution(cluster, t
     gpu_nodes = {n.node_id for n in cluster[0].list_all_nodes()
                  if n.node_id != cluster[0].head_node.node_id}
     assert outcomes[0].node in gpu_nodes  # vLLM started on the node of the first GPU: never the GPU-less head
-    assert no_stub_left(before=before)
+    assert no_stub_left()
 
 
 def test_the_vllm_command_for_a_multi_node_model():
@@ -312,7 +311,7 @@ def vllm_on_ray_command(world: int, wait: str = "30"):
         node = ray.get_runtime_context().get_node_id()
         return [sys.executable, str(ROOT / "tests" / "vllm_on_ray.py"), "--world", str(world), "--node", node,
                 "--wait", wait, "--", "--port", str(server.port), "--host", "0.0.0.0", "--latency", "0.005",
-                "0.005"]
+                "0.005", "--served-model-name", server.profile.name]
     return command
 
 
@@ -334,7 +333,6 @@ def test_a_model_larger_than_a_node_hands_its_gpus_to_vllms_own_placement_group(
     from servers import ray_cluster
 
     head, _ = cluster
-    before = frozenset(stub_processes())
     big = RayServers(head.address, tmp_path / "logs", command=vllm_on_ray_command(4))
     small = RayServers(head.address, tmp_path / "logs", command=stub_command("0.005"))
     reserved, placed_small = threading.Event(), {}
@@ -364,7 +362,7 @@ def test_a_model_larger_than_a_node_hands_its_gpus_to_vllms_own_placement_group(
         assert list(gpu_groups().values()) == [2.0]  # vLLM's group went with its driver
     finally:
         placed_small["placed"].stop()
-    assert no_stub_left(before=before)
+    assert no_stub_left()
 
 
 @pytest.mark.ray
@@ -374,14 +372,13 @@ def test_the_actor_runs_vllm_with_the_python_the_suite_names(cluster, tmp_path, 
     from servers.vllm_server import VLLM_PYTHON_ENV
 
     monkeypatch.delenv(VLLM_PYTHON_ENV, raising=False)
-    before = frozenset(stub_processes())
     env = tmp_path / "vllm-env" / "bin"
     env.mkdir(parents=True)
     (env / "python").symlink_to(sys.executable)
 
     def with_server_python(server) -> list[str]:
         return [server.python, "-m", "benchmarks.stubs.openai_stub", "--port", str(server.port), "--host",
-                "0.0.0.0", "--latency", "0.005", "0.005"]
+                "0.0.0.0", "--latency", "0.005", "0.005", "--served-model-name", server.profile.name]
 
     servers = RayServers(cluster[0].address, tmp_path / "logs", command=with_server_python,
                          vllm_python=str(env / "python"))
@@ -396,4 +393,4 @@ def test_the_actor_runs_vllm_with_the_python_the_suite_names(cluster, tmp_path, 
     missing = RayServers(cluster[0].address, tmp_path / "logs", vllm_python="/nowhere/bin/python")
     with pytest.raises(RuntimeError, match=r"vLLM's Python /nowhere/bin/python is not on node .*\[ray\] vllm_python"):
         missing.start(models([("py-7b", 7)])[0], "org/py-7b", 1)
-    assert no_stub_left(before=before)
+    assert no_stub_left()

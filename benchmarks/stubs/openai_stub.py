@@ -352,8 +352,10 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--fault-share", type=float, default=0.0)
     parser.add_argument("--latency", type=float, nargs=2, default=(0.0, 0.0), metavar=("MIN", "MAX"))
+    parser.add_argument("--served-model-name", nargs="+", default=[], metavar="NAME",
+                        help="the names /v1/models lists, as vLLM's flag (default: none listed, any name served)")
     args = parser.parse_args()
-    stub = Stub(share_plan(args.fault_share), latency=tuple(args.latency))
+    stub = Stub(share_plan(args.fault_share), latency=tuple(args.latency), models=args.served_model_name)
 
     async def run() -> None:
         await stub.serve(args.port, args.host)
