@@ -119,9 +119,10 @@ def test_report_analyze_inspect_compare(night):
     work, home = night["work"], night["home"]
     done = ok(shopping_mmlu(["report", "--cache", "cache", "--html", "r.html", "--chart", "c.png"], work, home))
     assert (work / "r.html").stat().st_size > 0 and (work / "c.png").read_bytes()[:4] == b"\x89PNG", done.stderr
+    (work / "other.csv").write_text("model,score\na,0.5\nb,0.7\n", encoding="utf-8")
     ok(shopping_mmlu(["analyze", "--cache", "cache", "--output", "a", "--data", "data/skill.json",
-                      "--variant", ""], work, home))
-    assert (work / "a" / "analysis.json").is_file()
+                      "--variant", "", "--external", "other.csv"], work, home))
+    assert json.loads((work / "a" / "analysis.json").read_text())["external"][0]["n"] == 2  # other.csv was read
     assert "pick" in ok(shopping_mmlu(["inspect", "--model", "a", "--task", "pick", "--data", "data/skill.json",
                                        "--cache", "cache"], work, home)).stdout
     assert "overall" in ok(shopping_mmlu(["compare", "a", "b", "--cache", "cache", "--data", "data/skill.json"],
@@ -132,8 +133,8 @@ def test_score_and_data_info(night):
     work, home = night["work"], night["home"]
     write_jsonl(work / "answers.jsonl", [{"model_output": "1"}, {"model_output": "0"}, {"model_output": "1,2,3"},
                                          {"model_output": "acme, mug"}])
-    ok(shopping_mmlu(["score", "--data", "data/skill.json", "--responses", "answers.jsonl", "--json", "s.json"],
-                     work, home))
+    ok(shopping_mmlu(["score", "--data", "data/skill.json", "--responses", "answers.jsonl", "--json", "s.json",
+                      "--cache-dir", "scoring-cache"], work, home))
     assert json.loads((work / "s.json").read_text())["tasks"]
     assert "pick" in ok(shopping_mmlu(["data", "info", "data/skill.json"], work, home)).stdout
 
