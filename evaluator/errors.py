@@ -23,3 +23,13 @@ class InputError(Exception):
         if self.field:
             where.append(f"field '{self.field}'")
         return f"{', '.join(where)}: {self.message}" if where else self.message
+
+
+def clip_words(text: str, limit: int) -> str:
+    """`text` in at most `limit` characters: a message from outside stays bounded, cut after a whole word where
+    one ends in its second half (then '…'), never in the middle of one that fits."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip() + "…"

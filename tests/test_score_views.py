@@ -254,3 +254,19 @@ data = "d.json"
     assert sizes == {"cluster-llama": "70B", "here-llama": "8B", "node-llama": "-", "hosted-llama": "405B"}
     said = " ".join(out.split())
     assert "unknown for 1 API model(s) without prices in their profile (hosted-llama)" in said
+
+
+def test_a_bounded_message_is_cut_after_a_whole_word():
+    from evaluator.client.http import Reply
+    from evaluator.errors import clip_words
+    from evaluator.runs.breaker import Breaker, BreakerPolicy
+
+    text = "Cannot connect to host 127.0.0.1:9 ssl:default [Connect call failed ('127.0.0.1', 9)] " * 10
+    cut = clip_words(text, 200)
+    assert len(cut) <= 200 and cut.endswith("…") and text.startswith(cut[:-1]) and text[len(cut) - 1] == " "
+    assert clip_words("short", 200) == "short"
+    assert clip_words("x" * 500, 100) == "x" * 99 + "…"  # no space to cut at: still bounded
+
+    breaker = Breaker(BreakerPolicy(consecutive=1))
+    said = breaker.see(Reply(ok=False, attempts=1, latency_s=0.1, status=404, error_kind="http_error", message=text))
+    assert said.endswith("…") and said.removesuffix("…").split()[-1] in text.split()  # a whole word last

@@ -25,6 +25,7 @@ from typing import Awaitable, Callable, Iterable
 
 import aiohttp
 
+from evaluator.errors import clip_words
 from evaluator.redact import redact
 
 MAX_REPLY_BYTES = 2**20  # a 128-token answer is a few KiB; anything near this is not an answer
@@ -356,7 +357,7 @@ async def _send_once(session: aiohttp.ClientSession, endpoint: Endpoint, url: st
     except asyncio.TimeoutError:
         raise Fault("timeout", f"no answer within {endpoint.timeout_s:g} s", retryable=True) from None
     except aiohttp.ClientError as exc:  # refused, reset, dropped mid-response, bad headers
-        raise Fault("connection", f"{type(exc).__name__}: {str(exc)[:300]}", retryable=True) from None
+        raise Fault("connection", f"{type(exc).__name__}: {clip_words(str(exc), 300)}", retryable=True) from None
     if status in (429, 408) or status >= 500:
         kind = "rate_limited" if status == 429 else "server_error"
         after = retry_after_seconds(headers.get("retry-after"))

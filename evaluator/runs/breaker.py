@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from evaluator.client.http import Reply
+from evaluator.errors import clip_words
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,10 @@ class Breaker:
             self.streak = self.streak + 1 if kind == self.streak_kind else 1
             self.streak_kind = kind
             if self.streak >= self.policy.consecutive:
-                return f"stopped after {self.streak} consecutive {kind}: {reply.message[:300]}"
+                return f"stopped after {self.streak} consecutive {kind}: {clip_words(reply.message, 300)}"
         else:
             self.streak_kind, self.streak = None, 0
         if self.replies >= self.policy.min_replies and self.errors / self.replies > self.policy.error_share:
             return (f"stopped: {self.errors} of {self.replies} requests failed (more than "
-                    f"{self.policy.error_share:.0%}); last: {reply.message[:300]}")
+                    f"{self.policy.error_share:.0%}); last: {clip_words(reply.message, 300)}")
         return None

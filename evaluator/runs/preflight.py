@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from evaluator.client.http import Endpoint, Reply, RetryPolicy, make_session, request
+from evaluator.errors import clip_words
 from servers.profiles import ModelProfile
 
 PROBE_TIMEOUT_S = 15.0
@@ -71,7 +72,8 @@ async def _facts(session: aiohttp.ClientSession, endpoint: Endpoint, served: str
     except asyncio.TimeoutError:
         raise PreflightFailed(f"the endpoint {base} did not answer within {PROBE_TIMEOUT_S:g} s") from None
     except aiohttp.ClientError as exc:
-        raise PreflightFailed(f"the endpoint {base} does not answer ({type(exc).__name__}: {str(exc)[:200]})") \
+        raise PreflightFailed(f"the endpoint {base} does not answer ({type(exc).__name__}: "
+                              f"{clip_words(str(exc), 200)})") \
             from None
     if not listed:
         return facts

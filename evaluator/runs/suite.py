@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from evaluator.data import loaders
+from evaluator.errors import clip_words
 from evaluator.prompts import PromptOptions, Protocol, Rendering, draw_shots, render
 from evaluator.redact import redact
 from evaluator.reports.screen import Screen
@@ -327,7 +328,7 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
             if outcome.status != "failed":
                 break
             say(f"[red]{escape(profile.name)}[/]: attempt {number} failed: "
-                f"{escape(outcome.message.splitlines()[0][:300] if outcome.message else 'failed')}")
+                f"{escape(clip_words(outcome.message.splitlines()[0], 300) if outcome.message else 'failed')}")
         overall = "-" if outcome.overall is None else f"{outcome.overall:.4f}"
         colour = {"complete": "green", "incomplete": "yellow"}.get(outcome.status, "red")
         unscored = f", {outcome.unscored} not scored (see the notes at the end)" if outcome.unscored else ""

@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from evaluator.data.records import Metric
+from evaluator.errors import clip_words
 from evaluator.cache.sqlite import ReadOnlyFile, SharedFile
 
 ENGLISH_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -295,7 +296,7 @@ class Embedder:
             try:
                 self._models[source] = shared_model(source, self.config.backend, self.config.cache_dir)
             except Exception as exc:  # offline hub, missing folder, bad weights: all mean "not available"
-                reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                reason = clip_words(str(exc).strip().splitlines()[0], 200) if str(exc).strip() else type(exc).__name__
                 raise EmbeddingUnavailable(
                     f"the {metric.value} model '{source}' could not be loaded ({reason}); "
                     f"pass {FLAG_FOR[metric]} PATH with a local copy of it") from None
