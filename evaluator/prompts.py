@@ -139,7 +139,7 @@ def answer_label(question: Question, options: PromptOptions) -> str:
 
 # Between a solved example and what follows it (the next example or the question): a blank line, as in the
 # MMLU scripts the official `format_example` / `few_shot_prompt` names come from. The official code itself is
-# zero-shot only: this separator and `gold_answer` are ours, documented in README.md.
+# zero-shot only: this separator and `gold_answer` are ours, documented in docs/beyond-the-protocol.md.
 SHOT_SEPARATOR = "\n\n"
 
 

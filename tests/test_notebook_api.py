@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def readme_example() -> str:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("### In a notebook", 1)[1]
+    section = re.split(r"(?m)^#+ In a notebook", text, maxsplit=1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
