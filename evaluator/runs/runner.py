@@ -394,8 +394,7 @@ class _Progress:
         self.errors += 0 if reply.ok else 1
         rate, tps = self.throughput.rate(), self.tokens.rate()
         self.bar.update(self.task, advance=1, rate="-" if rate is None else f"{rate:.1f}",
-                        tps="-" if tps is None else f"{tps:.0f}", errors=self.errors,
-                        left=time_left(self.total - self.done, rate))
+                        tps="-" if tps is None else f"{tps:.0f}", errors=self.errors)
 
 
 LOCAL_CONCURRENCY = 256  # a server we started serves only us: let its scheduler see the whole queue

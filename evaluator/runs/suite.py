@@ -671,7 +671,8 @@ def run_suite_to_folder(suite: Suite, gpus: list[Gpu], cache: Path | None, outpu
     questions = len(loaders.load(suite.data, suite.protocol).questions)
     with SuiteProgress(log, len(suite.models), questions) as progress:
         outcomes = run_suite(suite, gpus, cache, log, device="gpu" if gpus else "auto", ray_servers=ray_servers,
-                             observer=progress.reply, on_done=progress.model_done, **settings)
+                             observer=progress.reply, on_done=progress.model_done, on_outcomes=progress.track,
+                             **settings)
     wall = time.monotonic() - clock
     written = {}
     folders = folder_names([o.model for o in outcomes])  # a hash suffix only where two names would clash
