@@ -287,5 +287,7 @@ def test_choice_probs_on_vllm_cpu_keep_the_same_answers(model_cache, capsys, mon
     assert choice and all(after[q]["answer"] == before[q]["answer"] for q in choice)
     view = json.loads((probs / "results.json").read_text())["choice_probabilities"]
     assert view["available"] and view["n"] == view["questions"] == len(choice)
-    assert 0.0 <= view["accuracy"] <= 1.0 and 0.0 < view["valid_mass"] <= 1.0
+    assert 0.0 <= view["score"] <= 1.0 and 0.0 < view["valid_mass"] <= 1.0
+    official = {t["task"]: t["score"] for t in json.loads((probs / "results.json").read_text())["scores"]["tasks"]}
+    assert all(t["score"] == official[t["task"]] for t in view["tasks"] if t["from"] == "official score")
     assert all(after[q]["valid_mass"] is not None for q in choice)
