@@ -200,13 +200,13 @@ def test_suite_progress_shows_each_models_state_and_counts_only_scored_models_as
     progress.track(outcomes)
     outcomes["a"].started_at = 10.0  # its server starting
     outcomes["b"].started_at = outcomes["b"].evaluating_at = 11.0
-    outcomes["b"].replied = 20
+    outcomes["b"].replied, outcomes["b"].to_send = 20, 26
     for _ in range(20):
         progress.reply(None)
     outcomes["c"].status, outcomes["c"].started_at = "failed", 5.0
     progress.model_done(outcomes["c"])
     lines = progress.model_lines(21.0)
-    assert lines == ["a: starting", "b: sending, 20 replies, 2.0 req/s"]
+    assert lines == ["a: starting", "b: sending, 20/26 replies, 2.0 req/s"]
     summary = progress.summary(21.0)
     assert "0/4 models scored, 1 failed (1 starting, 1 sending, 1 waiting)" in summary, summary
     assert "30/40 questions done" in summary  # the failed model's questions are given up

@@ -85,6 +85,7 @@ class RunConfig:
     preflight: bool = True
     label: str = ""  # printed before each line (a suite names the model)
     observer: Callable[[Reply], None] | None = None  # sees every reply (a suite's overall progress)
+    on_plan: Callable[[int], None] | None = None  # told how many requests it will send (a suite's progress)
     batch: bool = False  # through the provider's batch API (also when the profile says batch = true)
     batch_poll_s: float = 30.0
     batch_limit: int | None = None  # fewer requests per batch than the provider allows
@@ -761,6 +762,8 @@ def answer(config: RunConfig, console: Console, send_missing: bool = True,
             cache.put_model(config.profile.name, config.profile.public())
         if send_missing and todo:
             config.say(console, f"{len(planned)} questions: {len(planned) - len(todo)} cached, {len(todo)} to send")
+            if config.on_plan is not None:
+                config.on_plan(len(todo))
             if _free_bytes(folder) < MIN_FREE_BYTES:
                 sending.stopped = (f"only {_free_bytes(folder) / 2**20:.0f} MiB free where the cache lives "
                                    f"({folder}): free space before buying answers that cannot be kept")

@@ -58,6 +58,7 @@ class Outcome:
     evaluating_at: float = 0.0
     finished_at: float = 0.0
     replied: int = 0  # replies that arrived this night (the progress view's count)
+    to_send: int = 0  # requests its run set out to send (0 until it has planned)
 
     @property
     def wall_s(self) -> float:
@@ -312,7 +313,8 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
             watchdog.done(outcome.model)
 
     def model_config(profile: ModelProfile, **extra) -> RunConfig:
-        return _config(suite, profile, cache, observer=observer_for(profile.name), **extra, **settings)
+        return _config(suite, profile, cache, observer=observer_for(profile.name),
+                       on_plan=lambda n: setattr(outcomes[profile.name], "to_send", n), **extra, **settings)
 
     def attempt(profile: ModelProfile, body: Callable[[Outcome], None]) -> None:
         """A local model that fails (its server does not start or dies) is tried once more; an API model
@@ -624,7 +626,8 @@ class SuiteProgress:
             if state in ("sending", "scoring"):
                 span = (outcome.finished_at if state == "scoring" else now) - outcome.evaluating_at
                 rate = f", {outcome.replied / span:.1f} req/s" if span > 0.5 and outcome.replied else ""
-                line += f", {outcome.replied:,} replies{rate}"
+                done = f"{outcome.replied:,}/{outcome.to_send:,}" if outcome.to_send else f"{outcome.replied:,}"
+                line += f", {done} replies{rate}"
             out.append(line)
         return out
 
