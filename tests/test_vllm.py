@@ -75,7 +75,7 @@ def api_server_started(before: set[int]) -> bool:
 
 def engine_started(before: set[int]) -> bool:
     """vLLM's engine core process is there (named VLLM::EngineCore): mid start-up, loading the model."""
-    return bool(our_processes(lambda _c, status: "VLLM" in status.split("\n", 1)[0]) - before)
+    return bool(our_processes(lambda _c, status: "::EngineCor" in status.split("\n", 1)[0]) - before)
 
 
 def leftover(before: set[int], within_s: float = 10.0) -> set[int]:
