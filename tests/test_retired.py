@@ -15,6 +15,8 @@ def rows(n: int) -> list[dict]:
 
 def test_a_retired_model_is_rescored_from_its_cache_and_never_sent_to(tmp_path, capsys, monkeypatch):
     assert get_profile("claude-sonnet").retired == "2026-11-30"  # claude-sonnet-4-5's end of life
+    code, out, _ = run_cli(["models"], capsys, monkeypatch)
+    assert code == 0 and "retired 2026-11-30: re-scoring only" in out
     profiles, cache = tmp_path / "profiles.toml", tmp_path / "cache"
     monkeypatch.setenv("SHOPPING_MMLU_PROFILES", str(profiles))
     with Stub() as stub:

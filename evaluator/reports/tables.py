@@ -165,7 +165,8 @@ def print_profiles(profiles: dict, fmt: str, console: Console) -> None:
 
     rows = [{"name": p.name, "provider": p.provider, "model": p.model, "api_base": endpoint(p),
              "params_b": p.params_b, "rendering": p.rendering, "dtype": p.dtype, "tp": p.tensor_parallel_size,
-             "price_input": p.price_input, "price_output": p.price_output, "key_env": p.api_key_env}
+             "price_input": p.price_input, "price_output": p.price_output, "key_env": p.api_key_env,
+             "retired": p.retired}
             for p in profiles.values()]
     if fmt == "json":
         print(json.dumps(rows, indent=2))
@@ -187,6 +188,8 @@ def print_profiles(profiles: dict, fmt: str, console: Console) -> None:
         source = p.model if p.is_local else f"{p.provider}: {p.model}"
         if endpoint(p):
             source += f"\n{endpoint(p)}"
+        if p.retired:
+            source += f"\nretired {p.retired}: re-scoring only"
         if p.is_local:
             size = (f"{p.params_b:g}B" if p.params_b else "-") + (f" tp{p.tensor_parallel_size}"
                                                                  if p.tensor_parallel_size > 1 else "")
