@@ -6,7 +6,7 @@
 
 order:   one demo server; alternating rounds of the run's fan-out (64 in flight, our client) in data order, in
          task-grouped order (as the official files list questions), in --shuffles random orders and in speed
-         order (`runner.speed_order`), on the 96 KDD development questions and the 26 sample questions,
+         order (`planning.speed_order`), on the 96 KDD development questions and the 26 sample questions,
          skill-wise, plain prompts; then the same prompts and token budgets through vLLM's offline in-process
          engine (`LLM.generate`, data order) in the vLLM environment, after a warm-up. --max-num-seqs N limits
          the engine's batch for both (a queue longer than the batch, as on a GPU night).
@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from evaluator.client.http import Endpoint, fan_out  # noqa: E402
 from evaluator.data import loaders  # noqa: E402
-from evaluator.runs.runner import RunConfig, budget, plan, speed_order  # noqa: E402
+from evaluator.runs.planning import budget, plan, speed_order  # noqa: E402
+from evaluator.runs.settings import RunConfig  # noqa: E402
 from evaluator.scoring.embeddings import default_cache_dir  # noqa: E402
 from servers import demo_model  # noqa: E402
 from servers.profiles import get_profile  # noqa: E402

@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from evaluator.data import loaders  # noqa: E402
 from evaluator.prompts import Protocol  # noqa: E402
-from evaluator.runs.runner import RunConfig, plan  # noqa: E402
+from evaluator.runs.planning import plan  # noqa: E402
+from evaluator.runs.settings import RunConfig  # noqa: E402
 from servers.profiles import get_profile  # noqa: E402
 
 DEV_SET = ROOT.parent / "shared" / "data" / "kddcup24_development.jsonl"

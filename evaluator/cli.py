@@ -22,7 +22,7 @@ from evaluator.prompts import Protocol, Rendering
 from evaluator.reports.screen import Screen
 
 if TYPE_CHECKING:
-    from evaluator.runs.runner import RunResult
+    from evaluator.runs.record import RunResult
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 ENVIRONMENT = """\b
@@ -237,7 +237,7 @@ def run_command(
 ) -> None:
     """Answer every question (cached answers are reused), then score from the cache."""
     from evaluator.runs import runner
-    from evaluator.runs.runner import RunConfig
+    from evaluator.runs.settings import RunConfig
     from servers.profiles import get_profile
 
     _outputs(json_out, output, [data], cache)
@@ -293,7 +293,7 @@ def rescore_command(
     """Score again from the cache alone: no server, no request; a missing answer counts as an error. Saved
     scores are replaced only by a result covering at least as many questions and answers."""
     from evaluator.runs import runner
-    from evaluator.runs.runner import RunConfig
+    from evaluator.runs.settings import RunConfig
 
     _outputs(json_out, output, [data], cache)
     config = RunConfig(profile=_recorded_profile(model, cache), data=data, protocol=protocol, rendering=render,
@@ -487,7 +487,7 @@ def inspect_command(
 ) -> None:
     """Questions, truths, answers, per-question scores and errors of one model on one task."""
     from evaluator.reports import inspection
-    from evaluator.runs.runner import RunConfig
+    from evaluator.runs.settings import RunConfig
 
     config = RunConfig(profile=_recorded_profile(model, cache), data=data, protocol=protocol, rendering=render,
                        cache_dir=cache, letter_choices=letter_choices, task_specific_prompt=task_specific_prompt,
@@ -616,7 +616,7 @@ def serve_command(
     """Serve one model on vLLM until Ctrl-C or SIGTERM; prints its base URL."""
     import threading
 
-    from evaluator.runs import runner
+    from evaluator.runs import sending
     from evaluator.scoring.embeddings import default_cache_dir
     from servers.profiles import get_profile
 
@@ -625,7 +625,7 @@ def serve_command(
         raise InputError(f"'{model}' is an API model ({profile.provider}); nothing to serve")
     stop = threading.Event()
     # while it starts, SIGTERM is an interrupt (as everywhere): the start is abandoned and the server stopped
-    server = runner.start_server(profile, cache or default_cache_dir(), err_console, port=port,
+    server = sending.start_server(profile, cache or default_cache_dir(), err_console, port=port,
                                  device=device.value, host=host)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(server.base_url, flush=True)
@@ -651,7 +651,7 @@ def demo_command(
     """The embedded default: SmolLM2-135M on vLLM (CPU here), the sample set, scores and the leaderboard."""
     from evaluator.reports.tables import print_leaderboard
     from evaluator.runs import runner
-    from evaluator.runs.runner import RunConfig
+    from evaluator.runs.settings import RunConfig
     from servers.profiles import get_profile
 
     _outputs(json_out, output, [sample_dir()], cache)

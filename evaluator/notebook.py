@@ -286,6 +286,7 @@ def rescore(model: str, data: str | Path, cache: str | Path | None = None, proto
     from evaluator.prompts import Protocol, Rendering
     from evaluator.reports.results import document, samples
     from evaluator.runs import runner
+    from evaluator.runs.settings import RunConfig
     from evaluator.scoring.embeddings import ENGLISH_MODEL, MULTILINGUAL_MODEL, EmbeddingConfig, default_cache_dir
     from evaluator.reports.selection import close_names
     from servers.profiles import get_profile, load_profiles
@@ -300,7 +301,7 @@ def rescore(model: str, data: str | Path, cache: str | Path | None = None, proto
     if recorded is None and model not in load_profiles():
         raise InputError(f"no model '{model[:100]}' in this cache and no profile of that name "
                          f"({close_names(model, known)})", path=cache_dir)
-    config = runner.RunConfig(
+    config = RunConfig(
         profile=get_profile(model, adhoc=True, recorded=recorded), data=Path(data).expanduser(),
         protocol=Protocol(protocol), rendering=Rendering(rendering) if rendering else None, limit=limit,
         cache_dir=cache_dir, letter_choices=letter_choices, task_specific_prompt=task_specific_prompt,

@@ -27,7 +27,7 @@ from builders import Lines, run_cli, write_jsonl  # noqa: E402
 from evaluator.cache.responses import ResponseCache  # noqa: E402
 from evaluator.runs import runner  # noqa: E402
 from evaluator.runs import suite as suite_runner  # noqa: E402
-from evaluator.runs.runner import RunConfig  # noqa: E402
+from evaluator.runs.settings import RunConfig  # noqa: E402
 from servers.profiles import ModelProfile, get_profile  # noqa: E402
 from servers.suite import Suite, load_suite  # noqa: E402
 

@@ -198,7 +198,7 @@ def test_names_never_escape_their_folder(name):
 def test_a_model_named_like_a_path_logs_inside_the_cache(tmp_path, monkeypatch):
     from rich.console import Console
 
-    from evaluator.runs import runner
+    from evaluator.runs import sending
     from servers.profiles import ModelProfile
     from servers.vllm_server import ServerStartError, VLLMServer
 
@@ -211,7 +211,7 @@ def test_a_model_named_like_a_path_logs_inside_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(VLLMServer, "__enter__", refuse)
     for name in ("/tmp/x", "../../x"):
         with pytest.raises(ServerStartError):
-            runner.start_server(ModelProfile(name=name, model="org/x"), tmp_path / "cache", Console(quiet=True))
+            sending.start_server(ModelProfile(name=name, model="org/x"), tmp_path / "cache", Console(quiet=True))
     assert all(path.parent == tmp_path / "cache" / "logs" for path in seen)
 
 

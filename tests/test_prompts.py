@@ -92,7 +92,8 @@ def test_chat_rendering_is_the_same_text_as_a_system_user_pair():
 
 
 def test_a_reasoning_profile_asks_with_max_completion_tokens_and_no_temperature(tmp_path):
-    from evaluator.runs.runner import RunConfig, plan
+    from evaluator.runs.planning import plan
+    from evaluator.runs.settings import RunConfig
     from servers.profiles import ModelProfile
 
     from builders import question

@@ -14,7 +14,7 @@ from benchmarks.stubs.openai_stub import Stub
 from builders import run_cli, write_jsonl
 from evaluator.reports.screen import Screen, fold
 from evaluator.runs import suite as suite_runner
-from evaluator.runs.runner import Throughput, time_left
+from evaluator.runs.progress import Throughput, time_left
 from servers.suite import load_suite
 
 LONG = ["meta-llama/Llama-2-70b-chat-hf", "mistralai/Mistral-7B-Instruct-v0.2", "gpt-5.4-mini-2026-03-17"]
@@ -180,7 +180,7 @@ def test_inspect_shows_a_ranking_tasks_candidates_numbered_and_its_metric(tmp_pa
 
 
 def test_a_stalled_fan_out_says_so_and_its_time_left_grows_with_the_clock():
-    from evaluator.runs.runner import clock_left
+    from evaluator.runs.progress import clock_left
 
     rate = Throughput()
     for i in range(100):

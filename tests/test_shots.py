@@ -13,7 +13,8 @@ from benchmarks.stubs.openai_stub import Stub
 from builders import question, run_cli, write_jsonl
 from evaluator.data.records import Metric, Question, TaskType
 from evaluator.prompts import PromptOptions, Protocol, Rendering, draw_shots, gold_answer, render, template
-from evaluator.runs.runner import RunConfig, plan
+from evaluator.runs.planning import plan
+from evaluator.runs.settings import RunConfig
 from evaluator.scoring import ScoringOptions, score
 from servers.profiles import ModelProfile
 
@@ -126,7 +127,7 @@ def test_the_question_is_never_among_its_shots_and_repeats_count_as_it():
 
 
 def test_a_pool_that_is_the_data_file_itself_never_gives_a_question_itself(tmp_path):
-    from evaluator.runs.runner import load_and_plan
+    from evaluator.runs.planning import load_and_plan
 
     data = skill_data(tmp_path / "d.json", per_task=3)
     config = RunConfig(profile=STUB, data=data, shots=5, shot_pool=data)
@@ -383,7 +384,7 @@ def retyped(rows: list[dict]) -> list[dict]:
 def test_a_pool_that_writes_the_question_otherwise_never_shows_it_its_own_answer(tmp_path, monkeypatch):
     """Issue 27.2: the pool's copy of the asked question has another content id (truth "2" for 2, a trailing
     space), so it was drawn as one of the question's own examples, its gold answer shown."""
-    from evaluator.runs.runner import load_and_plan
+    from evaluator.runs.planning import load_and_plan
 
     monkeypatch.chdir(tmp_path)
     skill_data(tmp_path / "d.json", per_task=4)
@@ -403,7 +404,7 @@ def test_the_development_set_never_shows_a_question_its_own_answer(tmp_path):
     import pytest
 
     from conftest import KDD_DEV
-    from evaluator.runs.runner import load_and_plan
+    from evaluator.runs.planning import load_and_plan
 
     if not KDD_DEV.is_file():
         pytest.skip("the KDD development set is not in ../shared/")

@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from benchmarks.stubs.hub_stub import HubStub
-from evaluator.runs import runner
+from evaluator.runs import sending
 from servers.profiles import ModelProfile
 
 REPO = "org/tiny-7b"
@@ -59,7 +59,7 @@ def hub_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(runner, "VLLMServer", FakeServer)
+    monkeypatch.setattr(sending, "VLLMServer", FakeServer)
     _hub_reachable.cache_clear()
     yield tmp_path / "hf" / "hub"
     _hub_reachable.cache_clear()
@@ -70,7 +70,7 @@ def test_the_weights_are_here_before_the_server_starts_and_only_those_vllm_loads
     with HubStub({REPO: FILES}) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         with pytest.raises(Started):
-            runner.start_server(profile, tmp_path / "cache", Console(quiet=True))
+            sending.start_server(profile, tmp_path / "cache", Console(quiet=True))
         folder = FakeServer.seen["weights"]
         assert folder != REPO
         assert {p.name for p in (hub_home / "models--org--tiny-7b").glob("snapshots/*/*")} == WANTED
@@ -82,9 +82,9 @@ def test_the_weights_are_here_before_the_server_starts_and_only_those_vllm_loads
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub: the snapshot already here is used
     with pytest.raises(Started):
-        runner.start_server(profile, tmp_path / "cache", Console(quiet=True))
+        sending.start_server(profile, tmp_path / "cache", Console(quiet=True))
     assert FakeServer.seen["weights"] == folder and "HF_HUB_OFFLINE is set" in FakeServer.seen["log"]
     elsewhere = profile.model_copy(update={"model": "org/never-fetched"})
     with pytest.raises(Started):
-        runner.start_server(elsewhere, tmp_path / "cache", Console(quiet=True))
+        sending.start_server(elsewhere, tmp_path / "cache", Console(quiet=True))
     assert FakeServer.seen["weights"] == "org/never-fetched"  # nothing here: vLLM gets the id, as before

@@ -124,7 +124,7 @@ def paired(result_a, result_b, samples: int, seed: int = 0) -> pl.DataFrame:
 
 def shots_of(variant: str) -> tuple[int, str]:
     """A variant's number of examples (0 for zero-shot) and its other options, the k-shot parts taken out."""
-    from evaluator.runs.runner import SHOT_PARTS
+    from evaluator.runs.settings import SHOT_PARTS
 
     parts = variant.split("+") if variant else []
     k = next((int(m.group(1)) for m in map(SHOT_PARTS.match, parts) if m and m.group(1)), 0)

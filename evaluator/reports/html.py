@@ -22,7 +22,7 @@ from evaluator.scoring.aggregate import finite
 if TYPE_CHECKING:
     import polars as pl
 
-    from evaluator.runs.runner import RunResult
+    from evaluator.runs.record import RunResult
 
 ROWS_PER_MODEL = 3000
 PAGE_ROWS = 12_000  # per-question rows on one page, all runs together: a night of 27 models stays a few MB
@@ -88,7 +88,7 @@ def _error_text(error: str, result: "RunResult") -> str:
 
 def write_from(board: "pl.DataFrame", results: dict[str, "RunResult"], path: Path, title: str,
                notes: list[str] | None = None, analyses: list[dict] | None = None) -> Path:
-    """`results` are keyed by run (`runner.run_key_of`): a model has one run per data set and protocol, and
+    """`results` are keyed by run (`record.run_key_of`): a model has one run per data set and protocol, and
     each leaderboard row drills into its own."""
     skills = skill_columns(board)
     rows = records(board)

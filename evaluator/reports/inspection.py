@@ -11,7 +11,8 @@ from rich.table import Table, box
 
 from evaluator.data.records import TaskType
 from evaluator.errors import InputError
-from evaluator.runs.runner import RunConfig, execute
+from evaluator.runs.runner import execute
+from evaluator.runs.settings import RunConfig
 
 
 def inspect(config: RunConfig, task: str) -> pl.DataFrame:

@@ -29,7 +29,7 @@ from evaluator.provenance import git_commit, iso, server_kind
 from evaluator.scoring.aggregate import finite, write_json_atomic
 
 if TYPE_CHECKING:
-    from evaluator.runs.runner import RunResult
+    from evaluator.runs.record import RunResult
 
 FORMAT = "shopping-mmlu results"
 FORMAT_VERSION = 2  # 2: data.dataset_sha256 (was data.sha256) and each file's own sha256; answered; scored

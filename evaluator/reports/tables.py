@@ -22,7 +22,7 @@ from evaluator.scoring.aggregate import Scores
 
 if TYPE_CHECKING:
     from evaluator.data.loaders import Dataset
-    from evaluator.runs.runner import RunResult
+    from evaluator.runs.record import RunResult
 
 
 

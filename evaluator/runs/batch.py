@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 from rich.console import Console
 
@@ -22,15 +22,13 @@ from evaluator.client.batch import BatchProvider, BatchRequest, BatchState, prov
 from evaluator.prompts import Rendering
 from evaluator.redact import redact
 from evaluator.runs.preflight import key_problem
-
-if TYPE_CHECKING:
-    from evaluator.runs.runner import Planned, RunConfig, _Sending
+from evaluator.runs.settings import Planned, RunConfig, Sending
 
 POLL_ERRORS_TOLERATED = 20  # consecutive failed polls (the SDK retries each) before the run gives up
 TOKEN_LIMIT = "token_limit_exceeded"  # OpenAI: the model's enqueued-token limit would be passed
 
 
-def chunks(todo: list["Planned"], max_requests: int, max_bytes: int) -> Iterator[list["Planned"]]:
+def chunks(todo: list[Planned], max_requests: int, max_bytes: int) -> Iterator[list[Planned]]:
     """Consecutive pieces within the provider's limits on requests and bytes per batch."""
     piece, size = [], 0
     for item in todo:
@@ -85,8 +83,8 @@ def _ingest(batch: dict, state: BatchState, provider: BatchProvider, cache: Resp
     return answers, errors, unknown
 
 
-def send_batch(config: "RunConfig", todo: list["Planned"], cache: ResponseCache, console: Console,
-               outcome: "_Sending") -> None:
+def send_batch(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: Console,
+               outcome: Sending) -> None:
     """Submit what no open batch covers, then poll every open batch of this model until each has ended,
     writing its results as it ends."""
     profile = config.profile
@@ -105,7 +103,7 @@ def send_batch(config: "RunConfig", todo: list["Planned"], cache: ResponseCache,
     fresh = [p for p in todo if p.key not in covered]
     limit = min(provider.max_requests, config.batch_limit or provider.max_requests)
 
-    def submit(piece: list["Planned"]) -> bool:
+    def submit(piece: list[Planned]) -> bool:
         try:
             batch_id = provider.submit([BatchRequest(p.key, p.body) for p in piece], chat,
                                        f"{profile.name}:{len(piece)}", cache.batch_ids(provider.name))
@@ -143,8 +141,8 @@ def send_batch(config: "RunConfig", todo: list["Planned"], cache: ResponseCache,
             size = max(1, size // 2)
 
 
-def _poll(config: "RunConfig", cache: ResponseCache, console: Console, provider: BatchProvider, chat: bool,
-          outcome: "_Sending") -> set[str]:
+def _poll(config: RunConfig, cache: ResponseCache, console: Console, provider: BatchProvider, chat: bool,
+          outcome: Sending) -> set[str]:
     """Poll this model's open batches until each has ended, writing results as each ends; returns the keys of
     the batches refused for the enqueued-token limit (their questions have error rows meanwhile)."""
     profile = config.profile

@@ -15,6 +15,8 @@ from concurrent.futures import Future
 from evaluator.data.records import Metric
 from evaluator.queues import drain
 from evaluator.runs import runner
+from evaluator.runs.record import RunResult
+from evaluator.runs.settings import Answered
 from evaluator.scoring.embeddings import Embedder, EmbeddingConfig, EmbeddingUnavailable
 
 EMBEDDING_METRICS = (Metric.SENT_TRANSFORMER, Metric.MULTILINGUAL_SENT_TRANSFORMER)
@@ -34,7 +36,7 @@ class ScoringStage:
         self.thread = threading.Thread(target=self._loop, name="scoring-stage", daemon=True)
         self.thread.start()
 
-    def score(self, answered: runner.Answered) -> runner.RunResult:
+    def score(self, answered: Answered) -> RunResult:
         """Scores and saves one run; the caller (its model's thread) waits, the stage scores one pass at a time."""
         done: Future = Future()
         self.jobs.put((answered, done))

@@ -25,7 +25,11 @@ from evaluator.redact import redact
 from evaluator.reports.screen import Screen
 from evaluator.provenance import iso
 from evaluator.runs import runner
-from evaluator.runs.runner import RunConfig
+from evaluator.runs.planning import pending
+from evaluator.runs.progress import Throughput, clock_left
+from evaluator.runs.record import RunResult, run_key_of
+from evaluator.runs.sending import start_server as start_vllm
+from evaluator.runs.settings import Answered, RunConfig
 from evaluator.scoring.embeddings import ENGLISH_MODEL, MULTILINGUAL_MODEL, EmbeddingConfig, default_cache_dir
 from servers import demo_model
 from servers.planner import Gpu, Placement, per_node, plan_node, split_parallel, utilization
@@ -51,7 +55,7 @@ class Outcome:
     seconds: float = 0.0
     message: str = ""
     notes: list[str] = field(default_factory=list)  # what was not scored and why; official NaN/crash notes
-    result: runner.RunResult | None = None
+    result: RunResult | None = None
     gpus: int = 0  # GPUs it held while evaluating
     node: str | None = None  # the Ray node its server ran on (the last one, if it was placed again)
     started_at: float = 0.0  # monotonic times, for overlap checks and reports
@@ -212,7 +216,7 @@ def _config(suite: Suite, profile: ModelProfile, cache: Path | None, base_url: s
                      embeddings=embeddings, label=f"{profile.name}: ", **suite.shot_settings(profile), **settings)
 
 
-def _scored(result: runner.RunResult, outcome: Outcome) -> None:
+def _scored(result: RunResult, outcome: Outcome) -> None:
     outcome.result = result
     outcome.status = result.status
     outcome.overall = result.overall
@@ -265,7 +269,7 @@ def _metrics(suite: Suite):
 
 
 def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Console,
-              start_server: Callable = runner.start_server, device: str = "auto",
+              start_server: Callable = start_vllm, device: str = "auto",
               on_done: Callable[[Outcome], None] | None = None, ray_servers=None, stall_s: float = 120.0,
               on_outcomes: Callable[[dict[str, Outcome]], None] | None = None, **settings) -> list[Outcome]:
     """Run every model of the suite; returns one Outcome per model, in the suite's order. `settings` are
@@ -306,7 +310,7 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
                 shared_observer(reply)
         return see
 
-    def answer(config: RunConfig, outcome: Outcome) -> runner.Answered:
+    def answer(config: RunConfig, outcome: Outcome) -> Answered:
         try:
             return runner.answer(config, console)
         finally:
@@ -357,7 +361,7 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
     def run_local(profile: ModelProfile, placement: Placement | None, pool: GpuPool | None) -> None:
         def body(outcome: Outcome) -> None:
             config = model_config(profile)
-            if runner.pending(config) == 0:
+            if pending(config) == 0:
                 outcome.started_at = outcome.evaluating_at = time.monotonic()
                 answered = answer(config, outcome)  # resumed: all answers cached, no server
                 outcome.finished_at = time.monotonic()
@@ -413,7 +417,7 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
 
         def body(outcome: Outcome) -> None:
             config = model_config(profile)
-            if runner.pending(config) == 0:
+            if pending(config) == 0:
                 outcome.started_at = outcome.evaluating_at = time.monotonic()
                 answered = answer(config, outcome)
                 outcome.finished_at = time.monotonic()
@@ -562,7 +566,7 @@ class SuiteProgress:
         self.ended: dict[str, str] = {}  # model -> its status once it ended
         self.outcomes: dict[str, Outcome] = {}
         self.done = 0  # questions answered, cached or given up, all models
-        self.throughput = runner.Throughput()
+        self.throughput = Throughput()
         self.lock = threading.Lock()
         self.every_s = every_s
         self.live = None
@@ -605,7 +609,7 @@ class SuiteProgress:
     def summary(self, now: float) -> str:
         with self.lock:
             done, ended = min(self.done, self.total), list(self.ended.values())
-            left = runner.clock_left(self.total - self.done, self.throughput, now)
+            left = clock_left(self.total - self.done, self.throughput, now)
             rate = self.throughput.rate(now)
         failed = sum(1 for status in ended if status == "failed")
         states = [model_state(o, self.ended.get(name)) for name, o in list(self.outcomes.items())]
@@ -700,7 +704,7 @@ def run_suite_to_folder(suite: Suite, gpus: list[Gpu], cache: Path | None, outpu
         "failed": [{"model": o.model, "reason": o.message} for o in outcomes if o.status == "failed"],
         "gpus": len(gpus), "gpu_busy_share": round(gpu_seconds / (wall * len(gpus)), 3) if gpus and wall else None,
         "results": written})
-    scored = {runner.run_key_of(o.result): o.result for o in outcomes if o.result is not None}
+    scored = {run_key_of(o.result): o.result for o in outcomes if o.result is not None}
     html.write_from(board, scored, folder / "report.html", title=f"Shopping MMLU: suite {suite.name}",
                     analyses=_analyses(board, scored, cache_folder, log))
     log.print(f"Suite folder: {escape(str(folder))} (suite.log, models/, leaderboard.md/.csv/.json, summary.json, "
@@ -734,7 +738,7 @@ def suite_board(suite: Suite, outcomes: list[Outcome], cache_folder: Path):
     from evaluator.cache.responses import ResponseCache
     from evaluator.reports import leaderboard
 
-    keys = [runner.run_key_of(o.result) for o in outcomes if o.result is not None]
+    keys = [run_key_of(o.result) for o in outcomes if o.result is not None]
     store = ResponseCache(cache_folder / "responses", read_only=True)
     try:
         runs, tasks = store.runs(), store.task_scores()
