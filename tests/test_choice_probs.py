@@ -290,3 +290,26 @@ def test_a_batch_line_with_an_unreadable_log_probability_keeps_its_answer():
             % top)
     [(key, reply)] = list(_result(line.encode(), chat=True))
     assert (key, reply.ok, reply.text, reply.logprobs) == ("k", True, "2", None)
+
+
+@pytest.mark.parametrize("protocol", ["skill", "task"])
+@pytest.mark.parametrize("prefix", ["\u00a0", "\n"])
+def test_the_view_reads_a_token_as_the_official_scorer_reads_the_answer(tmp_path, capsys, monkeypatch, protocol,
+                                                                        prefix):
+    """A model that writes (and ranks first) the right digit after a no-break space or a newline: skill-wise
+    the official scorer strips only " " and reads that character (0), task-wise it takes the first digit (1);
+    the view read every token with str.strip() and gave 1 either way."""
+    def prefixed(body: dict) -> str:
+        return prefix + str(truth(body)) if truth(body) >= 0 else "a soft towel"
+
+    with Stub(answers=prefixed, logprobs=lambda body: {prefixed(body): math.log(0.9)}) as stub:
+        code, out, err = run_cli(["run", "--model", "m", "--base-url", stub.base_url, "--data", data(tmp_path),
+                                  "--cache", "c", "--protocol", protocol, "--choice-probs", "--output", tmp_path / "o"],
+                                 capsys, monkeypatch)
+    assert code == 0, out + err
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    official = next(t["score"] for t in results["scores"]["tasks"] if t["task"] == "pick")
+    assert official == (0.0 if protocol == "skill" else 1.0)
+    view = results["choice_probabilities"]
+    assert view["n"] == N
+    assert next(t["score"] for t in view["tasks"] if t["task"] == "pick") == official

@@ -132,12 +132,13 @@ def score_from_cache(questions: list[Question], runs: list[tuple[str, list[Plann
         answers, errors = found[model]
         scored_rows = all_rows.filter(pl.col("model") == model)
         scores = aggregate(scored_rows, options.protocol.value, totals, [model])
-        out[model] = (scores, *_per_question(frame, planned, answers, errors, scored_rows, scores, model))
+        out[model] = (scores, *_per_question(frame, planned, answers, errors, scored_rows, scores, model, options))
     return out
 
 
 def _per_question(frame: pl.DataFrame, planned: list[Planned], answers: dict, errors: dict,
-                  scored_rows: pl.DataFrame, scores: Scores, model: str) -> tuple[pl.DataFrame, list[dict]]:
+                  scored_rows: pl.DataFrame, scores: Scores, model: str,
+                  options: ScoringOptions) -> tuple[pl.DataFrame, list[dict]]:
     def error_of(p: Planned) -> str | None:
         if p.key in answers:
             return None
@@ -160,7 +161,7 @@ def _per_question(frame: pl.DataFrame, planned: list[Planned], answers: dict, er
         "error": pl.Series([error_of(p) for p in planned], dtype=pl.String),
         "error_message": pl.Series([errors[p.key][2] if p.key in errors and p.key not in answers else None
                                     for p in planned], dtype=pl.String),
-        **_choice_columns(planned, answers),
+        **_choice_columns(planned, answers, options),
     })
     rows = (frame.select("row", "qid", "skill", "task", "metric", "truth_text")
             .join(meta, on="row", how="left")
@@ -174,7 +175,7 @@ def _per_question(frame: pl.DataFrame, planned: list[Planned], answers: dict, er
     return rows, tasks.to_dicts()
 
 
-def _choice_columns(planned: list[Planned], answers: dict) -> dict[str, pl.Series]:
+def _choice_columns(planned: list[Planned], answers: dict, options: ScoringOptions) -> dict[str, pl.Series]:
     """prob_choice and valid_mass (`choice_probs.pick`) for the answers that kept log-probabilities."""
     from evaluator.scoring.choice_probs import labels_of, pick
 
@@ -186,7 +187,7 @@ def _choice_columns(planned: list[Planned], answers: dict) -> dict[str, pl.Serie
             picks.append((None, None))
             continue
         text = p.body["prompt"] if "prompt" in p.body else p.body["messages"][-1]["content"]
-        picks.append(pick(logprobs, labels_of(text)))
+        picks.append(pick(logprobs, labels_of(text), options.protocol, options.letter_choices))
     return {"prob_choice": pl.Series([c for c, _ in picks], dtype=pl.String),
             "valid_mass": pl.Series([m for _, m in picks], dtype=pl.Float64),
             "logprobs_refused": pl.Series(refused, dtype=pl.Boolean)}

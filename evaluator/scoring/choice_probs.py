@@ -18,6 +18,8 @@ import re
 import polars as pl
 
 from evaluator.client.http import TOP_LOGPROBS, log_probability
+from evaluator.prompts import Protocol
+from evaluator.scoring.structured import choice_read
 
 SCALE = re.compile(r"scale of ([0-9]) to ([0-9])")  # review rating: "on a scale of 1 to 5"
 # The option lines of a multiple-choice prompt: "0. text" (skill-wise, numbered CSV choices) or "(A) text".
@@ -38,11 +40,13 @@ def labels_of(text: str) -> list[str]:
     return found
 
 
-def pick(logprobs: str | None, labels: list[str]) -> tuple[str | None, float | None]:
+def pick(logprobs: str | None, labels: list[str], protocol: Protocol = Protocol.SKILL,
+         letter_choices: bool = False) -> tuple[str | None, float | None]:
     """(the most probable valid label, the probability mass on valid labels) from one answer's top tokens; a
-    token counts as the label it is once spaces are stripped (" 2" and "2" add up), as the official skill-wise
-    scorer strips them. (None, None) without log-probabilities, or where any of them is not one (an old or
-    foreign cache row); (None, 0.0) when no valid label is among them."""
+    token counts as the label the protocol's official scorer would read in it (`structured.choice_read`:
+    skill-wise " 2" and "2" add up, "\u00a02" is no label; task-wise it is "2"). (None, None) without
+    log-probabilities, or where any of them is not one (an old or foreign cache row); (None, 0.0) when no
+    valid label is among them."""
     if logprobs is None:
         return None, None
     try:
@@ -56,7 +60,7 @@ def pick(logprobs: str | None, labels: list[str]) -> tuple[str | None, float | N
         return None, None
     mass: dict[str, float] = {}
     for token, value in values.items():
-        label = token.strip()
+        label = choice_read(token, protocol, letter_choices)
         if label in labels:
             mass[label] = mass.get(label, 0.0) + math.exp(value)
     if not mass:

@@ -17,14 +17,18 @@ from evaluator.scoring.python_semantics import (
 )
 
 
-def accuracy(frame: pl.DataFrame, protocol: Protocol, letter_choices: bool = False) -> pl.Series:
-    """Skill-wise: spaces stripped, first character == truth. Task-wise: first numeric (or, with letter
-    choices, alphanumeric) character, else the whole output, == label."""
+def choice_read(text: str, protocol: Protocol, letter_choices: bool = False) -> str:
+    """The choice an output names, as the official scorer reads it. Skill-wise: spaces (only " ") stripped,
+    the first character. Task-wise: the first numeric (or, with letter choices, alphanumeric) character, else
+    the whole output. The choice-probability view reads each token through this too."""
     if protocol is Protocol.SKILL:
-        first = frame["output"].str.strip_chars(" ").str.slice(0, 1)
-    else:
-        test = str.isalnum if letter_choices else str.isnumeric
-        first = map_unique(frame["output"], lambda text: first_matching_char(text, test), pl.String)
+        return text.strip(" ")[:1]
+    return first_matching_char(text, str.isalnum if letter_choices else str.isnumeric)
+
+
+def accuracy(frame: pl.DataFrame, protocol: Protocol, letter_choices: bool = False) -> pl.Series:
+    """1.0 where `choice_read` of the output is the truth's label."""
+    first = map_unique(frame["output"], lambda text: choice_read(text, protocol, letter_choices), pl.String)
     return (first == frame["truth_text"]).cast(pl.Float64)
 
 
