@@ -313,3 +313,22 @@ def test_the_view_reads_a_token_as_the_official_scorer_reads_the_answer(tmp_path
     view = results["choice_probabilities"]
     assert view["n"] == N
     assert next(t["score"] for t in view["tasks"] if t["task"] == "pick") == official
+
+
+def test_log_probabilities_past_the_reply_cap_never_cost_the_official_answer(tmp_path, capsys, monkeypatch):
+    """Red-team finding 1: a `logprobs` field over 1 MiB (sent only when asked) made every multiple-choice reply
+    'oversized', an error row, and the breaker stopped the model; the question is now asked again without them."""
+    monkeypatch.chdir(tmp_path)
+    huge = (b'{"tokens": ["0"], "token_logprobs": [-0.1], "top_logprobs": ['
+            + b",".join(b'{"%d": -0.1}' % i for i in range(100_000)) + b'], "text_offset": [0]}')
+    runs = {}
+    for name, extra in (("plain", []), ("probs", ["--choice-probs"])):
+        with Stub(answers=right_or_wrong, raw_logprobs=lambda body: huge) as stub:
+            code, out, err = run_cli(["run", "--model", "m", "--base-url", stub.base_url, "--data", data(tmp_path),
+                                      "--cache", name, "--output", name + "-out", *extra], capsys, monkeypatch)
+        assert code == 0, out + err
+        runs[name] = json.loads((tmp_path / (name + "-out") / "results.json").read_text())
+    probs, plain = runs["probs"], runs["plain"]
+    assert probs["status"] == "complete" and probs["requests"]["errors"] == 0
+    assert probs["scores"] == plain["scores"]  # to the last digit
+    assert probs["choice_probabilities"]["available"] is False

@@ -282,6 +282,11 @@ def _refuses_logprobs(fault: Fault, body: dict) -> bool:
             and (fault.param in LOGPROBS_FIELDS or "logprobs" in str(fault).lower()))
 
 
+def _logprobs_oversized(fault: Fault, body: dict) -> bool:
+    """A reply over the size cap to a request carrying the log-probability fields."""
+    return fault.kind == "oversized" and any(field in body for field in LOGPROBS_FIELDS)
+
+
 def _error_param(payload: bytes) -> str | None:
     try:
         error = loads(payload).get("error")
@@ -383,11 +388,13 @@ async def request(session: aiohttp.ClientSession, endpoint: Endpoint, body: dict
     """Send one request with retries; always returns a Reply, whatever the server does. A 400 refusing the
     log-probability fields asks the question again without them (the answer never depends on the optional
     view): the Reply's logprobs say LOGPROBS_REFUSED, and `refusals` keeps the rest of the fan-out from
-    asking."""
+    asking. A reply over the size cap to a request carrying them is asked again without them too (their
+    volume is the server's, not the answer's): that question has no view, the answer is kept."""
     refusals = refusals or Refusals()
     started = time.monotonic()
     attempt = 0
     refused = refusals.logprobs and any(field in body for field in LOGPROBS_FIELDS)
+    without = False
     if refused:
         body = {k: v for k, v in body.items() if k not in LOGPROBS_FIELDS}
     encoded = json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass")
@@ -401,15 +408,18 @@ async def request(session: aiohttp.ClientSession, endpoint: Endpoint, body: dict
             if replicas:
                 replicas.answered(url)
             return replace(reply, attempts=attempt, latency_s=time.monotonic() - started,
-                           logprobs=LOGPROBS_REFUSED if refused else reply.logprobs)
+                           logprobs=LOGPROBS_REFUSED if refused else None if without else reply.logprobs)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001: anything a server makes us raise ends as an error row
             fault = exc if isinstance(exc, Fault) else Fault("client_error", f"{type(exc).__name__}: {exc}"[:500])
-            if _refuses_logprobs(fault, body):  # asked again at once, without them
+            if _refuses_logprobs(fault, body) or _logprobs_oversized(fault, body):  # asked again, without them
                 body = {k: v for k, v in body.items() if k not in LOGPROBS_FIELDS}
                 encoded = json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass")
-                refused = refusals.logprobs = True
+                if fault.kind == "oversized":  # this question's view only: the answer comes without them
+                    without = True
+                else:
+                    refused = refusals.logprobs = True
                 continue
             if replicas and fault.kind in ("connection", "timeout"):
                 replicas.failed(url)
