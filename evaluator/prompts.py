@@ -7,6 +7,7 @@ The text is byte-identical to the official scripts (`skill_wise_eval/hf_skill_in
 from __future__ import annotations
 
 import random
+import unicodedata
 from collections.abc import Iterable, Sequence
 from enum import Enum
 from functools import cache
@@ -170,9 +171,13 @@ def _base_id(qid: str) -> str:
 
 
 def seen_text(question: Question, protocol: Protocol, options: PromptOptions) -> str:
-    """What the model is asked, whitespace runs as one space and trimmed: two rows asking this are the same
-    question, whatever their content ids say (a truth written "2" or 2, a trailing space)."""
-    return " ".join(user_text(question, protocol, options).split())
+    """What the model is asked, as a reader compares it: NFKC (composed accents, full-width digits as ASCII),
+    zero-width and other format characters removed, case-folded, whitespace runs as one space and trimmed: two
+    rows asking this are the same question, whatever their content ids say (a truth written "2" or 2, a
+    trailing space, "cafe\u0301" for "café"). Only compared, never sent."""
+    text = unicodedata.normalize("NFKC", user_text(question, protocol, options))
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf").casefold()
+    return " ".join(unicodedata.normalize("NFKC", text).split())
 
 
 def draw_shots(questions: Iterable[Question], pool: Iterable[Question], k: int, seed: int = 0,

@@ -445,3 +445,29 @@ def test_rescore_after_the_shot_pool_changed_says_so_and_saves_nothing(tmp_path,
     write_jsonl(tmp_path / "pool.json", rows)  # restored: rescored as it was run
     code, out, err = run_cli(["rescore", *args], capsys, monkeypatch)
     assert code == 0, err
+
+
+def test_a_pool_that_writes_the_question_in_other_unicode_never_shows_it_its_own_answer(tmp_path, monkeypatch):
+    """Red-team finding 8: the pool's copy of the asked question NFD-normalised, with a zero-width space,
+    upper-cased or with full-width digits was drawn as the question's own example, its gold answer shown."""
+    import unicodedata
+
+    from evaluator.runs.planning import load_and_plan
+
+    monkeypatch.chdir(tmp_path)
+    asked = "Which café sells 24 coffees?\n0. Alpha\n1. Beta\n2. Gamma\n3. Delta\nAnswer: "
+
+    def row(text: str) -> dict:
+        return {"input_field": text, "output_field": 2, "task_name": "t", "task_type": "multiple-choice",
+                "metric": "accuracy"}
+
+    write_jsonl(tmp_path / "d.json", [row(asked)])
+    others = [row(f"Another question {n}?\n0. a\n1. b\n2. c\n3. d\nAnswer: ") for n in range(3)]
+    copies = [unicodedata.normalize("NFD", asked), asked.replace("café", "caf\u200bé"),
+              asked.replace("Which", "WHICH"), asked.replace("24", "\uff12\uff14")]
+    write_jsonl(tmp_path / "pool.json", [row(text) for text in copies] + others)
+    config = RunConfig(profile=STUB, data=Path("d.json"), shots=3, shot_pool=Path("pool.json"))
+    _, _, planned = load_and_plan(config)
+    prompt = planned[0].body["prompt"]
+    assert planned[0].shots == 3 and prompt.count("Another question") == 3, prompt
+    assert prompt.lower().count("coffees") == 1, prompt  # the question, once
