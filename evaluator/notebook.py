@@ -61,8 +61,8 @@ def _typed(value, dtype):
     """`value` if it fits the column's type, else None (a hostile file cannot break a frame)."""
     if dtype == pl.Object:
         return value
-    if dtype == pl.String:
-        return value[:1_000_000] if isinstance(value, str) else None
+    if dtype == pl.String:  # a lone surrogate (JSON's "\ud800") cannot enter a frame: it reads as "?"
+        return value[:1_000_000].encode("utf-8", "replace").decode("utf-8") if isinstance(value, str) else None
     if dtype == pl.Boolean:
         return value if isinstance(value, bool) else None
     if dtype == pl.Int64:
@@ -292,6 +292,8 @@ def rescore(model: str, data: str | Path, cache: str | Path | None = None, proto
     from servers.profiles import get_profile, load_profiles
 
     cache_dir = Path(cache).expanduser() if cache is not None else default_cache_dir()
+    if not isinstance(model, str) or model.encode("utf-8", "replace").decode("utf-8") != model:
+        raise InputError(f"the model name must be Unicode text, not {ascii(model)[:100]}")
     store = ResponseCache(cache_dir / "responses", read_only=True)
     try:
         recorded = store.model(model)

@@ -168,3 +168,33 @@ def test_short_skill_names_for_the_official_tracks():
 
     row = _short({"skill": "amazon-kdd-cup-24-understanding-shopping-concepts", "task": "t"})
     assert row["skill"] == "concept" and row["track"] == "amazon-kdd-cup-24-understanding-shopping-concepts"
+
+
+def test_a_lone_surrogate_anywhere_in_a_results_file_reads_as_text_and_a_bad_name_is_an_input_error(night):
+    """Red-team finding 7: "\\ud800" in model.name, profile.family, answered.first_at... made Polars raise
+    UnicodeEncodeError and lose every run; rescore of such a name (or of None) raised instead of InputError."""
+    from evaluator import load_results, rescore
+
+    data, cache = night
+    folder = (cache / "suites" / "nightly" / "latest" / "models" / "my-model").resolve()
+
+    def garble(value):
+        if isinstance(value, dict):
+            return {k: garble(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [garble(v) for v in value]
+        return value + "\ud800" if isinstance(value, str) and value != "shopping-mmlu results" else value
+
+    before = load_results(folder)
+    doc = garble(json.loads((folder / "results.json").read_text()))
+    (folder / "results.json").write_text(json.dumps(doc))  # ASCII JSON: "\ud800" escaped, as a hostile writer has it
+    samples = [garble(json.loads(line)) for line in (folder / "samples.jsonl").read_text().splitlines()]
+    (folder / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    loaded = load_results(folder)
+    assert loaded.runs.height == 1, loaded.skipped
+    run = loaded.runs.row(0, named=True)
+    assert run["model"] == "my-model?" and run["answered_first_at"].endswith("?")
+    assert loaded.samples.height == before.samples.height == 12 and loaded.tasks.height == before.tasks.height
+    for name in ("\ud800", None):
+        with pytest.raises(InputError):
+            rescore(name, data, cache=cache)
