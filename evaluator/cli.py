@@ -257,18 +257,10 @@ def run_command(
 
 
 def _recorded_profile(model: str, cache: Optional[Path]):
-    """The profile `model` was run with, as the cache recorded it; else the registry's; else ad hoc."""
-    from evaluator.cache.responses import ResponseCache
+    from evaluator.runs.runner import recorded_profile
     from evaluator.scoring.embeddings import default_cache_dir
-    from servers.profiles import get_profile
 
-    store = ResponseCache((cache or default_cache_dir()) / "responses", read_only=True)
-    try:
-        recorded = store.model(model)
-    finally:
-        store.close()
-    return get_profile(model, adhoc=True, recorded=recorded)
-
+    return recorded_profile(model, cache or default_cache_dir())
 
 @app.command("rescore")
 def rescore_command(
@@ -324,36 +316,6 @@ def _finish(result: "RunResult", json_out: Optional[Path], output: Optional[Path
     if result.status == "incomplete" and not allow_incomplete:
         raise typer.Exit(EXIT_INCOMPLETE)
 
-
-def _board(cache: Optional[Path], models: Optional[list[str]] = None, exclude: Optional[list[str]] = None):
-    """The leaderboard of the cache's runs (those of the models `models` and `exclude` choose)."""
-    from evaluator.cache.responses import ResponseCache
-    from evaluator.reports import leaderboard
-    from evaluator.reports.selection import choose
-    from evaluator.scoring.embeddings import default_cache_dir
-
-    folder = cache or default_cache_dir()
-    if not (folder / "responses" / "responses.sqlite").exists():
-        if cache is not None:
-            raise InputError("no response cache here: nothing has been run with this --cache", path=folder)
-        return leaderboard.leaderboard(*_empty_runs())
-    store = ResponseCache(folder / "responses", read_only=True)
-    try:
-        runs = choose(store.runs(), models, exclude)
-        tasks = store.task_scores()
-    finally:
-        store.close()
-    return leaderboard.leaderboard(runs, tasks.filter(tasks["run"].is_in(runs["key"].implode())))
-
-
-def _empty_runs():
-    import polars as pl
-
-    from evaluator.cache.responses import RUN_SCHEMA, TASK_SCHEMA
-
-    return pl.DataFrame(schema=RUN_SCHEMA), pl.DataFrame(schema=TASK_SCHEMA)
-
-
 @app.command("report")
 def report_command(
     cache: Optional[Path] = CACHE,
@@ -373,7 +335,7 @@ def report_command(
     from evaluator.scoring.embeddings import default_cache_dir
 
     folder = cache or default_cache_dir()
-    board = _board(cache, models, exclude)
+    board = leaderboard.from_cache(cache, models, exclude)
     if fmt is Format.TABLE:
         tables.print_leaderboard(board, console)
     else:
@@ -451,22 +413,10 @@ def analyze_command(
     """The paper's analyses over one ranking: a models × tasks table, skill and task correlations across
     models, scaling within a family, base → tuned deltas with intervals, and an external benchmark's
     correlation. Only complete runs enter a statistic; the output names those left out."""
-    from evaluator.data import loaders
-    from evaluator.paths import check_output_folder
     from evaluator.reports import analysis
-    from evaluator.scoring.embeddings import default_cache_dir
 
-    folder = cache or default_cache_dir()
-    if not (folder / "responses" / "responses.sqlite").exists():
-        raise InputError("no response cache here: nothing has been run with this --cache", path=folder)
-    target = check_output_folder(output, [folder, data, external], "--output", ours=analysis.FILES,
-                                 marker="analysis.json", format_name=analysis.FORMAT, whole=False)
-    sha = loaders.load(data, protocol.value if protocol else "skill").sha256 if data is not None else None
-    result = analysis.build(folder, sha, protocol.value if protocol else None, variant, external, samples)
-    analysis.print_summary(result, console)
-    written = analysis.write(result, target)
-    err_console.print(f"analysis: {len(written)} files in {escape(str(target))}")
-
+    analysis.command(cache, output, data, protocol.value if protocol else None, variant, external, samples, console,
+                     err_console)
 
 @app.command("inspect")
 def inspect_command(
@@ -523,87 +473,15 @@ def suite_command(
     """Run every model of a suite: local ones packed onto the GPUs (of this node, or of a Ray cluster), API
     ones at once; resumable."""
     from evaluator import night
-    from evaluator.runs import suite as suite_runner
-    from evaluator.reports import suite as suite_report
-    from evaluator.scoring.embeddings import default_cache_dir
-    from servers.suite import describe_suites, find_suite, load_suite
 
-    if list_suites:
-        from rich.table import Table
-
-        listing = Table.grid(padding=(0, 2))
-        listing.add_column(no_wrap=True)
-        listing.add_column()
-        for name, description in describe_suites():
-            listing.add_row(escape(name), escape(description))
-        console.print(listing)
+    outcomes = night.command(suite_file, list_suites, dry_run, gpus, gpu_ids, gpu_mem, cache, output, timeout, ray,
+                             nodes, json_out, console, err_console)
+    if outcomes is None:
         return
-    if suite_file is None:
-        raise InputError("name a suite file or a built-in suite (`shopping-mmlu suite --list`)", field="SUITE_FILE")
-    suite_file = find_suite(suite_file)
-    suite = suite_runner.fit_context(load_suite(suite_file), say=lambda line: err_console.print(escape(line),
-                                                                                              highlight=False))
-    if nodes is not None and not (dry_run and gpus and gpu_mem):
-        raise InputError("--nodes plans a cluster: use it with --dry-run, --gpus and --gpu-mem", field="--nodes")
-    inventory = _inventory(gpus, gpu_ids, gpu_mem, nodes or 1)
-    if json_out is not None and not dry_run:
-        raise InputError("--json writes the plan: use it with --dry-run", field="--json")
-    if dry_run:
-        suite_report.print_dry_run(suite, inventory, console)
-        if json_out is not None:
-            from evaluator.paths import check_output_file
-            from evaluator.scoring.aggregate import write_json_atomic
-
-            check_output_file(json_out, [suite_file, suite.data], "--json")
-            write_json_atomic(json_out, {"suite": suite.name, "gpus": [
-                {"index": g.index, "name": g.name, "memory_gib": round(g.memory_gib, 2), "node": g.node}
-                for g in inventory], "models": suite_report.plan_records(suite, inventory)})
-            console.print(f"plan: {escape(str(json_out))}")
-        return
-    from evaluator.paths import check_suite_folder
-
-    check_suite_folder(night.suite_folder(suite, cache, output),
-                       [suite.data, (cache or default_cache_dir()) / "responses"])
-    ray_servers = None
-    if ray is not None:
-        from servers.ray_cluster import RayServers, cluster_inventory
-
-        ray_servers = RayServers(ray, (cache or default_cache_dir()) / "logs", vllm_python=suite.vllm_python)
-        inventory = cluster_inventory(gpu_mem or 80.0)
-        console.print(f"Ray cluster at {escape(ray)}: {len(inventory)} GPU(s)"
-                      + ("" if gpu_mem else " (planned at 80 GiB each: pass --gpu-mem)"))
-    outcomes = night.run_suite_to_folder(suite, inventory, cache, output, console, timeout_s=timeout,
-                                         ray_servers=ray_servers)
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(EXIT_FAILED)
     if any(o.status != "complete" for o in outcomes) and not allow_incomplete:
         raise typer.Exit(EXIT_INCOMPLETE)
-
-
-def _inventory(count: Optional[int], ids: Optional[str], memory: Optional[float], nodes: int = 1):
-    """nvidia-smi's GPUs, or the ones the flags describe (for planning and tests)."""
-    from servers.planner import read_inventory, synthetic_inventory
-
-    if count is None and ids is None:
-        return read_inventory()
-    if ids is not None:
-        try:
-            chosen = [int(i) for i in ids.split(",") if i.strip()]
-        except ValueError:
-            raise InputError(f"--gpu-ids takes comma-separated integers, not {ids[:50]!r}", field="--gpu-ids") from None
-        if not chosen or len(set(chosen)) != len(chosen) or min(chosen) < 0:
-            raise InputError(f"--gpu-ids must name distinct GPUs (indices ≥ 0), not {ids[:50]!r}", field="--gpu-ids")
-        if memory is not None:
-            return synthetic_inventory(len(chosen), memory, chosen)
-        listed = {g.index: g for g in read_inventory()}
-        if any(i not in listed for i in chosen):
-            raise InputError("--gpu-ids needs --gpu-mem where nvidia-smi does not list those GPUs",
-                             field="--gpu-mem")
-        return [listed[i] for i in chosen]
-    if count and memory is None:
-        raise InputError("--gpus needs --gpu-mem (GiB per GPU)", field="--gpu-mem")
-    return synthetic_inventory(count, memory or 0.0, nodes=nodes)
-
 
 @app.command("serve")
 def serve_command(
@@ -615,30 +493,10 @@ def serve_command(
     device: Device = DEVICE,
 ) -> None:
     """Serve one model on vLLM until Ctrl-C or SIGTERM; prints its base URL."""
-    import threading
-
     from evaluator.runs import sending
     from evaluator.scoring.embeddings import default_cache_dir
-    from servers.profiles import get_profile
 
-    profile = get_profile(model)
-    if not profile.is_local:
-        raise InputError(f"'{model}' is an API model ({profile.provider}); nothing to serve")
-    stop = threading.Event()
-    # while it starts, SIGTERM is an interrupt (as everywhere): the start is abandoned and the server stopped
-    server = sending.start_server(profile, cache or default_cache_dir(), err_console, port=port,
-                                 device=device.value, host=host)
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(server.base_url, flush=True)
-    try:
-        while not stop.is_set() and server.process is not None and server.process.poll() is None:
-            stop.wait(1.0)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-        err_console.print("server stopped")
-
+    sending.serve(model, port, host, cache or default_cache_dir(), device.value, err_console)
 
 @app.command("demo")
 def demo_command(
@@ -650,6 +508,7 @@ def demo_command(
     output: Optional[Path] = OUTPUT,
 ) -> None:
     """The embedded default: SmolLM2-135M on vLLM (CPU here), the sample set, scores and the leaderboard."""
+    from evaluator.reports.leaderboard import from_cache
     from evaluator.reports.tables import print_leaderboard
     from evaluator.runs import runner
     from evaluator.runs.settings import RunConfig
@@ -660,7 +519,7 @@ def demo_command(
                        embeddings=_embeddings(None, multilingual_model))
     console.print(f"Demo: model 'demo' (SmolLM2-135M-Instruct) on the sample set in {escape(str(config.data))}")
     _finish(runner.execute(config, console), json_out, output, allow_incomplete,
-            after=lambda: print_leaderboard(_board(cache), console))
+            after=lambda: print_leaderboard(from_cache(cache), console))
 
 
 @app.command("models")

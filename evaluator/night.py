@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from evaluator.data import loaders
+from evaluator.errors import InputError
 from evaluator.provenance import iso
 from evaluator.reports.screen import Screen
 from evaluator.runs.progress import Throughput, clock_left
@@ -267,3 +268,83 @@ def suite_board(suite: Suite, outcomes: list[Outcome], cache_folder: Path):
     finally:
         store.close()
     return leaderboard.leaderboard(runs.filter(pl.col("key").is_in(keys)), tasks.filter(pl.col("run").is_in(keys)))
+
+
+def command(suite_file: str | None, list_suites: bool, dry_run: bool, gpus: int | None, gpu_ids: str | None,
+            gpu_mem: float | None, cache: Path | None, output: Path | None, timeout: float, ray: str | None,
+            nodes: int | None, json_out: Path | None, console: Console, err_console: Console) -> list[Outcome] | None:
+    """`suite`: name the built-in suites, show (and write) a dry run's plan, or run the night and leave its
+    folder; the night's outcomes (None where nothing ran)."""
+    from evaluator.reports import suite as suite_report
+    from evaluator.runs import suite as suite_runner
+    from servers.suite import describe_suites, find_suite, load_suite
+
+    if list_suites:
+        from rich.table import Table
+
+        listing = Table.grid(padding=(0, 2))
+        listing.add_column(no_wrap=True)
+        listing.add_column()
+        for name, description in describe_suites():
+            listing.add_row(escape(name), escape(description))
+        console.print(listing)
+        return None
+    if suite_file is None:
+        raise InputError("name a suite file or a built-in suite (`shopping-mmlu suite --list`)", field="SUITE_FILE")
+    suite_file = find_suite(suite_file)
+    suite = suite_runner.fit_context(load_suite(suite_file), say=lambda line: err_console.print(escape(line),
+                                                                                              highlight=False))
+    if nodes is not None and not (dry_run and gpus and gpu_mem):
+        raise InputError("--nodes plans a cluster: use it with --dry-run, --gpus and --gpu-mem", field="--nodes")
+    chosen = inventory(gpus, gpu_ids, gpu_mem, nodes or 1)
+    if json_out is not None and not dry_run:
+        raise InputError("--json writes the plan: use it with --dry-run", field="--json")
+    if dry_run:
+        suite_report.print_dry_run(suite, chosen, console)
+        if json_out is not None:
+            from evaluator.paths import check_output_file
+            from evaluator.scoring.aggregate import write_json_atomic
+
+            check_output_file(json_out, [suite_file, suite.data], "--json")
+            write_json_atomic(json_out, {"suite": suite.name, "gpus": [
+                {"index": g.index, "name": g.name, "memory_gib": round(g.memory_gib, 2), "node": g.node}
+                for g in chosen], "models": suite_report.plan_records(suite, chosen)})
+            console.print(f"plan: {escape(str(json_out))}")
+        return None
+    from evaluator.paths import check_suite_folder
+
+    check_suite_folder(suite_folder(suite, cache, output), [suite.data, (cache or default_cache_dir()) / "responses"])
+    ray_servers = None
+    if ray is not None:
+        from servers.ray_cluster import RayServers, cluster_inventory
+
+        ray_servers = RayServers(ray, (cache or default_cache_dir()) / "logs", vllm_python=suite.vllm_python)
+        chosen = cluster_inventory(gpu_mem or 80.0)
+        console.print(f"Ray cluster at {escape(ray)}: {len(chosen)} GPU(s)"
+                      + ("" if gpu_mem else " (planned at 80 GiB each: pass --gpu-mem)"))
+    return run_suite_to_folder(suite, chosen, cache, output, console, timeout_s=timeout, ray_servers=ray_servers)
+
+
+def inventory(count: int | None, ids: str | None, memory: float | None, nodes: int = 1) -> list[Gpu]:
+    """nvidia-smi's GPUs, or the ones the flags describe (for planning and tests)."""
+    from servers.planner import read_inventory, synthetic_inventory
+
+    if count is None and ids is None:
+        return read_inventory()
+    if ids is not None:
+        try:
+            chosen = [int(i) for i in ids.split(",") if i.strip()]
+        except ValueError:
+            raise InputError(f"--gpu-ids takes comma-separated integers, not {ids[:50]!r}", field="--gpu-ids") from None
+        if not chosen or len(set(chosen)) != len(chosen) or min(chosen) < 0:
+            raise InputError(f"--gpu-ids must name distinct GPUs (indices ≥ 0), not {ids[:50]!r}", field="--gpu-ids")
+        if memory is not None:
+            return synthetic_inventory(len(chosen), memory, chosen)
+        listed = {g.index: g for g in read_inventory()}
+        if any(i not in listed for i in chosen):
+            raise InputError("--gpu-ids needs --gpu-mem where nvidia-smi does not list those GPUs",
+                             field="--gpu-mem")
+        return [listed[i] for i in chosen]
+    if count and memory is None:
+        raise InputError("--gpus needs --gpu-mem (GiB per GPU)", field="--gpu-mem")
+    return synthetic_inventory(count, memory or 0.0, nodes=nodes)

@@ -718,3 +718,22 @@ def report_sections(board: pl.DataFrame, tasks: pl.DataFrame, results: dict, cac
             "notes": [*(f"{c.removeprefix('skill:')}: no correlation, {why}" for c, why in blanks(found.skill_corr)),
                       *found.pair_notes]}))
     return out
+
+
+def command(cache: Path | None, output: Path, data: Path | None, protocol: str | None, variant: str | None,
+            external: Path | None, samples: int, console: Console, err_console: Console) -> None:
+    """`analyze`: the analyses of one ranking of the cache, printed in short and written to `output`."""
+    from evaluator.data import loaders
+    from evaluator.paths import check_output_folder
+    from evaluator.scoring.embeddings import default_cache_dir
+
+    folder = cache or default_cache_dir()
+    if not (folder / "responses" / "responses.sqlite").exists():
+        raise InputError("no response cache here: nothing has been run with this --cache", path=folder)
+    target = check_output_folder(output, [folder, data, external], "--output", ours=FILES,
+                                 marker="analysis.json", format_name=FORMAT, whole=False)
+    sha = loaders.load(data, protocol or "skill").sha256 if data is not None else None
+    result = build(folder, sha, protocol, variant, external, samples)
+    print_summary(result, console)
+    written = write(result, target)
+    err_console.print(f"analysis: {len(written)} files in {escape(str(target))}")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
+from evaluator.errors import InputError
 from evaluator.scoring.aggregate import finite
 
 GROUP = ["data_sha256", "protocol", "variant"]
@@ -353,3 +354,29 @@ def se_text(value) -> str:
 def rank_text(rank) -> str:
     """A rank, or nothing for a run that has none (failed, or no overall score)."""
     return "" if rank is None else str(rank)
+
+
+def from_cache(cache: Path | None, models: list[str] | None = None, exclude: list[str] | None = None) -> pl.DataFrame:
+    """The leaderboard of the cache's runs (those of the models `models` and `exclude` choose)."""
+    from evaluator.cache.responses import ResponseCache
+    from evaluator.reports.selection import choose
+    from evaluator.scoring.embeddings import default_cache_dir
+
+    folder = cache or default_cache_dir()
+    if not (folder / "responses" / "responses.sqlite").exists():
+        if cache is not None:
+            raise InputError("no response cache here: nothing has been run with this --cache", path=folder)
+        return leaderboard(*_empty_runs())
+    store = ResponseCache(folder / "responses", read_only=True)
+    try:
+        runs = choose(store.runs(), models, exclude)
+        tasks = store.task_scores()
+    finally:
+        store.close()
+    return leaderboard(runs, tasks.filter(tasks["run"].is_in(runs["key"].implode())))
+
+
+def _empty_runs():
+    from evaluator.cache.responses import RUN_SCHEMA, TASK_SCHEMA
+
+    return pl.DataFrame(schema=RUN_SCHEMA), pl.DataFrame(schema=TASK_SCHEMA)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -110,32 +111,31 @@ def execute(config: RunConfig, console: Console, send_missing: bool = True,
             dataset: loaders.Dataset | None = None) -> RunResult:
     """`run` (send_missing) or `rescore` (cache only): `answer`, then `finish`. A run that may send loads its
     scoring models meanwhile (`embeddings.prepare`: a first run's one-time costs, off the critical path)."""
+    stop, loading = threading.Event(), None
     if send_missing:
         dataset = dataset or loaders.load(config.data, config.protocol.value)
-        prepare(config.scoring.embeddings, dataset.questions[: config.limit] if config.limit else dataset.questions)
-    return finish([answer(config, console, send_missing, server_factory, dataset, read_only=not save)], save)[0]
+        loading = prepare(config.scoring.embeddings,
+                          dataset.questions[: config.limit] if config.limit else dataset.questions, stop)
+    try:
+        return finish([answer(config, console, send_missing, server_factory, dataset, read_only=not save)], save)[0]
+    finally:  # on every way out (a failed pre-flight, the breaker, Ctrl-C): no load left running at exit
+        if loading is not None:
+            stop.set()
+            loading.join()
 
 
 def rescore_saved(cache_folder: Path, record: dict) -> RunResult | str:
     """A saved run scored again, per question, without saving anything; or why it cannot be (its data
     moved or changed)."""
-    from servers.profiles import get_profile
-
     data = Path(record["data"])
     if not data.exists():
         return f"its data {data} is no longer there"
-    recorded = _profile_of(record)
-    if recorded is None:  # a run saved before runs kept their profile: the model's latest
-        store = ResponseCache(cache_folder / "responses", read_only=True)
-        try:
-            recorded = store.model(record["model"])
-        finally:
-            store.close()
+    recorded = _profile_of(record)  # None for a run saved before runs kept their profile: the model's latest
     variant = record["variant"].split("+")
     shots = shot_settings(cache_folder, variant)
     if isinstance(shots, str):
         return shots
-    config = RunConfig(profile=get_profile(record["model"], adhoc=True, recorded=recorded), data=data,
+    config = RunConfig(profile=recorded_profile(record["model"], cache_folder, recorded), data=data,
                        protocol=Protocol(record["protocol"]), rendering=Rendering(record["rendering"]),
                        cache_dir=cache_folder, letter_choices="letters" in variant,
                        task_specific_prompt="task-prompt" in variant, choice_probs="probs" in variant,
@@ -156,6 +156,20 @@ def rescore_saved(cache_folder: Path, record: dict) -> RunResult | str:
     if record["questions"] < len(dataset.questions):
         config.limit = record["questions"]
     return execute(config, Console(quiet=True), send_missing=False, save=False, dataset=dataset)
+
+
+def recorded_profile(model: str, cache_folder: Path, recorded: dict | None = None):
+    """The profile `model` was run with: `recorded` (a saved run's), else as the cache recorded the model,
+    else the registry's, else ad hoc."""
+    from servers.profiles import get_profile
+
+    if recorded is None:
+        store = ResponseCache(cache_folder / "responses", read_only=True)
+        try:
+            recorded = store.model(model)
+        finally:
+            store.close()
+    return get_profile(model, adhoc=True, recorded=recorded)
 
 
 def _profile_of(record: dict) -> dict | None:

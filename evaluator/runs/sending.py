@@ -235,3 +235,27 @@ def send(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: 
             server.stop()
             config.say(console, f"Stopped the '{profile.name}' server")
     return outcome
+
+
+def serve(model: str, port: int | None, host: str, cache_folder: Path, device: str, console: Console) -> None:
+    """`serve`: one local model on vLLM until Ctrl-C or SIGTERM; its base URL printed once it is ready."""
+    import signal
+
+    from servers.profiles import get_profile
+
+    profile = get_profile(model)
+    if not profile.is_local:
+        raise InputError(f"'{model}' is an API model ({profile.provider}); nothing to serve")
+    stop = threading.Event()
+    # while it starts, SIGTERM is an interrupt (as everywhere): the start is abandoned and the server stopped
+    server = start_server(profile, cache_folder, console, port=port, device=device, host=host)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(server.base_url, flush=True)
+    try:
+        while not stop.is_set() and server.process is not None and server.process.poll() is None:
+            stop.wait(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        console.print("server stopped")
