@@ -1,4 +1,5 @@
-"""The `shopping-mmlu` command line.
+"""The `shopping-mmlu` command line: it parses options and calls one function per command, in the room that
+owns it (docs/ARCHITECTURE.md); a run's status becomes the exit code here.
 
 Heavy modules (Polars, the scorers, the client) are imported inside the commands that use them, so `--help`
 and quick commands start in a fraction of a second.

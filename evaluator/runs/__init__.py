@@ -1,1 +1,2 @@
-"""Running models: one run (plan, send what the cache lacks, score), and a suite of runs on one node."""
+"""Running models, as the flow of one run: settings → planning → sending → record, driven by runner; a suite
+of runs on one node (suite), scored by one stage (stage)."""
