@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import socket
 import sqlite3
@@ -73,6 +74,41 @@ RUN_SCHEMA = {"key": pl.String, "model": pl.String, "data": pl.String, "data_sha
 TASK_SCHEMA = {"run": pl.String, "skill": pl.String, "task": pl.String, "metric": pl.String,
                "questions": pl.Int64, "scored": pl.Int64, "errors": pl.Int64, "unscored": pl.Int64,
                "score": pl.Float64, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64, "official": pl.String}
+
+
+MAX_COUNT = 2**31 - 1  # a stored token count above this is no count (the client keeps none larger)
+# an answer's arrival time where it is a number (an old or hostile file may hold text there)
+TIME = "CASE WHEN typeof(created_at) IN ('integer', 'real') THEN created_at END"
+REQUIRED = {"runs": {"key", "model", "data", "data_sha256", "protocol", "rendering", "variant", "questions",
+                     "answered", "scored", "errors", "unscored", "status", "details", "created_at"},
+            "task_scores": {"run", "skill", "task", "metric", "questions", "scored", "errors", "unscored"}}
+
+
+def _typed(value, dtype):
+    """A value read from the cache if it has its column's type, else None: an old or hostile file may hold a
+    BLOB, text or a huge integer anywhere (SQLite types values, not columns)."""
+    if dtype == pl.String:
+        return value if isinstance(value, str) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if dtype == pl.Int64:
+        return value if isinstance(value, int) else None
+    return float(value) if math.isfinite(value) else None
+
+
+def _count(value) -> int | None:
+    value = _typed(value, pl.Int64)
+    return value if value is not None and 0 <= value <= MAX_COUNT else None
+
+
+def _typed_rows(rows: list[tuple], schema: dict, table: str) -> list[tuple]:
+    """Rows with every value typed (`_typed`); a row missing a value it cannot go without is left out."""
+    out = []
+    for row in rows:
+        typed = tuple(_typed(value, dtype) for value, dtype in zip(row, schema.values()))
+        if all(value is not None for value, column in zip(typed, schema) if column in REQUIRED[table]):
+            out.append(typed)
+    return out
 
 
 def request_key(identity: dict, endpoint: str, body: dict) -> str:
@@ -305,8 +341,11 @@ class ResponseCache:
                     "SELECT key, text, finish_reason, prompt_tokens, completion_tokens, latency_s, source, logprobs "
                     "FROM answers "
                     f"WHERE key IN ({','.join('?' * len(chunk))})", chunk)
-                for key, *fields in rows:
-                    found[key] = Answer(*fields)
+                for key, text, finish, prompt_tokens, completion_tokens, latency, source, logprobs in rows:
+                    if isinstance(text, str):  # any other text is no answer: the question counts as unasked
+                        found[key] = Answer(text, _typed(finish, pl.String), _count(prompt_tokens),
+                                            _count(completion_tokens), _typed(latency, pl.Float64),
+                                            _typed(source, pl.String), _typed(logprobs, pl.String))
             return found
 
     def errors(self, keys: list[str]) -> dict[str, tuple[str, int | None, str, float]]:
@@ -317,8 +356,10 @@ class ResponseCache:
                 chunk = keys[start:start + 500]
                 rows = self.db.execute("SELECT key, kind, status, message, created_at FROM errors "
                                        f"WHERE key IN ({','.join('?' * len(chunk))})", chunk)
-                for key, *fields in rows:
-                    found[key] = tuple(fields)
+                for key, kind, status, message, created_at in rows:
+                    if isinstance(kind, str):  # typed as written (an old or hostile file may hold anything)
+                        found[key] = (kind, _typed(status, pl.Int64), _typed(message, pl.String),
+                                      _typed(created_at, pl.Float64))
             return found
 
     def put_answer(self, key: str, model: str, qid: str, request: dict, answer: Answer, latency_s: float,
@@ -439,13 +480,23 @@ class ResponseCache:
     def model(self, name: str) -> dict | None:
         """The profile `name` was last run with, as recorded."""
         with self._guard():
-            row = self.db.execute("SELECT profile FROM models WHERE name = ?", (name,)).fetchone()
-        return json.loads(row[0]) if row else None
+            row = self.db.execute("SELECT rowid, profile FROM models WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        try:
+            profile = json.loads(row[1]) if isinstance(row[1], str) else None
+        except (ValueError, RecursionError):
+            profile = None
+        if not isinstance(profile, dict):
+            raise InputError(f"the response cache's table models, row {row[0]} ({name[:100]!r}): its profile is "
+                             "not a JSON object", path=self.path)
+        return profile
 
     def saved_run(self, key: str) -> dict | None:
         with self._guard():
             row = self.db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE key = ?", (key,)).fetchone()
-        return dict(zip(RUN_COLUMNS, row)) if row else None
+        typed = _typed_rows([row] if row else [], RUN_SCHEMA, "runs")
+        return dict(zip(RUN_COLUMNS, typed[0])) if typed else None
 
     def answer_span(self, keys: list[str]) -> tuple[int, float | None, float | None]:
         """How many of `keys` have an answer, and when the first and the last of them arrived."""
@@ -453,7 +504,7 @@ class ResponseCache:
         with self._guard():
             for start in range(0, len(keys), 500):
                 chunk = keys[start:start + 500]
-                n, low, high = self.db.execute("SELECT count(*), min(created_at), max(created_at) FROM answers "
+                n, low, high = self.db.execute(f"SELECT count(*), min({TIME}), max({TIME}) FROM answers "
                                                f"WHERE key IN ({','.join('?' * len(chunk))})", chunk).fetchone()
                 if n:
                     count += n
@@ -471,9 +522,10 @@ class ResponseCache:
 
         def write(db: sqlite3.Connection) -> dict | None:
             row = db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE key = ?", (record["key"],)).fetchone()
+            typed = _typed_rows([row] if row else [], RUN_SCHEMA, "runs")  # an unreadable one is replaced
             details = record["details"]
-            if row is not None:
-                saved = dict(zip(RUN_COLUMNS, row))
+            if typed:
+                saved = dict(zip(RUN_COLUMNS, typed[0]))
                 sessions = merge_sessions(sessions_of(saved["details"]), sessions_of(details))
                 if saved["questions"] > record["questions"] or saved["answered"] > record["answered"]:
                     if sessions != sessions_of(saved["details"]):
@@ -508,13 +560,13 @@ class ResponseCache:
         with self._guard():
             rows = self.db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs "
                                    f"WHERE {self._kept(forgotten)}").fetchall()
-        return pl.DataFrame(rows, schema=RUN_SCHEMA, orient="row")
+        return pl.DataFrame(_typed_rows(rows, RUN_SCHEMA, "runs"), schema=RUN_SCHEMA, orient="row")
 
     def task_scores(self, forgotten: bool = False) -> pl.DataFrame:
         with self._guard():
             rows = self.db.execute(f"SELECT run, {', '.join(TASK_COLUMNS)} FROM task_scores WHERE run IN "
                                    f"(SELECT key FROM runs WHERE {self._kept(forgotten)}) ORDER BY rowid").fetchall()
-        return pl.DataFrame(rows, schema=TASK_SCHEMA, orient="row")
+        return pl.DataFrame(_typed_rows(rows, TASK_SCHEMA, "task_scores"), schema=TASK_SCHEMA, orient="row")
 
     def forgotten(self) -> list[tuple[str, str | None]]:
         """(model, variant) of each `forget` in force; variant None: every run of the model."""
