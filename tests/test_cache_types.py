@@ -75,7 +75,8 @@ def test_a_wrong_typed_cache_value_is_missing_or_one_line_never_a_traceback(cach
     load_results(folder)
     for args in (["report", "--cache", folder, "--format", "json"],
                  ["report", "--cache", folder, "--html", tmp_path / "r.html"],  # before rescore saves the run anew
-                 ["rescore", "--model", "m", "--data", data, "--cache", folder, "--choice-probs", "--allow-incomplete"]):
+                 ["rescore", "--model", "m", "--data", data, "--cache", folder, "--choice-probs",
+                  "--allow-incomplete"]):
         code, out, err = run_cli(args, capsys, monkeypatch)
         assert code in (0, 1, 3) or (code == 2 and len(err.strip().splitlines()) == 1), (args, code, out, err)
         if code == 2:

@@ -304,8 +304,8 @@ def test_the_view_reads_a_token_as_the_official_scorer_reads_the_answer(tmp_path
 
     with Stub(answers=prefixed, logprobs=lambda body: {prefixed(body): math.log(0.9)}) as stub:
         code, out, err = run_cli(["run", "--model", "m", "--base-url", stub.base_url, "--data", data(tmp_path),
-                                  "--cache", "c", "--protocol", protocol, "--choice-probs", "--output", tmp_path / "o"],
-                                 capsys, monkeypatch)
+                                  "--cache", "c", "--protocol", protocol, "--choice-probs",
+                                  "--output", tmp_path / "o"], capsys, monkeypatch)
     assert code == 0, out + err
     results = json.loads((tmp_path / "o" / "results.json").read_text())
     official = next(t["score"] for t in results["scores"]["tasks"] if t["task"] == "pick")
