@@ -299,6 +299,7 @@ def test_the_view_reads_a_token_as_the_official_scorer_reads_the_answer(tmp_path
     """A model that writes (and ranks first) the right digit after a no-break space or a newline: skill-wise
     the official scorer strips only " " and reads that character (0), task-wise it takes the first digit (1);
     the view read every token with str.strip() and gave 1 either way."""
+    monkeypatch.chdir(tmp_path)
     def prefixed(body: dict) -> str:
         return prefix + str(truth(body)) if truth(body) >= 0 else "a soft towel"
 
