@@ -157,13 +157,16 @@ def shared_model(source: str, backend: str = "auto", cache_dir: Path | None = No
         return _models[key]
 
 
-def prepare(config: EmbeddingConfig, questions: list) -> threading.Thread | None:
+def prepare(config: EmbeddingConfig, questions: list, stop: threading.Event | None = None) -> threading.Thread | None:
     """Keep a run's one-time scoring costs off its critical path: where this data's references are not in the
     store yet (a first run), load each embedding model they need (importing transformers, opening the ONNX
     session, exporting its graph where `warm` has not) and ROUGE's stemmer (nltk imports scipy: seconds) in a
     background thread while the requests are in flight. Scoring takes the model from `shared_model`, waiting
     on its lock if the load is not done; a failure here is left for scoring to report. A warm cache loads
-    nothing (its vectors and pair scores are stored)."""
+    nothing (its vectors and pair scores are stored). Once `stop` is set it loads nothing more: whoever started
+    it sets `stop` and joins the thread before exiting, as a thread still inside torch or ONNX Runtime while the
+    interpreter exits aborts the process ('terminate called without an active exception', exit 134)."""
+    stop = stop or threading.Event()
     references: dict[str, set[str]] = {}
     for question in questions:
         if question.metric in FLAG_FOR:
@@ -178,12 +181,14 @@ def prepare(config: EmbeddingConfig, questions: list) -> threading.Thread | None
         try:
             first = False
             for source, texts in references.items():
+                if stop.is_set():
+                    return
                 keys = [hashlib.sha256(t.encode("utf-8")).digest() for t in texts]
                 if len(store.get(source, keys)) < len(keys):
                     first = True
                     if unavailable_reason(source) is None:
                         shared_model(source, config.backend, config.cache_dir)
-            if first and rouge:
+            if first and rouge and not stop.is_set():
                 from evaluator.scoring.text_overlap import _stemmer
 
                 _stemmer()
