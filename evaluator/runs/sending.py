@@ -171,56 +171,16 @@ def send(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: 
         if config.started_s is not None:
             outcome.startup_s = config.started_s
         endpoint = endpoint_for(config, base_url, started_here=server is not None or config.started_s is not None)
-        served = profile.name if profile.is_local else profile.model
         remaining = list(todo)
         mine = cache.claim([p.key for p in remaining], owner, config.refresh)
         probes = [p for p in remaining if p.key in mine][:PREFLIGHT_PROBES] if config.preflight else []
-        for number, probe in enumerate(probes, 1):  # each answer or refusal is kept like any other
-            try:
-                outcome.server, reply = preflight(profile, endpoint, served, probe.body, config.retry)
-            except PreflightFailed as exc:
-                if exc.reply is not None:
-                    keep(probe.key, exc.reply, check=False)
-                remaining = [p for p in remaining if p is not probe]
-                if exc.question_only:  # the endpoint answered, and refused this question only
-                    continue
-                if exc.reply is not None and known is not None and _endpoint_answers(config, endpoint, known):
-                    break  # only these questions fail: the fan-out goes on, under the breaker
-                tried = f" ({number} questions tried)" if number > 1 else ""
-                outcome.stopped = redact(f"pre-flight: {exc}{tried}")
-                return outcome
-            keep(probe.key, reply, check=False)
-            remaining = [p for p in remaining if p is not probe]
-            break
+        remaining = _preflight(config, endpoint, remaining, probes, keep, known, outcome)
+        if remaining is None:
+            return outcome
         renewer.start()
-        since, told = time.time(), False
+        since = time.time()
         with progress.bar:
-            while remaining:
-                mine = cache.claim([p.key for p in remaining], owner, config.refresh)
-                batch = [p for p in remaining if p.key in mine]
-                if batch:
-                    try:
-                        outcome.seconds += asyncio.run(fan_out(endpoint, ((p.key, p.body) for p in batch), keep,
-                                                               config.retry, cancel=config.cancel))
-                    except Halt as halt:
-                        outcome.stopped = str(halt)
-                        return outcome
-                    remaining = [p for p in remaining if p.key not in mine]
-                    continue
-                if not config.refresh:  # answered meanwhile by another run
-                    answered = cache.answers([p.key for p in remaining])
-                    remaining = [p for p in remaining if p.key not in answered]
-                    if not remaining:
-                        break
-                if not told:  # another live run is fetching these: wait for its answers, or its claims to end
-                    config.say(console, f"{len(remaining)} question(s) are being fetched by another run on this "
-                                        "cache: waiting")
-                    told = True
-                time.sleep(1.0)
-                keys = [p.key for p in remaining]
-                answered = cache.answers(keys)
-                failed = {k for k, e in cache.errors(keys).items() if e[3] >= since}
-                remaining = [p for p in remaining if p.key not in answered and p.key not in failed]
+            _fan_out(config, endpoint, remaining, cache, owner, keep, outcome, console, since)
     except CacheFull as exc:
         outcome.stopped = f"{exc}; requests in flight were lost. Free space and rerun: answers kept so far are reused"
     finally:
@@ -235,6 +195,65 @@ def send(config: RunConfig, todo: list[Planned], cache: ResponseCache, console: 
             server.stop()
             config.say(console, f"Stopped the '{profile.name}' server")
     return outcome
+
+
+def _preflight(config: RunConfig, endpoint: Endpoint, remaining: list[Planned], probes: list[Planned],
+               keep: Callable, known: Planned | None, outcome: Sending) -> list[Planned] | None:
+    """Pre-flight over `probes` until one is answered: what is left to send, or None where the model fails
+    (`outcome.stopped` says why)."""
+    profile = config.profile
+    served = profile.name if profile.is_local else profile.model
+    for number, probe in enumerate(probes, 1):  # each answer or refusal is kept like any other
+        try:
+            outcome.server, reply = preflight(profile, endpoint, served, probe.body, config.retry)
+        except PreflightFailed as exc:
+            if exc.reply is not None:
+                keep(probe.key, exc.reply, check=False)
+            remaining = [p for p in remaining if p is not probe]
+            if exc.question_only:  # the endpoint answered, and refused this question only
+                continue
+            if exc.reply is not None and known is not None and _endpoint_answers(config, endpoint, known):
+                break  # only these questions fail: the fan-out goes on, under the breaker
+            tried = f" ({number} questions tried)" if number > 1 else ""
+            outcome.stopped = redact(f"pre-flight: {exc}{tried}")
+            return None
+        keep(probe.key, reply, check=False)
+        remaining = [p for p in remaining if p is not probe]
+        break
+    return remaining
+
+
+def _fan_out(config: RunConfig, endpoint: Endpoint, remaining: list[Planned], cache: ResponseCache, owner: str,
+             keep: Callable, outcome: Sending, console: Console, since: float) -> None:
+    """Send what this run claims until nothing is left: questions another live run on this cache is fetching
+    are waited for (its answers, or its claims' end); the breaker's halt stops it (`outcome.stopped`)."""
+    told = False
+    while remaining:
+        mine = cache.claim([p.key for p in remaining], owner, config.refresh)
+        batch = [p for p in remaining if p.key in mine]
+        if batch:
+            try:
+                outcome.seconds += asyncio.run(fan_out(endpoint, ((p.key, p.body) for p in batch), keep,
+                                                       config.retry, cancel=config.cancel))
+            except Halt as halt:
+                outcome.stopped = str(halt)
+                return
+            remaining = [p for p in remaining if p.key not in mine]
+            continue
+        if not config.refresh:  # answered meanwhile by another run
+            answered = cache.answers([p.key for p in remaining])
+            remaining = [p for p in remaining if p.key not in answered]
+            if not remaining:
+                break
+        if not told:  # another live run is fetching these: wait for its answers, or its claims to end
+            config.say(console, f"{len(remaining)} question(s) are being fetched by another run on this "
+                                "cache: waiting")
+            told = True
+        time.sleep(1.0)
+        keys = [p.key for p in remaining]
+        answered = cache.answers(keys)
+        failed = {k for k, e in cache.errors(keys).items() if e[3] >= since}
+        remaining = [p for p in remaining if p.key not in answered and p.key not in failed]
 
 
 def serve(model: str, port: int | None, host: str, cache_folder: Path, device: str, console: Console) -> None:
