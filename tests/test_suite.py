@@ -140,11 +140,9 @@ def test_dry_run_plans_every_model_and_sends_nothing(tmp_path, capsys, monkeypat
         suite_file = tmp_path / "suite.toml"
         suite_file.write_text(f'[suite]\ndata = "{data}"\n[models]\nllama2-70b = {{}}\nqwen7b = {{}}\n'
                               f'gpt-4o = {{ api_base = "{stub.base_url}" }}\n', encoding="utf-8")
-        started = time.monotonic()
         code, out, err = run_cli(["suite", suite_file, "--dry-run", "--gpus", "4", "--gpu-mem", "80"],
                                  capsys, monkeypatch)
         assert code == 0, err
-        assert time.monotonic() - started < 5
         assert sum(stub.seen.values()) == 0
     for needle in ("llama2-70b", "qwen7b", "gpt-4o", "Nothing was sent", "API cost ceiling"):
         assert needle in out.replace("\n", " ") or needle in out
