@@ -112,7 +112,8 @@ def strip_url_credentials(url: str) -> tuple[str, str | None, str | None]:
     """(url without user:password@, user, password); the password and the base64 of `user:password` (what a
     Basic Authorization header carries) are registered as secrets. The userinfo runs to the last '@' before
     any query, so a password holding a raw '/' or '@' (which a URL parser reads as the path) is taken out too,
-unless what comes before the first '/' is a host[:port] (then the '@' is the path's)."""
+    unless what comes before the first '/' is a host[:port] (then the '@' is the path's). A user without a
+    password is a token (`https://TOKEN@host`): registered too."""
     found = _USERINFO.match(url)
     if found is None:
         return url, None, None
@@ -120,7 +121,7 @@ unless what comes before the first '/' is a host[:port] (then the '@' is the pat
     if "/" in found[2] and "@" not in head and (head.startswith("[") or re.fullmatch(r"[^:]*(:[0-9]*)?", head)):
         return url, None, None  # host[:port] and then a path holding an '@'
     user, colon, password = found[2].partition(":")
-    register(password)
+    register(password if colon else user)
     register(base64.b64encode(f"{user}:{password}".encode()).decode())
     url = found[1] + url[found.end():]
     try:

@@ -95,6 +95,9 @@ def test_a_url_password_holding_a_slash_is_taken_out_and_registered():
     url, user, password = strip_url_credentials(f"http://user:{PASSWORD}@127.0.0.1:8000/v1")
     assert (url, user, password) == ("http://127.0.0.1:8000/v1", "user", PASSWORD)
     assert PASSWORD[4:16] not in redact(f"echo {PASSWORD} " + base64.b64encode(f"user:{PASSWORD}".encode()).decode())
+    assert strip_url_credentials("https://ghp_Token0123456789@host/v1") == (
+        "https://host/v1", "ghp_Token0123456789", None)  # a token as the user is a secret too
+    assert "Token0123456789" not in redact("echo ghp_Token0123456789")
     for plain in ("http://127.0.0.1:8000/v1/a@b", "http://[::1]:8000/v1/a@b", "http://host/v1"):
         assert strip_url_credentials(plain) == (plain, None, None)
 
