@@ -107,28 +107,33 @@ def old_cache(folder: Path) -> None:
 
 
 SESSION_VAR = "SHOPPING_MMLU_TEST_SESSION"  # set once per pytest session by conftest; every child inherits it
+_SESSIONS: set[int] = set()  # Unix sessions our tagged processes lead or belong to (not the pytest's own)
 
 
 def our_processes(match) -> set[int]:
     """Processes of this test session whose command line and /proc status `match(cmdline, status)` accepts.
-    Ours by the session tag in their environment, however reparented: another engineer's or another test run's
-    servers on a shared machine never count."""
+    Ours by the session tag in their environment, however reparented; or by the Unix session of a process
+    seen tagged (vLLM's engine core and workers set their titles with setproctitle, which overwrites what
+    /proc shows of their environment, never their session). Another engineer's or another test run's servers
+    on a shared machine never count."""
     tag = f"{SESSION_VAR}={os.environ[SESSION_VAR]}".encode()
-    found = set()
+    own = os.getsid(0)
+    seen = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if tag not in (entry / "environ").read_bytes().split(b"\0"):
-                continue
+            session = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3])
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             status = (entry / "status").read_text()
-        except OSError:
+            tagged = tag in (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
             continue
-        if match(cmdline, status):
-            found.add(int(entry.name))
-    return found
-
+        if tagged and session != own:
+            _SESSIONS.add(session)
+        seen.append((int(entry.name), tagged, session, cmdline, status))
+    return {pid for pid, tagged, session, cmdline, status in seen
+            if (tagged or session in _SESSIONS) and match(cmdline, status)}
 
 class Lines:
     """A child's text stream, read line by line by a thread: `until` waits with a deadline (readline alone has
