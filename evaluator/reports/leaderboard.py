@@ -93,8 +93,8 @@ def leaderboard(runs: pl.DataFrame, tasks: pl.DataFrame) -> pl.DataFrame:
                                                 pl.when(pl.col("variant") != "").then(pl.col("variant"))],
                                                separator=" · ", ignore_nulls=True))
              .with_columns(unranked=(pl.col("status") == "failed") | pl.col("overall").is_null())
-             .sort([*GROUP, "unranked", "status_order", "overall"], descending=[False, False, False, False, False, True],
-                   nulls_last=True))
+             .sort([*GROUP, "unranked", "status_order", "overall", "model", "run"],
+                   descending=[False, False, False, False, False, True, False, False], nulls_last=True))
     return board.with_columns(rank=_ranks(board)).drop("status_order", "unranked")
 
 
