@@ -223,7 +223,7 @@ def test_a_reasoning_model_is_never_asked_for_log_probabilities_it_cannot_give(t
     """Issue 26.5: OpenAI refuses `logprobs` from a reasoning model unless its effort is none; five such 400s
     tripped the breaker and failed the model. A profile that cannot give them is not asked; one that can is."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-reasoning-0123456789")
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key-for-a-reasoning-profile")
     monkeypatch.setenv("SHOPPING_MMLU_PROFILES", "profiles.toml")
     write_jsonl(tmp_path / "d.json", [{"input_field": f"MC question {i}?\n0. red\n1. green\n2. blue\n3. grey\n"
                                                       "Answer: ", "output_field": i % 4, "task_name": "pick",
