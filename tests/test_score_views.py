@@ -270,3 +270,28 @@ def test_a_bounded_message_is_cut_after_a_whole_word():
     breaker = Breaker(BreakerPolicy(consecutive=1))
     said = breaker.see(Reply(ok=False, attempts=1, latency_s=0.1, status=404, error_kind="http_error", message=text))
     assert said.endswith("…") and said.removesuffix("…").split()[-1] in text.split()  # a whole word last
+
+
+
+def test_no_plus_minus_legend_where_no_score_carries_one(tmp_path, capsys, monkeypatch):
+    """A run whose tasks have one question each has no known standard error: its leaderboard writes no ±,
+    and so no legend for one; two questions a task give the ± and its legend."""
+    from benchmarks.stubs.openai_stub import Stub
+    from builders import run_cli, write_jsonl
+
+    monkeypatch.setenv("COLUMNS", "80")
+    for per_task, legend in ((1, False), (2, True)):
+        data = write_jsonl(tmp_path / f"d{per_task}.json", [
+            {"input_field": f"Q{t}-{i}\n0. a\n1. b\n2. c\n3. d\nAnswer: ", "output_field": i % 4,
+             "task_name": f"t{t}", "task_type": "multiple-choice", "metric": "accuracy"}
+            for t in range(2) for i in range(per_task)])
+        cache = tmp_path / f"c{per_task}"
+        with Stub(answers=lambda body: "1") as stub:
+            code, _, err = run_cli(["run", "--model", "m", "--base-url", stub.base_url, "--data", data,
+                                    "--cache", cache], capsys, monkeypatch)
+        assert code == 0, err
+        code, out, err = run_cli(["report", "--cache", cache], capsys, monkeypatch)
+        assert code == 0, err
+        rows = [line for line in out.splitlines() if line.strip().startswith("1 m")]
+        assert len(rows) == 1 and ("±" in rows[0]) is legend, out
+        assert ("± standard error" in out) is legend, out

@@ -131,8 +131,11 @@ def print_leaderboard(board: pl.DataFrame, console: Console) -> None:
         # every score with its error where that leaves the names 30 columns; else the overall's alone
         need = 4 + 31 + 12 + sum(max(len(labels[s]), 11) + 1 for s in present) + 5
         wide = console.width >= need
+        shown = False  # a ± written anywhere in the table
         for row in group.iter_rows(named=True):
             errors = leaderboard.saved_stderr(row["details"])
+            shown = shown or errors.get("overall") is not None or (wide and any(
+                v is not None for v in errors.get("skills", {}).values()))
             table.add_row(leaderboard.rank_text(row["rank"]), Name(row["model"]),
                           _with_se(row["overall"], errors.get("overall"), leaderboard.short_of(row)),
                           *(_with_se(row[leaderboard.skill_key(s)], errors.get("skills", {}).get(s) if wide else None)
@@ -143,6 +146,10 @@ def print_leaderboard(board: pl.DataFrame, console: Console) -> None:
             console.print(escape(note), highlight=False)
         if any(leaderboard.short_of(r) for r in group.iter_rows(named=True)):
             console.print("~ averaged over fewer tasks or skills than the data has (see the notes)", highlight=False)
+        if not shown:  # never a legend for a sign no row carries
+            console.print("no ± here: no score shown has a known standard error (a part with one question has "
+                          "none)", highlight=False)
+            continue
         console.print("± standard error" + ("" if wide else f" (of the overall; every score's at {need} columns "
                                                              "or more, and in the csv, json and md)"),
                       highlight=False)
