@@ -132,6 +132,17 @@ class Suite:
         return profile.rendering
 
 
+def _table(raw: dict, name: str, model, path: Path, explain):
+    """The suite's table `name` checked by `model`; a bad key is one line (`explain` words its message)."""
+    if not isinstance(raw.get(name, {}), dict):
+        raise InputError(f"expected a [{name}] table", path=path, field=name)
+    try:
+        return model(**raw.get(name, {}))
+    except ValidationError as exc:
+        message, key = validation_message(exc)
+        raise InputError(explain(key, message), path=path, field=f"{name}.{key}") from None
+
+
 def load_suite(path: str | Path) -> Suite:
     path = Path(path)
     raw = read_toml(path)
@@ -139,24 +150,11 @@ def load_suite(path: str | Path) -> Suite:
     if unknown:
         raise InputError("unknown top-level table (a suite has [suite], [models] and optionally [ray])",
                          path=path, field=sorted(unknown)[0])
-    if not isinstance(raw.get("ray", {}), dict):
-        raise InputError("expected a [ray] table", path=path, field="ray")
-    try:
-        ray_settings = RaySettings(**raw.get("ray", {}))
-    except ValidationError as exc:
-        message, key = validation_message(exc)
-        if key == "vllm_python" and "pattern" in message:
-            message = "an absolute path on the cluster's nodes, such as /opt/vllm/bin/python"
-        raise InputError(message, path=path, field=f"ray.{key}") from None
-    if not isinstance(raw.get("suite", {}), dict):
-        raise InputError("expected a [suite] table", path=path, field="suite")
-    try:
-        head = SuiteHead(**raw.get("suite", {}))
-    except ValidationError as exc:
-        message, field = validation_message(exc)
-        if field == "data" and "missing" in message.lower():
-            message = "missing field"
-        raise InputError(message, path=path, field=f"suite.{field}") from None
+    ray_settings = _table(raw, "ray", RaySettings, path, lambda key, message: (
+        "an absolute path on the cluster's nodes, such as /opt/vllm/bin/python"
+        if key == "vllm_python" and "pattern" in message else message))
+    head = _table(raw, "suite", SuiteHead, path, lambda key, message: (
+        "missing field" if key == "data" and "missing" in message.lower() else message))
     if head.protocol == "skill" and (head.letter_choices or head.task_specific_prompt):
         raise InputError("letter_choices and task_specific_prompt are options of the task-wise protocol",
                          path=path, field="suite.protocol")
